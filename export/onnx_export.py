@@ -1,0 +1,136 @@
+"""Encoders and heads to ONNX, each export checked against PyTorch before it is kept.
+
+One small ``GraphSpec`` per kind of graph declares its data (tensor names, dynamic axes, the random
+inputs the parity check feeds). Every ONNX input and output is named here (``pixels``, ``embedding``,
+``logits``, ``probs``); generated names never reach a ``config.pbtxt``.
+
+We use the TorchScript-based exporter (``dynamo=False``): it traces open_clip's and transformers'
+ViTs (DINOv3's RoPE included) with a dynamic batch axis and needs no onnxscript; opset 17 is the
+first with a native LayerNormalization, which keeps the head graphs small and exact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from headserve.errors import ExportParityError
+
+OPSET = 17
+ENCODER_INPUT = "pixels"
+ENCODER_OUTPUT = "embedding"
+# The encoder emits its embedding twice: `embedding` is the ensemble's output, `head_input` feeds the
+# heads. Triton's ensemble scheduler fails a request ("unexpected deadlock, at least one output is not
+# set") when one tensor is both an ensemble output and a later step's input and the client does not
+# ask for it, so the two roles get two tensors.
+ENCODER_HEAD_FEED = "head_input"
+HEAD_INPUT = "embedding"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What an exported graph takes and gives."""
+
+    name: str  # used in messages
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    make_inputs: Callable[[int, np.random.Generator], tuple[np.ndarray, ...]]  # batch -> example inputs
+    atol: float = 1e-5  # max |ONNX - PyTorch| allowed per output
+
+
+def encoder_graph_spec(name: str, input_size: int) -> GraphSpec:
+    def inputs(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        return (rng.integers(0, 256, size=(batch, input_size, input_size, 3), dtype=np.uint8),)
+
+    return GraphSpec(name, (ENCODER_INPUT,), (ENCODER_OUTPUT, ENCODER_HEAD_FEED), inputs, atol=1e-5)
+
+
+class EncoderExport(nn.Module):
+    """The exported encoder: one embedding, published under both of its ensemble roles."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, S, S, 3) -> 2 x (B, D)
+        emb = self.graph(pixels)
+        return emb, emb.clone()
+
+
+def head_graph_spec(name: str, embedding_dim: int, outputs: tuple[str, ...]) -> GraphSpec:
+    def inputs(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        x = rng.standard_normal((batch, embedding_dim)).astype(np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True),)  # heads see L2-normalised embeddings
+
+    return GraphSpec(name, (HEAD_INPUT,), outputs, inputs, atol=1e-5)
+
+
+def export_onnx(module: nn.Module, spec: GraphSpec, path: str | os.PathLike, seed: int = 0) -> dict[str, float]:
+    """Export ``module`` to ``path`` (atomically), after checking it against PyTorch.
+
+    Returns each output's max absolute difference. Raises ``ExportParityError`` (and writes nothing)
+    when any output differs by more than ``spec.atol``.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    rng = np.random.default_rng(seed)
+    example = tuple(torch.from_numpy(a) for a in spec.make_inputs(2, rng))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        # nn.MultiheadAttention's inference fast path (open_clip's ViT) is a fused op with no ONNX
+        # symbolic; the regular path computes the same attention from exportable ops.
+        torch.backends.mha.set_fastpath_enabled(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            torch.onnx.export(
+                module,
+                example,
+                str(tmp),
+                input_names=list(spec.inputs),
+                output_names=list(spec.outputs),
+                dynamic_axes={n: {0: "batch"} for n in (*spec.inputs, *spec.outputs)},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        diffs = parity(module, tmp, spec, rng)
+        if any(d > spec.atol or not np.isfinite(d) for d in diffs.values()):
+            raise ExportParityError(spec.name, diffs, spec.atol)
+        tmp.replace(path)
+        return diffs
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def parity(module: nn.Module, onnx_path: str | os.PathLike, spec: GraphSpec,
+           rng: np.random.Generator, batches: tuple[int, ...] = (1, 3, 8)) -> dict[str, float]:
+    """Max |ONNX Runtime - PyTorch| per output over random inputs of several batch sizes."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = {name: 0.0 for name in spec.outputs}
+    for batch in batches:
+        inputs = spec.make_inputs(batch, rng)
+        with torch.no_grad():
+            expected = module(*(torch.from_numpy(a) for a in inputs))
+        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+        got = session.run(list(spec.outputs), dict(zip(spec.inputs, inputs)))
+        for name, e, g in zip(spec.outputs, expected, got):
+            diff = float(np.max(np.abs(e.numpy().astype(np.float64) - g.astype(np.float64)))) if g.size else 0.0
+            worst[name] = max(worst[name], diff) if np.isfinite(diff) else float("nan")
+    return worst

@@ -1,0 +1,49 @@
+"""Head artifact -> repository: the encoder it needs (exported once) plus the head and its ensemble."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from headserve.artifact import check_encoder_match, load_meta, load_tensors
+from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.encoders import get_encoder
+from headserve.errors import ArtifactError
+from headserve.export.model_config import Runtime, parse
+from headserve.export.repository import (
+    WrittenModel,
+    add_encoder,
+    add_head,
+    encoder_model_name,
+    encoder_parameters,
+)
+
+
+def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
+                encoder_name: str | None = None, encoder_weights: str | None = None) -> list[WrittenModel]:
+    """Export a head; exports its encoder first when the repository does not hold it yet."""
+    runtime = Runtime(runtime)
+    repo = Path(repo)
+    meta = load_meta(artifact)
+    name = encoder_name or meta.encoder_name
+    if not name:
+        raise ArtifactError(
+            f"{artifact}: the head names no registry encoder (encoder_model {meta.encoder_model!r}); "
+            "pass --encoder NAME to say which encoder its embeddings came from"
+        )
+    written: list[WrittenModel] = []
+    model = encoder_model_name(name)
+    config_path = repo / model / "config.pbtxt"
+    if config_path.is_file():
+        params = {k: v.string_value for k, v in parse(config_path.read_text()).parameters.items()}
+    else:
+        spec = get_encoder(name)
+        if encoder_weights:
+            spec = spec.with_weights(encoder_weights)
+        loaded = load_encoder(spec)
+        params = encoder_parameters(loaded, fingerprint(encoder_graph(loaded), loaded.spec.preprocess))
+        # Refuse a mismatched head before anything is written.
+        check_encoder_match(meta, params["encoder_type"], params["encoder_model"], int(params["embedding_dim"]),
+                            params["encoder_fingerprint"], where=f"encoder {name}")
+        written.append(add_encoder(repo, loaded, runtime))
+    written.extend(add_head(repo, meta, load_tensors(artifact), model, runtime, encoder_params=params))
+    return written

@@ -1,0 +1,202 @@
+"""A Triton model repository of encoders, heads and the ensembles that chain them.
+
+Per encoder: ``encoder_<slug>`` (uint8 pixels -> embedding). Per head: ``<head>_head`` (embedding ->
+logits, calibrated probabilities) and the ensemble ``<head>`` (pixels -> everything), which is the
+name clients call. Metadata a client needs (classes, background classes, encoder type, input spec)
+is published as ensemble parameters and a labels file, so a caller passes only the head name.
+
+Version directories are staged beside their final place and renamed in, and ``config.pbtxt`` files
+are replaced atomically, so a polling Triton never reads half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from headserve.artifact import HeadMeta, check_encoder_match
+from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
+from headserve.export.model_config import (
+    DataType,
+    EnsembleStep,
+    ModelDesc,
+    Runtime,
+    TensorSpec,
+    render,
+    to_text,
+)
+from headserve.export.onnx_export import (
+    ENCODER_HEAD_FEED,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    HEAD_INPUT,
+    EncoderExport,
+    encoder_graph_spec,
+    export_onnx,
+    head_graph_spec,
+)
+from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
+from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
+
+RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
+LABELS_FILE = "labels.txt"
+PROBS = "probs"
+
+
+def encoder_model_name(encoder_name: str) -> str:
+    return "encoder_" + re.sub(r"[^A-Za-z0-9_-]+", "_", encoder_name).strip("_")
+
+
+def head_model_name(head: str) -> str:
+    return f"{head}_head"
+
+
+@dataclass(frozen=True)
+class WrittenModel:
+    name: str
+    version: int
+    path: Path
+    max_abs_diff: Mapping[str, float]
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
+                     labels: list[str] | None = None) -> tuple[int, Path]:
+    """Stage the version directory, then config and labels, then rename the version into place."""
+    version = next_version(model_dir)
+    staged = staging_dir(model_dir / str(version))
+    try:
+        for name, content in files.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, staged / name)
+            else:
+                (staged / name).write_bytes(content)
+        if runtime is Runtime.LOCAL and not desc.is_ensemble:
+            shutil.copyfile(RUNNER_SOURCE, staged / "model.py")
+        if labels is not None:
+            write_text_atomic(model_dir / LABELS_FILE, "\n".join(labels) + "\n")
+        write_text_atomic(model_dir / "config.pbtxt", to_text(render(desc, runtime)))
+        return version, publish_dir(staged, model_dir / str(version))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_size: int = 64) -> WrittenModel:
+    """Export an encoder graph (preprocessing inside) as the next version of its model."""
+    spec = loaded.spec
+    graph = encoder_graph(loaded)
+    name = encoder_model_name(spec.name)
+    model_dir = Path(repo) / name
+    tmp = staging_dir(model_dir / "export")
+    try:
+        diffs = export_onnx(EncoderExport(graph), encoder_graph_spec(spec.name, spec.preprocess.input_size), tmp / "model.onnx")
+        size = spec.preprocess.input_size
+        desc = ModelDesc(
+            name=name,
+            inputs=(TensorSpec(ENCODER_INPUT, DataType.TYPE_UINT8, (size, size, 3)),),
+            outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,))
+                          for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
+            max_batch_size=max_batch_size,
+            parameters=encoder_parameters(loaded, fingerprint(graph, spec.preprocess)),
+        )
+        version, path = _publish_version(model_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return WrittenModel(name, version, path, diffs)
+
+
+def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
+    spec = loaded.spec
+    return {
+        "encoder_name": spec.name,
+        "encoder_type": spec.encoder_type,
+        "encoder_model": spec.model_id,
+        "embedding_dim": str(spec.embedding_dim),
+        "encoder_fingerprint": fp,
+        "preprocess": json.dumps(spec.preprocess.to_dict(), sort_keys=True),
+        "untrained": json.dumps(spec.is_tiny),
+    }
+
+
+def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], encoder: WrittenModel | str,
+             runtime: Runtime, encoder_params: Mapping[str, str] | None = None,
+             max_batch_size: int = 64) -> tuple[WrittenModel, WrittenModel]:
+    """Export a head and (re)write its ensemble; refuses a head trained on another encoder."""
+    encoder_name = encoder if isinstance(encoder, str) else encoder.name
+    if encoder_params is not None:
+        check_encoder_match(meta, encoder_params["encoder_type"], encoder_params["encoder_model"],
+                            int(encoder_params["embedding_dim"]), encoder_params.get("encoder_fingerprint"),
+                            where=f"repository encoder {encoder_name}")
+    config = HeadConfig.from_dict(meta.head_config)
+    module = build_serving_head(config, {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+    head_name = head_model_name(meta.name)
+    head_dir = Path(repo) / head_name
+    n = len(meta.classes)
+    outputs = tuple(
+        TensorSpec(o, DataType.TYPE_FP32, (n,), LABELS_FILE if o == PROBS else None) for o in SERVING_OUTPUTS
+    )
+    tmp = staging_dir(head_dir / "export")
+    try:
+        diffs = export_onnx(module, head_graph_spec(meta.name, meta.embedding_dim, SERVING_OUTPUTS), tmp / "model.onnx")
+        desc = ModelDesc(
+            name=head_name,
+            inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
+            outputs=outputs,
+            max_batch_size=max_batch_size,
+        )
+        version, path = _publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    written_head = WrittenModel(head_name, version, path, diffs)
+    ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size)
+    return written_head, ensemble
+
+
+def head_parameters(meta: HeadMeta) -> dict[str, str]:
+    """What clients discover from the ensemble's config: enough to preprocess and decide."""
+    return {
+        "classes": json.dumps(meta.classes),
+        "background_indices": json.dumps(meta.background_indices),
+        "encoder_type": meta.encoder_type,
+        "encoder_model": meta.encoder_model,
+        "encoder_name": meta.encoder_name or "",
+        "embedding_dim": str(meta.embedding_dim),
+        "preprocess": json.dumps(meta.preprocess, sort_keys=True),
+        "temperature": repr(meta.temperature),
+        "head_type": meta.head_type,
+    }
+
+
+def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str, runtime: Runtime,
+                   max_batch_size: int = 64) -> WrittenModel:
+    spec = meta.preprocess_spec
+    n = len(meta.classes)
+    outputs = tuple(
+        TensorSpec(o, DataType.TYPE_FP32, (n,), LABELS_FILE if o == PROBS else None) for o in SERVING_OUTPUTS
+    ) + (TensorSpec(ENCODER_OUTPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),)
+    desc = ModelDesc(
+        name=meta.name,
+        inputs=(TensorSpec(ENCODER_INPUT, DataType.TYPE_UINT8, (spec.input_size, spec.input_size, 3)),),
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        steps=(
+            EnsembleStep(encoder_name, {ENCODER_INPUT: ENCODER_INPUT},
+                         {ENCODER_OUTPUT: ENCODER_OUTPUT, ENCODER_HEAD_FEED: ENCODER_HEAD_FEED}),
+            EnsembleStep(head_name, {HEAD_INPUT: ENCODER_HEAD_FEED}, {o: o for o in SERVING_OUTPUTS}),
+        ),
+        parameters=head_parameters(meta),
+    )
+    version, path = _publish_version(repo / meta.name, desc, runtime, {}, meta.classes)
+    return WrittenModel(meta.name, version, path, {})

@@ -1,0 +1,136 @@
+"""Head artifacts on disk: ``meta.json`` beside ``head.safetensors``; never pickle.
+
+The meta carries everything serving needs to pair a head with its encoder and to interpret its
+outputs. Readers are lenient about age: a head saved before encoder metadata existed reads as a CLIP
+head (``encoder_type`` defaults to ``clip``) and old field names (``clip_model``, ``labelmap``) map to
+new ones. Writers are strict and atomic: an artifact directory is built beside its target and renamed
+into place, so a crash never leaves half an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from headserve.encoders import DEFAULT_ENCODER_TYPE, PreprocessSpec
+from headserve.errors import ArtifactError, EncoderMismatchError
+from headserve.fsutil import publish_dir, staging_dir
+
+META_FILE = "meta.json"
+WEIGHTS_FILE = "head.safetensors"
+FORMAT = "headserve.head/1"
+
+
+@dataclass
+class HeadMeta:
+    """What a head is, which encoder it belongs to, and how to read its outputs."""
+
+    name: str  # head name; becomes the Triton model name
+    encoder_type: str  # "clip" or "dinov3"
+    encoder_model: str  # open_clip architecture or hub id
+    embedding_dim: int  # width of the embeddings the head was trained on
+    classes: list[str]  # output order of logits and probabilities
+    background_indices: list[int] = field(default_factory=list)  # classes that mean "no object of interest"
+    head_type: str = "mlp"  # "mlp" or "logreg"
+    head_config: dict[str, Any] = field(default_factory=dict)  # HeadConfig as a dict
+    temperature: float = 1.0  # fitted on held-out data; probabilities are softmax(logits / T)
+    preprocess: dict[str, Any] | None = None  # PreprocessSpec of the encoder, as training used it
+    encoder_name: str | None = None  # registry key, e.g. "dinov3:vitb16"
+    encoder_pretrained: str | None = None  # open_clip pretrained tag
+    encoder_fingerprint: str | None = None  # sha256 of encoder weights + preprocessing
+    encoder_untrained: bool = False  # True for the tiny random twins
+    metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics at training time
+    extra: dict[str, Any] = field(default_factory=dict)  # recipe details (profile, ood, priors, ...)
+    format: str = FORMAT
+
+    def __post_init__(self) -> None:
+        if len(self.classes) < 2:
+            raise ArtifactError(f"head {self.name!r} has {len(self.classes)} classes; a classifier needs at least 2")
+        bad = [i for i in self.background_indices if not 0 <= i < len(self.classes)]
+        if bad:
+            raise ArtifactError(
+                f"head {self.name!r}: background indices {bad} are outside 0..{len(self.classes) - 1}"
+            )
+
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        if self.preprocess is None:
+            raise ArtifactError(f"head {self.name!r} records no preprocessing spec; re-export it with headserve")
+        return PreprocessSpec.from_dict(self.preprocess)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], origin: str = "meta") -> "HeadMeta":
+        """Read current and older metadata; missing encoder_type means CLIP."""
+        values = dict(data)
+        if "encoder_model" not in values and "clip_model" in values:
+            values["encoder_model"] = values.pop("clip_model")
+        if "classes" not in values and "labelmap" in values:
+            values["classes"] = list(values.pop("labelmap"))
+        values.setdefault("encoder_type", DEFAULT_ENCODER_TYPE)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        for key in ("name", "encoder_model", "embedding_dim", "classes"):
+            if key not in values:
+                raise ArtifactError(f"{origin}: field {key!r} is missing; the artifact is incomplete or not a head")
+        meta = cls(**{k: v for k, v in values.items() if k in known})
+        if unknown:
+            meta.extra.setdefault("unread_fields", unknown)
+        return meta
+
+
+def save_artifact(directory: str | os.PathLike, meta: HeadMeta, tensors: Mapping[str, np.ndarray]) -> Path:
+    """Write meta.json + head.safetensors atomically into ``directory`` (replacing an older one)."""
+    from safetensors.numpy import save_file
+
+    tmp = staging_dir(directory)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(meta.to_json() + "\n")
+        return publish_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_meta(directory: str | os.PathLike) -> HeadMeta:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist; pass the directory that `headserve train` wrote")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return HeadMeta.from_dict(data, origin=str(path))
+
+
+def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist; the artifact has metadata but no weights")
+    return load_file(str(path))
+
+
+def check_encoder_match(meta: HeadMeta, encoder_type: str, encoder_model: str, embedding_dim: int,
+                        fingerprint: str | None = None, where: str = "encoder") -> None:
+    """Refuse to pair a head with an encoder other than the one its embeddings came from."""
+    theirs = (encoder_type, encoder_model, embedding_dim)
+    ours = (meta.encoder_type, meta.encoder_model, meta.embedding_dim)
+    if theirs != ours or (fingerprint and meta.encoder_fingerprint and fingerprint != meta.encoder_fingerprint):
+        raise EncoderMismatchError(
+            f"head {meta.name!r} was trained on {meta.encoder_type}:{meta.encoder_model} "
+            f"(embedding_dim {meta.embedding_dim}, fingerprint {meta.encoder_fingerprint or 'unrecorded'}), "
+            f"but the {where} is {encoder_type}:{encoder_model} (embedding_dim {embedding_dim}, "
+            f"fingerprint {fingerprint or 'unrecorded'}). Retrain the head on this encoder's embeddings "
+            "or serve it with the encoder it was trained on."
+        )

@@ -1,0 +1,196 @@
+"""The encoder registry: every frozen image encoder headserve knows, as data.
+
+An entry says where the weights come from and how pixels must be prepared for them. Loading code
+(``headserve.backbones``) reads these entries; nothing here imports torch, so the client can use the
+preprocessing spec without the training stack.
+
+Each encoder family has a tiny, randomly initialised twin of the real architecture (same classes,
+small config, fixed seed). Tests and the offline demo use the twins; they are labelled untrained
+wherever they are shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping
+
+from headserve.errors import UnknownEncoderError
+
+# open_clip's OPENAI_DATASET_MEAN/STD; the LAION-trained CLIP checkpoints use the same values.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# IMAGENET_DEFAULT_MEAN/STD, as in the DINOv3 LVD-1689M processor configs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The DINOv3 SAT-493M (satellite) checkpoints ship their own statistics.
+SAT_MEAN = (0.430, 0.411, 0.296)
+SAT_STD = (0.213, 0.156, 0.143)
+
+RESIZE_RULES = ("shortest_side_center_crop", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a crop becomes the encoder's input; shared verbatim by training, export and the client."""
+
+    input_size: int  # square side in pixels that the encoder graph receives
+    mean: tuple[float, float, float]  # per-channel mean on the [0, 1] scale, applied inside the graph
+    std: tuple[float, float, float]  # per-channel std on the [0, 1] scale, applied inside the graph
+    resize: str  # "shortest_side_center_crop" (CLIP) or "squash" (DINOv3 processors)
+    interpolation: str  # PIL resampling filter used for the resize
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"resize rule {self.resize!r} is not one of {RESIZE_RULES}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+        if self.input_size < 8:
+            raise ValueError(f"input_size {self.input_size} is too small; encoders need at least 8 pixels")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
+        return cls(
+            input_size=int(data["input_size"]),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            resize=str(data["resize"]),
+            interpolation=str(data["interpolation"]),
+        )
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One registered encoder."""
+
+    name: str  # registry key, "<encoder_type>:<short name>"
+    encoder_type: str  # "clip" or "dinov3": selects the loader
+    model_id: str  # open_clip architecture name, or Hugging Face hub id / local directory
+    embedding_dim: int  # width of the L2-normalised embedding
+    preprocess: PreprocessSpec
+    pretrained: str | None = None  # open_clip pretrained tag (or checkpoint file); None for hub models
+    tiny: Mapping[str, Any] | None = None  # config of a randomly initialised twin; None for real weights
+    description: str = ""
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.tiny is not None
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name} (untrained tiny twin, random weights)" if self.is_tiny else self.name
+
+    def with_weights(self, source: str) -> "EncoderSpec":
+        """The same encoder loaded from a local directory (DINOv3) or checkpoint file (CLIP)."""
+        if self.is_tiny:
+            raise UnknownEncoderError(f"{self.name} is a randomly initialised twin; it takes no weights ({source!r})")
+        if self.encoder_type == "clip":
+            return replace(self, pretrained=source)
+        return replace(self, model_id=source)
+
+
+def _clip(name: str, arch: str, tag: str, dim: int, size: int = 224) -> EncoderSpec:
+    return EncoderSpec(
+        name=f"clip:{name}",
+        encoder_type="clip",
+        model_id=arch,
+        pretrained=tag,
+        embedding_dim=dim,
+        preprocess=PreprocessSpec(size, CLIP_MEAN, CLIP_STD, "shortest_side_center_crop", "bicubic"),
+        description=f"open_clip {arch} ({tag}), image tower",
+    )
+
+
+def _dinov3(name: str, hub_id: str, dim: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EncoderSpec:
+    return EncoderSpec(
+        name=f"dinov3:{name}",
+        encoder_type="dinov3",
+        model_id=hub_id,
+        embedding_dim=dim,
+        preprocess=PreprocessSpec(224, mean, std, "squash", "bilinear"),
+        description=f"DINOv3 {hub_id} through transformers AutoModel, pooler_output",
+    )
+
+
+_TINY_SIZE = 32
+_ENTRIES: tuple[EncoderSpec, ...] = (
+    _clip("ViT-B-32", "ViT-B-32", "laion2b_s34b_b79k", 512),
+    _clip("ViT-B-16", "ViT-B-16", "laion2b_s34b_b88k", 512),
+    _clip("ViT-L-14", "ViT-L-14", "laion2b_s32b_b82k", 768),
+    _dinov3("vits16", "facebook/dinov3-vits16-pretrain-lvd1689m", 384),
+    _dinov3("vitb16", "facebook/dinov3-vitb16-pretrain-lvd1689m", 768),
+    _dinov3("vitl16", "facebook/dinov3-vitl16-pretrain-lvd1689m", 1024),
+    _dinov3("vitl16-sat", "facebook/dinov3-vitl16-pretrain-sat493m", 1024, SAT_MEAN, SAT_STD),
+    # Tiny twins: the real classes (open_clip.CLIP, transformers DINOv3ViTModel) at a small config.
+    EncoderSpec(
+        name="clip:tiny",
+        encoder_type="clip",
+        model_id="tiny-ViT",
+        embedding_dim=32,
+        preprocess=PreprocessSpec(_TINY_SIZE, CLIP_MEAN, CLIP_STD, "shortest_side_center_crop", "bicubic"),
+        tiny={
+            "seed": 0,
+            "vision": {"image_size": _TINY_SIZE, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+            "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 2},
+        },
+        description="open_clip CLIP, 2-layer ViT, random weights",
+    ),
+    EncoderSpec(
+        name="dinov3:tiny",
+        encoder_type="dinov3",
+        model_id="tiny-dinov3",
+        embedding_dim=32,
+        preprocess=PreprocessSpec(_TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD, "squash", "bilinear"),
+        tiny={
+            "seed": 0,
+            "config": {
+                "image_size": _TINY_SIZE,
+                "patch_size": 8,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_register_tokens": 4,
+            },
+        },
+        description="transformers DINOv3ViTModel, 2 layers, random weights",
+    ),
+)
+
+REGISTRY: dict[str, EncoderSpec] = {spec.name: spec for spec in _ENTRIES}
+DEFAULT_ENCODER_TYPE = "clip"  # what a head means when its metadata names no encoder_type
+
+
+def get_encoder(name: str) -> EncoderSpec:
+    """Look an encoder up by registry name, with an error that lists what exists."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise UnknownEncoderError(
+            f"unknown encoder {name!r}; registered encoders are: {known}. "
+            "Use one of these names (e.g. --encoder dinov3:vitb16), or pass --encoder-weights DIR for a local copy."
+        ) from None
+
+
+def tiny_twin(encoder_type: str) -> EncoderSpec | None:
+    """The randomly initialised twin of a family, or None when the family has none."""
+    return next((s for s in REGISTRY.values() if s.encoder_type == encoder_type and s.is_tiny), None)
+
+
+def encoder_types() -> tuple[str, ...]:
+    return tuple(sorted({s.encoder_type for s in REGISTRY.values()}))
+
+
+__all__ = [
+    "EncoderSpec",
+    "PreprocessSpec",
+    "REGISTRY",
+    "DEFAULT_ENCODER_TYPE",
+    "get_encoder",
+    "tiny_twin",
+    "encoder_types",
+]

@@ -1,0 +1,63 @@
+"""Typed errors shared by training, export, serving and the client.
+
+Every message names the bad value, where it came from, and what to do about it; the CLI prints the
+message without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class HeadserveError(Exception):
+    """Base of every error headserve raises on purpose."""
+
+
+class UnknownEncoderError(HeadserveError, KeyError):
+    """An encoder name that the registry does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class EncoderLoadError(HeadserveError):
+    """Weights could not be loaded: gated hub model, no network, or a broken local directory."""
+
+
+class DatasetError(HeadserveError):
+    """A dataset path or file that cannot be used."""
+
+
+class ImageDecodeError(HeadserveError):
+    """An image file or buffer that does not decode."""
+
+
+class ArtifactError(HeadserveError):
+    """A head artifact (meta.json + safetensors) that is missing or inconsistent."""
+
+
+class EncoderMismatchError(ArtifactError):
+    """A head trained on one encoder paired with another (type, model, dim or fingerprint)."""
+
+
+class ExportParityError(HeadserveError):
+    """An exported ONNX graph disagrees with PyTorch beyond tolerance.
+
+    ``diffs`` maps each output name to its maximum absolute difference.
+    """
+
+    def __init__(self, model: str, diffs: dict[str, float], atol: float) -> None:
+        self.model = model
+        self.diffs = diffs
+        self.atol = atol
+        lines = ", ".join(f"{name}: max |diff| {d:.3g}" for name, d in diffs.items())
+        super().__init__(
+            f"ONNX export of {model} differs from PyTorch beyond atol={atol:g} ({lines}). "
+            "The ONNX file was not written; check the opset and any data-dependent ops."
+        )
+
+
+class RepositoryError(HeadserveError):
+    """A model repository that is invalid or cannot be written."""
+
+
+class ServerError(HeadserveError):
+    """The local tritonserver could not be started or did not become ready."""

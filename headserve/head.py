@@ -1,0 +1,111 @@
+"""Classifier heads on frozen embeddings, and the calibrated graph that serving runs.
+
+``MLPHead`` is the trainable part (``hidden=()`` makes it logistic regression). ``ServingHead`` wraps
+a trained head with what inference needs and training does not: the temperature and the softmax.
+Export traces ``ServingHead``, so the served probabilities are the trainer's own, to float precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+# ServingHead.forward returns its outputs in this order; export names the ONNX outputs, the Triton
+# config and the ensemble wiring from this tuple, so adding an output here is the only change needed.
+SERVING_OUTPUTS: tuple[str, ...] = ("logits", "probs")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Shape of a head; stored in meta.json so export can rebuild the module before loading weights."""
+
+    in_dim: int  # embedding width of the encoder
+    num_classes: int  # foreground + background classes, in meta.json order
+    hidden: tuple[int, ...] = ()  # hidden layer widths; () is logistic regression
+    activation: str = "relu"  # "relu" or "gelu"
+    layernorm: bool = False  # LayerNorm after each hidden Linear (the recipe's GELU+LN blocks)
+    dropout: float = 0.0  # dropout after each hidden block, training only
+    standardize: bool = False  # subtract the stored embedding mean and divide by its std first
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.in_dim <= 0 or self.num_classes < 2:
+            raise ValueError(f"a head needs in_dim > 0 and at least 2 classes (got {self.in_dim}, {self.num_classes})")
+
+    @property
+    def head_type(self) -> str:
+        return "mlp" if self.hidden else "logreg"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HeadConfig":
+        values = dict(data)
+        values["hidden"] = tuple(int(h) for h in values.get("hidden", ()))
+        return cls(**values)
+
+
+class MLPHead(nn.Module):
+    """embedding -> [standardise] -> (Linear [-> LayerNorm] -> act -> Dropout)* -> Linear -> logits."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("emb_mean", torch.zeros(config.in_dim))
+        self.register_buffer("emb_std", torch.ones(config.in_dim))
+        blocks: list[nn.Module] = []
+        width = config.in_dim
+        for h in config.hidden:
+            blocks.append(nn.Linear(width, h))
+            if config.layernorm:
+                blocks.append(nn.LayerNorm(h))
+            blocks.append(ACTIVATIONS[config.activation]())
+            if config.dropout > 0:
+                blocks.append(nn.Dropout(config.dropout))
+            width = h
+        self.body = nn.Sequential(*blocks)
+        self.out = nn.Linear(width, config.num_classes)
+
+    def features(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, H)
+        if self.config.standardize:
+            emb = (emb - self.emb_mean) / self.emb_std
+        return self.body(emb)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+        return self.out(self.features(emb))
+
+
+class ServingHead(nn.Module):
+    """A trained head plus calibration: embedding -> (logits, calibrated probabilities).
+
+    ``logits`` are the head's raw scores plus any post-hoc logit bias; ``probs`` are
+    ``softmax(logits / T)`` with the temperature fitted on held-out data.
+    """
+
+    def __init__(self, head: MLPHead, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("temperature", torch.tensor([float(temperature)]))
+        self.register_buffer("logit_bias", torch.zeros(head.config.num_classes))
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, D) -> (B, C), (B, C)
+        logits = self.head(emb) + self.logit_bias
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        return logits, probs
+
+
+def build_serving_head(config: HeadConfig, state: Mapping[str, torch.Tensor] | None = None) -> ServingHead:
+    """Rebuild a ServingHead from its config and (optionally) saved weights, in eval mode."""
+    module = ServingHead(MLPHead(config))
+    if state is not None:
+        module.load_state_dict(dict(state))
+    return module.eval()
+
+
+__all__ = ["HeadConfig", "MLPHead", "ServingHead", "build_serving_head"]

@@ -1,0 +1,1 @@
+"""headserve.train: YOLO data -> cached embeddings -> calibrated heads -> artifacts and reports."""

@@ -1,0 +1,197 @@
+"""YOLO-format datasets: class names, labelled objects, and the crops a head is trained on.
+
+Layout: ``ROOT/images/**/*.{jpg,png,...}`` with a label file per image at the same relative path
+under ``ROOT/labels/`` (``.txt``), class names from ``ROOT/data.yaml`` (``names``) or
+``ROOT/classes.txt``. A label line is a box ``cls cx cy w h`` or a polygon ``cls x1 y1 x2 y2 ...``
+(cropped by its bounding box), in coordinates normalised to [0, 1].
+
+Bad lines are never learned from silently: each is recorded with its file and line in a
+``DataReport``; ``strict=True`` turns the first one into a ``DatasetError``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+
+from headserve.errors import DatasetError, ImageDecodeError
+from headserve.preprocess import crop_box, load_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+COORD_SLACK = 1e-3  # rounding noise tolerated beyond [0, 1] before a coordinate counts as out of range
+
+
+@dataclass(frozen=True)
+class LabelledObject:
+    """One object: which image, which class, where (pixels, x1 y1 x2 y2)."""
+
+    image: Path
+    class_id: int
+    box: tuple[float, float, float, float]
+    source: str  # "file:line" it came from, or "background"
+
+
+@dataclass
+class DataReport:
+    """What was skipped or clipped, and why, with file and line."""
+
+    problems: list[str] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    strict: bool = False
+
+    def skip(self, kind: str, where: str, message: str) -> None:
+        text = f"{where}: {message}"
+        if self.strict:
+            raise DatasetError(text + " (strict mode: fix the line or drop --strict to skip it)")
+        self.problems.append(text)
+        self.counts[kind] += 1
+
+    def summary(self) -> str:
+        if not self.problems:
+            return "data: no problems found"
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        return f"data: skipped or clipped {len(self.problems)} item(s): {kinds}"
+
+
+@dataclass
+class YoloDataset:
+    root: Path
+    names: list[str]
+    objects: list[LabelledObject]
+    images: list[Path]
+    report: DataReport
+
+
+def read_class_names(root: Path) -> list[str]:
+    yaml_path, txt_path = root / "data.yaml", root / "classes.txt"
+    if yaml_path.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(yaml_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DatasetError(f"{yaml_path}: not valid YAML ({exc})") from None
+        names = data.get("names")
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names, key=int)]
+        if not isinstance(names, list) or not names:
+            raise DatasetError(f"{yaml_path}: 'names' must be a non-empty list or an index->name mapping")
+        return [str(n) for n in names]
+    if txt_path.is_file():
+        names = [line.strip() for line in txt_path.read_text().splitlines() if line.strip()]
+        if names:
+            return names
+        raise DatasetError(f"{txt_path}: no class names in it; write one name per line")
+    raise DatasetError(f"{root}: neither data.yaml nor classes.txt found; add one that lists the class names")
+
+
+def read_yolo(root: str | Path, strict: bool = False) -> YoloDataset:
+    """Read every image and label of a YOLO dataset, reporting bad data with file and line."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset path {root} does not exist or is not a directory; pass the YOLO dataset root")
+    names = read_class_names(root)
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DatasetError(f"{image_dir} does not exist; a YOLO dataset keeps its images under images/")
+    report = DataReport(strict=strict)
+    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    objects: list[LabelledObject] = []
+    usable: list[Path] = []
+    for image_path in images:
+        label_path = root / "labels" / image_path.relative_to(image_dir).with_suffix(".txt")
+        try:
+            with Image.open(image_path) as im:
+                width, height = im.size
+        except (OSError, ValueError) as exc:
+            report.skip("unreadable image", str(image_path), f"image does not decode ({exc.__class__.__name__})")
+            continue
+        usable.append(image_path)
+        if label_path.is_file():
+            objects.extend(_read_labels(label_path, image_path, width, height, len(names), report))
+    found = Counter(o.class_id for o in objects)
+    for cid, name in enumerate(names):
+        if found[cid] == 0:
+            report.skip("empty class", f"class {cid} ({name})", "has no labelled examples")
+    return YoloDataset(root=root, names=names, objects=objects, images=usable, report=report)
+
+
+def _read_labels(path: Path, image: Path, width: int, height: int, num_classes: int,
+                 report: DataReport) -> Iterator[LabelledObject]:
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{path}:{lineno}"
+        parts = line.split()
+        try:
+            cls_id = int(parts[0])
+            coords = [float(v) for v in parts[1:]]
+        except ValueError:
+            report.skip("malformed line", where, f"not numbers: {line!r}")
+            continue
+        if not 0 <= cls_id < num_classes:
+            report.skip("class out of range", where, f"class id {cls_id} is outside 0..{num_classes - 1}")
+            continue
+        if len(coords) == 4:
+            cx, cy, w, h = coords
+            xs, ys = [cx - w / 2, cx + w / 2], [cy - h / 2, cy + h / 2]
+            values = coords
+        elif len(coords) >= 6 and len(coords) % 2 == 0:
+            xs, ys = coords[0::2], coords[1::2]
+            values = coords
+        elif len(coords) % 2 == 0 and len(coords) > 0:
+            report.skip("short polygon", where, f"polygon has {len(coords) // 2} points; at least 3 are needed")
+            continue
+        else:
+            report.skip("malformed line", where, f"expected 'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', got {line!r}")
+            continue
+        if any(v < -COORD_SLACK or v > 1 + COORD_SLACK for v in values):
+            report.skip("coordinates clipped", where, "coordinates outside [0, 1] were clipped to the image")
+        x1, x2 = max(0.0, min(xs)) * width, min(1.0, max(xs)) * width
+        y1, y2 = max(0.0, min(ys)) * height, min(1.0, max(ys)) * height
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            report.skip("degenerate box", where, "box is smaller than 2 pixels after clipping")
+            continue
+        yield LabelledObject(image=image, class_id=cls_id, box=(x1, y1, x2, y2), source=where)
+
+
+def background_objects(dataset: YoloDataset, per_image: int, class_id: int, seed: int = 42) -> list[LabelledObject]:
+    """Random crops that overlap no labelled box, drawn with a fixed seed."""
+    rng = random.Random(seed)
+    by_image: dict[Path, list[tuple[float, float, float, float]]] = {}
+    for obj in dataset.objects:
+        by_image.setdefault(obj.image, []).append(obj.box)
+    out: list[LabelledObject] = []
+    for image_path in dataset.images:
+        with Image.open(image_path) as im:
+            width, height = im.size
+        boxes = by_image.get(image_path, [])
+        placed = 0
+        for _ in range(per_image * 20):
+            if placed == per_image:
+                break
+            side = rng.uniform(0.15, 0.4) * min(width, height)
+            x1, y1 = rng.uniform(0, width - side), rng.uniform(0, height - side)
+            cand = (x1, y1, x1 + side, y1 + side)
+            if all(not _overlaps(cand, b) for b in boxes):
+                out.append(LabelledObject(image=image_path, class_id=class_id, box=cand, source="background"))
+                placed += 1
+    return out
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def load_crop(obj: LabelledObject) -> Image.Image:
+    """The object's crop as an RGB image; errors name the label line."""
+    try:
+        return crop_box(load_image(obj.image), obj.box, origin=f"box from {obj.source}")
+    except ImageDecodeError as exc:
+        raise DatasetError(str(exc)) from None
