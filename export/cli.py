@@ -1,4 +1,4 @@
-"""`headserve export encoder|head`: write models into a Triton repository."""
+"""`headserve export encoder|head|legacy` and `headserve repo validate|list`: write and check a Triton repository."""
 
 from __future__ import annotations
 
@@ -22,7 +22,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     head.add_argument("artifact", type=Path, help="directory with meta.json and head.safetensors")
     _repo_args(head)
     add_encoder_args(head, default="")
+    _server_arg(head)
     head.set_defaults(func=_export_head)
+
+    legacy = what.add_parser("legacy", help="import a scikit-learn .pkl head (pickle: only with --trust-pickle)")
+    legacy.add_argument("pkl", type=Path, help="the legacy pickle file")
+    legacy.add_argument("--out", type=Path, required=True, help="directory for the converted head artifact")
+    legacy.add_argument("--trust-pickle", action="store_true",
+                        help="allow unpickling; pickle runs code, so only for files you made yourself")
+    legacy.add_argument("--repo", type=Path, default=None, help="also export the converted head into this repository")
+    legacy.add_argument("--runtime", choices=("local", "production"), default="local")
+    add_encoder_args(legacy, default="")
+    _server_arg(legacy)
+    legacy.set_defaults(func=_export_legacy)
+
+    repo = sub.add_parser("repo", help="check or list a Triton model repository")
+    action = repo.add_subparsers(dest="action", required=True, metavar="ACTION")
+    validate = action.add_parser("validate", help="check configs against ONNX files, ensemble wiring, labels, "
+                                                  "encoder fingerprints")
+    validate.add_argument("repository", type=Path)
+    validate.set_defaults(func=_repo_validate)
+    listing = action.add_parser("list", help="one line per model: kind, versions, runtime, encoder, classes")
+    listing.add_argument("repository", type=Path)
+    listing.set_defaults(func=_repo_list)
+
+
+def _server_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=None, metavar="HOST:PORT",
+                   help="gRPC address of a Triton in --model-control-mode=explicit: load the new versions there "
+                        "and wait until they are ready")
 
 
 def _repo_args(p: argparse.ArgumentParser) -> None:
@@ -49,10 +77,64 @@ def _export_encoder(args: argparse.Namespace) -> int:
 def _export_head(args: argparse.Namespace) -> int:
     from headserve.export.pipeline import export_head
 
-    for written in export_head(args.artifact, args.repo, args.runtime,
-                               encoder_name=args.encoder or None, encoder_weights=args.encoder_weights):
-        print(f"{written.name} version {written.version}: {written.path}"
-              + (f" (max |ONNX - torch| {_fmt(written.max_abs_diff)})" if written.max_abs_diff else ""))
+    written = export_head(args.artifact, args.repo, args.runtime,
+                          encoder_name=args.encoder or None, encoder_weights=args.encoder_weights)
+    _report(written, args.server)
+    return 0
+
+
+def _export_legacy(args: argparse.Namespace) -> int:
+    from headserve.errors import HeadserveError
+
+    try:
+        from headserve.train.legacy import import_legacy
+    except ImportError:
+        raise HeadserveError("this headserve has no legacy importer (headserve.train.legacy); "
+                             "upgrade headserve, or retrain the head with `headserve train`") from None
+    artifact = import_legacy(args.pkl, args.out, args.trust_pickle)
+    print(f"head artifact: {artifact}")
+    if args.repo is not None:
+        from headserve.export.pipeline import export_head
+
+        _report(export_head(artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
+                            encoder_weights=args.encoder_weights), args.server)
+    return 0
+
+
+def _report(written: list, server: str | None) -> None:
+    for w in written:
+        print(f"{w.name} version {w.version}: {w.path}"
+              + (f" (max |ONNX - torch| {_fmt(w.max_abs_diff)})" if w.max_abs_diff else ""))
+    if server:
+        from headserve.export.server_load import load_on_server
+
+        for loaded in load_on_server(server, [w.name for w in written]):
+            print(f"ready on {server}: {loaded.name} version {loaded.version} ({loaded.seconds:.1f}s)")
+
+
+def _repo_validate(args: argparse.Namespace) -> int:
+    from headserve.errors import RepositoryError
+    from headserve.export.validation import describe, validate_repository
+
+    problems = validate_repository(args.repository)
+    if problems:
+        raise RepositoryError(f"{args.repository}: {len(problems)} problem(s)\n{describe(problems)}")
+    print(f"{args.repository}: valid")
+    return 0
+
+
+def _repo_list(args: argparse.Namespace) -> int:
+    from headserve.export.validation import list_models
+
+    rows = list_models(args.repository)
+    if not rows:
+        print(f"{args.repository}: no models")
+        return 0
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
     return 0
 
 

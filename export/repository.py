@@ -32,6 +32,7 @@ from headserve.export.model_config import (
     render,
     to_text,
 )
+from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
 from headserve.export.onnx_export import (
     ENCODER_HEAD_FEED,
     ENCODER_INPUT,
@@ -43,7 +44,7 @@ from headserve.export.onnx_export import (
     head_graph_spec,
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
-from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
+from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS, HeadConfig, build_serving_head
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
 LABELS_FILE = "labels.txt"
@@ -103,15 +104,17 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     try:
         diffs = export_onnx(EncoderExport(graph), encoder_graph_spec(spec.name, spec.preprocess.input_size), tmp / "model.onnx")
         size = spec.preprocess.input_size
+        params = encoder_parameters(loaded, fingerprint(graph, spec.preprocess))
         desc = ModelDesc(
             name=name,
             inputs=(TensorSpec(ENCODER_INPUT, DataType.TYPE_UINT8, (size, size, 3)),),
             outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,))
                           for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
             max_batch_size=max_batch_size,
-            parameters=encoder_parameters(loaded, fingerprint(graph, spec.preprocess)),
+            parameters=params,
         )
-        version, path = _publish_version(model_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"})
+        files = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
+        version, path = _publish_version(model_dir, desc, runtime, files)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
@@ -145,7 +148,8 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
     head_dir = Path(repo) / head_name
     n = len(meta.classes)
     outputs = tuple(
-        TensorSpec(o, DataType.TYPE_FP32, (n,), LABELS_FILE if o == PROBS else None) for o in SERVING_OUTPUTS
+        TensorSpec(o, DataType.TYPE_FP32, (SERVING_OUTPUT_WIDTHS.get(o, n),), LABELS_FILE if o == PROBS else None)
+        for o in SERVING_OUTPUTS
     )
     tmp = staging_dir(head_dir / "export")
     try:
@@ -166,7 +170,7 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
 
 def head_parameters(meta: HeadMeta) -> dict[str, str]:
     """What clients discover from the ensemble's config: enough to preprocess and decide."""
-    return {
+    params = {
         "classes": json.dumps(meta.classes),
         "background_indices": json.dumps(meta.background_indices),
         "encoder_type": meta.encoder_type,
@@ -177,6 +181,12 @@ def head_parameters(meta: HeadMeta) -> dict[str, str]:
         "temperature": repr(meta.temperature),
         "head_type": meta.head_type,
     }
+    if meta.encoder_fingerprint:
+        params["encoder_fingerprint"] = meta.encoder_fingerprint
+    ood_threshold = getattr(meta, "ood_threshold", None)  # heads trained with an OOD detector publish it
+    if ood_threshold is not None:
+        params["ood_threshold"] = repr(float(ood_threshold))
+    return params
 
 
 def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str, runtime: Runtime,
@@ -184,7 +194,8 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
     spec = meta.preprocess_spec
     n = len(meta.classes)
     outputs = tuple(
-        TensorSpec(o, DataType.TYPE_FP32, (n,), LABELS_FILE if o == PROBS else None) for o in SERVING_OUTPUTS
+        TensorSpec(o, DataType.TYPE_FP32, (SERVING_OUTPUT_WIDTHS.get(o, n),), LABELS_FILE if o == PROBS else None)
+        for o in SERVING_OUTPUTS
     ) + (TensorSpec(ENCODER_OUTPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),)
     desc = ModelDesc(
         name=meta.name,

@@ -1,0 +1,38 @@
+"""The encoder fingerprint file that every encoder version directory carries.
+
+``fingerprint.json`` records the sha256 of the exported weights and preprocessing next to the ONNX
+file it describes, so a repository can be checked (``repo validate``) and a head refused
+(``export head``) without loading any weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def fingerprint_record(params: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of an encoder's parameters that identify it."""
+    return {
+        "fingerprint": params["encoder_fingerprint"],
+        "encoder_name": params.get("encoder_name", ""),
+        "encoder_type": params["encoder_type"],
+        "encoder_model": params["encoder_model"],
+        "embedding_dim": int(params["embedding_dim"]),
+        "preprocess": json.loads(params.get("preprocess", "null")),
+    }
+
+
+def fingerprint_bytes(params: Mapping[str, str]) -> bytes:
+    return (json.dumps(fingerprint_record(params), indent=2, sort_keys=True) + "\n").encode()
+
+
+def read_fingerprint(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or None when the file is absent or unreadable (validate reports the config)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,351 @@
+"""`headserve repo validate`: check a model repository before a Triton loads it.
+
+Triton's protobuf schema catches syntax; it cannot see that an ONNX file's tensors are named or
+shaped differently from its ``config.pbtxt`` (the python backend never looks), that an ensemble maps
+a tensor nobody produces, that a labels file has one line too few, or that a head was trained on
+another encoder than the one its ensemble feeds it. Each of those is a ``Problem`` naming the file
+and the fix; an empty list means the repository is consistent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
+
+CONFIG_FILE = "config.pbtxt"
+# ONNX TensorProto element types -> Triton data types (the subset headserve exports).
+ONNX_TO_TRITON: dict[int, int] = {1: mc.TYPE_FP32, 2: mc.TYPE_UINT8, 7: mc.TYPE_INT64, 8: mc.TYPE_STRING,
+                                  10: mc.TYPE_FP16, 6: mc.TYPE_INT32, 9: mc.TYPE_BOOL}
+# Ensemble parameters that must agree with the encoder model's own parameters.
+ENCODER_KEYS: tuple[str, ...] = ("encoder_type", "encoder_model", "embedding_dim", "encoder_fingerprint")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One inconsistency: where it is, what is wrong, and what to do about it."""
+
+    path: Path  # the file (or directory) at fault
+    message: str  # what is wrong, naming the values involved
+    fix: str  # what the user should do
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} Fix: {self.fix}"
+
+
+@dataclass
+class ModelEntry:
+    """A parsed model directory of the repository."""
+
+    name: str  # directory name (= model name)
+    directory: Path  # the model's directory
+    config: mc.ModelConfig  # parsed config.pbtxt
+    versions: list[int] = field(default_factory=list)  # version directories Triton would load
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.config.platform == "ensemble"
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        return {k: v.string_value for k, v in self.config.parameters.items()}
+
+    def tensor(self, name: str, inputs: bool) -> mc.ModelInput | mc.ModelOutput | None:
+        return next((t for t in (self.config.input if inputs else self.config.output) if t.name == name), None)
+
+
+def _type_name(dtype: int) -> str:
+    return mc.DataType.Name(dtype)
+
+
+def load_models(repo: Path, problems: list[Problem], broken: set[str] | None = None) -> dict[str, ModelEntry]:
+    """Parse every ``<model>/config.pbtxt`` with Triton's schema; parse errors become problems.
+
+    Names of model directories whose config did not parse are added to ``broken``.
+    """
+    models: dict[str, ModelEntry] = {}
+    broken = set() if broken is None else broken
+    for directory in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        path = directory / CONFIG_FILE
+        if not path.is_file():
+            problems.append(Problem(directory, "model directory has no config.pbtxt.",
+                                    "export the model again, or remove the directory from the repository."))
+            continue
+        try:
+            config = text_format.Parse(path.read_text(), mc.ModelConfig())
+        except text_format.ParseError as exc:
+            problems.append(Problem(path, f"not a valid Triton ModelConfig ({exc}).",
+                                    "correct the field named at that line:column, or re-export the model."))
+            broken.add(directory.name)
+            continue
+        if config.name and config.name != directory.name:
+            problems.append(Problem(path, f"name {config.name!r} differs from its directory {directory.name!r}.",
+                                    f"set name: \"{directory.name}\" or rename the directory."))
+        entry = ModelEntry(directory.name, directory, config, _loaded_versions(directory, config))
+        if not entry.versions:
+            problems.append(Problem(directory, "no numeric version directory (e.g. 1/) to load.",
+                                    "export the model, which writes the next version directory."))
+        models[entry.name] = entry
+    return models
+
+
+def _loaded_versions(directory: Path, config: mc.ModelConfig) -> list[int]:
+    versions = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return versions
+    if which == "specific":
+        return [v for v in versions if v in set(policy.specific.versions)]
+    keep = policy.latest.num_versions if which == "latest" else 1
+    return versions[-keep:]
+
+
+def validate_repository(repo: str | Path) -> list[Problem]:
+    """Every problem found in ``repo``; an empty list means Triton will find it consistent."""
+    repo = Path(repo)
+    problems: list[Problem] = []
+    if not repo.is_dir():
+        return [Problem(repo, "is not a directory.", "pass the model repository directory (with one folder per model).")]
+    broken: set[str] = set()
+    models = load_models(repo, problems, broken)
+    for entry in models.values():
+        _check_labels(entry, problems)
+        if entry.is_ensemble:
+            _check_ensemble(entry, models, broken, problems)
+        else:
+            for version in entry.versions:
+                _check_onnx(entry, entry.directory / str(version), problems)
+            _check_fingerprint_file(entry, problems)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+
+def _check_labels(entry: ModelEntry, problems: list[Problem]) -> None:
+    for out in entry.config.output:
+        if not out.label_filename:
+            continue
+        path = entry.directory / out.label_filename
+        if not path.is_file():
+            problems.append(Problem(path, f"output {out.name!r} names labels file {out.label_filename!r}, "
+                                          "which does not exist.",
+                                    "re-export the head (it writes one class name per line)."))
+            continue
+        labels = [line for line in path.read_text().splitlines() if line.strip()]
+        classes = out.dims[-1] if out.dims else 0
+        if classes > 0 and len(labels) != classes:
+            problems.append(Problem(path, f"{len(labels)} labels for output {out.name!r} of {classes} classes "
+                                          f"(dims {list(out.dims)}).",
+                                    f"write exactly {classes} class names, one per line, in output order."))
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX graphs against their configs
+
+
+def _onnx_file(entry: ModelEntry, version_dir: Path) -> Path:
+    params = entry.parameters
+    name = params.get("onnx_file") or entry.config.default_model_filename or "model.onnx"
+    return version_dir / name
+
+
+def _check_onnx(entry: ModelEntry, version_dir: Path, problems: list[Problem]) -> None:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    path = _onnx_file(entry, version_dir)
+    if not path.is_file():
+        problems.append(Problem(path, "the ONNX file the config points at is missing.",
+                                "re-export the model; a version directory must carry its model file."))
+        return
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError/ValueError alike for a corrupt file
+        problems.append(Problem(path, f"not a readable ONNX model ({exc.__class__.__name__}).", "re-export the model."))
+        return
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if not (path.parent / location).is_file():
+                problems.append(Problem(path.parent / location, f"external data of initializer {tensor.name!r} "
+                                                                "is missing.",
+                                        "copy the weights file that was exported next to the ONNX file."))
+    batched = entry.config.max_batch_size > 0
+    graph_inputs = {v.name: v for v in model.graph.input}
+    graph_outputs = {v.name: v for v in model.graph.output}
+    for inputs, declared, actual in ((True, entry.config.input, graph_inputs), (False, entry.config.output, graph_outputs)):
+        kind = "input" if inputs else "output"
+        for tensor in declared:
+            value = actual.get(tensor.name)
+            if value is None:
+                problems.append(Problem(entry.directory / CONFIG_FILE,
+                                        f"{kind} {tensor.name!r} is not in {path.relative_to(entry.directory)} "
+                                        f"(its {kind}s are {sorted(actual)}).",
+                                        f"rename the config's {kind} to one of the graph's names, or re-export."))
+                continue
+            _compare_tensor(entry, path, kind, tensor, value, batched, problems)
+
+
+def _compare_tensor(entry: ModelEntry, path: Path, kind: str, tensor, value, batched: bool,
+                    problems: list[Problem]) -> None:
+    config_path = entry.directory / CONFIG_FILE
+    ttype = value.type.tensor_type
+    onnx_type = ONNX_TO_TRITON.get(ttype.elem_type)
+    if onnx_type is not None and onnx_type != tensor.data_type:
+        problems.append(Problem(config_path, f"{kind} {tensor.name!r} is {_type_name(tensor.data_type)} in the config "
+                                             f"but {_type_name(onnx_type)} in {path.name}.",
+                                f"set data_type: {_type_name(onnx_type)} (or re-export the graph)."))
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
+    if batched:
+        dims = dims[1:]
+    declared = list(tensor.dims)
+    mismatch = len(dims) != len(declared) or any(a != b and a != -1 and b != -1 for a, b in zip(dims, declared))
+    if mismatch:
+        problems.append(Problem(config_path, f"{kind} {tensor.name!r} has dims {declared} in the config but "
+                                             f"{dims} in {path.name} (batch dimension excluded).",
+                                f"set dims: {dims} in the config, or re-export the graph."))
+
+
+def _check_fingerprint_file(entry: ModelEntry, problems: list[Problem]) -> None:
+    declared = entry.parameters.get("encoder_fingerprint")
+    if not declared or not entry.versions:
+        return
+    path = entry.directory / str(entry.versions[-1]) / FINGERPRINT_FILE
+    recorded = read_fingerprint(path)
+    if recorded is not None and recorded.get("fingerprint") != declared:
+        problems.append(Problem(path, f"fingerprint {recorded.get('fingerprint')} of the exported weights differs "
+                                      f"from the config's encoder_fingerprint {declared}.",
+                                "export the encoder again so config and weights come from one export."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ensembles
+
+
+def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: set[str],
+                    problems: list[Problem]) -> None:
+    config_path = entry.directory / CONFIG_FILE
+    # Every tensor available inside the ensemble: name -> (dtype, dims, who provides it).
+    available: dict[str, tuple[int, list[int], str]] = {
+        t.name: (t.data_type, list(t.dims), "the ensemble input") for t in entry.config.input
+    }
+    steps = list(entry.config.ensemble_scheduling.step)
+    if not steps:
+        problems.append(Problem(config_path, "platform is ensemble but ensemble_scheduling has no step.",
+                                "re-export the head, which writes encoder and head steps."))
+        return
+    if any(step.model_name in broken for step in steps):
+        return  # its step's config is already reported; wiring cannot be checked against it
+    for step in steps:
+        model = models.get(step.model_name)
+        if model is None:
+            problems.append(Problem(config_path, f"step model {step.model_name!r} is not in the repository "
+                                                 f"(models: {sorted(models)}).",
+                                    "export that model into this repository, or correct model_name."))
+            continue
+        for key, value in step.output_map.items():
+            out = model.tensor(key, inputs=False)
+            if out is None:
+                problems.append(Problem(config_path, f"step {step.model_name!r} output_map reads {key!r}, which "
+                                                     f"{step.model_name} does not output "
+                                                     f"({[t.name for t in model.config.output]}).",
+                                        "map one of the model's outputs, or re-export the ensemble."))
+                continue
+            available[value] = (out.data_type, list(out.dims), f"{step.model_name}.{key}")
+    for step in steps:
+        model = models.get(step.model_name)
+        if model is None:
+            continue
+        for key, value in step.input_map.items():
+            inp = model.tensor(key, inputs=True)
+            if inp is None:
+                problems.append(Problem(config_path, f"step {step.model_name!r} input_map feeds {key!r}, which is not "
+                                                     f"an input of {step.model_name} "
+                                                     f"({[t.name for t in model.config.input]}).",
+                                        "map the model's input name, or re-export the ensemble."))
+                continue
+            source = available.get(value)
+            if source is None:
+                problems.append(Problem(config_path, f"step {step.model_name!r} input {key!r} is mapped from "
+                                                     f"ensemble tensor {value!r}, which no step outputs and is not "
+                                                     f"an ensemble input (available: {sorted(available)}).",
+                                        "map it from an earlier step's output_map value or an ensemble input."))
+                continue
+            _compare_wire(config_path, f"{step.model_name}.{key}", (inp.data_type, list(inp.dims)), value, source,
+                          problems)
+    for out in entry.config.output:
+        source = available.get(out.name)
+        if source is None:
+            problems.append(Problem(config_path, f"ensemble output {out.name!r} is produced by no step "
+                                                 f"(step outputs: {sorted(available)}).",
+                                    "add it to a step's output_map, or remove the output."))
+            continue
+        _compare_wire(config_path, f"ensemble output {out.name}", (out.data_type, list(out.dims)), out.name, source,
+                      problems)
+    _check_encoder_agreement(entry, steps, models, problems)
+
+
+def _compare_wire(config_path: Path, consumer: str, wanted: tuple[int, list[int]], tensor: str,
+                  source: tuple[int, list[int], str], problems: list[Problem]) -> None:
+    dtype, dims, producer = source
+    same_shape = len(dims) == len(wanted[1]) and all(a == b or -1 in (a, b) for a, b in zip(dims, wanted[1]))
+    if dtype != wanted[0] or not same_shape:
+        problems.append(Problem(config_path, f"{consumer} expects {_type_name(wanted[0])} {wanted[1]} but tensor "
+                                             f"{tensor!r} from {producer} is {_type_name(dtype)} {dims}.",
+                                "connect tensors of the same type and shape, or re-export the head on this "
+                                "encoder."))
+
+
+def _check_encoder_agreement(entry: ModelEntry, steps, models: dict[str, ModelEntry],
+                             problems: list[Problem]) -> None:
+    """The ensemble's head was trained on the encoder its first step runs: type, model, dim, fingerprint."""
+    ours = entry.parameters
+    for step in steps:
+        model = models.get(step.model_name)
+        if model is None or "encoder_type" not in model.parameters:
+            continue
+        theirs = model.parameters
+        for key in ENCODER_KEYS:
+            if ours.get(key) and theirs.get(key) and ours[key] != theirs[key]:
+                problems.append(Problem(entry.directory / CONFIG_FILE,
+                                        f"head {entry.name!r} was trained on {key} {ours[key]!r} but its encoder step "
+                                        f"{step.model_name!r} has {key} {theirs[key]!r}.",
+                                        f"retrain the head on {theirs.get('encoder_name') or step.model_name}'s "
+                                        "embeddings, or export the encoder it was trained on into this repository."))
+
+
+def describe(problems: list[Problem]) -> str:
+    return "\n".join(f"- {p}" for p in problems)
+
+
+def list_models(repo: str | Path) -> list[dict[str, str]]:
+    """One row per model: name, kind, versions, runtime and (for ensembles) encoder and classes."""
+    repo = Path(repo)
+    problems: list[Problem] = []
+    rows = []
+    for entry in load_models(repo, problems).values():
+        params = entry.parameters
+        if entry.is_ensemble:
+            kind, runtime = "ensemble", "ensemble"
+        else:
+            kind = "encoder" if "encoder_fingerprint" in params else "head"
+            runtime = entry.config.platform or entry.config.backend
+        classes = json.loads(params["classes"]) if "classes" in params else []
+        rows.append({
+            "model": entry.name,
+            "kind": kind,
+            "versions": ",".join(str(v) for v in sorted(
+                int(p.name) for p in entry.directory.iterdir() if p.is_dir() and p.name.isdigit())),
+            "runtime": runtime,
+            "encoder": params.get("encoder_name", ""),
+            "classes": ",".join(classes),
+        })
+    return rows
