@@ -4,7 +4,28 @@ Only tritonclient[grpc], numpy and pillow are imported here and below; the prepr
 ``headserve.preprocess``, the same code training used.
 """
 
-from headserve.client.client import HeadClient, HeadInfo, Prediction
-from headserve.client.errors import ClientError, HeadNotFoundError, ServerUnavailableError
+from headserve.client.aio import AsyncHeadClient
+from headserve.client.client import HeadClient
+from headserve.client.crops import CropRef, crops_from_yolo, polygon_to_xyxy, yolo_box_to_xyxy
+from headserve.client.decision import Prediction, Reason, Thresholds, decide
+from headserve.client.discovery import HeadInfo
+from headserve.client.errors import (
+    BadInputError,
+    ClientError,
+    DeadlineExceededError,
+    HeadNotFoundError,
+    ModelNotReadyError,
+    ServerSideError,
+    ServerUnavailableError,
+)
+from headserve.client.gating import ComputeEstimate, GateConfig, GateReason, GateResult, gate
+from headserve.client.options import ConnectionOptions
 
-__all__ = ["HeadClient", "HeadInfo", "Prediction", "ClientError", "HeadNotFoundError", "ServerUnavailableError"]
+__all__ = [
+    "AsyncHeadClient", "HeadClient", "ConnectionOptions", "HeadInfo",
+    "Prediction", "Reason", "Thresholds", "decide",
+    "GateConfig", "GateReason", "GateResult", "ComputeEstimate", "gate",
+    "CropRef", "crops_from_yolo", "polygon_to_xyxy", "yolo_box_to_xyxy",
+    "ClientError", "ServerUnavailableError", "DeadlineExceededError", "ModelNotReadyError", "HeadNotFoundError",
+    "BadInputError", "ServerSideError",
+]

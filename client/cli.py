@@ -1,4 +1,9 @@
-"""`headserve classify`: crops in, one JSON object per crop out."""
+"""`headserve classify` and `headserve gate`: crops in, one JSON object per crop out.
+
+Crops come from image files (each file is one crop) or from a YOLO dataset's boxes and polygons
+(``--yolo DIR``). Work goes in chunks so a progress bar on a terminal (stderr, only when it is a
+TTY) moves while results stream to stdout.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,138 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+CHUNK = 64  # crops per client call: results stream out at this granularity
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="*", type=Path, help="crop image files (one crop each)")
+    p.add_argument("--yolo", type=Path, default=None, metavar="DIR",
+                   help="YOLO dataset (images/ + labels/): classify every box and polygon instead")
+    p.add_argument("--head", required=True, help="head (ensemble) name on the server")
+    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds")
+    p.add_argument("--min-confidence", type=float, default=0.5, help="calibrated top-1 probability to accept")
+    p.add_argument("--min-margin", type=float, default=0.1, help="top-1 minus top-2 below this is ambiguous")
+    p.add_argument("--ood-threshold", type=float, default=None, help="override the head's published OOD threshold")
+    p.add_argument("--class-confidence", action="append", default=[], metavar="CLASS=P",
+                   help="per-class min confidence; repeat")
+    p.add_argument("--root-certificates", default=None, help="PEM file of the server's CA (TLS)")
+    p.add_argument("--private-key", default=None, help="client key PEM (mutual TLS)")
+    p.add_argument("--certificate-chain", default=None, help="client certificate PEM (mutual TLS)")
+    p.add_argument("--compression", default=None, choices=("gzip", "deflate"), help="gRPC compression")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("classify", help="classify image crops with a served head (JSON Lines out)")
-    p.add_argument("images", nargs="+", type=Path, help="crop image files")
-    p.add_argument("--head", required=True, help="head (ensemble) name on the server")
-    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address")
+    p = sub.add_parser("classify", help="classify crops with a served head (JSON Lines out)")
+    _common(p)
     p.add_argument("--top-k", type=int, default=3)
     p.set_defaults(func=_classify)
+    g = sub.add_parser("gate", help="keep or drop mining candidates for a target class (JSON Lines out)")
+    _common(g)
+    g.add_argument("--target", required=True, help="class name the mining run wants")
+    g.add_argument("--prompt-threshold", type=float, default=0.2, help="CLIP prefilter: min prompt similarity")
+    g.add_argument("--no-prefilter", action="store_true", help="head gating only")
+    g.add_argument("--estimate", action="store_true",
+                   help="print the compute estimate (one JSON object) for these candidates, and gate nothing")
+    g.set_defaults(func=_gate)
+
+
+def _thresholds(args: argparse.Namespace):
+    from headserve.client.decision import Thresholds
+    from headserve.client.errors import BadInputError
+
+    per_class = {}
+    for item in args.class_confidence:
+        name, sep, value = item.rpartition("=")
+        try:
+            per_class[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise BadInputError(f"--class-confidence {item!r} is not CLASS=P (e.g. digit_3=0.8)")
+    return Thresholds(args.min_confidence, args.min_margin, args.ood_threshold, per_class_confidence=per_class)
+
+
+def _client(args: argparse.Namespace):
+    from headserve.client import ConnectionOptions, HeadClient
+
+    return HeadClient(args.url, ConnectionOptions(timeout_s=args.timeout, root_certificates=args.root_certificates,
+                                                  private_key=args.private_key,
+                                                  certificate_chain=args.certificate_chain,
+                                                  compression=args.compression))
+
+
+def _sources(args: argparse.Namespace) -> tuple[list[dict], Callable[[Sequence[int]], list]]:
+    """Row descriptions and a loader of the crops at given positions."""
+    from headserve.client.crops import crops_from_yolo
+    from headserve.client.errors import BadInputError
+
+    if args.yolo is not None:
+        if args.images:
+            raise BadInputError("pass image files or --yolo DIR, not both")
+        refs = list(crops_from_yolo(args.yolo))
+        if not refs:
+            raise BadInputError(f"YOLO dataset {args.yolo} has no labelled boxes; nothing to classify")
+        return [r.to_json() for r in refs], lambda idx: [refs[i].load() for i in idx]
+    if not args.images:
+        raise BadInputError("no crops given; pass image files or --yolo DIR")
+    return [{"image": str(p)} for p in args.images], lambda idx: [str(args.images[i]) for i in idx]
+
+
+def _chunks(n: int) -> Iterator[range]:
+    progress = _Progress(n)
+    for start in range(0, n, CHUNK):
+        yield range(start, min(start + CHUNK, n))
+        progress.update(min(start + CHUNK, n))
+    progress.close()
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from headserve.client import HeadClient
-
-    with HeadClient(args.url) as client:
-        for path, pred in zip(args.images, client.classify(args.head, [str(p) for p in args.images], args.top_k)):
-            row = {"image": str(path), "label": pred.label, "confidence": round(pred.confidence, 6),
-                   "top_k": [[c, round(p, 6)] for c, p in pred.top_k]}
-            sys.stdout.write(json.dumps(row) + "\n")
+    rows, load = _sources(args)
+    thresholds = _thresholds(args)
+    with _client(args) as client:
+        for idx in _chunks(len(rows)):
+            for i, pred in zip(idx, client.classify(args.head, load(idx), args.top_k, thresholds)):
+                _emit({**rows[i], **pred.to_json()})
     return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from headserve.client.gating import GateConfig
+
+    rows, load = _sources(args)
+    config = GateConfig(args.target, _thresholds(args), args.prompt_threshold, not args.no_prefilter)
+    with _client(args) as client:
+        if args.estimate:
+            _emit(client.estimate(args.head, len(rows)).to_json())
+            return 0
+        for idx in _chunks(len(rows)):
+            for i, result in zip(idx, client.gate(args.head, load(idx), config)):
+                _emit({**rows[i], **result.to_json()})
+    return 0
+
+
+def _emit(row: dict) -> None:
+    sys.stdout.write(json.dumps(row) + "\n")
+    sys.stdout.flush()
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.on = sys.stderr.isatty()
+        self.update(0)
+
+    def update(self, done: int) -> None:
+        if self.on:
+            filled = int(30 * done / max(1, self.total))
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} crops")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\n")

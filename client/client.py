@@ -1,59 +1,58 @@
-"""A gRPC client that turns crops into calibrated class probabilities.
+"""The synchronous gRPC client: crops in, decisions out.
 
 The caller names a head; everything else (classes, background classes, encoder family, input size
-and resize rule) is read from the served ensemble's config, which export publishes. Crops are resized
-here exactly as at training time and sent as uint8, a quarter of the bytes of float input.
+and resize rule, OOD threshold, prompt model) is read from the served ensemble's config, which export
+publishes. Crops are resized here exactly as at training time and sent as uint8, a quarter of the
+bytes of float input, in batches no larger than the model's max batch size, several in flight.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Sequence
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
-from headserve.client.errors import HeadNotFoundError, ServerSideError, ServerUnavailableError
-from headserve.encoders import PreprocessSpec
-from headserve.preprocess import ImageSource, prepare_batch
+from headserve.client import batching
+from headserve.client.decision import Prediction, Thresholds, decide
+from headserve.client.discovery import (
+    EMBEDDING,
+    OOD_SCORE,
+    PROBS,
+    PROMPT_INPUT,
+    PROMPT_OUTPUT,
+    HeadInfo,
+    head_info_from_config,
+)
+from headserve.client.errors import ModelNotReadyError, ServerUnavailableError, from_triton
+from headserve.client.gating import ComputeEstimate, GateConfig, GateResult, gate
+from headserve.client.options import ConnectionOptions
+from headserve.preprocess import ImageSource
 
-INPUT = "pixels"
-PROBS = "probs"
-LOGITS = "logits"
-
-
-@dataclass(frozen=True)
-class HeadInfo:
-    """What the server publishes about a head."""
-
-    name: str
-    classes: tuple[str, ...]
-    background_indices: tuple[int, ...]
-    encoder_type: str
-    encoder_model: str
-    preprocess: PreprocessSpec
-    max_batch_size: int
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    confidence: float  # calibrated probability of ``label``
-    probs: np.ndarray  # (C,) calibrated probabilities in class order
-    top_k: tuple[tuple[str, float], ...]
+T = TypeVar("T")
 
 
 class HeadClient:
     """``with HeadClient("127.0.0.1:8001") as c: c.classify("my_head", ["crop.png"])``."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, options: ConnectionOptions | None = None, timeout_s: float | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
+        options = options or ConnectionOptions()
+        if timeout_s is not None:
+            from dataclasses import replace
+
+            options = replace(options, timeout_s=timeout_s)
         self.url = url
-        self.timeout_s = timeout_s
+        self.options = options
         self._grpc = grpcclient
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, **options.client_kwargs())
         self._info: dict[str, HeadInfo] = {}
+        self._prompt_batch: dict[str, int] = {}
+        self._prefilter = batching.PrefilterPolicy()
+        self._pool = ThreadPoolExecutor(max_workers=options.max_in_flight, thread_name_prefix="headserve-client")
 
     def __enter__(self) -> "HeadClient":
         return self
@@ -62,59 +61,123 @@ class HeadClient:
         self.close()
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self._client.close()
 
-    def info(self, head: str) -> HeadInfo:
-        if head not in self._info:
-            from tritonclient.utils import InferenceServerException
+    # -- calls with deadline, retries and typed errors ------------------------------------------
 
-            try:
-                ready = self._client.is_model_ready(head, client_timeout=self.timeout_s)
-                config = self._client.get_model_config(head, client_timeout=self.timeout_s).config if ready else None
-            except InferenceServerException as exc:
-                raise ServerUnavailableError(f"no Triton server answered at {self.url} ({exc.message()}); "
-                                             "start one with `headserve serve REPO`") from exc
-            if config is None:
-                raise HeadNotFoundError(f"head {head!r} is not ready on {self.url}; `headserve repo list` shows "
-                                        "what the repository holds")
-            p = {k: v.string_value for k, v in config.parameters.items()}
-            self._info[head] = HeadInfo(
-                name=head,
-                classes=tuple(json.loads(p["classes"])),
-                background_indices=tuple(json.loads(p.get("background_indices", "[]"))),
-                encoder_type=p.get("encoder_type") or "clip",
-                encoder_model=p.get("encoder_model", ""),
-                preprocess=PreprocessSpec.from_dict(json.loads(p["preprocess"])),
-                max_batch_size=int(config.max_batch_size) or 1,
-            )
-        return self._info[head]
-
-    def probabilities(self, head: str, images: Sequence[ImageSource]) -> np.ndarray:
-        """(N, C) calibrated probabilities for N crops."""
-        info = self.info(head)
-        pixels = prepare_batch(images, info.preprocess)
-        parts = [self._infer(head, pixels[i:i + info.max_batch_size])
-                 for i in range(0, len(pixels), info.max_batch_size)]
-        return np.concatenate(parts)
-
-    def classify(self, head: str, images: Sequence[ImageSource], top_k: int = 3) -> list[Prediction]:
-        info = self.info(head)
-        probs = self.probabilities(head, images)
-        out = []
-        for row in probs:
-            order = np.argsort(-row)[:top_k]
-            out.append(Prediction(label=info.classes[order[0]], confidence=float(row[order[0]]), probs=row,
-                                  top_k=tuple((info.classes[i], float(row[i])) for i in order)))
-        return out
-
-    def _infer(self, head: str, pixels: np.ndarray) -> np.ndarray:
+    def _call(self, what: str, fn: Callable[[float], T], timeout_s: float | None = None) -> T:
+        """Run ``fn(deadline_s)``, retrying with backoff while the server is UNAVAILABLE."""
         from tritonclient.utils import InferenceServerException
 
-        inp = self._grpc.InferInput(INPUT, list(pixels.shape), "UINT8")
-        inp.set_data_from_numpy(pixels)
-        try:
-            result = self._client.infer(head, [inp], outputs=[self._grpc.InferRequestedOutput(PROBS)],
-                                        client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            raise ServerSideError(f"inference on head {head!r} at {self.url} failed: {exc.message()}") from exc
-        return result.as_numpy(PROBS)
+        timeout = timeout_s or self.options.timeout_s
+        for attempt in range(self.options.retries + 1):
+            try:
+                return fn(timeout)
+            except InferenceServerException as exc:
+                err = from_triton(exc, f"{what} at {self.url}")
+                if isinstance(err, ServerUnavailableError) and attempt < self.options.retries:
+                    time.sleep(self.options.backoff(attempt))
+                    continue
+                raise err from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def info(self, head: str) -> HeadInfo:
+        """What the server publishes about ``head`` (cached per client)."""
+        if head not in self._info:
+            ready = self._call(f"readiness of {head!r}", lambda t: self._client.is_model_ready(head, client_timeout=t))
+            if not ready:
+                raise ModelNotReadyError(f"head {head!r} is not ready on {self.url}; check the name, or wait for the "
+                                         "server to finish loading it (its repository index lists what it serves)")
+            config = self._call(f"config of {head!r}",
+                                lambda t: self._client.get_model_config(head, client_timeout=t).config)
+            self._info[head] = head_info_from_config(head, config)
+        return self._info[head]
+
+    def _infer(self, model: str, inputs: list, outputs: list[str], timeout_s: float | None) -> dict[str, np.ndarray]:
+        requested = [self._grpc.InferRequestedOutput(o) for o in outputs]
+        result = self._call(f"inference on {model!r}", lambda t: self._client.infer(
+            model, inputs, outputs=requested, client_timeout=t, compression_algorithm=self.options.compression),
+            timeout_s)
+        return {o: result.as_numpy(o) for o in outputs}
+
+    def _infer_batched(self, model: str, array: np.ndarray, max_batch: int, make_input: Callable,
+                       outputs: list[str], timeout_s: float | None) -> dict[str, np.ndarray]:
+        parts = list(self._pool.map(lambda s: self._infer(model, [make_input(array[s])], outputs, timeout_s),
+                                    batching.batches(len(array), max_batch)))
+        return batching.concat(parts)
+
+    # -- the API ----------------------------------------------------------------------------------
+
+    def outputs(self, head: str, images: Sequence[ImageSource], embedding: bool = False,
+                timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Raw ensemble outputs for N crops: ``probs`` (N, C), plus ``ood_score`` and ``embedding`` when asked/present."""
+        info = self.info(head)
+        pixels = batching.prepare(images, info)
+        return self._infer_batched(head, pixels, info.max_batch_size, lambda a: batching.pixels_input(self._grpc, a),
+                                   batching.head_outputs(info, embedding), timeout_s)
+
+    def probabilities(self, head: str, images: Sequence[ImageSource], timeout_s: float | None = None) -> np.ndarray:
+        """(N, C) calibrated probabilities for N crops."""
+        return self.outputs(head, images, timeout_s=timeout_s)[PROBS]
+
+    def classify(self, head: str, images: Sequence[ImageSource], top_k: int = 3,
+                 thresholds: Thresholds | None = None, timeout_s: float | None = None) -> list[Prediction]:
+        """Label, calibrated confidence, top-k and a decision with its reason, per crop."""
+        info = self.info(head)
+        out = self.outputs(head, images, timeout_s=timeout_s)
+        return decide(info, out[PROBS], thresholds or Thresholds(), top_k, out.get(OOD_SCORE))
+
+    def similarities(self, head: str, embeddings: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        """(N, P) similarity of each embedding to each prompt, from the head's prompt model (CLIP heads)."""
+        info = self.info(head)
+        model = info.prompt_model
+        if model is None:
+            raise ModelNotReadyError(f"head {head!r} ({info.encoder_type}) publishes no prompt_model; "
+                                     "only CLIP heads exported with prompts have one")
+        if model not in self._prompt_batch:
+            config = self._call(f"config of {model!r}",
+                                lambda t: self._client.get_model_config(model, client_timeout=t).config)
+            self._prompt_batch[model] = int(config.max_batch_size) or 1
+        make = lambda a: batching.infer_input(self._grpc, PROMPT_INPUT, np.ascontiguousarray(a, np.float32), "FP32")
+        return self._infer_batched(model, embeddings, self._prompt_batch[model], make, [PROMPT_OUTPUT],
+                                   timeout_s)[PROMPT_OUTPUT]
+
+    def gate(self, head: str, images: Sequence[ImageSource], config: GateConfig,
+             timeout_s: float | None = None) -> list[GateResult]:
+        """Kept and dropped candidates for ``config.target``, each with its reason."""
+        info = self.info(head)
+        prefilter = self._prefilter.active(info, config.use_prefilter)
+        out = self.outputs(head, images, embedding=prefilter, timeout_s=timeout_s)
+        sims = self.similarities(head, out[EMBEDDING], timeout_s) if prefilter else None
+        preds = decide(info, out[PROBS], config.thresholds, ood_scores=out.get(OOD_SCORE))
+        return gate(info, preds, config, sims)
+
+    def estimate(self, head: str, candidates: int, batch_size: int = 8, repeats: int = 5) -> ComputeEstimate:
+        """Expected cost of gating ``candidates`` crops, from latencies measured now on this server."""
+        info = self.info(head)
+        b = max(1, min(batch_size, info.max_batch_size))
+        rng = np.random.default_rng(0)
+        size = info.preprocess.input_size
+        image = rng.integers(0, 256, size=(2 * size, 3 * size // 2, 3), dtype=np.uint8)
+        preprocess_s = _median_time(lambda: batching.prepare([image] * b, info), repeats) / b
+        pixels = rng.integers(0, 256, size=(b, size, size, 3), dtype=np.uint8)
+        run_head = lambda: self._infer(head, [batching.pixels_input(self._grpc, pixels)], [PROBS], None)
+        run_head()  # warm-up: the first request sizes the runtime's buffers
+        head_s = _median_time(run_head, repeats) / b
+        prefilter_s = None
+        if self._prefilter.active(info, True):
+            emb = rng.standard_normal((b, info.embedding_dim or 1)).astype(np.float32)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            self.similarities(head, emb)
+            prefilter_s = _median_time(lambda: self.similarities(head, emb), repeats) / b
+        return ComputeEstimate(head, candidates, preprocess_s, head_s, prefilter_s, b)
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

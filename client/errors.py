@@ -1,4 +1,9 @@
-"""The client's exceptions; each chains the tritonclient error it came from."""
+"""The client's exceptions; each chains the tritonclient error it came from.
+
+Callers catch ``ClientError`` for everything, or one subclass to react to one cause: retry later on
+``ServerUnavailableError``, raise the deadline on ``DeadlineExceededError``, deploy the head on
+``ModelNotReadyError``, fix the crops on ``BadInputError``.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,52 @@ class ClientError(HeadserveError):
 
 
 class ServerUnavailableError(ClientError):
-    """No server answered at the URL within the deadline."""
+    """No server answered at the URL (connection refused, TLS failure, server shutting down)."""
 
 
-class HeadNotFoundError(ClientError):
-    """The server has no ready model of that name."""
+class DeadlineExceededError(ClientError):
+    """The server did not answer within the per-call deadline."""
+
+
+class ModelNotReadyError(ClientError):
+    """The server has no ready model of that name (unknown head, still loading, or unloaded)."""
+
+
+HeadNotFoundError = ModelNotReadyError  # the skeleton's name, kept for callers that catch it
 
 
 class BadInputError(ClientError):
-    """The request was refused for its content (shape, dtype, size)."""
+    """The request was refused for its content: no crops, an undecodable image, a box outside its image."""
 
 
 class ServerSideError(ClientError):
-    """The server failed while answering."""
+    """The server failed while answering (model error, bad configuration published by the repository)."""
+
+
+# gRPC status code (as tritonclient spells it) -> the error it means for a caller.
+STATUS_ERRORS: dict[str, type[ClientError]] = {
+    "StatusCode.UNAVAILABLE": ServerUnavailableError,
+    "StatusCode.DEADLINE_EXCEEDED": DeadlineExceededError,
+    "StatusCode.NOT_FOUND": ModelNotReadyError,
+    "StatusCode.INVALID_ARGUMENT": BadInputError,
+}
+ADVICE: dict[type[ClientError], str] = {
+    ServerUnavailableError: "check the address and that the server runs (`headserve serve REPO`)",
+    DeadlineExceededError: "raise the deadline (timeout_s) or send smaller batches",
+    ModelNotReadyError: "check the head name; the server's repository index lists what it serves",
+    BadInputError: "check the crops sent",
+    ServerSideError: "see the server log",
+}
+
+
+def from_triton(exc: Exception, what: str) -> ClientError:
+    """Translate a tritonclient error into the client's hierarchy; ``what`` says which call failed.
+
+    The caller raises the result ``from exc`` so the original stays chained.
+    """
+    status = str(getattr(exc, "status", lambda: None)() or "")
+    message = exc.message() if hasattr(exc, "message") else str(exc)
+    cls = STATUS_ERRORS.get(status, ServerSideError)
+    if cls is ServerSideError and "failed to connect" in (message or "").lower():
+        cls = ServerUnavailableError
+    return cls(f"{what} failed ({status or 'no status'}: {message}); {ADVICE[cls]}")

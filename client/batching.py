@@ -1,0 +1,79 @@
+"""Pieces both clients share: preparing crops, splitting batches, building requests."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from headserve.client.discovery import EMBEDDING, INPUT, OOD_SCORE, PROBS, HeadInfo
+from headserve.client.errors import BadInputError
+from headserve.errors import ImageDecodeError
+from headserve.preprocess import ImageSource, prepare_batch
+
+log = logging.getLogger("headserve.client")
+DINOV3_PREFILTER_MESSAGE = "prompt prefilter disabled for DINOv3"
+
+
+def prepare(images: Sequence[ImageSource], info: HeadInfo) -> np.ndarray:
+    """Decode and resize crops exactly as training did; a bad crop is a ``BadInputError``."""
+    try:
+        return prepare_batch(list(images), info.preprocess)
+    except ImageDecodeError as exc:
+        raise BadInputError(str(exc)) from exc
+
+
+def batches(n: int, size: int) -> list[slice]:
+    """Slices of at most ``size`` rows covering ``range(n)``."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, max(1, size))]
+
+
+def head_outputs(info: HeadInfo, embedding: bool) -> list[str]:
+    """Outputs to request from the ensemble: probabilities, plus what the call needs and the head has."""
+    names = [PROBS]
+    if info.has_ood_score:
+        names.append(OOD_SCORE)
+    if embedding:
+        names.append(EMBEDDING)
+    return names
+
+
+def infer_input(module, name: str, array: np.ndarray, dtype: str):
+    """An InferInput of tritonclient.grpc (the aio client uses the same class)."""
+    inp = module.InferInput(name, list(array.shape), dtype)
+    inp.set_data_from_numpy(array)
+    return inp
+
+
+def pixels_input(module, pixels: np.ndarray):
+    return infer_input(module, INPUT, pixels, "UINT8")
+
+
+def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class PrefilterPolicy:
+    """Decides per head whether the prompt prefilter runs, logging the DINOv3 notice once per client."""
+
+    def __init__(self) -> None:
+        self._told: set[str] = set()
+
+    def active(self, info: HeadInfo, wanted: bool) -> bool:
+        if not wanted:
+            return False
+        if not info.prefilter_supported:
+            self._once(info.encoder_type, DINOV3_PREFILTER_MESSAGE if info.encoder_type == "dinov3"
+                       else f"prompt prefilter disabled for {info.encoder_type}")
+            return False
+        if info.prompt_model is None:
+            self._once(info.name, f"prompt prefilter unavailable for head {info.name!r}: it publishes no "
+                                  "prompt_model; gating on the head only")
+            return False
+        return True
+
+    def _once(self, key: str, message: str) -> None:
+        if key not in self._told:
+            self._told.add(key)
+            log.info(message)

@@ -1,0 +1,96 @@
+"""What a head is, read from the server: the ensemble's config parameters and outputs.
+
+Export publishes everything a caller needs as string parameters of the ensemble's ``config.pbtxt``
+(classes, background classes, encoder family and input spec, temperature, and optionally the OOD
+threshold and the CLIP prompt model), so the caller passes only a head name. Outputs are read from the
+config too: a head has an ``ood_score`` output only if its repository gave it one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from headserve.client.errors import ServerSideError
+from headserve.encoders import PreprocessSpec
+
+INPUT = "pixels"
+PROBS = "probs"
+LOGITS = "logits"
+EMBEDDING = "embedding"
+OOD_SCORE = "ood_score"
+PROMPT_INPUT = "embedding"  # the prompt model's contract: embedding FP32 [D] -> similarity FP32 [P]
+PROMPT_OUTPUT = "similarity"
+# Encoder families whose heads may carry a prompt prefilter; DINOv3 has no text tower to prompt.
+PREFILTER_FAMILIES: Mapping[str, bool] = {"clip": True, "dinov3": False}
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """What the server publishes about a head."""
+
+    name: str  # ensemble name: the one name a caller passes
+    classes: tuple[str, ...]  # class names in probability order
+    background_indices: tuple[int, ...]  # classes that mean "nothing of interest"
+    encoder_type: str  # "clip" or "dinov3"
+    encoder_model: str  # open_clip architecture or hub id of the encoder
+    preprocess: PreprocessSpec  # resize rule, size and interpolation the encoder was trained with
+    max_batch_size: int  # largest batch the ensemble accepts
+    outputs: tuple[str, ...]  # output tensor names the ensemble declares
+    embedding_dim: int = 0  # width of the encoder embedding
+    temperature: float = 1.0  # calibration temperature baked into ``probs``
+    head_type: str = ""  # "mlp" or "logreg"
+    ood_threshold: float | None = None  # ood_score above this is out of distribution; None: not published
+    prompt_model: str | None = None  # CLIP only: model mapping embedding -> prompt similarity
+    prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
+
+    @property
+    def has_ood_score(self) -> bool:
+        return OOD_SCORE in self.outputs
+
+    @property
+    def prefilter_supported(self) -> bool:
+        return PREFILTER_FAMILIES.get(self.encoder_type, False)
+
+    def class_index(self, name: str, origin: str = "target class") -> int:
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            from headserve.client.errors import BadInputError
+
+            raise BadInputError(f"{origin} {name!r} is not a class of head {self.name!r}; "
+                                f"its classes are {', '.join(self.classes)}") from None
+
+
+def head_info_from_config(name: str, config: Any) -> HeadInfo:
+    """Build ``HeadInfo`` from a ``ModelConfig`` protobuf; a missing or malformed parameter is a typed error."""
+    params = {k: v.string_value for k, v in config.parameters.items()}
+
+    def need(key: str) -> str:
+        if key not in params:
+            raise ServerSideError(f"head {name!r} publishes no {key!r} parameter in its config.pbtxt; "
+                                  "re-export it with `headserve export` so clients can discover it")
+        return params[key]
+
+    try:
+        ood = params.get("ood_threshold")
+        return HeadInfo(
+            name=name,
+            classes=tuple(json.loads(need("classes"))),
+            background_indices=tuple(int(i) for i in json.loads(params.get("background_indices", "[]"))),
+            encoder_type=params.get("encoder_type") or "clip",
+            encoder_model=params.get("encoder_model", ""),
+            preprocess=PreprocessSpec.from_dict(json.loads(need("preprocess"))),
+            max_batch_size=int(config.max_batch_size) or 1,
+            outputs=tuple(o.name for o in config.output),
+            embedding_dim=int(params.get("embedding_dim") or 0),
+            temperature=float(params.get("temperature") or 1.0),
+            head_type=params.get("head_type", ""),
+            ood_threshold=float(ood) if ood not in (None, "") else None,
+            prompt_model=params.get("prompt_model") or None,
+            prompt_classes=tuple(int(i) for i in json.loads(params.get("prompt_classes") or "[]")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ServerSideError(f"head {name!r} publishes a malformed parameter ({exc}); "
+                              "re-export it with `headserve export`") from exc

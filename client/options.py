@@ -1,0 +1,53 @@
+"""How the client talks to the server: deadlines, retries, TLS, compression, concurrency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from headserve.client.errors import BadInputError
+
+COMPRESSIONS = (None, "gzip", "deflate")
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Connection settings shared by the sync and asyncio clients."""
+
+    timeout_s: float = 30.0  # per-call deadline (each gRPC call); methods accept their own
+    retries: int = 3  # extra attempts when the server is UNAVAILABLE
+    backoff_s: float = 0.2  # wait before the first retry, doubled for each next one
+    ssl: bool = False  # TLS; set implicitly by any certificate below
+    root_certificates: str | None = None  # PEM file of the CA that signed the server's certificate
+    private_key: str | None = None  # PEM file of the client key (mutual TLS)
+    certificate_chain: str | None = None  # PEM file of the client certificate (mutual TLS)
+    compression: str | None = None  # gRPC request compression: None, "gzip" or "deflate"
+    max_in_flight: int = 4  # batches sent concurrently for one call
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise BadInputError(f"timeout_s={self.timeout_s} must be positive")
+        if self.retries < 0 or self.backoff_s < 0:
+            raise BadInputError(f"retries={self.retries} and backoff_s={self.backoff_s} must not be negative")
+        if self.compression not in COMPRESSIONS:
+            raise BadInputError(f"compression {self.compression!r} is not one of {COMPRESSIONS}")
+        if self.max_in_flight < 1:
+            raise BadInputError(f"max_in_flight={self.max_in_flight} must be at least 1")
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise BadInputError("mutual TLS needs both private_key and certificate_chain; pass both or neither")
+        for name in ("root_certificates", "private_key", "certificate_chain"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise BadInputError(f"{name} file {path} does not exist; pass a PEM file")
+
+    @property
+    def use_ssl(self) -> bool:
+        return self.ssl or any((self.root_certificates, self.private_key, self.certificate_chain))
+
+    def client_kwargs(self) -> dict:
+        """Keyword arguments for tritonclient's gRPC InferenceServerClient (sync and aio alike)."""
+        return {"ssl": self.use_ssl, "root_certificates": self.root_certificates,
+                "private_key": self.private_key, "certificate_chain": self.certificate_chain}
+
+    def backoff(self, attempt: int) -> float:
+        return self.backoff_s * (2 ** attempt)
