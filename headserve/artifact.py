@@ -47,6 +47,7 @@ class HeadMeta:
     encoder_untrained: bool = False  # True for the tiny random twins
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics at training time
     extra: dict[str, Any] = field(default_factory=dict)  # recipe details (profile, ood, priors, ...)
+    ood_threshold: float | None = None  # ood_score above this flags a crop as no known class; None: no OOD
     format: str = FORMAT
 
     def __post_init__(self) -> None:

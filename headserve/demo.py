@@ -118,7 +118,7 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
     head = build_serving_head(HeadConfig.from_dict(meta.head_config),
                               {k: torch.from_numpy(v) for k, v in load_tensors(outcome.artifact).items()})
     with torch.no_grad():
-        _, ref = head(torch.from_numpy(embed_pixels(graph, outcome.test_pixels)))
+        _, ref, _ = head(torch.from_numpy(embed_pixels(graph, outcome.test_pixels)))
     metrics = classification_metrics(served, outcome.test_labels, meta.classes, meta.background_indices)
     return {
         "head": run.head,

@@ -16,7 +16,9 @@ from torch import nn
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 # ServingHead.forward returns its outputs in this order; export names the ONNX outputs, the Triton
 # config and the ensemble wiring from this tuple, so adding an output here is the only change needed.
-SERVING_OUTPUTS: tuple[str, ...] = ("logits", "probs")
+SERVING_OUTPUTS: tuple[str, ...] = ("logits", "probs", "ood_score")
+# Width of each output per example where it is not the class count: the OOD score is one number.
+SERVING_OUTPUT_WIDTHS: dict[str, int] = {"ood_score": 1}
 
 
 @dataclass(frozen=True)
@@ -82,30 +84,46 @@ class MLPHead(nn.Module):
 
 
 class ServingHead(nn.Module):
-    """A trained head plus calibration: embedding -> (logits, calibrated probabilities).
+    """A trained head plus what inference needs and training does not.
 
-    ``logits`` are the head's raw scores plus any post-hoc logit bias; ``probs`` are
-    ``softmax(logits / T)`` with the temperature fitted on held-out data.
+    ``logits`` are the head's raw scores plus any post-hoc logit bias (logit adjustment at
+    inference stores ``-tau * log prior`` there); ``probs`` are ``softmax(logits / T)`` with the
+    temperature fitted on held-out data; ``ood_score`` is ``log1p(min_c d_c^2 / D)``, where ``d_c`` is
+    the Mahalanobis distance of the embedding to class prototype ``c`` under the shared covariance of
+    the training embeddings. The log keeps the score near 1 in scale, so float32 export stays exact.
+    A head with no OOD statistics (zeros) scores every crop 0.
     """
 
     def __init__(self, head: MLPHead, temperature: float = 1.0) -> None:
         super().__init__()
         self.head = head
+        c, d = head.config.num_classes, head.config.in_dim
         self.register_buffer("temperature", torch.tensor([float(temperature)]))
-        self.register_buffer("logit_bias", torch.zeros(head.config.num_classes))
+        self.register_buffer("logit_bias", torch.zeros(c))
+        # Whitening W with W W^T = precision, and the class prototypes already whitened (mu @ W).
+        self.register_buffer("ood_whiten", torch.zeros(d, d))
+        self.register_buffer("ood_protos", torch.zeros(c, d))
 
-    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, D) -> (B, C), (B, C)
-        logits = self.head(emb) + self.logit_bias
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        return logits, probs
+    def ood_score(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, 1)
+        z = emb @ self.ood_whiten  # (B, D)
+        d2 = (z[:, None, :] - self.ood_protos[None, :, :]).pow(2).sum(-1)  # (B, C)
+        return torch.log1p(d2.min(dim=1, keepdim=True).values / emb.shape[1])
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.head(emb) + self.logit_bias  # (B, C)
+        probs = torch.softmax(logits / self.temperature, dim=-1)  # (B, C)
+        return logits, probs, self.ood_score(emb)
 
 
 def build_serving_head(config: HeadConfig, state: Mapping[str, torch.Tensor] | None = None) -> ServingHead:
     """Rebuild a ServingHead from its config and (optionally) saved weights, in eval mode."""
     module = ServingHead(MLPHead(config))
     if state is not None:
-        module.load_state_dict(dict(state))
+        state = dict(state)
+        for key in ("ood_whiten", "ood_protos"):  # heads saved before the OOD score existed
+            state.setdefault(key, getattr(module, key))
+        module.load_state_dict(state)
     return module.eval()
 
 
-__all__ = ["HeadConfig", "MLPHead", "ServingHead", "build_serving_head"]
+__all__ = ["HeadConfig", "MLPHead", "SERVING_OUTPUTS", "SERVING_OUTPUT_WIDTHS", "ServingHead", "build_serving_head"]

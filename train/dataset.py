@@ -114,6 +114,13 @@ def read_yolo(root: str | Path, strict: bool = False) -> YoloDataset:
         usable.append(image_path)
         if label_path.is_file():
             objects.extend(_read_labels(label_path, image_path, width, height, len(names), report))
+    label_dir = root / "labels"
+    stems = {p.relative_to(image_dir).with_suffix("") for p in images}
+    if label_dir.is_dir():
+        for label_path in sorted(label_dir.rglob("*.txt")):
+            if label_path.relative_to(label_dir).with_suffix("") not in stems:
+                report.skip("missing image", f"{label_path}:1",
+                            f"no image for this label file under {image_dir}; add the image or delete the labels")
     found = Counter(o.class_id for o in objects)
     for cid, name in enumerate(names):
         if found[cid] == 0:

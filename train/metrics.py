@@ -47,3 +47,19 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Seque
         },
         "confusion": confusion_matrix(labels, pred, labels=list(range(len(classes)))).tolist(),
     }
+
+
+def ood_auroc(known_scores: np.ndarray, unknown_scores: np.ndarray) -> float:
+    """AUROC of telling held-out-class crops (positives) from known ones by OOD score (scikit-learn)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.zeros(len(known_scores)), np.ones(len(unknown_scores))]
+    return float(roc_auc_score(y, np.r_[known_scores, unknown_scores]))
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[tuple[float, float, int]]:
+    """(mean confidence, accuracy, count) per equal-width confidence bin, for the reliability diagram."""
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    return [(float(conf[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
+            for b in range(n_bins) if np.any(bins == b)]

@@ -1,4 +1,4 @@
-"""YOLO dataset -> embeddings -> head -> artifact: what `headserve train` runs."""
+"""YOLO dataset -> embeddings -> head -> artifact and report: what `headserve train` runs."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ import torch
 from headserve.artifact import HeadMeta, save_artifact
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.encoders import EncoderSpec
+from headserve.errors import DatasetError
 from headserve.head import HeadConfig
+from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
 from headserve.train.embed import embed_pixels, pixels_of
-from headserve.train.metrics import classification_metrics, expected_calibration_error
+from headserve.train.metrics import classification_metrics, expected_calibration_error, ood_auroc
+from headserve.train.ood import attach_ood, choose_threshold, fit_ood, ood_scores
+from headserve.train.recipe import describe
 from headserve.train.split import group_split
 from headserve.train.trainer import TrainConfig, fit_head
 
@@ -31,13 +35,26 @@ class TrainRequest:
     out: Path  # artifact directory to write
     name: str = "head"  # head name (Triton model name)
     hidden: tuple[int, ...] = (256,)  # MLP widths; () trains logistic regression
-    background: bool = True  # add a background class of random crops that overlap no box
+    background: bool = True  # add background classes of random crops that overlap no box
+    bg_classes: int = 1  # number of background classes; crops are split among them by k-means on embeddings
     bg_per_image: int = 2  # background crops drawn per image
     test_size: float = 0.2  # fraction of source images held out for the report
     val_size: float = 0.2  # fraction of training images used for early stopping and calibration
     seed: int = 42  # split and background sampling seed
     strict: bool = False  # bad label lines raise instead of being skipped
     train: TrainConfig = field(default_factory=TrainConfig)
+    profile: str = "custom"  # recipe profile name `train` came from; recorded in meta.json and the report
+    cache_dir: Path | None = None  # embedding cache root; None computes every embedding
+    report_dir: Path | None = None  # where the Markdown + PNG report goes; None writes none
+    ood_quantile: float = 0.95  # known validation crops below the OOD threshold
+    ood_holdout: str | None = None  # class left out of training and scored as OOD, for the OOD AUROC
+    progress: bool = False  # show a progress bar while embedding
+
+    def __post_init__(self) -> None:
+        if self.bg_classes < 1:
+            raise DatasetError(f"--bg {self.bg_classes}: the number of background classes must be at least 1")
+        if not 0.0 < self.ood_quantile < 1.0:
+            raise ValueError(f"ood_quantile {self.ood_quantile} must be in (0, 1)")
 
 
 @dataclass
@@ -50,6 +67,8 @@ class TrainOutcome:
     test_labels: np.ndarray
     report_lines: list[str]
     timings: dict[str, float]
+    test_embeddings: np.ndarray | None = None  # (N, D) embeddings of the held-out crops
+    report: Path | None = None  # the report's Markdown file when one was written
 
 
 def train_from_yolo(req: TrainRequest) -> TrainOutcome:
@@ -58,10 +77,14 @@ def train_from_yolo(req: TrainRequest) -> TrainOutcome:
     data = read_yolo(req.dataset, strict=req.strict)
     classes = list(data.names)
     objects = list(data.objects)
+    holdout: list[LabelledObject] = []
+    if req.ood_holdout is not None:
+        classes, objects, holdout = _hold_out(data, req.ood_holdout)
+    n_fg = len(classes)
     background: list[int] = []
     if req.background:
-        background = [len(classes)]
-        classes.append(BACKGROUND_NAME)
+        background = list(range(n_fg, n_fg + req.bg_classes))
+        classes += [BACKGROUND_NAME] if req.bg_classes == 1 else [f"{BACKGROUND_NAME}_{i}" for i in range(req.bg_classes)]
         objects += background_objects(data, req.bg_per_image, background[0], seed=req.seed)
     _check_usable(data, objects)
     timings["read"] = time.perf_counter() - t0
@@ -70,9 +93,18 @@ def train_from_yolo(req: TrainRequest) -> TrainOutcome:
     loaded = load_encoder(req.encoder)
     spec = loaded.spec
     graph = encoder_graph(loaded)
-    pixels = pixels_of((load_crop(o) for o in objects), spec.preprocess)
-    emb = embed_pixels(graph, pixels)
+    fp = fingerprint(graph, spec.preprocess)
+    pixels = pixels_of((load_crop(o) for o in objects + holdout), spec.preprocess)
+    cache = EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp) if req.cache_dir else None
+    if cache is not None:
+        all_emb = cache.embed(pixels, lambda px: embed_pixels(graph, px), progress=req.progress)
+    else:
+        all_emb = embed_pixels(graph, pixels)
+    emb, holdout_emb = all_emb[:len(objects)], all_emb[len(objects):]
+    pixels = pixels[:len(objects)]
     labels = np.array([o.class_id for o in objects], dtype=np.int64)
+    if len(background) > 1:
+        labels = _assign_background(emb, labels, background, req.seed)
     timings["embed"] = time.perf_counter() - t0
 
     groups = [str(o.image) for o in objects]
@@ -81,21 +113,34 @@ def train_from_yolo(req: TrainRequest) -> TrainOutcome:
     fit_idx, val_idx = train_idx[sub_train], train_idx[sub_val]
 
     t0 = time.perf_counter()
+    cfg = req.train
     head_config = HeadConfig(in_dim=spec.embedding_dim, num_classes=len(classes), hidden=req.hidden,
-                             activation="gelu", layernorm=bool(req.hidden), dropout=0.1 if req.hidden else 0.0,
-                             standardize=False)
-    fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, req.train)
+                             activation="gelu" if cfg.gelu_ln else "relu", layernorm=bool(req.hidden) and cfg.gelu_ln,
+                             dropout=cfg.dropout if req.hidden else 0.0, standardize=cfg.standardize)
+    fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg)
     timings["fit"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    attach_ood(fit.head, fit_ood(emb[fit_idx], labels[fit_idx], len(classes)))
+    threshold = choose_threshold(ood_scores(fit.head, emb[val_idx]), req.ood_quantile)
+    timings["ood"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     with torch.no_grad():
-        logits, probs = fit.head(torch.from_numpy(emb[test_idx]))
+        logits, probs, _ = fit.head(torch.from_numpy(emb[test_idx]))
     uncal = torch.softmax(logits, dim=-1).numpy()
-    metrics = classification_metrics(probs.numpy(), labels[test_idx], classes, background)
+    probs = probs.numpy()
+    metrics = classification_metrics(probs, labels[test_idx], classes, background)
     metrics["ece_before"] = expected_calibration_error(uncal, labels[test_idx])
-    metrics["ece_after"] = expected_calibration_error(probs.numpy(), labels[test_idx])
+    metrics["ece_after"] = expected_calibration_error(probs, labels[test_idx])
     metrics["temperature"] = fit.temperature
     metrics["epochs"] = fit.epochs_run
     metrics["n_train"], metrics["n_val"], metrics["n_test"] = len(fit_idx), len(val_idx), len(test_idx)
+    test_ood = ood_scores(fit.head, emb[test_idx])
+    metrics["ood_flagged_test"] = float((test_ood > threshold).mean())
+    if len(holdout):
+        metrics["ood_auroc"] = ood_auroc(test_ood, ood_scores(fit.head, holdout_emb))
+    timings["evaluate"] = time.perf_counter() - t0
 
     meta = HeadMeta(
         name=req.name,
@@ -103,7 +148,7 @@ def train_from_yolo(req: TrainRequest) -> TrainOutcome:
         encoder_model=spec.model_id,
         encoder_name=spec.name,
         encoder_pretrained=spec.pretrained,
-        encoder_fingerprint=fingerprint(graph, spec.preprocess),
+        encoder_fingerprint=fp,
         encoder_untrained=spec.is_tiny,
         embedding_dim=spec.embedding_dim,
         classes=classes,
@@ -113,16 +158,56 @@ def train_from_yolo(req: TrainRequest) -> TrainOutcome:
         temperature=fit.temperature,
         preprocess=spec.preprocess.to_dict(),
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "per_class")},
+        extra={"profile": req.profile, "recipe": dict(describe(cfg)), "log_priors": fit.log_priors,
+               "class_weights": fit.class_weights, "ood": {"method": "mahalanobis_shared_cov",
+                                                           "quantile": req.ood_quantile}},
+        ood_threshold=threshold,
     )
     tensors = {k: v.detach().cpu().numpy() for k, v in fit.head.state_dict().items()}
     artifact = save_artifact(req.out, meta, tensors)
+    lines = [data.report.summary(), *data.report.problems[:20]]
+    if cache is not None:
+        lines.append(cache.stats.summary())
+        metrics["cache_hit_rate"] = cache.stats.hit_rate
+    report = None
+    if req.report_dir is not None:
+        from headserve.train.report import write_report
+
+        t0 = time.perf_counter()
+        timings["report"] = 0.0
+        report = write_report(req.report_dir, meta, metrics, probs, uncal, labels[test_idx], timings, data.report)
+        timings["report"] = time.perf_counter() - t0
+        lines.append(f"report: {report}")
     return TrainOutcome(artifact, meta, metrics, [objects[i] for i in test_idx], pixels[test_idx],
-                        labels[test_idx], [data.report.summary(), *data.report.problems[:20]], timings)
+                        labels[test_idx], lines, timings, emb[test_idx], report)
+
+
+def _hold_out(data: YoloDataset, name: str) -> tuple[list[str], list[LabelledObject], list[LabelledObject]]:
+    """Drop class ``name`` from training (re-indexing the rest); its objects become OOD examples."""
+    if name not in data.names:
+        raise DatasetError(f"--ood-holdout {name!r} is not a class of {data.root}; classes: {data.names}")
+    gone = data.names.index(name)
+    classes = [n for n in data.names if n != name]
+    kept = [LabelledObject(o.image, o.class_id - (o.class_id > gone), o.box, o.source)
+            for o in data.objects if o.class_id != gone]
+    return classes, kept, [o for o in data.objects if o.class_id == gone]
+
+
+def _assign_background(emb: np.ndarray, labels: np.ndarray, background: list[int], seed: int) -> np.ndarray:
+    """Split background crops into len(background) classes by k-means on their embeddings (fixed seed),
+    so each background class is one visually coherent kind of scene rather than an arbitrary share."""
+    from sklearn.cluster import KMeans
+
+    idx = np.flatnonzero(labels == background[0])
+    k = min(len(background), len(idx))
+    labels = labels.copy()
+    if k > 1:
+        clusters = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(emb[idx])
+        labels[idx] = np.asarray(background)[clusters]
+    return labels
 
 
 def _check_usable(data: YoloDataset, objects: list[LabelledObject]) -> None:
-    from headserve.errors import DatasetError
-
     if not objects:
         raise DatasetError(f"{data.root}: no usable labelled objects; check labels/ and the summary: {data.report.summary()}")
     if len({str(o.image) for o in objects}) < 5:

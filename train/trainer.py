@@ -1,8 +1,10 @@
-"""Fitting a head on cached embeddings, then its temperature on held-out data.
+"""Fitting a head on cached embeddings: the recipe's losses, samplers and calibration.
 
-The trainer is plain PyTorch: AdamW, label-smoothed cross-entropy, early stopping on validation
-loss. Temperature scaling (Guo et al., 2017) fits one scalar T by minimising NLL of softmax(z / T)
-on the validation split; it changes no argmax, only how far probabilities can be trusted.
+Plain PyTorch with AdamW and early stopping on validation loss. Every knob of the recipe is a field
+of ``TrainConfig``; named profiles (``headserve.train.recipe``) are presets of it. Temperature scaling
+(Guo et al., 2017) fits one scalar T by minimising the NLL of softmax(z / T) on the validation split;
+it changes no argmax, only how far probabilities can be trusted. ArcFace and SupCon come from
+pytorch-metric-learning; centre loss is hand-written (three lines; the library has none).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from headserve.head import HeadConfig, MLPHead, ServingHead
+
+CLASS_WEIGHTINGS = ("none", "balanced", "effective")
+LOGIT_ADJUSTMENTS = ("none", "train", "infer", "both")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation knobs of one head fit."""
+    """Optimisation and recipe knobs of one head fit (profiles in recipe.py are presets of these)."""
 
     label_smoothing: float = 0.1  # soft targets; 0.1 was the best setting of the earlier sweeps
     lr: float = 1e-3  # AdamW learning rate
@@ -29,12 +35,40 @@ class TrainConfig:
     patience: int = 15  # epochs without validation improvement before stopping
     calibrate: bool = True  # fit a temperature on the validation split
     seed: int = 42  # fixes initialisation and batch order
+    dropout: float = 0.1  # dropout after each hidden block (MLP heads only)
+    gelu_ln: bool = True  # GELU + LayerNorm hidden blocks instead of ReLU
+    standardize: bool = False  # centre/scale embeddings by training stats, stored in the artifact
+    mixup: float = 0.0  # Beta(a, a) mixup of embeddings and targets; 0 turns it off (recipe: 0.1)
+    class_weights: str = "none"  # "none", "balanced" (inverse frequency) or "effective" (effective number)
+    effective_beta: float = 0.9999  # beta of effective-number weights (1 - beta^n) / (1 - beta)
+    hardmine_epochs: int = 0  # final epochs that sample examples in proportion to their loss
+    logit_adjust: str = "none"  # add tau * log prior in the loss ("train"), subtract it when serving ("infer"), or both
+    logit_tau: float = 1.0  # strength of logit adjustment
+    arcface_weight: float = 0.0  # weight of an auxiliary ArcFace loss on the head features
+    arcface_margin: float = 28.6  # ArcFace additive angular margin m, in degrees (0.5 rad)
+    arcface_scale: float = 30.0  # ArcFace logit scale s
+    supcon_weight: float = 0.0  # weight of an auxiliary supervised-contrastive loss on the head features
+    supcon_temperature: float = 0.1  # SupCon softmax temperature
+    feature_noise: float = 0.0  # std of Gaussian noise added to training embeddings
+    feature_scale: float = 0.0  # per-channel scaling of training embeddings by U(1 - s, 1 + s)
+    center_weight: float = 0.0  # weight of centre loss pulling features to learnt class centres
+    crt_epochs: int = 0  # classifier re-training epochs with a class-balanced sampler, body frozen
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be positive")
+        if self.class_weights not in CLASS_WEIGHTINGS:
+            raise ValueError(f"class_weights {self.class_weights!r} is not one of {CLASS_WEIGHTINGS}")
+        if self.logit_adjust not in LOGIT_ADJUSTMENTS:
+            raise ValueError(f"logit_adjust {self.logit_adjust!r} is not one of {LOGIT_ADJUSTMENTS}")
+        if not 0.0 < self.effective_beta < 1.0:
+            raise ValueError(f"effective_beta {self.effective_beta} must be in (0, 1)")
+        negative = [k for k in ("mixup", "hardmine_epochs", "arcface_weight", "supcon_weight", "feature_noise",
+                                "feature_scale", "center_weight", "crt_epochs") if getattr(self, k) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must not be negative")
 
 
 @dataclass
@@ -43,31 +77,133 @@ class FitResult:
     epochs_run: int
     best_val_loss: float
     temperature: float
+    class_weights: list[float]  # loss weight per class as used (sum = class count)
+    log_priors: list[float]  # log of training class frequencies (smoothed)
+
+
+def class_weights(counts: np.ndarray, kind: str, beta: float = 0.9999) -> np.ndarray:
+    """Per-class loss weights normalised to sum to the class count (absent classes get weight 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    if kind == "none":
+        w[present] = 1.0
+    elif kind == "balanced":
+        w[present] = 1.0 / counts[present]
+    elif kind == "effective":  # Cui et al., 2019: weight 1 / effective number of samples
+        w[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
+    else:
+        raise ValueError(f"class weighting {kind!r} is not one of {CLASS_WEIGHTINGS}")
+    return w * len(counts) / w.sum()
+
+
+def log_priors(counts: np.ndarray) -> np.ndarray:
+    """log of class frequencies, with one pseudo-count so absent classes stay finite."""
+    counts = np.asarray(counts, dtype=np.float64) + 1.0
+    return np.log(counts / counts.sum())
+
+
+class _AuxLosses(nn.Module):
+    """The optional losses on head features: ArcFace, SupCon, centre loss."""
+
+    def __init__(self, feat_dim: int, num_classes: int, config: TrainConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.arcface = self.supcon = None
+        if config.arcface_weight > 0:
+            from pytorch_metric_learning.losses import ArcFaceLoss
+
+            self.arcface = ArcFaceLoss(num_classes, feat_dim, margin=config.arcface_margin, scale=config.arcface_scale)
+        if config.supcon_weight > 0:
+            from pytorch_metric_learning.losses import SupConLoss
+
+            self.supcon = SupConLoss(temperature=config.supcon_temperature)
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim) * 0.01) if config.center_weight > 0 else None
+
+    @property
+    def active(self) -> bool:
+        return self.arcface is not None or self.supcon is not None or self.centers is not None
+
+    def forward(self, feats: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, H), (B,) -> ()
+        c = self.config
+        loss = feats.new_zeros(())
+        if self.arcface is not None:
+            loss = loss + c.arcface_weight * self.arcface(feats, y)
+        if self.supcon is not None:
+            loss = loss + c.supcon_weight * self.supcon(feats, y)
+        if self.centers is not None:
+            loss = loss + c.center_weight * (feats - self.centers[y]).pow(2).sum(1).mean()
+        return loss
+
+
+def _augment(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:  # (B, D) -> (B, D)
+    if config.feature_scale > 0:
+        scale = 1 + (torch.rand(x.shape[1], generator=gen) * 2 - 1) * config.feature_scale
+        x = x * scale
+    if config.feature_noise > 0:
+        x = x + torch.randn(x.shape, generator=gen) * config.feature_noise
+    return x
+
+
+def _soft_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy against soft targets (B, C), label-smoothed, class-weighted by the target mass."""
+    n = logits.shape[1]
+    target = target * (1 - smoothing) + smoothing / n
+    per = -(target * F.log_softmax(logits, dim=1)).sum(1)  # (B,)
+    w = (target * weight).sum(1)  # (B,)
+    return (per * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
              head_config: HeadConfig, config: TrainConfig = TrainConfig()) -> FitResult:
-    """Train an MLP/logreg head; returns it wrapped for serving, temperature fitted."""
+    """Train an MLP/logreg head by the recipe in ``config``; returns it wrapped for serving."""
     torch.manual_seed(config.seed)
+    n_cls = head_config.num_classes
     xt, yt = torch.from_numpy(x_train).float(), torch.from_numpy(y_train).long()
     xv, yv = torch.from_numpy(x_val).float(), torch.from_numpy(y_val).long()
+    counts = np.bincount(y_train, minlength=n_cls)
+    weight = torch.from_numpy(class_weights(counts, config.class_weights, config.effective_beta)).float()
+    priors = torch.from_numpy(log_priors(counts)).float()
+    train_shift = config.logit_tau * priors if config.logit_adjust in ("train", "both") else torch.zeros(n_cls)
+
     head = MLPHead(head_config)
     if head_config.standardize:
         head.emb_mean.copy_(xt.mean(0))
         head.emb_std.copy_(xt.std(0).clamp_min(1e-6))
-    optim = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    feat_dim = head_config.hidden[-1] if head_config.hidden else head_config.in_dim
+    aux = _AuxLosses(feat_dim, n_cls, config)
+    optim = torch.optim.AdamW([*head.parameters(), *aux.parameters()], lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
+    beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
+
+    def step(idx: torch.Tensor, balanced_weight: bool = True) -> None:
+        x, y = _augment(xt[idx], config, gen), yt[idx]
+        target = F.one_hot(y, n_cls).float()
+        loss = x.new_zeros(())
+        if aux.active:
+            loss = loss + aux(head.features(x), y)
+        if beta is not None:
+            lam = float(beta.sample())
+            perm = torch.randperm(len(x), generator=gen)
+            x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
+        w = weight if balanced_weight else torch.ones(n_cls)
+        loss = loss + _soft_ce(head(x) + train_shift, target, w, config.label_smoothing)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
     best, best_state, stale, epoch = math.inf, None, 0, 0
+
+    def validate() -> float:
+        head.eval()
+        with torch.no_grad():
+            return F.cross_entropy(head(xv) + train_shift, yv).item()
+
     for epoch in range(1, config.epochs + 1):
         head.train()
         for idx in torch.randperm(len(xt), generator=gen).split(config.batch_size):
-            loss = F.cross_entropy(head(xt[idx]), yt[idx], label_smoothing=config.label_smoothing)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-        head.eval()
-        with torch.no_grad():
-            val = F.cross_entropy(head(xv), yv).item()
+            step(idx)
+        val = validate()
         if val < best - 1e-5:
             best, stale = val, 0
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
@@ -75,14 +211,45 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
             stale += 1
             if stale >= config.patience:
                 break
+    if config.hardmine_epochs > 0:  # from the best state, draw examples in proportion to their current loss
+        head.load_state_dict(best_state)
+        for _ in range(config.hardmine_epochs):
+            epoch += 1
+            with torch.no_grad():
+                head.eval()
+                per = F.cross_entropy(head(xt) + train_shift, yt, reduction="none")
+            head.train()
+            for idx in torch.multinomial(per + 1e-6, len(xt), replacement=True, generator=gen).split(config.batch_size):
+                step(idx)
+        # The mined state is kept as it ends: its point is to move the boundary towards hard examples.
+        best, best_state = validate(), {k: v.clone() for k, v in head.state_dict().items()}
     assert best_state is not None  # at least one epoch ran
     head.load_state_dict(best_state)
+
+    if config.crt_epochs > 0:  # cRT: re-train only the classifier with a class-balanced sampler
+        for p in head.body.parameters():
+            p.requires_grad_(False)
+        optim = torch.optim.AdamW(head.out.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        aux = _AuxLosses(feat_dim, n_cls, TrainConfig())  # no auxiliary losses in the re-training
+        sample_w = (1.0 / torch.from_numpy(counts).float().clamp_min(1))[yt]
+        head.train()
+        for _ in range(config.crt_epochs):
+            order = torch.multinomial(sample_w, len(xt), replacement=True, generator=gen)
+            for idx in order.split(config.batch_size):
+                step(idx, balanced_weight=False)
+        for p in head.body.parameters():
+            p.requires_grad_(True)
+
     head.eval()
+    serving = ServingHead(head)
+    if config.logit_adjust in ("infer", "both"):
+        serving.logit_bias.copy_(-config.logit_tau * priors)
     temperature = 1.0
     if config.calibrate:
         with torch.no_grad():
-            temperature = fit_temperature(head(xv), yv)
-    return FitResult(ServingHead(head, temperature).eval(), epoch, best, temperature)
+            temperature = fit_temperature(head(xv) + serving.logit_bias, yv)
+    serving.temperature.fill_(temperature)
+    return FitResult(serving.eval(), epoch, best, temperature, weight.tolist(), priors.tolist())
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:

@@ -1,0 +1,64 @@
+"""The training recipe as named profiles: presets of ``TrainConfig`` that the sweep compares.
+
+Profile names are the ones of the earlier sweep report. ``base`` has label smoothing 0.1, embedding
+mixup 0.1 and balanced class weights; each first-generation profile adds one knob to it; ``full``
+adds all of them (effective-number weights, standardisation, hard mining, GELU+LayerNorm,
+temperature scaling). Second-generation profiles add one knob to ``full``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any, Mapping
+
+from headserve.errors import HeadserveError
+from headserve.train.trainer import TrainConfig
+
+BASE = TrainConfig(label_smoothing=0.1, mixup=0.1, class_weights="balanced", gelu_ln=False, standardize=False,
+                   hardmine_epochs=0, calibrate=False)
+FULL = replace(BASE, class_weights="effective", standardize=True, hardmine_epochs=5, gelu_ln=True, calibrate=True)
+
+# profile name -> the knobs it changes from its parent ("base" or "full")
+PROFILES: dict[str, tuple[str, dict[str, Any]]] = {
+    "base": ("base", {}),
+    "center_std": ("base", {"standardize": True}),
+    "effective": ("base", {"class_weights": "effective"}),
+    "hardmine": ("base", {"hardmine_epochs": 5}),
+    "gelu_ln": ("base", {"gelu_ln": True}),
+    "calib": ("base", {"calibrate": True}),
+    "full": ("full", {}),
+    "logit_train": ("full", {"logit_adjust": "train"}),
+    "logit_infer": ("full", {"logit_adjust": "infer"}),
+    "logit_both": ("full", {"logit_adjust": "both"}),
+    "arcface": ("full", {"arcface_weight": 0.1}),
+    "supcon": ("full", {"supcon_weight": 0.1}),
+    "feataug": ("full", {"feature_noise": 0.01, "feature_scale": 0.1}),
+    "center": ("full", {"center_weight": 0.01}),
+    "crt": ("full", {"crt_epochs": 10}),
+}
+_PARENTS = {"base": BASE, "full": FULL}
+
+
+class UnknownProfileError(HeadserveError, KeyError):
+    """A recipe profile name that the registry does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def profile_config(name: str, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of profile ``name`` with ``overrides`` (e.g. epochs) applied on top."""
+    if name not in PROFILES:
+        raise UnknownProfileError(f"profile {name!r} is not one of {', '.join(PROFILES)}; pass one of those names")
+    parent, knobs = PROFILES[name]
+    known = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise UnknownProfileError(f"unknown training knob(s) {bad}; known: {sorted(known)}")
+    return replace(_PARENTS[parent], **{**knobs, **overrides})
+
+
+def describe(config: TrainConfig) -> Mapping[str, Any]:
+    """The knobs that differ from TrainConfig's defaults, for reports and meta.json."""
+    default = TrainConfig()
+    return {f.name: getattr(config, f.name) for f in fields(TrainConfig) if getattr(config, f.name) != getattr(default, f.name)}
