@@ -1,0 +1,61 @@
+"""The example head: a deterministic, untrained head artifact on any registered encoder.
+
+The committed ``model_repository/`` configs, the repository tests and the benchmarks need a head
+without running training; this one is a seeded random MLP with the encoder's real metadata
+(fingerprint included), so everything downstream of the artifact is the production path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from headserve.artifact import HeadMeta, save_artifact
+from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.encoders import EncoderSpec
+from headserve.head import HeadConfig, build_serving_head
+
+EXAMPLE_CLASSES: tuple[str, ...] = ("digit_0", "digit_1", "digit_2", "background")
+
+
+@dataclass(frozen=True)
+class ExampleHead:
+    """What the example artifact looks like."""
+
+    name: str  # head (and ensemble) name
+    seed: int = 0  # weights seed: another seed is another version of the "same" head
+    hidden: tuple[int, ...] = (16,)  # MLP widths
+    temperature: float = 1.5  # a calibration temperature other than 1, so it is visibly applied
+    classes: tuple[str, ...] = EXAMPLE_CLASSES  # the last one is background
+
+
+def write_example_head(spec: EncoderSpec, example: ExampleHead, out: str | Path) -> Path:
+    """Save the example head for ``spec`` as an artifact directory at ``out``."""
+    loaded = load_encoder(spec)
+    fp = fingerprint(encoder_graph(loaded), loaded.spec.preprocess)
+    config = HeadConfig(in_dim=spec.embedding_dim, num_classes=len(example.classes), hidden=example.hidden)
+    torch.manual_seed(example.seed)
+    module = build_serving_head(config)
+    with torch.no_grad():
+        module.temperature.fill_(example.temperature)
+    meta = HeadMeta(
+        name=example.name,
+        encoder_type=spec.encoder_type,
+        encoder_model=spec.model_id,
+        embedding_dim=spec.embedding_dim,
+        classes=list(example.classes),
+        background_indices=[len(example.classes) - 1],
+        head_type=config.head_type,
+        head_config=config.to_dict(),
+        temperature=example.temperature,
+        preprocess=loaded.spec.preprocess.to_dict(),
+        encoder_name=spec.name,
+        encoder_pretrained=spec.pretrained,
+        encoder_fingerprint=fp,
+        encoder_untrained=spec.is_tiny,
+        extra={"example": f"untrained example head, seed {example.seed}"},
+    )
+    tensors = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    return save_artifact(out, meta, tensors)

@@ -1,0 +1,92 @@
+"""Hot swap on the real tritonserver: a new head version goes live under a steady request stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HEAD = "swap"
+
+
+def expected_probs(artifact: Path, pixels: np.ndarray) -> np.ndarray:
+    """In-process PyTorch: the tiny encoder graph, then the artifact's calibrated head."""
+    from headserve.artifact import load_meta, load_tensors
+    from headserve.backbones import encoder_graph, load_encoder
+    from headserve.encoders import get_encoder
+    from headserve.head import HeadConfig, build_serving_head
+
+    meta = load_meta(artifact)
+    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
+                              {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    with torch.no_grad():
+        emb = encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels))
+        return head(emb)[1].numpy()
+
+
+def test_a_new_head_version_goes_live_while_requests_keep_succeeding(tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    from headserve.encoders import get_encoder
+    from headserve.export.example import ExampleHead, write_example_head
+    from headserve.export.pipeline import export_head
+    from headserve.export.server_load import load_on_server
+    from headserve.server import LocalTriton, ServerConfig
+
+    spec = get_encoder("clip:tiny")
+    v1 = write_example_head(spec, ExampleHead(HEAD, seed=1), tmp_path / "v1")
+    v2 = write_example_head(spec, ExampleHead(HEAD, seed=2), tmp_path / "v2")
+    repo = tmp_path / "repo"
+    export_head(v1, repo, "local")
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    want_v1, want_v2 = expected_probs(v1, pixels), expected_probs(v2, pixels)
+    assert np.abs(want_v1 - want_v2).max() > 1e-2  # the two versions are distinguishable
+
+    answers: list[tuple[float, np.ndarray]] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    with LocalTriton(ServerConfig(repository=repo, model_control="explicit")) as server:
+        def stream() -> None:
+            client = grpcclient.InferenceServerClient(server.grpc_url)
+            inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
+            inp.set_data_from_numpy(pixels)
+            out = [grpcclient.InferRequestedOutput("probs")]
+            while not stop.is_set():
+                try:
+                    result = client.infer(HEAD, [inp], outputs=out)
+                    answers.append((time.monotonic(), result.as_numpy("probs")))
+                except BaseException as exc:  # every failure is a test failure, collected for the message
+                    failures.append(exc)
+                time.sleep(0.01)
+            client.close()
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+        try:
+            while len(answers) < 5 and not failures:
+                time.sleep(0.05)
+            written = export_head(v2, repo, "local")
+            assert [(w.name, w.version) for w in written] == [(f"{HEAD}_head", 2), (HEAD, 2)]
+            loaded = load_on_server(server.grpc_url, [w.name for w in written])
+            swapped_at = time.monotonic()
+            assert [(m.name, m.version) for m in loaded] == [(f"{HEAD}_head", "2"), (HEAD, "2")]
+            while sum(t > swapped_at for t, _ in answers) < 5 and not failures:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            worker.join()
+
+    assert failures == []
+    before = [p for t, p in answers[:5]]
+    after = [p for t, p in answers if t > swapped_at]
+    assert all(np.abs(p - want_v1).max() < 1e-5 for p in before)
+    assert len(after) >= 5 and all(np.abs(p - want_v2).max() < 1e-5 for p in after)
+    # Every answer in between is one version or the other, never a mix or an error.
+    assert all(min(np.abs(p - want_v1).max(), np.abs(p - want_v2).max()) < 1e-5 for _, p in answers)
