@@ -1,4 +1,4 @@
-"""`headserve train`: a YOLO dataset in, a head artifact and its report out."""
+"""`headserve train`, `headserve sweep` and `headserve import-legacy`: argument parsing only."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from pathlib import Path
 
 from headserve.cli_args import add_encoder_args, encoder_from_args, parse_hidden
 
+PROFILE_HELP = "recipe profile: base, center_std, effective, hardmine, gelu_ln, calib, full, logit_train, " \
+               "logit_infer, logit_both, arcface, supcon, feataug, center, crt"
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a calibrated head on a YOLO dataset")
@@ -16,20 +23,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="head", help="head name; becomes the served model name")
     add_encoder_args(p)
     p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths, e.g. 768,384; 'logreg' for none")
-    p.add_argument("--no-background", action="store_true", help="do not add a background class")
+    p.add_argument("--profile", default="full", help=PROFILE_HELP + " (default full)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="override the profile's label smoothing")
+    p.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs")
+    p.add_argument("--bg", type=int, default=1, metavar="N",
+                   help="N background classes of random crops overlapping no box, split by k-means (default 1)")
+    p.add_argument("--no-background", action="store_true", help="do not add background classes")
     p.add_argument("--strict", action="store_true", help="bad label lines are errors instead of skips")
+    p.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
+    p.add_argument("--report", type=Path, default=None, help="report directory (default OUT.report)")
+    p.add_argument("--ood-holdout", default=None, metavar="CLASS", help="leave CLASS out and report OOD AUROC on it")
     p.set_defaults(func=_train)
+
+    s = sub.add_parser("sweep", help="train profiles x encoders x MLP sizes x label smoothing on cached embeddings")
+    s.add_argument("dataset", type=Path, help="YOLO dataset root")
+    s.add_argument("--out", type=Path, required=True, help="directory for the sweep table and per-run metrics")
+    s.add_argument("--profiles", type=_csv, default=["base", "full"], help="comma-separated profile names")
+    s.add_argument("--encoders", type=_csv, default=["clip:tiny", "dinov3:tiny"], help="comma-separated encoders")
+    s.add_argument("--hidden", type=lambda t: [parse_hidden(h) for h in t.split(";")], default=[(256,)],
+                   help="';'-separated MLP sizes, e.g. '768,384;1024,512;logreg'")
+    s.add_argument("--label-smoothing", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 0.1],
+                   help="comma-separated label smoothing values")
+    s.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs")
+    s.add_argument("--bg", type=int, default=1, metavar="N", help="background classes (default 1)")
+    s.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
+    s.set_defaults(func=_sweep)
+
+    g = sub.add_parser("import-legacy", help="convert a scikit-learn .pkl head (+ .meta.pkl) into an artifact")
+    g.add_argument("pkl", type=Path, help="legacy head NAME.pkl; NAME.meta.pkl must sit beside it")
+    g.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    g.add_argument("--trust-pickle", action="store_true",
+                   help="required: unpickling runs code from the file; only for files you trust")
+    g.set_defaults(func=_import_legacy)
 
 
 def _train(args: argparse.Namespace) -> int:
     from headserve.train.pipeline import TrainRequest, train_from_yolo
+    from headserve.train.recipe import profile_config
 
+    overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("epochs", args.epochs)) if v is not None}
     req = TrainRequest(dataset=args.dataset, encoder=encoder_from_args(args), out=args.out, name=args.name,
-                       hidden=args.hidden, background=not args.no_background, strict=args.strict)
+                       hidden=args.hidden, background=not args.no_background, bg_classes=args.bg,
+                       strict=args.strict, train=profile_config(args.profile, **overrides), profile=args.profile,
+                       cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
+                       ood_holdout=args.ood_holdout, progress=True)
     outcome = train_from_yolo(req)
     for line in outcome.report_lines:
         print(line)
-    keep = ("macro_f1_fg", "weighted_f1_fg", "ece_before", "ece_after", "temperature")
-    print(json.dumps({k: outcome.metrics[k] for k in keep}, indent=2))
+    keep = ("macro_f1_fg", "weighted_f1_fg", "ece_before", "ece_after", "temperature", "ood_auroc")
+    print(json.dumps({k: outcome.metrics[k] for k in keep if k in outcome.metrics}, indent=2))
     print(f"artifact: {outcome.artifact}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from headserve.train.sweep import SweepConfig, run_sweep
+
+    config = SweepConfig(dataset=args.dataset, out=args.out, profiles=tuple(args.profiles),
+                         encoders=tuple(args.encoders), hidden=tuple(args.hidden),
+                         label_smoothing=tuple(args.label_smoothing), epochs=args.epochs, bg_classes=args.bg,
+                         cache_dir=args.cache)
+    table = run_sweep(config)
+    print(table.read_text())
+    return 0
+
+
+def _import_legacy(args: argparse.Namespace) -> int:
+    from headserve.train.legacy import TRUST_NOTICE, import_legacy
+
+    if args.trust_pickle:
+        print(f"note: {TRUST_NOTICE}")
+    print(f"artifact: {import_legacy(args.pkl, args.out, trust_pickle=args.trust_pickle)}")
     return 0

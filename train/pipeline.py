@@ -71,7 +71,29 @@ class TrainOutcome:
     report: Path | None = None  # the report's Markdown file when one was written
 
 
-def train_from_yolo(req: TrainRequest) -> TrainOutcome:
+@dataclass
+class PreparedData:
+    """Embeddings and splits of one dataset through one encoder: what every head fit starts from."""
+
+    spec: EncoderSpec  # the loaded encoder's spec
+    fingerprint: str  # encoder weights + preprocessing
+    data: YoloDataset
+    classes: list[str]  # foreground then background names, in label order
+    background: list[int]  # background class indices
+    objects: list[LabelledObject]  # one per embedding row
+    pixels: np.ndarray  # (N, S, S, 3) uint8 crops
+    emb: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N,) int64
+    holdout_emb: np.ndarray  # (M, D) embeddings of the held-out OOD class (M may be 0)
+    fit_idx: np.ndarray  # rows the head is fitted on
+    val_idx: np.ndarray  # rows for early stopping, calibration and the OOD threshold
+    test_idx: np.ndarray  # rows the report measures
+    cache: EmbeddingCache | None
+    timings: dict[str, float]
+
+
+def prepare(req: TrainRequest) -> PreparedData:
+    """Read the dataset, embed every crop (through the cache) and split by source image."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = read_yolo(req.dataset, strict=req.strict)
@@ -110,7 +132,17 @@ def train_from_yolo(req: TrainRequest) -> TrainOutcome:
     groups = [str(o.image) for o in objects]
     train_idx, test_idx = group_split(groups, req.test_size, req.seed)
     sub_train, sub_val = group_split([groups[i] for i in train_idx], req.val_size, req.seed)
-    fit_idx, val_idx = train_idx[sub_train], train_idx[sub_val]
+    return PreparedData(spec, fp, data, classes, background, objects, pixels, emb, labels, holdout_emb,
+                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings)
+
+
+def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> TrainOutcome:
+    """Train, calibrate and save one head (and its report); ``prepared`` reuses embeddings and splits."""
+    p = prepared or prepare(req)
+    timings = dict(p.timings)
+    spec, fp, data, classes, background = p.spec, p.fingerprint, p.data, p.classes, p.background
+    objects, pixels, emb, labels, holdout_emb, cache = p.objects, p.pixels, p.emb, p.labels, p.holdout_emb, p.cache
+    fit_idx, val_idx, test_idx = p.fit_idx, p.val_idx, p.test_idx
 
     t0 = time.perf_counter()
     cfg = req.train
@@ -138,7 +170,7 @@ def train_from_yolo(req: TrainRequest) -> TrainOutcome:
     metrics["n_train"], metrics["n_val"], metrics["n_test"] = len(fit_idx), len(val_idx), len(test_idx)
     test_ood = ood_scores(fit.head, emb[test_idx])
     metrics["ood_flagged_test"] = float((test_ood > threshold).mean())
-    if len(holdout):
+    if len(holdout_emb):
         metrics["ood_auroc"] = ood_auroc(test_ood, ood_scores(fit.head, holdout_emb))
     timings["evaluate"] = time.perf_counter() - t0
 

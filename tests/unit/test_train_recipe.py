@@ -1,0 +1,99 @@
+"""The recipe's knobs and profiles, on small structured embeddings (seconds, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from headserve.head import HeadConfig
+from headserve.train.recipe import PROFILES, UnknownProfileError, profile_config
+from headserve.train.trainer import TrainConfig, class_weights, fit_head, log_priors
+
+REQUIRED_PROFILES = ("base", "center_std", "effective", "hardmine", "gelu_ln", "calib", "full", "logit_train",
+                     "logit_infer", "logit_both", "arcface", "supcon")
+
+
+def blobs(n_per: tuple[int, ...] = (80, 40, 12, 6), dim: int = 16, seed: int = 0):
+    """Long-tailed Gaussian clusters, L2-normalised like encoder embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(n_per), dim)) * 1.5
+    x = np.concatenate([centres[c] + rng.standard_normal((n, dim)) for c, n in enumerate(n_per)]).astype(np.float32)
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(n_per)]).astype(np.int64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+
+
+def test_every_profile_of_the_earlier_sweep_is_registered():
+    assert set(REQUIRED_PROFILES) <= set(PROFILES)
+
+
+def test_full_profile_turns_on_every_first_generation_knob():
+    full = profile_config("full")
+    assert (full.label_smoothing, full.mixup, full.class_weights, full.effective_beta) == (0.1, 0.1, "effective", 0.9999)
+    assert full.standardize and full.gelu_ln and full.calibrate and full.hardmine_epochs > 0
+
+
+def test_unknown_profile_is_an_error_that_lists_the_known_ones():
+    with pytest.raises(UnknownProfileError, match="'fulll' is not one of base, center_std"):
+        profile_config("fulll")
+
+
+def test_unknown_training_knob_is_refused():
+    with pytest.raises(UnknownProfileError, match="unknown training knob"):
+        profile_config("full", learning_rate=1.0)
+
+
+def test_bad_knob_value_names_the_value():
+    with pytest.raises(ValueError, match="logit_adjust 'sometimes'"):
+        TrainConfig(logit_adjust="sometimes")
+
+
+def test_effective_number_weights_sum_to_the_class_count_and_favour_rare_classes():
+    w = class_weights(np.array([1000, 100, 10]), "effective", 0.9999)
+    assert w.sum() == pytest.approx(3.0)
+    assert w[0] < w[1] < w[2]
+
+
+def test_class_with_no_examples_gets_no_weight():
+    w = class_weights(np.array([10, 0, 5]), "balanced")
+    assert w[1] == 0 and w.sum() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profile_trains_a_head_that_beats_chance(profile: str):
+    x, y = blobs()
+    cfg = profile_config(profile, epochs=80, patience=80, lr=3e-3)
+    hc = HeadConfig(16, 4, (32,), activation="gelu" if cfg.gelu_ln else "relu", layernorm=cfg.gelu_ln,
+                    standardize=cfg.standardize)
+    fit = fit_head(x[::2], y[::2], x[1::2], y[1::2], hc, cfg)
+    with torch.no_grad():
+        _, probs, ood = fit.head(torch.from_numpy(x[1::2]))
+    from sklearn.metrics import balanced_accuracy_score
+
+    assert balanced_accuracy_score(y[1::2], probs.argmax(1).numpy()) > 0.5  # chance is 0.25
+    assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5) and ood.shape == (len(probs), 1)
+
+
+def test_logit_adjustment_at_inference_stores_minus_tau_log_priors_as_the_logit_bias():
+    x, y = blobs()
+    fit = fit_head(x, y, x, y, HeadConfig(16, 4), profile_config("logit_infer", epochs=3, logit_tau=0.5))
+    expected = -0.5 * log_priors(np.bincount(y, minlength=4))
+    assert np.allclose(fit.head.logit_bias.numpy(), expected, atol=1e-6)
+
+
+def test_standardisation_stats_live_in_the_head_buffers():
+    x, y = blobs()
+    fit = fit_head(x, y, x, y, HeadConfig(16, 4, standardize=True), profile_config("center_std", epochs=2))
+    assert np.allclose(fit.head.head.emb_mean.numpy(), x.mean(0), atol=1e-6)
+
+
+def test_temperature_scaling_lowers_validation_nll_of_an_overconfident_head():
+    from headserve.train.trainer import fit_temperature
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (400,))
+    logits = torch.randn(400, 4) * 8
+    logits[torch.arange(200), labels[:200]] += 10  # half right with huge margins, half noise
+    t = fit_temperature(logits, labels)
+    nll = torch.nn.functional.cross_entropy
+    assert t > 1 and nll(logits / t, labels) < nll(logits, labels)
