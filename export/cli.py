@@ -28,10 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     legacy = what.add_parser("legacy", help="import a scikit-learn .pkl head (pickle: only with --trust-pickle)")
     legacy.add_argument("pkl", type=Path, help="the legacy pickle file")
     legacy.add_argument("--out", type=Path, required=True, help="directory for the converted head artifact")
+    _repo_args(legacy, required=False)
     legacy.add_argument("--trust-pickle", action="store_true",
                         help="allow unpickling; pickle runs code, so only for files you made yourself")
-    legacy.add_argument("--repo", type=Path, default=None, help="also export the converted head into this repository")
-    legacy.add_argument("--runtime", choices=("local", "production"), default="local")
     add_encoder_args(legacy, default="")
     _server_arg(legacy)
     legacy.set_defaults(func=_export_legacy)
@@ -53,11 +52,30 @@ def _server_arg(p: argparse.ArgumentParser) -> None:
                         "and wait until they are ready")
 
 
-def _repo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repo", type=Path, required=True, help="model repository directory")
+def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--repo", type=Path, required=required, default=None,
+                   help="model repository directory" + ("" if required else ": also export the head into it"))
     p.add_argument("--runtime", choices=("local", "production"), default="local",
                    help="local: python backend + ONNX Runtime (pytriton's tritonserver); "
                         "production: onnxruntime_onnx on GPUs (official containers)")
+    prod = p.add_argument_group("production runtime")
+    prod.add_argument("--instance-kind", choices=("gpu", "cpu"), default="gpu", help="instance group kind")
+    prod.add_argument("--instances", type=int, default=1, help="model instances (per GPU for gpu)")
+    prod.add_argument("--cpu-threads", type=int, default=4, help="ONNX Runtime intra-op threads of a cpu instance")
+    prod.add_argument("--tensorrt", choices=("FP32", "FP16"), default=None,
+                      help="run through TensorRT at this precision, with engine and timing caches")
+    prod.add_argument("--trt-cache-dir", default="/models/.trt_cache",
+                      help="where the serving container keeps TensorRT engine and timing caches")
+    prod.add_argument("--no-warmup", dest="warmup", action="store_false", help="omit model_warmup")
+
+
+def production_options(args: argparse.Namespace):
+    """The production knobs of the command line as a typed config."""
+    from headserve.export.model_config import InstanceKind, ProductionOptions, TensorRTOptions
+
+    trt = TensorRTOptions(precision=args.tensorrt, cache_dir=args.trt_cache_dir) if args.tensorrt else None
+    return ProductionOptions(kind=InstanceKind[f"KIND_{args.instance_kind.upper()}"], instances=args.instances,
+                             cpu_threads=args.cpu_threads, tensorrt=trt, warmup=args.warmup)
 
 
 def _export_encoder(args: argparse.Namespace) -> int:
@@ -69,7 +87,7 @@ def _export_encoder(args: argparse.Namespace) -> int:
     spec = get_encoder(args.name)
     if args.encoder_weights:
         spec = spec.with_weights(args.encoder_weights)
-    written = add_encoder(args.repo, load_encoder(spec), Runtime(args.runtime))
+    written = add_encoder(args.repo, load_encoder(spec), Runtime(args.runtime), options=production_options(args))
     print(f"{written.name} version {written.version}: {written.path} (max |ONNX - torch| {_fmt(written.max_abs_diff)})")
     return 0
 
@@ -77,8 +95,8 @@ def _export_encoder(args: argparse.Namespace) -> int:
 def _export_head(args: argparse.Namespace) -> int:
     from headserve.export.pipeline import export_head
 
-    written = export_head(args.artifact, args.repo, args.runtime,
-                          encoder_name=args.encoder or None, encoder_weights=args.encoder_weights)
+    written = export_head(args.artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
+                          encoder_weights=args.encoder_weights, options=production_options(args))
     _report(written, args.server)
     return 0
 
@@ -97,7 +115,7 @@ def _export_legacy(args: argparse.Namespace) -> int:
         from headserve.export.pipeline import export_head
 
         _report(export_head(artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
-                            encoder_weights=args.encoder_weights), args.server)
+                            encoder_weights=args.encoder_weights, options=production_options(args)), args.server)
     return 0
 
 

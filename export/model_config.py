@@ -36,6 +36,42 @@ class Runtime(enum.Enum):
     LOCAL = "local"
 
 
+class InstanceKind(enum.Enum):
+    """Where production instances run, named after the protobuf values."""
+
+    KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
+    KIND_CPU = mc.ModelInstanceGroup.KIND_CPU
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """ONNX Runtime's TensorRT execution provider inside the onnxruntime backend (production only)."""
+
+    precision: str = "FP16"  # precision_mode: "FP32" or "FP16"; FP16 engines are built with FP32 layer norms
+    cache_dir: str = "/models/.trt_cache"  # engine and timing caches; a volume, so restarts skip engine builds
+    max_workspace_bytes: int = 1 << 30  # scratch GPU memory TensorRT may use while building and running
+    min_batch: int = 1  # optimisation profile: smallest batch the engine accepts
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("FP32", "FP16"):
+            raise ValueError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
+
+
+@dataclass(frozen=True)
+class ProductionOptions:
+    """Runtime knobs of the production configs; the local configs ignore them."""
+
+    kind: InstanceKind = InstanceKind.KIND_GPU  # instance group kind of every ONNX model
+    instances: int = 1  # instances per GPU (KIND_GPU) or in total (KIND_CPU)
+    cpu_threads: int = 4  # ONNX Runtime intra-op threads per instance (the CPU work of each instance)
+    tensorrt: TensorRTOptions | None = None  # None: CUDA execution provider only
+    warmup: bool = True  # model_warmup at load, so the first client request does not pay for arena growth
+
+    def __post_init__(self) -> None:
+        if self.instances < 1 or self.cpu_threads < 1:
+            raise ValueError(f"instances ({self.instances}) and cpu_threads ({self.cpu_threads}) must be >= 1")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -69,16 +105,23 @@ class ModelDesc:
         return bool(self.steps)
 
 
-def render(desc: ModelDesc, runtime: Runtime) -> mc.ModelConfig:
+def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None = None) -> mc.ModelConfig:
+    """The config of ``desc`` for ``runtime``; tensors, parameters and wiring do not depend on the runtime."""
+    options = options or ProductionOptions()
     config = mc.ModelConfig(name=desc.name, max_batch_size=desc.max_batch_size)
     _set_tensors(config, desc)
     _set_parameters(config, desc)
     if desc.is_ensemble:
         _set_ensemble(config, desc)
         return config
-    _set_runtime(config, runtime)
+    _set_runtime(config, runtime, options)
     _set_batching(config, desc)
-    _set_instance_group(config, runtime)
+    _set_instance_group(config, runtime, options)
+    if runtime is Runtime.PRODUCTION and options.tensorrt is not None:
+        _set_tensorrt(config, desc, options.tensorrt)
+    if options.warmup:
+        # Locally the graphs run on a CPU shared with everything else: warm up at batch 1 only.
+        _set_warmup(config, desc, largest=runtime is Runtime.PRODUCTION)
     return config
 
 
@@ -113,10 +156,13 @@ def _set_ensemble(config: mc.ModelConfig, desc: ModelDesc) -> None:
         s.output_map.update(step.output_map)
 
 
-def _set_runtime(config: mc.ModelConfig, runtime: Runtime) -> None:
+def _set_runtime(config: mc.ModelConfig, runtime: Runtime, options: ProductionOptions) -> None:
     if runtime is Runtime.PRODUCTION:
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = "model.onnx"
+        threads = options.cpu_threads if options.kind is InstanceKind.KIND_CPU else 1
+        config.parameters["intra_op_thread_count"].string_value = str(threads)
+        config.parameters["inter_op_thread_count"].string_value = "1"
     else:
         config.backend = "python"
         config.parameters["onnx_file"].string_value = "model.onnx"
@@ -129,6 +175,41 @@ def _set_batching(config: mc.ModelConfig, desc: ModelDesc) -> None:
     config.dynamic_batching.max_queue_delay_microseconds = desc.max_queue_delay_us
 
 
-def _set_instance_group(config: mc.ModelConfig, runtime: Runtime) -> None:
-    kind = mc.ModelInstanceGroup.KIND_GPU if runtime is Runtime.PRODUCTION else mc.ModelInstanceGroup.KIND_CPU
-    config.instance_group.add(count=1, kind=kind)
+def _set_instance_group(config: mc.ModelConfig, runtime: Runtime, options: ProductionOptions) -> None:
+    if runtime is Runtime.PRODUCTION:
+        config.instance_group.add(count=options.instances, kind=options.kind.value)
+    else:
+        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+
+
+def _shapes(desc: ModelDesc, batch: int) -> str:
+    """TensorRT profile shapes, "name:BxD1xD2,...", for one batch size."""
+    return ",".join(f"{t.name}:" + "x".join(str(d) for d in (batch, *t.dims)) for t in desc.inputs)
+
+
+def _set_tensorrt(config: mc.ModelConfig, desc: ModelDesc, trt: TensorRTOptions) -> None:
+    accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    opt = max((b for b in desc.preferred_batch_sizes if b <= desc.max_batch_size), default=desc.max_batch_size)
+    cache = f"{trt.cache_dir.rstrip('/')}/{desc.name}"
+    accel.parameters.update({
+        "precision_mode": trt.precision,
+        "max_workspace_size_bytes": str(trt.max_workspace_bytes),
+        "trt_layer_norm_fp32_fallback": "1",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": cache,
+        "trt_profile_min_shapes": _shapes(desc, trt.min_batch),
+        "trt_profile_opt_shapes": _shapes(desc, opt),
+        "trt_profile_max_shapes": _shapes(desc, desc.max_batch_size),
+    })
+
+
+def _set_warmup(config: mc.ModelConfig, desc: ModelDesc, largest: bool) -> None:
+    """A warm-up request with random inputs at batch 1 and (``largest``) at the largest preferred batch."""
+    sizes = sorted({1, *(b for b in desc.preferred_batch_sizes if b <= desc.max_batch_size)})
+    for batch in sorted({sizes[0], sizes[-1] if largest else 1}):
+        warmup = config.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch, count=1)
+        for t in desc.inputs:
+            warmup.inputs[t.name].CopyFrom(mc.ModelWarmup.Input(data_type=t.dtype.value, dims=list(t.dims),
+                                                                random_data=True))

@@ -8,7 +8,7 @@ from headserve.artifact import check_encoder_match, load_meta, load_tensors
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.encoders import get_encoder
 from headserve.errors import ArtifactError
-from headserve.export.model_config import Runtime, parse
+from headserve.export.model_config import ProductionOptions, Runtime, parse
 from headserve.export.repository import (
     WrittenModel,
     add_encoder,
@@ -19,7 +19,8 @@ from headserve.export.repository import (
 
 
 def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
-                encoder_name: str | None = None, encoder_weights: str | None = None) -> list[WrittenModel]:
+                encoder_name: str | None = None, encoder_weights: str | None = None,
+                options: ProductionOptions | None = None) -> list[WrittenModel]:
     """Export a head; exports its encoder first when the repository does not hold it yet."""
     runtime = Runtime(runtime)
     repo = Path(repo)
@@ -44,6 +45,7 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
         # Refuse a mismatched head before anything is written.
         check_encoder_match(meta, params["encoder_type"], params["encoder_model"], int(params["embedding_dim"]),
                             params["encoder_fingerprint"], where=f"encoder {name}")
-        written.append(add_encoder(repo, loaded, runtime))
-    written.extend(add_head(repo, meta, load_tensors(artifact), model, runtime, encoder_params=params))
+        written.append(add_encoder(repo, loaded, runtime, options=options))
+    written.extend(add_head(repo, meta, load_tensors(artifact), model, runtime, encoder_params=params,
+                            options=options))
     return written

@@ -23,16 +23,17 @@ import torch
 
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
+from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
 from headserve.export.model_config import (
     DataType,
     EnsembleStep,
     ModelDesc,
+    ProductionOptions,
     Runtime,
     TensorSpec,
     render,
     to_text,
 )
-from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
 from headserve.export.onnx_export import (
     ENCODER_HEAD_FEED,
     ENCODER_INPUT,
@@ -73,7 +74,8 @@ def next_version(model_dir: Path) -> int:
 
 
 def _publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
-                     labels: list[str] | None = None) -> tuple[int, Path]:
+                     labels: list[str] | None = None,
+                     options: ProductionOptions | None = None) -> tuple[int, Path]:
     """Stage the version directory, then config and labels, then rename the version into place."""
     version = next_version(model_dir)
     staged = staging_dir(model_dir / str(version))
@@ -87,14 +89,15 @@ def _publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: 
             shutil.copyfile(RUNNER_SOURCE, staged / "model.py")
         if labels is not None:
             write_text_atomic(model_dir / LABELS_FILE, "\n".join(labels) + "\n")
-        write_text_atomic(model_dir / "config.pbtxt", to_text(render(desc, runtime)))
+        write_text_atomic(model_dir / "config.pbtxt", to_text(render(desc, runtime, options)))
         return version, publish_dir(staged, model_dir / str(version))
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
 
 
-def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_size: int = 64) -> WrittenModel:
+def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_size: int = 64,
+                options: ProductionOptions | None = None) -> WrittenModel:
     """Export an encoder graph (preprocessing inside) as the next version of its model."""
     spec = loaded.spec
     graph = encoder_graph(loaded)
@@ -114,7 +117,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
             parameters=params,
         )
         files = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
-        version, path = _publish_version(model_dir, desc, runtime, files)
+        version, path = _publish_version(model_dir, desc, runtime, files, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
@@ -135,7 +138,7 @@ def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
 
 def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], encoder: WrittenModel | str,
              runtime: Runtime, encoder_params: Mapping[str, str] | None = None,
-             max_batch_size: int = 64) -> tuple[WrittenModel, WrittenModel]:
+             max_batch_size: int = 64, options: ProductionOptions | None = None) -> tuple[WrittenModel, WrittenModel]:
     """Export a head and (re)write its ensemble; refuses a head trained on another encoder."""
     encoder_name = encoder if isinstance(encoder, str) else encoder.name
     if encoder_params is not None:
@@ -160,7 +163,8 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
             outputs=outputs,
             max_batch_size=max_batch_size,
         )
-        version, path = _publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes)
+        version, path = _publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes,
+                                         options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     written_head = WrittenModel(head_name, version, path, diffs)
