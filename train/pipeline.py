@@ -13,7 +13,7 @@ from headserve.artifact import HeadMeta, save_artifact
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.encoders import EncoderSpec
 from headserve.errors import DatasetError
-from headserve.head import HeadConfig
+from headserve.head import SERVING_OUTPUTS, HeadConfig
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
 from headserve.train.embed import embed_pixels, pixels_of
@@ -69,6 +69,7 @@ class TrainOutcome:
     timings: dict[str, float]
     test_embeddings: np.ndarray | None = None  # (N, D) embeddings of the held-out crops
     report: Path | None = None  # the report's Markdown file when one was written
+    test_outputs: dict[str, np.ndarray] = field(default_factory=dict)  # in-process head outputs on the test crops
 
 
 @dataclass
@@ -159,7 +160,9 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
 
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits, probs, _ = fit.head(torch.from_numpy(emb[test_idx]))
+        outputs = fit.head(torch.from_numpy(emb[test_idx]))
+    test_outputs = {name: t.numpy() for name, t in zip(SERVING_OUTPUTS, outputs)}
+    logits, probs = outputs[0], outputs[1]
     uncal = torch.softmax(logits, dim=-1).numpy()
     probs = probs.numpy()
     metrics = classification_metrics(probs, labels[test_idx], classes, background)
@@ -211,7 +214,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         timings["report"] = time.perf_counter() - t0
         lines.append(f"report: {report}")
     return TrainOutcome(artifact, meta, metrics, [objects[i] for i in test_idx], pixels[test_idx],
-                        labels[test_idx], lines, timings, emb[test_idx], report)
+                        labels[test_idx], lines, timings, emb[test_idx], report, test_outputs)
 
 
 def _hold_out(data: YoloDataset, name: str) -> tuple[list[str], list[LabelledObject], list[LabelledObject]]:
