@@ -44,7 +44,7 @@ class ClipImageTower(nn.Module):
 
 
 class Dinov3Pooled(nn.Module):
-    """transformers DINOv3: ``pooler_output``, falling back to the CLS token of ``last_hidden_state``."""
+    """transformers DINOv3 (and DINOv2): ``pooler_output``, falling back to the CLS token of ``last_hidden_state``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -111,7 +111,22 @@ def _load_dinov3(spec: EncoderSpec) -> LoadedEncoder:
         torch.manual_seed(int(spec.tiny["seed"]))
         model = DINOv3ViTModel(DINOv3ViTConfig(**spec.tiny["config"]))
         return LoadedEncoder(spec=spec, backbone=Dinov3Pooled(model), full_model=model)
+    return _load_hub(spec, "DINOv3")
 
+
+def _load_dinov2(spec: EncoderSpec) -> LoadedEncoder:
+    """DINOv2 (public weights, no licence gate): the fallback when DINOv3 cannot be downloaded."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    if spec.tiny is not None:
+        torch.manual_seed(int(spec.tiny["seed"]))
+        model = Dinov2Model(Dinov2Config(**spec.tiny["config"]))
+        return LoadedEncoder(spec=spec, backbone=Dinov3Pooled(model), full_model=model)
+    return _load_hub(spec, "DINOv2")
+
+
+def _load_hub(spec: EncoderSpec, family: str) -> LoadedEncoder:
+    """A transformers vision model and its processor (whose preprocessing wins) from the hub or a directory."""
     from transformers import AutoImageProcessor, AutoModel
 
     try:
@@ -125,7 +140,7 @@ def _load_dinov3(spec: EncoderSpec) -> LoadedEncoder:
             else "check the network route to the model hub, or accept the licence and log in with `hf auth login`"
         )
         raise EncoderLoadError(
-            f"could not load DINOv3 {spec.model_id} ({exc.__class__.__name__}: {_first_line(exc)}). "
+            f"could not load {family} {spec.model_id} ({exc.__class__.__name__}: {_first_line(exc)}). "
             f"To fix: {action}; or download the weights elsewhere and pass the directory with --encoder-weights DIR."
         ) from None
     spec = replace(spec, preprocess=_preprocess_from_processor(processor, spec.preprocess))
@@ -139,6 +154,8 @@ def _preprocess_from_processor(processor: object, default: PreprocessSpec) -> Pr
     resample = getattr(processor, "resample", None)
     interpolation = {2: "bilinear", 3: "bicubic", 0: "nearest"}.get(int(resample), default.interpolation) if resample is not None else default.interpolation
     crop = bool(getattr(processor, "do_center_crop", False))
+    if crop:  # the graph sees the crop (DINOv2: resize to 256, crop 224), not the resize target
+        side = (getattr(processor, "crop_size", None) or {}).get("height") or side
     return PreprocessSpec(
         input_size=int(side),
         mean=tuple(float(v) for v in (getattr(processor, "image_mean", None) or default.mean)),  # type: ignore[arg-type]
@@ -151,6 +168,7 @@ def _preprocess_from_processor(processor: object, default: PreprocessSpec) -> Pr
 LOADERS: dict[str, Callable[[EncoderSpec], LoadedEncoder]] = {
     "clip": _load_clip,
     "dinov3": _load_dinov3,
+    "dinov2": _load_dinov2,
 }
 
 

@@ -67,7 +67,7 @@ class EncoderSpec:
     """One registered encoder."""
 
     name: str  # registry key, "<encoder_type>:<short name>"
-    encoder_type: str  # "clip" or "dinov3": selects the loader
+    encoder_type: str  # "clip", "dinov3" or "dinov2": selects the loader
     model_id: str  # open_clip architecture name, or Hugging Face hub id / local directory
     embedding_dim: int  # width of the L2-normalised embedding
     preprocess: PreprocessSpec
@@ -115,6 +115,19 @@ def _dinov3(name: str, hub_id: str, dim: int, mean=IMAGENET_MEAN, std=IMAGENET_S
     )
 
 
+def _dinov2(name: str, hub_id: str, dim: int) -> EncoderSpec:
+    # The DINOv2 processors resize the shortest side to 256 and centre-crop 224 (bicubic, ImageNet
+    # statistics); the registry rule resizes straight to 224 and crops, which loses no border.
+    return EncoderSpec(
+        name=f"dinov2:{name}",
+        encoder_type="dinov2",
+        model_id=hub_id,
+        embedding_dim=dim,
+        preprocess=PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic"),
+        description=f"DINOv2 {hub_id} through transformers AutoModel, pooler_output (public weights)",
+    )
+
+
 _TINY_SIZE = 32
 _ENTRIES: tuple[EncoderSpec, ...] = (
     _clip("ViT-B-32", "ViT-B-32", "laion2b_s34b_b79k", 512),
@@ -124,7 +137,10 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
     _dinov3("vitb16", "facebook/dinov3-vitb16-pretrain-lvd1689m", 768),
     _dinov3("vitl16", "facebook/dinov3-vitl16-pretrain-lvd1689m", 1024),
     _dinov3("vitl16-sat", "facebook/dinov3-vitl16-pretrain-sat493m", 1024, SAT_MEAN, SAT_STD),
-    # Tiny twins: the real classes (open_clip.CLIP, transformers DINOv3ViTModel) at a small config.
+    _dinov2("vits14", "facebook/dinov2-small", 384),
+    _dinov2("vitb14", "facebook/dinov2-base", 768),
+    _dinov2("vitl14", "facebook/dinov2-large", 1024),
+    # Tiny twins: the real classes (open_clip.CLIP, transformers DINOv3ViTModel, Dinov2Model) at a small config.
     EncoderSpec(
         name="clip:tiny",
         encoder_type="clip",
@@ -157,6 +173,25 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
             },
         },
         description="transformers DINOv3ViTModel, 2 layers, random weights",
+    ),
+    EncoderSpec(
+        name="dinov2:tiny",
+        encoder_type="dinov2",
+        model_id="tiny-dinov2",
+        embedding_dim=32,
+        preprocess=PreprocessSpec(28, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic"),
+        tiny={
+            "seed": 0,
+            "config": {
+                "image_size": 28,
+                "patch_size": 14,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+            },
+        },
+        description="transformers Dinov2Model, 2 layers, random weights",
     ),
 )
 
