@@ -8,7 +8,9 @@ TTY) moves while results stream to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -65,8 +67,25 @@ def _thresholds(args: argparse.Namespace):
     return Thresholds(args.min_confidence, args.min_margin, args.ood_threshold, per_class_confidence=per_class)
 
 
+@contextlib.contextmanager
+def _notices() -> Iterator[None]:
+    """Show the client's notices (e.g. "prompt prefilter disabled for DINOv3") on stderr during a command."""
+    log = logging.getLogger("headserve.client")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("headserve: %(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def _client(args: argparse.Namespace):
     from headserve.client import ConnectionOptions, HeadClient
+
 
     return HeadClient(args.url, ConnectionOptions(timeout_s=args.timeout, root_certificates=args.root_certificates,
                                                   private_key=args.private_key,
@@ -102,7 +121,7 @@ def _chunks(n: int) -> Iterator[range]:
 def _classify(args: argparse.Namespace) -> int:
     rows, load = _sources(args)
     thresholds = _thresholds(args)
-    with _client(args) as client:
+    with _notices(), _client(args) as client:
         for idx in _chunks(len(rows)):
             for i, pred in zip(idx, client.classify(args.head, load(idx), args.top_k, thresholds)):
                 _emit({**rows[i], **pred.to_json()})
@@ -114,7 +133,7 @@ def _gate(args: argparse.Namespace) -> int:
 
     rows, load = _sources(args)
     config = GateConfig(args.target, _thresholds(args), args.prompt_threshold, not args.no_prefilter)
-    with _client(args) as client:
+    with _notices(), _client(args) as client:
         if args.estimate:
             _emit(client.estimate(args.head, len(rows)).to_json())
             return 0

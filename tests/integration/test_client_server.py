@@ -215,11 +215,13 @@ def test_cli_gate_over_a_yolo_dataset_reports_each_box(trained_heads, digits_dat
     target = head.outcome.meta.classes[0]
     code = main(["gate", "--head", head.name, "--url", triton.grpc_url, "--target", target,
                  "--yolo", str(digits_dataset)])
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 0 and len(rows) == len(list(crops_from_yolo(digits_dataset)))
     assert {"kept", "reason", "source", "box_xyxy"} <= set(rows[0])
     assert all(r["kept"] == (r["reason"] == "kept") for r in rows)
     assert all("prompt_similarity" not in r for r in rows)
+    assert captured.err.count("prompt prefilter disabled for DINOv3") == 1
 
 
 def test_cli_reports_an_unknown_head_as_one_line_and_status_2(triton, tmp_path, capsys):
