@@ -92,7 +92,7 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
 
     from headserve.artifact import load_meta, load_tensors
     from headserve.client import HeadClient
-    from headserve.head import HeadConfig, build_serving_head
+    from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
     from headserve.train.dataset import load_crop
     from headserve.train.metrics import classification_metrics
 

@@ -99,7 +99,7 @@ def resize_for_encoder(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
         left = int(round((new_w - size) / 2.0))
         top = int(round((new_h - size) / 2.0))
         out = resized.crop((left, top, left + size, top + size))
-    return np.asarray(out, dtype=np.uint8)
+    return np.array(out, dtype=np.uint8)  # a writable copy: torch.from_numpy refuses read-only buffers
 
 
 def prepare_batch(sources: Sequence[ImageSource], spec: PreprocessSpec) -> np.ndarray:

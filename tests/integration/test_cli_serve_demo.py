@@ -1,0 +1,64 @@
+"""The console script's long-running commands: `serve` until Ctrl-C, and the offline `demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from headserve.server import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _headserve(*args: str) -> list[str]:
+    return [sys.executable, "-m", "headserve.cli", *args]
+
+
+def test_serve_answers_until_ctrl_c_then_exits_cleanly(local_repo):
+    import tritonclient.grpc as grpcclient
+
+    port = free_port()
+    proc = subprocess.Popen(_headserve("serve", str(local_repo), "--grpc-port", str(port), "--http-port",
+                                       str(free_port()), "--metrics-port", str(free_port())),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the server is ready
+        assert "tritonserver ready" in line, line
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_server_ready()
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The server process group is gone: nothing listens on the port any more.
+    time.sleep(0.5)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    with pytest.raises(Exception):
+        client.is_server_live(client_timeout=2)
+    client.close()
+
+
+def test_demo_runs_offline_and_reports_served_probabilities_equal_to_pytorch(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(_headserve("demo", "--out", str(out), "--images", "60"), capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "=== headserve demo report ===" in done.stdout
+    assert "untrained tiny twin" in done.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert {r["encoder"] for r in report} == {"clip:tiny", "dinov3:tiny"}
+    for row in report:
+        assert row["max_abs_diff_served_vs_torch"] <= 1e-5
+        assert 0.0 <= row["served_macro_f1_fg"] <= 1.0
+        assert Path(row["artifact"], "meta.json").is_file()
+    assert (out / "model_repository").is_dir()
