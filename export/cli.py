@@ -35,6 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _server_arg(legacy)
     legacy.set_defaults(func=_export_legacy)
 
+    multi = what.add_parser("multi-head", help="one ensemble running an encoder once for several of its heads")
+    multi.add_argument("heads", nargs="+", help="per-head ensemble names already in the repository (same encoder)")
+    multi.add_argument("--repo", type=Path, required=True, help="model repository directory")
+    multi.add_argument("--runtime", choices=("local", "production"), default="local")
+    multi.add_argument("--name", default=None, help="ensemble name (default heads_<encoder>)")
+    _server_arg(multi)
+    multi.set_defaults(func=_export_multi_head)
+
     repo = sub.add_parser("repo", help="check or list a Triton model repository")
     action = repo.add_subparsers(dest="action", required=True, metavar="ACTION")
     validate = action.add_parser("validate", help="check configs against ONNX files, ensemble wiring, labels, "
@@ -116,6 +124,13 @@ def _export_legacy(args: argparse.Namespace) -> int:
 
         _report(export_head(artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
                             encoder_weights=args.encoder_weights, options=production_options(args)), args.server)
+    return 0
+
+
+def _export_multi_head(args: argparse.Namespace) -> int:
+    from headserve.export.multi_head import write_multi_head_ensemble
+
+    _report([write_multi_head_ensemble(args.repo, args.heads, args.runtime, args.name)], args.server)
     return 0
 
 

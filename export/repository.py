@@ -73,7 +73,7 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
+def publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
                      labels: list[str] | None = None,
                      options: ProductionOptions | None = None) -> tuple[int, Path]:
     """Stage the version directory, then config and labels, then rename the version into place."""
@@ -117,7 +117,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
             parameters=params,
         )
         files = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
-        version, path = _publish_version(model_dir, desc, runtime, files, options=options)
+        version, path = publish_version(model_dir, desc, runtime, files, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
@@ -163,7 +163,7 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
             outputs=outputs,
             max_batch_size=max_batch_size,
         )
-        version, path = _publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes,
+        version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes,
                                          options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,5 +213,5 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
         ),
         parameters=head_parameters(meta),
     )
-    version, path = _publish_version(repo / meta.name, desc, runtime, {}, meta.classes)
+    version, path = publish_version(repo / meta.name, desc, runtime, {}, meta.classes)
     return WrittenModel(meta.name, version, path, {})

@@ -1,0 +1,111 @@
+"""Acceptance: tiny twins of every encoder family, two heads on one encoder, one on each other, a multi-head
+ensemble; the repository validates, the real tritonserver serves it, and every output equals in-process PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ATOL = 1e-5  # fp32 end to end
+HEADS = {"cats": "clip:tiny", "dogs": "clip:tiny", "birds": "dinov3:tiny", "fish": "dinov2:tiny"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    from headserve.encoders import get_encoder
+    from headserve.export.example import ExampleHead, write_example_head
+    from headserve.export.multi_head import write_multi_head_ensemble
+    from headserve.export.pipeline import export_head
+    from headserve.server import LocalTriton, ServerConfig
+
+    root = tmp_path_factory.mktemp("acceptance")
+    repo = root / "repo"
+    artifacts = {}
+    for i, (head, encoder) in enumerate(HEADS.items()):
+        artifacts[head] = write_example_head(get_encoder(encoder), ExampleHead(head, seed=i), root / head)
+        export_head(artifacts[head], repo, "local")
+    write_multi_head_ensemble(repo, ["cats", "dogs"], "local")
+    with LocalTriton(ServerConfig(repository=repo)) as server:
+        yield repo, artifacts, server
+
+
+def reference(artifact: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every ensemble output computed in-process by PyTorch from the same pixels."""
+    from headserve.artifact import load_meta, load_tensors
+    from headserve.backbones import encoder_graph, load_encoder
+    from headserve.encoders import get_encoder
+    from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
+
+    meta = load_meta(artifact)
+    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
+                              {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    with torch.no_grad():
+        emb = encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels))
+        outs = dict(zip(SERVING_OUTPUTS, (t.numpy() for t in head(emb))))
+    return {**outs, "embedding": emb.numpy()}
+
+
+def infer(url: str, model: str, pixels: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
+        inp.set_data_from_numpy(pixels)
+        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+        return {o: result.as_numpy(o) for o in outputs}
+
+
+def pixels_for(encoder: str, batch: int = 3) -> np.ndarray:
+    from headserve.encoders import get_encoder
+
+    size = get_encoder(encoder).preprocess.input_size
+    return np.random.default_rng(7).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+
+def test_the_repository_of_every_encoder_family_validates(served):
+    from headserve.export.validation import describe, validate_repository
+
+    repo, _, _ = served
+    problems = validate_repository(repo)
+    assert problems == [], describe(problems)
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(
+        [*HEADS, *(f"{h}_head" for h in HEADS), "encoder_clip_tiny", "encoder_dinov3_tiny", "encoder_dinov2_tiny",
+         "heads_clip_tiny"])
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_every_served_output_equals_in_process_pytorch(served, head):
+    _, artifacts, server = served
+    pixels = pixels_for(HEADS[head])
+    want = reference(artifacts[head], pixels)
+    got = infer(server.grpc_url, head, pixels, sorted(want))
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        assert np.abs(got[name] - want[name]).max() <= ATOL, name
+
+
+def test_the_multi_head_ensemble_answers_every_head_from_one_encoder_pass(served):
+    import tritonclient.grpc as grpcclient
+
+    _, artifacts, server = served
+    pixels = pixels_for("clip:tiny", batch=4)
+    outputs = [f"{h}__{o}" for h in ("cats", "dogs") for o in ("logits", "probs", "ood_score")]
+
+    def encoder_runs() -> int:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            stats = client.get_inference_statistics("encoder_clip_tiny", as_json=True)
+        return int(stats["model_stats"][0].get("inference_count", 0))
+
+    before = encoder_runs()
+    got = infer(server.grpc_url, "heads_clip_tiny", pixels, outputs + ["embedding"])
+    assert encoder_runs() - before == len(pixels)  # one encoder pass for the batch, not one per head
+    for head in ("cats", "dogs"):
+        want = reference(artifacts[head], pixels)
+        for o in ("logits", "probs", "ood_score"):
+            assert np.abs(got[f"{head}__{o}"] - want[o]).max() <= ATOL, (head, o)
+    assert np.abs(got["embedding"] - want["embedding"]).max() <= ATOL
