@@ -43,6 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _server_arg(multi)
     multi.set_defaults(func=_export_multi_head)
 
+    prompts = what.add_parser("prompts", help="CLIP heads: bake prompt embeddings into a similarity model for the "
+                                             "client's prefilter")
+    prompts.add_argument("head", help="per-head ensemble name already in the repository")
+    prompts.add_argument("--prompt", action="append", required=True, metavar="CLASS:TEXT",
+                         help='class name, a colon, the prompt text, e.g. "cat:a photo of a cat"; repeat')
+    _repo_args(prompts)
+    prompts.add_argument("--encoder-weights", default=None, metavar="PATH")
+    prompts.set_defaults(func=_export_prompts)
+
     repo = sub.add_parser("repo", help="check or list a Triton model repository")
     action = repo.add_subparsers(dest="action", required=True, metavar="ACTION")
     validate = action.add_parser("validate", help="check configs against ONNX files, ensemble wiring, labels, "
@@ -131,6 +140,30 @@ def _export_multi_head(args: argparse.Namespace) -> int:
     from headserve.export.multi_head import write_multi_head_ensemble
 
     _report([write_multi_head_ensemble(args.repo, args.heads, args.runtime, args.name)], args.server)
+    return 0
+
+
+def _export_prompts(args: argparse.Namespace) -> int:
+    import json
+
+    from headserve.errors import RepositoryError
+    from headserve.export.model_config import parse
+    from headserve.export.prompts import add_prompt_model
+
+    config = args.repo / args.head / "config.pbtxt"
+    if not config.is_file():
+        raise RepositoryError(f"{config} does not exist: export head {args.head!r} before its prompts")
+    classes = json.loads(parse(config.read_text()).parameters["classes"].string_value)
+    texts, indices = [], []
+    for item in args.prompt:
+        cls, sep, text = item.partition(":")
+        if not sep or cls not in classes or not text.strip():
+            raise RepositoryError(f"--prompt {item!r} must be CLASS:TEXT with CLASS one of {classes}")
+        texts.append(text.strip())
+        indices.append(classes.index(cls))
+    written = add_prompt_model(args.repo, args.head, texts, indices, args.runtime, args.encoder_weights,
+                               production_options(args))
+    _report([written], None)
     return 0
 
 

@@ -211,7 +211,20 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
                          {ENCODER_OUTPUT: ENCODER_OUTPUT, ENCODER_HEAD_FEED: ENCODER_HEAD_FEED}),
             EnsembleStep(head_name, {HEAD_INPUT: ENCODER_HEAD_FEED}, {o: o for o in SERVING_OUTPUTS}),
         ),
-        parameters=head_parameters(meta),
+        parameters={**head_parameters(meta), **_kept_prompt_parameters(repo, meta.name)},
     )
     version, path = publish_version(repo / meta.name, desc, runtime, {}, meta.classes)
     return WrittenModel(meta.name, version, path, {})
+
+
+def _kept_prompt_parameters(repo: Path, head: str) -> dict[str, str]:
+    """A re-exported head keeps the prompt model published on its previous ensemble, if that model exists."""
+    from headserve.export.model_config import parse
+
+    path = repo / head / "config.pbtxt"
+    if not path.is_file():
+        return {}
+    params = {k: v.string_value for k, v in parse(path.read_text()).parameters.items()}
+    if not (repo / params.get("prompt_model", "") / "config.pbtxt").is_file() or not params.get("prompt_model"):
+        return {}
+    return {k: params[k] for k in ("prompt_model", "prompt_classes") if k in params}

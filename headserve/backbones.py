@@ -188,6 +188,21 @@ def load_encoder(spec: EncoderSpec) -> LoadedEncoder:
     return loaded
 
 
+def clip_text_embeddings(loaded: LoadedEncoder, prompts: list[str]) -> torch.Tensor:
+    """(P, D) L2-normalised CLIP text-tower embeddings of ``prompts``, in the image embedding's space."""
+    import open_clip
+
+    model = loaded.full_model
+    if loaded.spec.encoder_type != "clip" or not hasattr(model, "encode_text"):
+        raise EncoderLoadError(f"encoder {loaded.spec.name} has no text tower; prompts need a CLIP encoder")
+    if loaded.spec.is_tiny:
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
+    else:
+        tokenizer = open_clip.get_tokenizer(loaded.spec.model_id)
+    with torch.no_grad():
+        return model.encode_text(tokenizer(prompts), normalize=True).float()
+
+
 def encoder_graph(loaded: LoadedEncoder) -> EncoderGraph:
     return EncoderGraph(loaded.backbone, loaded.spec.preprocess).eval()
 

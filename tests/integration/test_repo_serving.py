@@ -12,6 +12,7 @@ import torch
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ATOL = 1e-5  # fp32 end to end
+PROMPTS = ["a photo of the digit zero", "a photo of a texture"]
 HEADS = {"cats": "clip:tiny", "dogs": "clip:tiny", "birds": "dinov3:tiny", "fish": "dinov2:tiny"}
 
 
@@ -21,6 +22,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     from headserve.export.example import ExampleHead, write_example_head
     from headserve.export.multi_head import write_multi_head_ensemble
     from headserve.export.pipeline import export_head
+    from headserve.export.prompts import add_prompt_model
     from headserve.server import LocalTriton, ServerConfig
 
     root = tmp_path_factory.mktemp("acceptance")
@@ -30,6 +32,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         artifacts[head] = write_example_head(get_encoder(encoder), ExampleHead(head, seed=i), root / head)
         export_head(artifacts[head], repo, "local")
     write_multi_head_ensemble(repo, ["cats", "dogs"], "local")
+    add_prompt_model(repo, "cats", PROMPTS, [0, 3])
     with LocalTriton(ServerConfig(repository=repo)) as server:
         yield repo, artifacts, server
 
@@ -75,7 +78,7 @@ def test_the_repository_of_every_encoder_family_validates(served):
     assert problems == [], describe(problems)
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(
         [*HEADS, *(f"{h}_head" for h in HEADS), "encoder_clip_tiny", "encoder_dinov3_tiny", "encoder_dinov2_tiny",
-         "heads_clip_tiny"])
+         "heads_clip_tiny", "cats_prompts"])
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
@@ -109,3 +112,22 @@ def test_the_multi_head_ensemble_answers_every_head_from_one_encoder_pass(served
         for o in ("logits", "probs", "ood_score"):
             assert np.abs(got[f"{head}__{o}"] - want[o]).max() <= ATOL, (head, o)
     assert np.abs(got["embedding"] - want["embedding"]).max() <= ATOL
+
+
+def test_the_clip_prompt_model_serves_similarity_to_the_baked_prompts(served):
+    import tritonclient.grpc as grpcclient
+
+    from headserve.backbones import clip_text_embeddings, load_encoder
+    from headserve.encoders import get_encoder
+
+    _, artifacts, server = served
+    emb = reference(artifacts["cats"], pixels_for("clip:tiny"))["embedding"]
+    text = clip_text_embeddings(load_encoder(get_encoder("clip:tiny")), PROMPTS).numpy()
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        inp = grpcclient.InferInput("embedding", list(emb.shape), "FP32")
+        inp.set_data_from_numpy(emb)
+        similarity = client.infer("cats_prompts", [inp]).as_numpy("similarity")
+        params = client.get_model_config("cats", as_json=True)["config"]["parameters"]
+    assert np.abs(similarity - emb @ text.T).max() <= ATOL
+    assert params["prompt_model"]["string_value"] == "cats_prompts"
+    assert params["prompt_classes"]["string_value"] == "[0, 3]"

@@ -1,0 +1,99 @@
+"""The CLIP prompt prefilter: prompt embeddings computed at export and baked into a similarity model.
+
+The client asks a CLIP head's prompt model how close each crop's embedding is to text prompts ("a photo
+of a cat") before trusting the head, which catches crops the head was never trained to refuse. Prompt
+text is embedded once here with the CLIP text tower, so serving needs no tokenizer and no text tower:
+``<head>_prompts`` maps ``embedding`` FP32 [D] to ``similarity`` FP32 [P] (cosine, both sides L2-normalised).
+The head's ensemble publishes ``prompt_model`` and ``prompt_classes`` (class index of each prompt).
+DINOv3 and DINOv2 heads have no text tower and never get one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from headserve.backbones import clip_text_embeddings, encoder_graph, fingerprint, load_encoder
+from headserve.encoders import get_encoder
+from headserve.errors import EncoderMismatchError, RepositoryError
+from headserve.export.model_config import DataType, ModelDesc, ProductionOptions, Runtime, TensorSpec, parse, to_text
+from headserve.export.onnx_export import GraphSpec, export_onnx
+from headserve.export.repository import WrittenModel, publish_version
+from headserve.fsutil import staging_dir, write_text_atomic
+
+PROMPT_INPUT = "embedding"
+PROMPT_OUTPUT = "similarity"
+PROMPT_FAMILIES = ("clip",)  # encoder types with a text tower
+
+
+def prompt_model_name(head: str) -> str:
+    return f"{head}_prompts"
+
+
+class PromptSimilarity(nn.Module):
+    """Cosine similarity of image embeddings to baked prompt embeddings."""
+
+    def __init__(self, text: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("text", text.float())  # (P, D), L2-normalised
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, P)
+        return emb @ self.text.T
+
+
+def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt_classes: Sequence[int],
+                     runtime: Runtime | str = Runtime.LOCAL, encoder_weights: str | None = None,
+                     options: ProductionOptions | None = None) -> WrittenModel:
+    """Export ``<head>_prompts`` for a CLIP head already in ``repo`` and publish it on the head's ensemble."""
+    repo, runtime = Path(repo), Runtime(runtime)
+    ensemble_path = repo / head / "config.pbtxt"
+    if not ensemble_path.is_file():
+        raise RepositoryError(f"{ensemble_path} does not exist: export head {head!r} before its prompts")
+    ensemble = parse(ensemble_path.read_text())
+    params = {k: v.string_value for k, v in ensemble.parameters.items()}
+    if params.get("encoder_type") not in PROMPT_FAMILIES:
+        raise RepositoryError(f"head {head!r} runs on a {params.get('encoder_type')} encoder, which has no text tower; "
+                              "the prompt prefilter exists for CLIP heads only")
+    classes = json.loads(params["classes"])
+    if not prompts or len(prompts) != len(prompt_classes):
+        raise RepositoryError(f"{len(prompts)} prompts and {len(prompt_classes)} prompt classes: give one class "
+                              "index per prompt, and at least one prompt")
+    bad = [c for c in prompt_classes if not 0 <= c < len(classes)]
+    if bad:
+        raise RepositoryError(f"prompt classes {bad} are outside 0..{len(classes) - 1} of head {head!r} ({classes})")
+    spec = get_encoder(params["encoder_name"])
+    loaded = load_encoder(spec.with_weights(encoder_weights) if encoder_weights else spec)
+    fp = fingerprint(encoder_graph(loaded), loaded.spec.preprocess)
+    if params.get("encoder_fingerprint") and params["encoder_fingerprint"] != fp:
+        raise EncoderMismatchError(f"head {head!r} was trained on encoder fingerprint {params['encoder_fingerprint']}, "
+                                   f"but {spec.name} loaded here has {fp}; pass --encoder-weights with the weights "
+                                   "the head was trained on")
+    module = PromptSimilarity(clip_text_embeddings(loaded, list(prompts))).eval()
+    dim = int(params["embedding_dim"])
+
+    def inputs(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        x = rng.standard_normal((batch, dim)).astype(np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True),)
+
+    name = prompt_model_name(head)
+    model_dir = repo / name
+    tmp = staging_dir(model_dir / "export")
+    try:
+        diffs = export_onnx(module, GraphSpec(name, (PROMPT_INPUT,), (PROMPT_OUTPUT,), inputs), tmp / "model.onnx")
+        desc = ModelDesc(name, (TensorSpec(PROMPT_INPUT, DataType.TYPE_FP32, (dim,)),),
+                         (TensorSpec(PROMPT_OUTPUT, DataType.TYPE_FP32, (len(prompts),)),),
+                         max_batch_size=ensemble.max_batch_size,
+                         parameters={"prompts": json.dumps(list(prompts)), "prompt_encoder_fingerprint": fp})
+        version, path = publish_version(model_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, options=options)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ensemble.parameters["prompt_model"].string_value = name
+    ensemble.parameters["prompt_classes"].string_value = json.dumps([int(c) for c in prompt_classes])
+    write_text_atomic(ensemble_path, to_text(ensemble))
+    return WrittenModel(name, version, path, diffs)
