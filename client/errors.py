@@ -45,7 +45,8 @@ STATUS_ERRORS: dict[str, type[ClientError]] = {
     "StatusCode.INVALID_ARGUMENT": BadInputError,
 }
 ADVICE: dict[type[ClientError], str] = {
-    ServerUnavailableError: "check the address and that the server runs (`headserve serve REPO`)",
+    ServerUnavailableError: "check the address, that the server runs (`headserve serve REPO`), and that the "
+                            "TLS settings match the server's (root certificate, client certificate and key)",
     DeadlineExceededError: "raise the deadline (timeout_s) or send smaller batches",
     ModelNotReadyError: "check the head name; the server's repository index lists what it serves",
     BadInputError: "check the crops sent",
