@@ -52,6 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     prompts.add_argument("--encoder-weights", default=None, metavar="PATH")
     prompts.set_defaults(func=_export_prompts)
 
+    example = what.add_parser("example", help="the example repository (untrained heads on the tiny encoder twins) "
+                                              "whose configs model_repository/ commits")
+    _repo_args(example)
+    example.set_defaults(func=_export_example, runtime="production")
+
     repo = sub.add_parser("repo", help="check or list a Triton model repository")
     action = repo.add_subparsers(dest="action", required=True, metavar="ACTION")
     validate = action.add_parser("validate", help="check configs against ONNX files, ensemble wiring, labels, "
@@ -81,7 +86,7 @@ def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     prod.add_argument("--cpu-threads", type=int, default=4, help="ONNX Runtime intra-op threads of a cpu instance")
     prod.add_argument("--tensorrt", choices=("FP32", "FP16"), default=None,
                       help="run through TensorRT at this precision, with engine and timing caches")
-    prod.add_argument("--trt-cache-dir", default="/models/.trt_cache",
+    prod.add_argument("--trt-cache-dir", default="/trt-cache",
                       help="where the serving container keeps TensorRT engine and timing caches")
     prod.add_argument("--no-warmup", dest="warmup", action="store_false", help="omit model_warmup")
 
@@ -164,6 +169,13 @@ def _export_prompts(args: argparse.Namespace) -> int:
     written = add_prompt_model(args.repo, args.head, texts, indices, args.runtime, args.encoder_weights,
                                production_options(args))
     _report([written], None)
+    return 0
+
+
+def _export_example(args: argparse.Namespace) -> int:
+    from headserve.export.example import write_example_repository
+
+    _report(write_example_repository(args.repo, args.runtime, production_options(args)), None)
     return 0
 
 

@@ -1,12 +1,14 @@
-"""The example head: a deterministic, untrained head artifact on any registered encoder.
+"""The example head and the example repository: deterministic, untrained, on the tiny encoder twins.
 
-The committed ``model_repository/`` configs, the repository tests and the benchmarks need a head
-without running training; this one is a seeded random MLP with the encoder's real metadata
+The committed ``model_repository/`` configs, the repository tests and the benchmarks need heads
+without running training; the example head is a seeded random MLP with the encoder's real metadata
 (fingerprint included), so everything downstream of the artifact is the production path.
+``write_example_repository`` writes the example repository whose configs are committed.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +61,34 @@ def write_example_head(spec: EncoderSpec, example: ExampleHead, out: str | Path)
     )
     tensors = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     return save_artifact(out, meta, tensors)
+
+
+# The example repository: two heads on one encoder (plus their multi-head ensemble and a prompt model),
+# and one head on each other family.
+EXAMPLE_HEADS: dict[str, str] = {
+    "digits_clip_tiny": "clip:tiny",
+    "textures_clip_tiny": "clip:tiny",
+    "digits_dinov3_tiny": "dinov3:tiny",
+    "digits_dinov2_tiny": "dinov2:tiny",
+}
+EXAMPLE_PROMPTS: dict[str, int] = {"a photo of the digit zero": 0, "a photo of the digit one": 1,
+                                   "a photo of the digit two": 2, "a photo of a plain texture": 3}
+
+
+def write_example_repository(repo: str | Path, runtime: str = "production", options=None) -> list:
+    """Write the example repository (weights included) into ``repo``; returns what was written."""
+    from headserve.encoders import get_encoder
+    from headserve.export.multi_head import write_multi_head_ensemble
+    from headserve.export.pipeline import export_head
+    from headserve.export.prompts import add_prompt_model
+
+    written = []
+    with tempfile.TemporaryDirectory(prefix="headserve-example-") as tmp:
+        for seed, (head, encoder) in enumerate(EXAMPLE_HEADS.items()):
+            artifact = write_example_head(get_encoder(encoder), ExampleHead(head, seed=seed), Path(tmp) / head)
+            written += export_head(artifact, repo, runtime, options=options)
+    written.append(write_multi_head_ensemble(repo, [h for h, e in EXAMPLE_HEADS.items() if e == "clip:tiny"],
+                                             runtime))
+    written.append(add_prompt_model(repo, "digits_clip_tiny", list(EXAMPLE_PROMPTS), list(EXAMPLE_PROMPTS.values()),
+                                    runtime, options=options))
+    return written

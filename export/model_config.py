@@ -48,7 +48,7 @@ class TensorRTOptions:
     """ONNX Runtime's TensorRT execution provider inside the onnxruntime backend (production only)."""
 
     precision: str = "FP16"  # precision_mode: "FP32" or "FP16"; FP16 engines are built with FP32 layer norms
-    cache_dir: str = "/models/.trt_cache"  # engine and timing caches; a volume, so restarts skip engine builds
+    cache_dir: str = "/trt-cache"  # engine and timing caches: a writable volume (deploy/), so restarts skip builds
     max_workspace_bytes: int = 1 << 30  # scratch GPU memory TensorRT may use while building and running
     min_batch: int = 1  # optimisation profile: smallest batch the engine accepts
 

@@ -77,7 +77,7 @@ def test_production_tensorrt_accelerator_carries_caches_and_profile_shapes(repos
     assert accel.name == "tensorrt"
     params = dict(accel.parameters)
     assert params["precision_mode"] == "FP16"
-    assert params["trt_engine_cache_path"] == params["trt_timing_cache_path"] == "/models/.trt_cache/encoder_dinov3_tiny"
+    assert params["trt_engine_cache_path"] == params["trt_timing_cache_path"] == "/trt-cache/encoder_dinov3_tiny"
     assert (params["trt_profile_min_shapes"], params["trt_profile_opt_shapes"], params["trt_profile_max_shapes"]) == (
         "pixels:1x32x32x3", "pixels:32x32x32x3", "pixels:64x32x32x3")
 
