@@ -245,3 +245,22 @@ def test_clip_gating_calls_the_prompt_model_and_its_estimate_includes_the_prefil
     assert after[gate_server.prompt_model] - before[gate_server.prompt_model] >= len(gate_server.crops)
     assert estimate.prefilter_s is not None and estimate.prefilter_s > 0
     assert estimate.per_candidate_with_prefilter_s > estimate.per_candidate_without_prefilter_s
+
+
+def test_asyncio_gating_equals_sync_gating_including_the_prefilter(gate_server):
+    import asyncio
+
+    from headserve.client import AsyncHeadClient, ConnectionOptions
+
+    with HeadClient(gate_server.url) as client:
+        info = client.info(gate_server.clip_head)
+        config = GateConfig(info.classes[gate_server.prompt_classes[0]], Thresholds(0.3, 0.05), prompt_threshold=0.5)
+        want = client.gate(gate_server.clip_head, gate_server.crops * 2, config)
+
+    async def run():
+        async with AsyncHeadClient(gate_server.url, ConnectionOptions(max_in_flight=2)) as c:
+            return await c.gate(gate_server.clip_head, gate_server.crops * 2, config)
+
+    got = asyncio.run(run())
+    assert [(r.kept, r.reason) for r in got] == [(r.kept, r.reason) for r in want]
+    np.testing.assert_allclose([r.prompt_similarity for r in got], [r.prompt_similarity for r in want], atol=1e-6)

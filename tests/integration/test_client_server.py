@@ -232,3 +232,15 @@ def test_cli_reports_an_unknown_head_as_one_line_and_status_2(triton, tmp_path, 
     assert main(["classify", "--head", "nope", "--url", triton.grpc_url, str(img)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("headserve classify: error: head 'nope' is not ready") and len(err.splitlines()) == 1
+
+
+def test_asyncio_client_reports_a_server_that_is_down_as_unavailable():
+    from headserve.server import free_port
+
+    async def run():
+        async with AsyncHeadClient(f"127.0.0.1:{free_port()}",
+                                   ConnectionOptions(timeout_s=2.0, retries=1, backoff_s=0.05)) as c:
+            await asyncio.wait_for(c.info("anything"), timeout=60)  # hang detector only
+
+    with pytest.raises(ServerUnavailableError, match="failed"):
+        asyncio.run(run())
