@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
