@@ -220,6 +220,7 @@ def test_cli_gate_over_a_yolo_dataset_reports_each_box(trained_heads, digits_dat
     assert all(r["kept"] == (r["reason"] == "kept") for r in rows)
     assert all("prompt_similarity" not in r for r in rows)
     assert captured.err.count("prompt prefilter disabled for DINOv3") == 1
+    assert "crops" not in captured.err  # no progress bar when stderr is not a terminal
 
 
 def test_cli_reports_an_unknown_head_as_one_line_and_status_2(triton, tmp_path, capsys):
