@@ -26,6 +26,9 @@ from headserve.client.batching import DINOV3_PREFILTER_MESSAGE, prepare
 pytestmark = pytest.mark.integration
 
 
+REPO_PROMPTS = ["a photo of the digit zero", "a photo of the digit one"]
+
+
 class PromptSimilarity(nn.Module):
     """embedding (B, D) -> cosine similarity to each prompt embedding (B, P)."""
 
@@ -81,6 +84,9 @@ class GateServer:
     ood_crop: Image.Image  # a crop crafted to be far from every class
     graph: object  # the CLIP encoder graph, for in-process references
     serving_head: nn.Module
+    plain_head: str  # the CLIP head's own ensemble, with the repository's prompt model added by export
+    embeddings: np.ndarray  # (N, D) in-process embeddings of ``crops``
+    repo_prompt_text: np.ndarray  # (P, D) CLIP text embeddings of REPO_PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +127,7 @@ def gate_server(trained_heads, local_repo, tmp_path_factory):
 
     repo = tmp_path_factory.mktemp("gate") / "model_repository"
     shutil.copytree(local_repo, repo, symlinks=True)
-    prompt_model, ood_model = f"{head.name}_prompts", f"{head.name}_ood"
+    prompt_model, ood_model = f"{head.name}_gate_prompts", f"{head.name}_gate_ood"
     _add_model(repo, prompt_model, PromptSimilarity(prompts), emb.shape[1], "similarity", len(prompts),
                max_batch_size=16)  # smaller than the ensemble's: the client splits embeddings itself
     _add_model(repo, ood_model, OodScorer(protos), emb.shape[1], "ood_score", 1, config_max_batch(local_repo, head.name))
@@ -145,13 +151,21 @@ def gate_server(trained_heads, local_repo, tmp_path_factory):
     shutil.copyfile(local_repo / head.name / "labels.txt", repo / gate_name / "labels.txt")
     (repo / gate_name / "config.pbtxt").write_text(to_text(config))
 
+    # The repository's own prompt prefilter (export.prompts), baked from the CLIP text tower, on the plain head.
+    from headserve.backbones import clip_text_embeddings
+    from headserve.export.prompts import add_prompt_model
+
+    add_prompt_model(repo, head.name, REPO_PROMPTS, [fg[0], fg[1]])
+    text = clip_text_embeddings(load_encoder(spec), REPO_PROMPTS).numpy()
+
     serving = build_serving_head(HeadConfig.from_dict(meta.head_config),
                                  {k: torch.from_numpy(v) for k, v in load_tensors(head.artifact).items()})
     ood_crop = candidates[int(cand_scores.argmax())]
     log = (repo.parent / "tritonserver.log").open("w")  # kept beside the repository for failures
     with log, LocalTriton(ServerConfig(repository=repo), log=log) as server:
         yield GateServer(server.grpc_url, server, gate_name, trained_heads["dinov3:tiny"].name, prompt_model,
-                         prompts, prompt_classes, protos, threshold, crops, ood_crop, graph, serving)
+                         prompts, prompt_classes, protos, threshold, crops, ood_crop, graph, serving,
+                         head.name, emb, text)
 
 
 def config_max_batch(repo: Path, model: str) -> int:
@@ -226,7 +240,10 @@ def test_dinov3_gating_never_calls_the_prompt_model_and_logs_once(gate_server, c
         client.gate(gate_server.dino_head, gate_server.crops[:3], GateConfig(target))
         estimate = client.estimate(gate_server.dino_head, 10_000, repeats=2)
     after = _model_counts(gate_server.url)
-    assert after[gate_server.prompt_model] == before[gate_server.prompt_model]
+    dino_models = {gate_server.dino_head, f"{gate_server.dino_head}_head", "encoder_dinov3_tiny"}
+    untouched = {m: after[m] - before[m] for m in after if m not in dino_models}
+    assert gate_server.prompt_model in untouched and f"{gate_server.plain_head}_prompts" in untouched
+    assert set(untouched.values()) == {0}, untouched  # no prompt model, nor any other model, was called
     assert after[gate_server.dino_head] - before[gate_server.dino_head] > len(gate_server.crops)
     assert all(r.prompt_similarity is None for r in first)
     assert [r.getMessage() for r in caplog.records].count(DINOV3_PREFILTER_MESSAGE) == 1
@@ -264,3 +281,19 @@ def test_asyncio_gating_equals_sync_gating_including_the_prefilter(gate_server):
     got = asyncio.run(run())
     assert [(r.kept, r.reason) for r in got] == [(r.kept, r.reason) for r in want]
     np.testing.assert_allclose([r.prompt_similarity for r in got], [r.prompt_similarity for r in want], atol=1e-6)
+
+
+def test_the_repository_prompt_model_drives_the_clip_prefilter(gate_server):
+    before = _model_counts(gate_server.url)
+    with HeadClient(gate_server.url) as client:
+        info = client.info(gate_server.plain_head)
+        target = info.classes[info.prompt_classes[0]]
+        want = (gate_server.embeddings @ gate_server.repo_prompt_text.T)[:, 0]  # the target's only prompt
+        config = GateConfig(target, Thresholds(0.0, 0.0), prompt_threshold=float(np.median(want)))
+        results = client.gate(gate_server.plain_head, gate_server.crops, config)
+    after = _model_counts(gate_server.url)
+    assert info.prompt_model == f"{gate_server.plain_head}_prompts"
+    assert after[info.prompt_model] - before[info.prompt_model] == len(gate_server.crops)
+    np.testing.assert_allclose([r.prompt_similarity for r in results], want, atol=1e-5)
+    dropped = [r.prompt_similarity < config.prompt_threshold for r in results]
+    assert [r.reason is GateReason.PROMPT_MISMATCH for r in results] == dropped and any(dropped)
