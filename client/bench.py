@@ -58,6 +58,11 @@ def run(out: Path) -> list[str]:
         outcome = train_from_yolo(TrainRequest(dataset=dataset, encoder=get_encoder(enc), out=work / name, name=name,
                                                hidden=(64,), train=TrainConfig(epochs=10)))
         export_head(outcome.artifact, repo, "local")
+        if enc.startswith("clip:"):  # the CLIP prefilter, so the estimate can show its cost
+            from headserve.export.prompts import add_prompt_model
+
+            add_prompt_model(repo, name, [f"a photo of the {c}" for c in outcome.meta.classes],
+                             list(range(len(outcome.meta.classes))))
         heads[name] = [load_crop(o) for o in outcome.test_objects]
     lines += ["", f"End to end over gRPC (local tritonserver, python backend + ONNX Runtime on CPU), "
               f"{BATCH} crops per request, one client per concurrent caller, {REQUESTS_PER_CALLER} requests each:",
