@@ -89,6 +89,8 @@ def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     prod.add_argument("--trt-cache-dir", default="/trt-cache",
                       help="where the serving container keeps TensorRT engine and timing caches")
     prod.add_argument("--no-warmup", dest="warmup", action="store_false", help="omit model_warmup")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="encoder compute precision; fp16 is refused when it gives NaN or leaves its tolerance")
 
 
 def production_options(args: argparse.Namespace):
@@ -109,7 +111,8 @@ def _export_encoder(args: argparse.Namespace) -> int:
     spec = get_encoder(args.name)
     if args.encoder_weights:
         spec = spec.with_weights(args.encoder_weights)
-    written = add_encoder(args.repo, load_encoder(spec), Runtime(args.runtime), options=production_options(args))
+    written = add_encoder(args.repo, load_encoder(spec), Runtime(args.runtime), options=production_options(args),
+                          precision=args.precision)
     print(f"{written.name} version {written.version}: {written.path} (max |ONNX - torch| {_fmt(written.max_abs_diff)})")
     return 0
 
@@ -118,7 +121,8 @@ def _export_head(args: argparse.Namespace) -> int:
     from headserve.export.pipeline import export_head
 
     written = export_head(args.artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
-                          encoder_weights=args.encoder_weights, options=production_options(args))
+                          encoder_weights=args.encoder_weights, options=production_options(args),
+                          precision=args.precision)
     _report(written, args.server)
     return 0
 

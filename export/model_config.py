@@ -99,6 +99,7 @@ class ModelDesc:
     parameters: Mapping[str, str] = field(default_factory=dict)  # published to clients (classes, encoder, ...)
     preferred_batch_sizes: tuple[int, ...] = (8, 32)
     max_queue_delay_us: int = 2000  # how long dynamic batching waits to fill a batch
+    ort_level: str = "all"  # ONNX Runtime graph optimisation level: "all", or "extended" for fp16 graphs
 
     @property
     def is_ensemble(self) -> bool:
@@ -115,6 +116,7 @@ def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None 
         _set_ensemble(config, desc)
         return config
     _set_runtime(config, runtime, options)
+    _set_graph_level(config, desc, runtime)
     _set_batching(config, desc)
     _set_instance_group(config, runtime, options)
     if runtime is Runtime.PRODUCTION and options.tensorrt is not None:
@@ -167,6 +169,15 @@ def _set_runtime(config: mc.ModelConfig, runtime: Runtime, options: ProductionOp
         config.backend = "python"
         config.parameters["onnx_file"].string_value = "model.onnx"
         config.parameters["intra_op_threads"].string_value = "1"
+
+
+def _set_graph_level(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime) -> None:
+    if desc.ort_level == "all":
+        return  # both runtimes default to every optimisation
+    if runtime is Runtime.PRODUCTION:
+        config.optimization.graph.level = 1  # the onnxruntime backend's "basic and extended"
+    else:
+        config.parameters["graph_optimization_level"].string_value = desc.ort_level
 
 
 def _set_batching(config: mc.ModelConfig, desc: ModelDesc) -> None:

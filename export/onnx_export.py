@@ -33,6 +33,15 @@ ENCODER_OUTPUT = "embedding"
 # ask for it, so the two roles get two tensors.
 ENCODER_HEAD_FEED = "head_input"
 HEAD_INPUT = "embedding"
+# Max |ONNX - fp32 PyTorch| allowed on the L2-normalised embedding, per encoder precision. fp16 is
+# refused beyond its tolerance or on any NaN (DINOv3 has been reported to overflow in fp16).
+PRECISION_ATOL: dict[str, float] = {"fp32": 1e-5, "fp16": 5e-3}
+# float16 graphs are served at ONNX Runtime's "extended" level: the CPU-only layout optimisations of
+# "all" crash session creation on fp16 CLIP graphs (onnxruntime 1.31), and they bring nothing on GPUs.
+PRECISION_ORT_LEVEL: dict[str, str] = {"fp32": "all", "fp16": "extended"}
+# Graphs whose weights exceed this many bytes keep them as ONNX external data next to the model file
+# (protobuf caps one file at 2 GiB; ViT-L in fp32 is 1.2 GB and grows with every constant folded in).
+EXTERNAL_DATA_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class GraphSpec:
     outputs: tuple[str, ...]
     make_inputs: Callable[[int, np.random.Generator], tuple[np.ndarray, ...]]  # batch -> example inputs
     atol: float = 1e-5  # max |ONNX - PyTorch| allowed per output
+    ort_level: str = "all"  # ONNX Runtime graph optimisation level serving uses: "all" or "extended"
 
 
 def encoder_graph_spec(name: str, input_size: int) -> GraphSpec:
@@ -65,6 +75,30 @@ class EncoderExport(nn.Module):
         return emb, emb.clone()
 
 
+class Fp16EncoderExport(nn.Module):
+    """An encoder computed in float16 (preprocessing, backbone, normalisation) that still emits float32.
+
+    The ensemble contract does not change with precision: heads and clients see FP32 ``embedding``.
+    """
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph.half()
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, S, S, 3) -> 2 x (B, D)
+        emb = self.graph(pixels).float()
+        return emb, emb.clone()
+
+
+def encoder_export(graph: nn.Module, precision: str) -> nn.Module:
+    """The module to export for ``precision`` ("fp32" or "fp16"); the fp32 ``graph`` stays untouched."""
+    import copy
+
+    if precision not in PRECISION_ATOL:
+        raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISION_ATOL)}")
+    return EncoderExport(graph) if precision == "fp32" else Fp16EncoderExport(copy.deepcopy(graph))
+
+
 def head_graph_spec(name: str, embedding_dim: int, outputs: tuple[str, ...]) -> GraphSpec:
     def inputs(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         x = rng.standard_normal((batch, embedding_dim)).astype(np.float32)
@@ -73,11 +107,32 @@ def head_graph_spec(name: str, embedding_dim: int, outputs: tuple[str, ...]) -> 
     return GraphSpec(name, (HEAD_INPUT,), outputs, inputs, atol=1e-5)
 
 
-def export_onnx(module: nn.Module, spec: GraphSpec, path: str | os.PathLike, seed: int = 0) -> dict[str, float]:
+def _ort_levels() -> dict:
+    import onnxruntime as ort
+
+    return {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+
+
+class _Levels(dict):
+    """ONNX Runtime's level enum by name, resolved on first use (onnxruntime imports lazily here)."""
+
+    def __missing__(self, key: str):
+        self.update(_ort_levels())
+        return dict.__getitem__(self, key)
+
+
+ORT_LEVELS = _Levels()
+
+
+def export_onnx(module: nn.Module, spec: GraphSpec, path: str | os.PathLike, seed: int = 0,
+                reference: nn.Module | None = None, error: type[ExportParityError] = ExportParityError,
+                external_data_bytes: int = EXTERNAL_DATA_BYTES) -> dict[str, float]:
     """Export ``module`` to ``path`` (atomically), after checking it against PyTorch.
 
-    Returns each output's max absolute difference. Raises ``ExportParityError`` (and writes nothing)
-    when any output differs by more than ``spec.atol``.
+    ``reference`` (default: ``module`` itself) is what the ONNX graph must reproduce, e.g. the fp32
+    encoder for an fp16 export. Returns each output's max absolute difference. Raises ``error`` (and
+    writes nothing) when any output differs by more than ``spec.atol`` or is not finite. Weights larger
+    than ``external_data_bytes`` are written to ``<path>.data`` beside the model file.
     """
     import onnx
 
@@ -107,14 +162,34 @@ def export_onnx(module: nn.Module, spec: GraphSpec, path: str | os.PathLike, see
                 dynamo=False,
             )
         torch.backends.mha.set_fastpath_enabled(fastpath)
+        data = path.with_name(path.name + ".data")
+        _externalise(tmp, data.name, external_data_bytes)
         onnx.checker.check_model(str(tmp), full_check=True)
-        diffs = parity(module, tmp, spec, rng)
+        diffs = parity(reference if reference is not None else module, tmp, spec, rng)
         if any(d > spec.atol or not np.isfinite(d) for d in diffs.values()):
-            raise ExportParityError(spec.name, diffs, spec.atol)
+            raise error(spec.name, diffs, spec.atol)
         tmp.replace(path)
         return diffs
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():  # not published: drop the graph and any weights written beside it
+            tmp.unlink()
+            path.with_name(path.name + ".data").unlink(missing_ok=True)
+
+
+def _externalise(model_path: Path, data_name: str, threshold: int) -> None:
+    """Rewrite ``model_path`` with its weights in ``data_name`` (same directory) when they exceed ``threshold``.
+
+    The data file is written under its final name, so renaming the model file afterwards keeps the
+    reference valid; a failed export leaves it behind in the staging directory only.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path))
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size <= threshold:
+        return
+    onnx.save_model(model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
 
 
 def parity(module: nn.Module, onnx_path: str | os.PathLike, spec: GraphSpec,
@@ -122,7 +197,9 @@ def parity(module: nn.Module, onnx_path: str | os.PathLike, spec: GraphSpec,
     """Max |ONNX Runtime - PyTorch| per output over random inputs of several batch sizes."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ORT_LEVELS[spec.ort_level]
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     worst = {name: 0.0 for name in spec.outputs}
     for batch in batches:
         inputs = spec.make_inputs(batch, rng)

@@ -25,6 +25,8 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         options.inter_op_num_threads = 1
+        if params.get("graph_optimization_level") == "extended":  # fp16 graphs (see onnx_export.PRECISION_ORT_LEVEL)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         onnx_file = params.get("onnx_file", "model.onnx")
         self.session = ort.InferenceSession(
             os.path.join(version_dir, onnx_file), sess_options=options, providers=["CPUExecutionProvider"]

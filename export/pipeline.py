@@ -20,8 +20,8 @@ from headserve.export.repository import (
 
 def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
                 encoder_name: str | None = None, encoder_weights: str | None = None,
-                options: ProductionOptions | None = None) -> list[WrittenModel]:
-    """Export a head; exports its encoder first when the repository does not hold it yet."""
+                options: ProductionOptions | None = None, precision: str = "fp32") -> list[WrittenModel]:
+    """Export a head; exports its encoder first (at ``precision``) when the repository does not hold it yet."""
     runtime = Runtime(runtime)
     repo = Path(repo)
     meta = load_meta(artifact)
@@ -45,7 +45,7 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
         # Refuse a mismatched head before anything is written.
         check_encoder_match(meta, params["encoder_type"], params["encoder_model"], int(params["embedding_dim"]),
                             params["encoder_fingerprint"], where=f"encoder {name}")
-        written.append(add_encoder(repo, loaded, runtime, options=options))
+        written.append(add_encoder(repo, loaded, runtime, options=options, precision=precision))
     written.extend(add_head(repo, meta, load_tensors(artifact), model, runtime, encoder_params=params,
                             options=options))
     return written

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +23,8 @@ import torch
 
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
+from headserve.errors import ExportParityError
+from headserve.export.errors import Fp16ParityError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
 from headserve.export.model_config import (
     DataType,
@@ -38,8 +40,12 @@ from headserve.export.onnx_export import (
     ENCODER_HEAD_FEED,
     ENCODER_INPUT,
     ENCODER_OUTPUT,
+    EXTERNAL_DATA_BYTES,
     HEAD_INPUT,
+    PRECISION_ATOL,
+    PRECISION_ORT_LEVEL,
     EncoderExport,
+    encoder_export,
     encoder_graph_spec,
     export_onnx,
     head_graph_spec,
@@ -97,17 +103,27 @@ def publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: M
 
 
 def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_size: int = 64,
-                options: ProductionOptions | None = None) -> WrittenModel:
-    """Export an encoder graph (preprocessing inside) as the next version of its model."""
+                options: ProductionOptions | None = None, precision: str = "fp32",
+                external_data_bytes: int = EXTERNAL_DATA_BYTES) -> WrittenModel:
+    """Export an encoder graph (preprocessing inside) as the next version of its model.
+
+    ``precision="fp16"`` computes the encoder in float16 and is refused (``Fp16ParityError``, nothing
+    written) when it yields NaN or leaves the fp16 tolerance of the fp32 encoder.
+    """
     spec = loaded.spec
     graph = encoder_graph(loaded)
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name
     tmp = staging_dir(model_dir / "export")
     try:
-        diffs = export_onnx(EncoderExport(graph), encoder_graph_spec(spec.name, spec.preprocess.input_size), tmp / "model.onnx")
+        graph_spec = replace(encoder_graph_spec(spec.name, spec.preprocess.input_size), atol=PRECISION_ATOL[precision],
+                             ort_level=PRECISION_ORT_LEVEL[precision])
+        diffs = export_onnx(encoder_export(graph, precision), graph_spec, tmp / "model.onnx",
+                            reference=EncoderExport(graph), error=Fp16ParityError if precision == "fp16" else
+                            ExportParityError, external_data_bytes=external_data_bytes)
         size = spec.preprocess.input_size
         params = encoder_parameters(loaded, fingerprint(graph, spec.preprocess))
+        params["precision"] = precision
         desc = ModelDesc(
             name=name,
             inputs=(TensorSpec(ENCODER_INPUT, DataType.TYPE_UINT8, (size, size, 3)),),
@@ -115,8 +131,11 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
                           for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
             max_batch_size=max_batch_size,
             parameters=params,
+            ort_level=graph_spec.ort_level,
         )
-        files = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
+        files: dict[str, Path | bytes] = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
+        if (tmp / "model.onnx.data").is_file():  # external weights travel with the graph
+            files["model.onnx.data"] = tmp / "model.onnx.data"
         version, path = publish_version(model_dir, desc, runtime, files, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -171,13 +171,16 @@ def _check_onnx(entry: ModelEntry, version_dir: Path, problems: list[Problem]) -
     except Exception as exc:  # onnx raises DecodeError/ValueError alike for a corrupt file
         problems.append(Problem(path, f"not a readable ONNX model ({exc.__class__.__name__}).", "re-export the model."))
         return
+    missing: dict[str, list[str]] = {}  # external data file -> initializers stored in it
     for tensor in model.graph.initializer:
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             if not (path.parent / location).is_file():
-                problems.append(Problem(path.parent / location, f"external data of initializer {tensor.name!r} "
-                                                                "is missing.",
-                                        "copy the weights file that was exported next to the ONNX file."))
+                missing.setdefault(location, []).append(tensor.name)
+    for location, names in missing.items():
+        problems.append(Problem(path.parent / location, f"external data of {len(names)} initializer(s) of "
+                                                        f"{path.name} (e.g. {names[0]!r}) is missing.",
+                                "copy the weights file that was exported next to the ONNX file, or re-export."))
     batched = entry.config.max_batch_size > 0
     graph_inputs = {v.name: v for v in model.graph.input}
     graph_outputs = {v.name: v for v in model.graph.output}

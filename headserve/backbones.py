@@ -70,7 +70,7 @@ class EncoderGraph(nn.Module):
         self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, S, S, 3) uint8 -> (B, D)
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (B, 3, S, S)
+        x = pixels.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0  # (B, 3, S, S), float32 (float16 if halved)
         x = (x - self.mean) / self.std
         features = self.backbone(x)  # (B, D)
         return F.normalize(features, dim=-1)

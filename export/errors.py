@@ -1,0 +1,22 @@
+"""Typed errors of the exporter that the shared ``headserve.errors`` does not already name."""
+
+from __future__ import annotations
+
+from headserve.errors import ExportParityError
+
+
+class Fp16ParityError(ExportParityError):
+    """An fp16 encoder export that produced NaN/inf or left the fp16 tolerance; nothing was written."""
+
+    def __init__(self, model: str, diffs: dict[str, float], atol: float) -> None:
+        super().__init__(model, diffs, atol)
+        nan = any(d != d or d == float("inf") for d in diffs.values())
+        reason = "produces NaN or inf in float16" if nan else "exceeds the fp16 tolerance"
+        self.args = (
+            f"fp16 export of {model} {reason} against the fp32 PyTorch encoder "
+            f"({', '.join(f'{k}: max |diff| {v:.3g}' for k, v in diffs.items())}; atol={atol:g}). "
+            "Nothing was written. Export this encoder in fp32 (--precision fp32, the default).",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
