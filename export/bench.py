@@ -1,0 +1,154 @@
+"""Export benchmark: softmax fused into the head graph vs as its own ensemble step; encoder throughput.
+
+Both measurements run on the local tritonserver (python backend + ONNX Runtime on a CPU), the same
+ONNX files that production serves with the onnxruntime backend. The fused variant is what the
+exporter writes; the split variant (head emits logits, a separate model applies the temperature and
+softmax) is built here only to measure what a separate step would cost. Numbers are reported, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ENCODERS = ("clip:tiny", "dinov3:tiny", "dinov2:tiny")
+BATCHES = (1, 8, 32)
+REQUESTS = 60  # measured requests per configuration
+WARMUP = 20  # unmeasured requests first (ONNX Runtime arenas, stub start-up)
+HEAD = "bench"
+
+
+def run(out: Path) -> list[str]:
+    from headserve.encoders import get_encoder
+    from headserve.export.example import ExampleHead, write_example_head
+    from headserve.export.pipeline import export_head
+    from headserve.server import LocalTriton, ServerConfig
+
+    lines = ["## Export (`headserve.export.bench`)", ""]
+    with tempfile.TemporaryDirectory(prefix="headserve-export-bench-") as tmp:
+        root = Path(tmp)
+        repo = root / "repo"
+        artifacts = {}
+        for i, enc in enumerate(ENCODERS):
+            name = f"{HEAD}_{enc.split(':')[0]}"
+            artifacts[enc] = write_example_head(get_encoder(enc), ExampleHead(name, seed=i), root / name)
+            export_head(artifacts[enc], repo, "local")
+        _write_split_variant(repo, artifacts["clip:tiny"])
+        with LocalTriton(ServerConfig(repository=repo)) as server:
+            lines += _softmax_lines(server.grpc_url)
+            lines += _encoder_lines(server.grpc_url)
+    return lines
+
+
+def _write_split_variant(repo: Path, artifact: Path) -> None:
+    """``bench_clip_split``: encoder -> head logits -> separate temperature softmax model."""
+    import torch
+    from torch import nn
+
+    from headserve.artifact import load_meta, load_tensors
+    from headserve.export.model_config import DataType, EnsembleStep, ModelDesc, Runtime, TensorSpec
+    from headserve.export.onnx_export import GraphSpec, export_onnx, head_graph_spec
+    from headserve.export.repository import publish_version
+    from headserve.head import HeadConfig, build_serving_head
+
+    meta = load_meta(artifact)
+    serving = build_serving_head(HeadConfig.from_dict(meta.head_config),
+                                 {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    n, dim = len(meta.classes), meta.embedding_dim
+
+    serving.requires_grad_(False)
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.serving = serving
+
+        def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+            return self.serving(emb)[0]
+
+    class Softmax(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("temperature", serving.temperature.clone())
+
+        def forward(self, logits: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, C)
+            return torch.softmax(logits / self.temperature, dim=-1)
+
+    def logit_inputs(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        return (rng.standard_normal((batch, n)).astype(np.float32),)
+
+    fp32 = lambda name, width: TensorSpec(name, DataType.TYPE_FP32, (width,))  # noqa: E731
+    for name, module, spec, desc in (
+        ("bench_logits", Logits(), head_graph_spec("bench_logits", dim, ("logits",)),
+         ModelDesc("bench_logits", (fp32("embedding", dim),), (fp32("logits", n),))),
+        ("bench_softmax", Softmax(), GraphSpec("bench_softmax", ("logits",), ("probs",), logit_inputs),
+         ModelDesc("bench_softmax", (fp32("logits", n),), (fp32("probs", n),))),
+    ):
+        tmp = repo / f".{name}.onnx.d"
+        tmp.mkdir()
+        export_onnx(module.eval(), spec, tmp / "model.onnx")
+        publish_version(repo / name, desc, Runtime.LOCAL, {"model.onnx": tmp / "model.onnx"})
+        (tmp / "model.onnx").unlink()
+        tmp.rmdir()
+    size = meta.preprocess_spec.input_size
+    split = ModelDesc(
+        "bench_clip_split", (TensorSpec("pixels", DataType.TYPE_UINT8, (size, size, 3)),), (fp32("probs", n),),
+        steps=(EnsembleStep("encoder_clip_tiny", {"pixels": "pixels"}, {"head_input": "head_input"}),
+               EnsembleStep("bench_logits", {"embedding": "head_input"}, {"logits": "logits"}),
+               EnsembleStep("bench_softmax", {"logits": "logits"}, {"probs": "probs"})))
+    publish_version(repo / "bench_clip_split", split, Runtime.LOCAL, {})
+
+
+def _measure(url: str, models: list[str], name: str, array: np.ndarray,
+             outputs: list[str]) -> list[tuple[float, float]]:
+    """(p50 latency ms, items/s) per model over ``REQUESTS`` sequential requests, models interleaved
+    so that load from anything else on the machine falls on all of them alike."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        inp = grpcclient.InferInput(name, list(array.shape), "UINT8" if array.dtype == np.uint8 else "FP32")
+        inp.set_data_from_numpy(array)
+        req = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        times: dict[str, list[float]] = {m: [] for m in models}
+        for i in range(WARMUP + REQUESTS):
+            for model in models:
+                t0 = time.perf_counter()
+                client.infer(model, [inp], outputs=req)
+                if i >= WARMUP:
+                    times[model].append(time.perf_counter() - t0)
+    return [(statistics.median(t) * 1000, len(t) * len(array) / sum(t)) for t in times.values()]
+
+
+def _softmax_lines(url: str) -> list[str]:
+    rng = np.random.default_rng(0)
+    lines = ["### Calibrated softmax: fused into the head graph vs its own ensemble step (clip:tiny)", "",
+             "| batch | fused p50 ms | fused crops/s | split p50 ms | split crops/s |", "|---|---|---|---|---|"]
+    for batch in BATCHES:
+        pixels = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+        fused, split = _measure(url, ["bench_clip", "bench_clip_split"], "pixels", pixels, ["probs"])
+        lines.append(f"| {batch} | {fused[0]:.2f} | {fused[1]:.0f} | {split[0]:.2f} | {split[1]:.0f} |")
+    return lines + ["", "The exporter keeps the fused graph: the split variant adds one more model execution "
+                        "(a python-backend stub round trip locally, a scheduler hop in production) per request.",
+                    "Batches below the smallest preferred batch size (8) wait up to the dynamic batcher's queue "
+                    "delay (2 ms) for company; that, not compute, is most of the batch-1 latency.", ""]
+
+
+def _encoder_lines(url: str) -> list[str]:
+    from headserve.encoders import get_encoder
+    from headserve.export.repository import encoder_model_name
+
+    rng = np.random.default_rng(1)
+    lines = ["### Encoder throughput on the local server (tiny twins, fp32)", "",
+             "| encoder | batch | p50 ms | images/s |", "|---|---|---|---|"]
+    for enc in ENCODERS:
+        size = get_encoder(enc).preprocess.input_size
+        for batch in BATCHES:
+            pixels = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+            ((p50, rate),) = _measure(url, [encoder_model_name(enc)], "pixels", pixels, ["embedding"])
+            lines.append(f"| {enc} | {batch} | {p50:.2f} | {rate:.0f} |")
+    return lines + [""]
