@@ -57,6 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _repo_args(example)
     example.set_defaults(func=_export_example, runtime="production")
 
+    encoded = what.add_parser("encoded", help="the <head>_encoded ensemble: JPEG/PNG bytes in, decoded and resized "
+                                              "on the server exactly as training did")
+    encoded.add_argument("head", help="per-head ensemble name already in the repository")
+    _repo_args(encoded)
+    _server_arg(encoded)
+    encoded.set_defaults(func=_export_encoded)
+
     repo = sub.add_parser("repo", help="check or list a Triton model repository")
     action = repo.add_subparsers(dest="action", required=True, metavar="ACTION")
     validate = action.add_parser("validate", help="check configs against ONNX files, ensemble wiring, labels, "
@@ -180,6 +187,13 @@ def _export_example(args: argparse.Namespace) -> int:
     from headserve.export.example import write_example_repository
 
     _report(write_example_repository(args.repo, args.runtime, production_options(args)), None)
+    return 0
+
+
+def _export_encoded(args: argparse.Namespace) -> int:
+    from headserve.export.encoded_input import add_encoded_input
+
+    _report(add_encoded_input(args.repo, args.head, args.runtime, production_options(args)), args.server)
     return 0
 
 

@@ -64,7 +64,7 @@ def write_example_head(spec: EncoderSpec, example: ExampleHead, out: str | Path)
 
 
 # The example repository: two heads on one encoder (plus their multi-head ensemble and a prompt model),
-# and one head on each other family.
+# and one head on each other family (one of them with its encoded-image variant).
 EXAMPLE_HEADS: dict[str, str] = {
     "digits_clip_tiny": "clip:tiny",
     "textures_clip_tiny": "clip:tiny",
@@ -78,6 +78,7 @@ EXAMPLE_PROMPTS: dict[str, int] = {"a photo of the digit zero": 0, "a photo of t
 def write_example_repository(repo: str | Path, runtime: str = "production", options=None) -> list:
     """Write the example repository (weights included) into ``repo``; returns what was written."""
     from headserve.encoders import get_encoder
+    from headserve.export.encoded_input import add_encoded_input
     from headserve.export.multi_head import write_multi_head_ensemble
     from headserve.export.pipeline import export_head
     from headserve.export.prompts import add_prompt_model
@@ -91,4 +92,5 @@ def write_example_repository(repo: str | Path, runtime: str = "production", opti
                                              runtime))
     written.append(add_prompt_model(repo, "digits_clip_tiny", list(EXAMPLE_PROMPTS), list(EXAMPLE_PROMPTS.values()),
                                     runtime, options=options))
+    written += add_encoded_input(repo, "digits_dinov3_tiny", runtime, options=options)
     return written

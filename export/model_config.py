@@ -100,6 +100,11 @@ class ModelDesc:
     preferred_batch_sizes: tuple[int, ...] = (8, 32)
     max_queue_delay_us: int = 2000  # how long dynamic batching waits to fill a batch
     ort_level: str = "all"  # ONNX Runtime graph optimisation level: "all", or "extended" for fp16 graphs
+    python_model: bool = False  # served by its own model.py (no ONNX graph) on CPU in both runtimes
+
+    @property
+    def is_onnx(self) -> bool:
+        return not self.steps and not self.python_model
 
     @property
     def is_ensemble(self) -> bool:
@@ -114,6 +119,9 @@ def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None 
     _set_parameters(config, desc)
     if desc.is_ensemble:
         _set_ensemble(config, desc)
+        return config
+    if desc.python_model:
+        _set_python_model(config, desc, runtime, options)
         return config
     _set_runtime(config, runtime, options)
     _set_graph_level(config, desc, runtime)
@@ -169,6 +177,17 @@ def _set_runtime(config: mc.ModelConfig, runtime: Runtime, options: ProductionOp
         config.backend = "python"
         config.parameters["onnx_file"].string_value = "model.onnx"
         config.parameters["intra_op_threads"].string_value = "1"
+
+
+def _set_python_model(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: ProductionOptions) -> None:
+    """CPU work (decoding): python backend everywhere; production runs one instance per CPU thread budget.
+
+    No model_warmup: random bytes are not an image, and a failed warm-up would fail the load.
+    """
+    config.backend = "python"
+    _set_batching(config, desc)
+    count = options.cpu_threads if runtime is Runtime.PRODUCTION else 1
+    config.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)
 
 
 def _set_graph_level(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime) -> None:

@@ -87,11 +87,12 @@ def publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: M
     staged = staging_dir(model_dir / str(version))
     try:
         for name, content in files.items():
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)  # names may hold a package path
             if isinstance(content, Path):
                 shutil.copyfile(content, staged / name)
             else:
                 (staged / name).write_bytes(content)
-        if runtime is Runtime.LOCAL and not desc.is_ensemble:
+        if runtime is Runtime.LOCAL and desc.is_onnx:
             shutil.copyfile(RUNNER_SOURCE, staged / "model.py")
         if labels is not None:
             write_text_atomic(model_dir / LABELS_FILE, "\n".join(labels) + "\n")
@@ -237,13 +238,16 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
 
 
 def _kept_prompt_parameters(repo: Path, head: str) -> dict[str, str]:
-    """A re-exported head keeps the prompt model published on its previous ensemble, if that model exists."""
+    """A re-exported head keeps the prompt model and encoded variant published on its previous ensemble."""
     from headserve.export.model_config import parse
 
     path = repo / head / "config.pbtxt"
     if not path.is_file():
         return {}
     params = {k: v.string_value for k, v in parse(path.read_text()).parameters.items()}
-    if not (repo / params.get("prompt_model", "") / "config.pbtxt").is_file() or not params.get("prompt_model"):
-        return {}
-    return {k: params[k] for k in ("prompt_model", "prompt_classes") if k in params}
+    kept = {}
+    if params.get("prompt_model") and (repo / params["prompt_model"] / "config.pbtxt").is_file():
+        kept.update({k: params[k] for k in ("prompt_model", "prompt_classes") if k in params})
+    if params.get("encoded_model") and (repo / params["encoded_model"] / "config.pbtxt").is_file():
+        kept["encoded_model"] = params["encoded_model"]
+    return kept

@@ -118,11 +118,21 @@ def validate_repository(repo: str | Path) -> list[Problem]:
         _check_labels(entry, problems)
         if entry.is_ensemble:
             _check_ensemble(entry, models, broken, problems)
+        elif _is_python_model(entry):
+            for version in entry.versions:
+                if not (entry.directory / str(version) / "model.py").is_file():
+                    problems.append(Problem(entry.directory / str(version) / "model.py",
+                                            "python-backend model without its model.py.", "re-export the model."))
         else:
             for version in entry.versions:
                 _check_onnx(entry, entry.directory / str(version), problems)
             _check_fingerprint_file(entry, problems)
     return problems
+
+
+def _is_python_model(entry: ModelEntry) -> bool:
+    """A python-backend model with its own code (the image decoder), not an ONNX graph run by the runner."""
+    return entry.config.backend == "python" and "onnx_file" not in entry.parameters
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +349,8 @@ def list_models(repo: str | Path) -> list[dict[str, str]]:
         if entry.is_ensemble:
             kind, runtime = "ensemble", "ensemble"
         else:
-            kind = "encoder" if "encoder_fingerprint" in params else "head"
+            kind = ("decoder" if _is_python_model(entry) else "encoder" if "encoder_fingerprint" in params
+                    else "prompts" if "prompts" in params else "head")
             runtime = entry.config.platform or entry.config.backend
         classes = json.loads(params["classes"]) if "classes" in params else []
         rows.append({

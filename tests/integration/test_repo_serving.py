@@ -19,6 +19,7 @@ HEADS = {"cats": "clip:tiny", "dogs": "clip:tiny", "birds": "dinov3:tiny", "fish
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     from headserve.encoders import get_encoder
+    from headserve.export.encoded_input import add_encoded_input
     from headserve.export.example import ExampleHead, write_example_head
     from headserve.export.multi_head import write_multi_head_ensemble
     from headserve.export.pipeline import export_head
@@ -33,6 +34,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         export_head(artifacts[head], repo, "local")
     write_multi_head_ensemble(repo, ["cats", "dogs"], "local")
     add_prompt_model(repo, "cats", PROMPTS, [0, 3])
+    for head in ("cats", "birds"):  # a centre-crop encoder and a squash encoder
+        add_encoded_input(repo, head, "local")
     with LocalTriton(ServerConfig(repository=repo)) as server:
         yield repo, artifacts, server
 
@@ -78,7 +81,8 @@ def test_the_repository_of_every_encoder_family_validates(served):
     assert problems == [], describe(problems)
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(
         [*HEADS, *(f"{h}_head" for h in HEADS), "encoder_clip_tiny", "encoder_dinov3_tiny", "encoder_dinov2_tiny",
-         "heads_clip_tiny", "cats_prompts"])
+         "heads_clip_tiny", "cats_prompts", "cats_encoded", "birds_encoded", "decode_clip_tiny",
+         "decode_dinov3_tiny"])
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
@@ -131,3 +135,51 @@ def test_the_clip_prompt_model_serves_similarity_to_the_baked_prompts(served):
     assert np.abs(similarity - emb @ text.T).max() <= ATOL
     assert params["prompt_model"]["string_value"] == "cats_prompts"
     assert params["prompt_classes"]["string_value"] == "[0, 3]"
+
+
+def encoded_images() -> list[bytes]:
+    """Non-square PNG and JPEG crops, so the resize rule (crop vs squash) matters."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    out = []
+    for (w, h), fmt in (((57, 40), "PNG"), ((30, 71), "JPEG"), ((45, 45), "PNG")):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format=fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+def infer_encoded(url: str, model: str, images: list[bytes], outputs: list[str]) -> dict[str, np.ndarray]:
+    import tritonclient.grpc as grpcclient
+
+    data = np.array(images, dtype=object).reshape(-1, 1)
+    with grpcclient.InferenceServerClient(url) as client:
+        inp = grpcclient.InferInput("image", list(data.shape), "BYTES")
+        inp.set_data_from_numpy(data)
+        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+        return {o: result.as_numpy(o) for o in outputs}
+
+
+@pytest.mark.parametrize("head", ["cats", "birds"])
+def test_the_encoded_image_variant_decodes_and_resizes_exactly_as_training_did(served, head):
+    from headserve.artifact import load_meta
+    from headserve.preprocess import prepare_batch
+
+    _, artifacts, server = served
+    images = encoded_images()
+    pixels = prepare_batch(images, load_meta(artifacts[head]).preprocess_spec)  # the training/client path
+    want = reference(artifacts[head], pixels)
+    got = infer_encoded(server.grpc_url, f"{head}_encoded", images, ["probs", "embedding"])
+    for name in ("probs", "embedding"):
+        assert np.abs(got[name] - want[name]).max() <= ATOL, name
+
+
+def test_bytes_that_are_not_an_image_fail_the_request_naming_the_image(served):
+    from tritonclient.utils import InferenceServerException
+
+    _, _, server = served
+    with pytest.raises(InferenceServerException, match=r"ImageDecodeError: image 1 of the request does not decode"):
+        infer_encoded(server.grpc_url, "cats_encoded", [encoded_images()[0], b"not an image"], ["probs"])

@@ -1,0 +1,44 @@
+"""Triton python-backend model: encoded image bytes (JPEG, PNG, ...) -> the encoder's uint8 pixels.
+
+The first step of a head's ``<head>_encoded`` ensemble. It runs headserve's own preprocessing code
+(``headserve.preprocess``: decode, RGB conversion, resize rule, interpolation), copied into the version
+directory at export beside this file, so the server resizes exactly as training and the client did,
+whatever headserve version (if any) the serving container has installed.
+
+This file is copied verbatim into each version directory as ``model.py``.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        sys.path.insert(0, version_dir)  # the vendored headserve preprocessing wins over any installed one
+        from headserve.encoders import PreprocessSpec
+        from headserve.preprocess import load_image, resize_for_encoder
+
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.spec = PreprocessSpec.from_dict(json.loads(params["preprocess"]))
+        self.load_image = load_image
+        self.resize = resize_for_encoder
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+            try:
+                pixels = np.stack([self.resize(self.load_image(bytes(data), origin=f"{i} of the request"),
+                                               self.spec) for i, data in enumerate(images)])
+            except Exception as exc:  # ImageDecodeError names the image; anything else is reported as is
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"{exc.__class__.__name__}: {exc}")))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pixels", pixels)]))
+        return responses
