@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from headserve.artifact import check_encoder_match, load_meta, load_tensors
@@ -46,6 +47,9 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
         check_encoder_match(meta, params["encoder_type"], params["encoder_model"], int(params["embedding_dim"]),
                             params["encoder_fingerprint"], where=f"encoder {name}")
         written.append(add_encoder(repo, loaded, runtime, options=options, precision=precision))
+    if meta.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
+        meta.preprocess = json.loads(params["preprocess"])
+    meta.encoder_name = meta.encoder_name or name
     written.extend(add_head(repo, meta, load_tensors(artifact), model, runtime, encoder_params=params,
                             options=options))
     return written

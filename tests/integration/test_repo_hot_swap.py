@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import threading
 import time
 from pathlib import Path
@@ -13,6 +16,16 @@ import torch
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HEAD = "swap"
+
+
+def run_cli(*argv: str) -> int:
+    """The export CLI's own parser, as `headserve` registers it."""
+    from headserve.export import cli as export_cli
+
+    parser = argparse.ArgumentParser(prog="headserve")
+    export_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
 
 
 def expected_probs(artifact: Path, pixels: np.ndarray) -> np.ndarray:
@@ -82,6 +95,16 @@ def test_a_new_head_version_goes_live_while_requests_keep_succeeding(tmp_path):
         finally:
             stop.set()
             worker.join()
+
+        # The CLI path: `headserve export head ARTIFACT --repo DIR --server URL` swaps back to the first weights.
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert run_cli("export", "head", str(v1), "--repo", str(repo), "--server", server.grpc_url) == 0
+        assert f"ready on {server.grpc_url}: {HEAD} version 3" in printed.getvalue()
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
+            inp.set_data_from_numpy(pixels)
+            assert np.abs(client.infer(HEAD, [inp]).as_numpy("probs") - want_v1).max() < 1e-5
 
     assert failures == []
     before = [p for t, p in answers[:5]]
