@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headserve.cli_args import add_encoder_args, encoder_from_args
+from headserve.cli_args import add_encoder_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

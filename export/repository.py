@@ -33,6 +33,7 @@ from headserve.export.model_config import (
     ProductionOptions,
     Runtime,
     TensorSpec,
+    parse,
     render,
     to_text,
 )
@@ -239,8 +240,6 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
 
 def _kept_prompt_parameters(repo: Path, head: str) -> dict[str, str]:
     """A re-exported head keeps the prompt model and encoded variant published on its previous ensemble."""
-    from headserve.export.model_config import parse
-
     path = repo / head / "config.pbtxt"
     if not path.is_file():
         return {}
