@@ -172,6 +172,11 @@ def _check_onnx(entry: ModelEntry, version_dir: Path, problems: list[Problem]) -
     from onnx.external_data_helper import uses_external_data
 
     path = _onnx_file(entry, version_dir)
+    if "onnx_file" in entry.parameters and not (version_dir / "model.py").is_file():
+        problems.append(Problem(version_dir / "model.py", "a local-runtime model without the runner that serves "
+                                                          "its ONNX file (python backend).",
+                                "re-export with --runtime local, or use --runtime production for the onnxruntime "
+                                "backend."))
     if not path.is_file():
         problems.append(Problem(path, "the ONNX file the config points at is missing.",
                                 "re-export the model; a version directory must carry its model file."))

@@ -59,3 +59,11 @@ def test_a_head_is_refused_by_an_encoder_of_another_family(tmp_path):
     with pytest.raises(EncoderMismatchError, match=r"trained on dinov3:tiny-dinov3.*encoder clip:tiny is clip:tiny-ViT"):
         export_head(dino_head, tmp_path / "repo", "local", encoder_name="clip:tiny")
     assert not (tmp_path / "repo" / "dogs_head").exists()
+
+
+def test_a_local_version_without_its_runner_fails_validation_with_the_fix(clip_head, tmp_path):
+    export_head(clip_head, tmp_path, "local")
+    (tmp_path / "cats_head" / "1" / "model.py").unlink()
+    (problem,) = validate_repository(tmp_path)
+    assert problem.path == tmp_path / "cats_head" / "1" / "model.py"
+    assert "re-export with --runtime local" in problem.fix
