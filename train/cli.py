@@ -68,11 +68,13 @@ def _train(args: argparse.Namespace) -> int:
                        cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
                        ood_holdout=args.ood_holdout, progress=True)
     outcome = train_from_yolo(req)
-    for line in outcome.report_lines:
+    summary, *details = outcome.report_lines
+    for line in details:
         print(line)
     keep = ("macro_f1_fg", "weighted_f1_fg", "ece_before", "ece_after", "temperature", "ood_auroc")
     print(json.dumps({k: outcome.metrics[k] for k in keep if k in outcome.metrics}, indent=2))
     print(f"artifact: {outcome.artifact}")
+    print(summary)  # what was skipped, last so it is not scrolled away
     return 0
 
 

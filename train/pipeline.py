@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,7 @@ def prepare(req: TrainRequest) -> PreparedData:
     labels = np.array([o.class_id for o in objects], dtype=np.int64)
     if len(background) > 1:
         labels = _assign_background(emb, labels, background, req.seed)
+        objects = [o if o.class_id == c else replace(o, class_id=int(c)) for o, c in zip(objects, labels)]
     timings["embed"] = time.perf_counter() - t0
 
     groups = [str(o.image) for o in objects]
@@ -209,7 +210,6 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         from headserve.train.report import write_report
 
         t0 = time.perf_counter()
-        timings["report"] = 0.0
         report = write_report(req.report_dir, meta, metrics, probs, uncal, labels[test_idx], timings, data.report)
         timings["report"] = time.perf_counter() - t0
         lines.append(f"report: {report}")

@@ -62,7 +62,7 @@ def test_class_with_no_examples_gets_no_weight():
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_every_profile_trains_a_head_that_beats_chance(profile: str):
     x, y = blobs()
-    cfg = profile_config(profile, epochs=80, patience=80, lr=3e-3)
+    cfg = profile_config(profile, epochs=40, patience=40, lr=5e-3)
     hc = HeadConfig(16, 4, (32,), activation="gelu" if cfg.gelu_ln else "relu", layernorm=cfg.gelu_ln,
                     standardize=cfg.standardize)
     fit = fit_head(x[::2], y[::2], x[1::2], y[1::2], hc, cfg)
