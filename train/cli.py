@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="N background classes of random crops overlapping no box, split by k-means (default 1)")
     p.add_argument("--no-background", action="store_true", help="do not add background classes")
     p.add_argument("--strict", action="store_true", help="bad label lines are errors instead of skips")
+    p.add_argument("--reject-outside", action="store_true",
+                   help="skip label lines with coordinates outside [0, 1] instead of clipping them")
     p.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
     p.add_argument("--report", type=Path, default=None, help="report directory (default OUT.report)")
     p.add_argument("--ood-holdout", default=None, metavar="CLASS", help="leave CLASS out and report OOD AUROC on it")
@@ -64,7 +66,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("epochs", args.epochs)) if v is not None}
     req = TrainRequest(dataset=args.dataset, encoder=encoder_from_args(args), out=args.out, name=args.name,
                        hidden=args.hidden, background=not args.no_background, bg_classes=args.bg,
-                       strict=args.strict, train=profile_config(args.profile, **overrides), profile=args.profile,
+                       strict=args.strict, reject_outside=args.reject_outside,
+                       train=profile_config(args.profile, **overrides), profile=args.profile,
                        cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
                        ood_holdout=args.ood_holdout, progress=True)
     outcome = train_from_yolo(req)

@@ -90,8 +90,11 @@ def read_class_names(root: Path) -> list[str]:
     raise DatasetError(f"{root}: neither data.yaml nor classes.txt found; add one that lists the class names")
 
 
-def read_yolo(root: str | Path, strict: bool = False) -> YoloDataset:
-    """Read every image and label of a YOLO dataset, reporting bad data with file and line."""
+def read_yolo(root: str | Path, strict: bool = False, reject_outside: bool = False) -> YoloDataset:
+    """Read every image and label of a YOLO dataset, reporting bad data with file and line.
+
+    Coordinates outside [0, 1] are clipped to the image (and counted), or with ``reject_outside``
+    the whole line is skipped (and counted)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset path {root} does not exist or is not a directory; pass the YOLO dataset root")
@@ -113,7 +116,7 @@ def read_yolo(root: str | Path, strict: bool = False) -> YoloDataset:
             continue
         usable.append(image_path)
         if label_path.is_file():
-            objects.extend(_read_labels(label_path, image_path, width, height, len(names), report))
+            objects.extend(_read_labels(label_path, image_path, width, height, len(names), report, reject_outside))
     label_dir = root / "labels"
     stems = {p.relative_to(image_dir).with_suffix("") for p in images}
     if label_dir.is_dir():
@@ -129,7 +132,7 @@ def read_yolo(root: str | Path, strict: bool = False) -> YoloDataset:
 
 
 def _read_labels(path: Path, image: Path, width: int, height: int, num_classes: int,
-                 report: DataReport) -> Iterator[LabelledObject]:
+                 report: DataReport, reject_outside: bool = False) -> Iterator[LabelledObject]:
     for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -157,6 +160,9 @@ def _read_labels(path: Path, image: Path, width: int, height: int, num_classes: 
             continue
         else:
             report.skip("malformed line", where, f"expected 'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', got {line!r}")
+            continue
+        if any(v < -COORD_SLACK or v > 1 + COORD_SLACK for v in values) and reject_outside:
+            report.skip("coordinates rejected", where, "coordinates outside [0, 1]; line skipped (--reject-outside)")
             continue
         if any(v < -COORD_SLACK or v > 1 + COORD_SLACK for v in values):
             report.skip("coordinates clipped", where, "coordinates outside [0, 1] were clipped to the image")

@@ -42,6 +42,7 @@ class TrainRequest:
     val_size: float = 0.2  # fraction of training images used for early stopping and calibration
     seed: int = 42  # split and background sampling seed
     strict: bool = False  # bad label lines raise instead of being skipped
+    reject_outside: bool = False  # skip lines with coordinates outside [0, 1] instead of clipping them
     train: TrainConfig = field(default_factory=TrainConfig)
     profile: str = "custom"  # recipe profile name `train` came from; recorded in meta.json and the report
     cache_dir: Path | None = None  # embedding cache root; None computes every embedding
@@ -97,7 +98,7 @@ def prepare(req: TrainRequest) -> PreparedData:
     """Read the dataset, embed every crop (through the cache) and split by source image."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = read_yolo(req.dataset, strict=req.strict)
+    data = read_yolo(req.dataset, strict=req.strict, reject_outside=req.reject_outside)
     classes = list(data.names)
     objects = list(data.objects)
     holdout: list[LabelledObject] = []

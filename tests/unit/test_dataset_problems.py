@@ -43,6 +43,13 @@ def test_coordinates_outside_the_image_are_clipped_and_counted(report):
     assert report.counts["coordinates clipped"] == 1
 
 
+def test_reject_outside_skips_the_line_instead_of_clipping_it():
+    data = read_yolo(BAD, reject_outside=True)
+    assert f"{IMG1}:5" not in {o.source for o in data.objects}
+    assert _problem(data.report, "line skipped (--reject-outside)").startswith(f"{IMG1}:5")
+    assert data.report.counts["coordinates rejected"] == 1
+
+
 def test_odd_number_of_coordinates_is_reported_as_malformed(report):
     assert _problem(report, "expected 'cls cx cy w h'").startswith(f"{IMG1}:7")
 
