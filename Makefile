@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit test-integration bench clean
+.PHONY: venv demo example-repository test test-unit test-integration bench clean
 
 venv: $(STAMP)
 
@@ -17,8 +17,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) example-repository
 	$(VENV)/bin/headserve demo --out demo-out
+
+# model_repository/ commits the example repository's configs (a test checks they equal the
+# generator's); this generates it afresh and copies in its weights, the git-ignored version directories.
+example-repository: $(STAMP)
+	rm -rf build/example-repository
+	$(VENV)/bin/headserve export example --repo build/example-repository > /dev/null
+	cd build/example-repository && for v in */[0-9]*; do \
+		rm -rf ../../model_repository/$$v && cp -r $$v ../../model_repository/$$v; done
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

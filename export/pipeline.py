@@ -35,7 +35,8 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     written: list[WrittenModel] = []
     model = encoder_model_name(name)
     config_path = repo / model / "config.pbtxt"
-    if config_path.is_file():
+    has_version = any(p.is_dir() and p.name.isdigit() for p in (repo / model).glob("*"))
+    if config_path.is_file() and has_version:  # the repository serves this encoder already
         params = {k: v.string_value for k, v in parse(config_path.read_text()).parameters.items()}
     else:
         spec = get_encoder(name)

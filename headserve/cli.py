@@ -25,7 +25,10 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="headserve",
+        description="Train calibrated classifier heads on frozen CLIP and DINOv3 encoders and serve them with Triton.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local weights for a single --encoder (DINOv3 directory or CLIP checkpoint)")
     p.add_argument("--images", type=int, default=240, help="images in the generated dataset")
     p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths")
+    p.add_argument("--profile", default="full", help="training recipe profile (see `headserve train --help`)")
     p.set_defaults(func=run_demo)
 
 
@@ -45,6 +46,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from headserve.encoders import get_encoder
     from headserve.export.pipeline import export_head
     from headserve.train.pipeline import TrainRequest, train_from_yolo
+    from headserve.train.recipe import profile_config
     from headserve.train.synth import SynthConfig, build_digits_dataset
 
     out: Path = args.out
@@ -65,7 +67,8 @@ def run_demo(args: argparse.Namespace) -> int:
         head = "digits_" + name.replace(":", "_").replace("-", "_").lower()
         print(f"[2/5] train: head {head} on {spec.display_name}")
         outcome = train_from_yolo(TrainRequest(dataset=dataset, encoder=spec, out=out / "heads" / head, name=head,
-                                               hidden=args.hidden))
+                                               hidden=args.hidden, train=profile_config(args.profile),
+                                               profile=args.profile))
         runs.append(HeadRun(name, head, outcome))
 
     repo = out / "model_repository"
@@ -118,7 +121,7 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
     head = build_serving_head(HeadConfig.from_dict(meta.head_config),
                               {k: torch.from_numpy(v) for k, v in load_tensors(outcome.artifact).items()})
     with torch.no_grad():
-        _, ref, _ = head(torch.from_numpy(embed_pixels(graph, outcome.test_pixels)))
+        ref = head(torch.from_numpy(embed_pixels(graph, outcome.test_pixels)))[SERVING_OUTPUTS.index("probs")]
     metrics = classification_metrics(served, outcome.test_labels, meta.classes, meta.background_indices)
     return {
         "head": run.head,
