@@ -60,20 +60,27 @@ def test_client_discovers_classes_and_encoder_from_the_server(encoder, trained_h
     assert preds[0].top_k[0][1] >= preds[0].top_k[1][1]
 
 
+def _infer_random_pixels(url: str, head, batch: int, seed: int, outputs=None):
+    """A plain tritonclient request (no headserve client) with random uint8 pixels; returns (result, meta)."""
+    import tritonclient.grpc as grpcclient
+
+    meta = load_meta(head.artifact)
+    size = meta.preprocess_spec.input_size
+    pixels = np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
+    inp.set_data_from_numpy(pixels)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return client.infer(head.name, [inp], outputs=outputs), meta
+    finally:
+        client.close()
+
+
 def test_classification_extension_returns_labels_from_the_labels_file(trained_heads, triton):
     import tritonclient.grpc as grpcclient
 
-    head = trained_heads["clip:tiny"]
-    meta = load_meta(head.artifact)
-    size = meta.preprocess_spec.input_size
-    pixels = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-    inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
-    inp.set_data_from_numpy(pixels)
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
-    try:
-        result = client.infer(head.name, [inp], outputs=[grpcclient.InferRequestedOutput("probs", class_count=2)])
-    finally:
-        client.close()
+    result, meta = _infer_random_pixels(triton.grpc_url, trained_heads["clip:tiny"], 2, seed=1,
+                                        outputs=[grpcclient.InferRequestedOutput("probs", class_count=2)])
     top = result.as_numpy("probs")  # (2, 2) of b"score:index:label"
     labels = {entry.decode().split(":", 2)[2] for entry in top.ravel()}
     assert labels <= set(meta.classes) and labels
@@ -98,19 +105,7 @@ def test_every_exported_onnx_file_passes_the_checker_with_named_tensors(local_re
 
 
 def test_ensemble_outputs_probabilities_logits_and_embedding(trained_heads, triton):
-    import tritonclient.grpc as grpcclient
-
-    head = trained_heads["dinov3:tiny"]
-    meta = load_meta(head.artifact)
-    size = meta.preprocess_spec.input_size
-    pixels = np.random.default_rng(2).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
-    inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
-    inp.set_data_from_numpy(pixels)
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
-    try:
-        result = client.infer(head.name, [inp])
-    finally:
-        client.close()
+    result, meta = _infer_random_pixels(triton.grpc_url, trained_heads["dinov3:tiny"], 3, seed=2)
     assert result.as_numpy("probs").shape == (3, len(meta.classes))
     assert result.as_numpy("logits").shape == (3, len(meta.classes))
     emb = result.as_numpy("embedding")
