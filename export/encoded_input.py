@@ -19,10 +19,9 @@ from headserve.export.model_config import (
     ProductionOptions,
     Runtime,
     TensorSpec,
-    parse,
     to_text,
 )
-from headserve.export.repository import LABELS_FILE, WrittenModel, publish_version
+from headserve.export.repository import LABELS_FILE, WrittenModel, publish_version, read_head_ensemble
 from headserve.fsutil import write_text_atomic
 
 DECODER_SOURCE = Path(__file__).with_name("decoder_model.py")
@@ -54,10 +53,7 @@ def add_encoded_input(repo: str | Path, head: str, runtime: Runtime | str = Runt
     """Write the decoder of the head's encoder (once) and the head's encoded-image ensemble."""
     repo, runtime = Path(repo), Runtime(runtime)
     path = repo / head / "config.pbtxt"
-    if not path.is_file():
-        raise RepositoryError(f"{path} does not exist: export head {head!r} before its encoded-image variant")
-    ensemble = parse(path.read_text())
-    params = {k: v.string_value for k, v in ensemble.parameters.items()}
+    ensemble, params = read_head_ensemble(repo, head, "its encoded-image variant")
     if ensemble.platform != "ensemble" or "preprocess" not in params:
         raise RepositoryError(f"{path}: {head!r} is not a head ensemble written by headserve (no preprocess "
                               "parameter); pass a name `headserve repo list` shows as an ensemble")

@@ -144,6 +144,11 @@ def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
+def parameters_of(config: mc.ModelConfig) -> dict[str, str]:
+    """A config's string parameters as a plain dict (headserve publishes every parameter as a string)."""
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
 def _set_tensors(config: mc.ModelConfig, desc: ModelDesc) -> None:
     for spec in desc.inputs:
         config.input.add(name=spec.name, data_type=spec.dtype.value, dims=list(spec.dims))

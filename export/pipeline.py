@@ -9,7 +9,7 @@ from headserve.artifact import check_encoder_match, load_meta, load_tensors
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.encoders import get_encoder
 from headserve.errors import ArtifactError
-from headserve.export.model_config import ProductionOptions, Runtime, parse
+from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
 from headserve.export.repository import (
     WrittenModel,
     add_encoder,
@@ -37,7 +37,7 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     config_path = repo / model / "config.pbtxt"
     has_version = any(p.is_dir() and p.name.isdigit() for p in (repo / model).glob("*"))
     if config_path.is_file() and has_version:  # the repository serves this encoder already
-        params = {k: v.string_value for k, v in parse(config_path.read_text()).parameters.items()}
+        params = parameters_of(parse(config_path.read_text()))
     else:
         spec = get_encoder(name)
         if encoder_weights:

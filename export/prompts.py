@@ -22,9 +22,9 @@ from torch import nn
 from headserve.backbones import clip_text_embeddings, encoder_graph, fingerprint, load_encoder
 from headserve.encoders import get_encoder
 from headserve.errors import EncoderMismatchError, RepositoryError
-from headserve.export.model_config import DataType, ModelDesc, ProductionOptions, Runtime, TensorSpec, parse, to_text
+from headserve.export.model_config import DataType, ModelDesc, ProductionOptions, Runtime, TensorSpec, to_text
 from headserve.export.onnx_export import GraphSpec, export_onnx
-from headserve.export.repository import WrittenModel, publish_version
+from headserve.export.repository import WrittenModel, publish_version, read_head_ensemble
 from headserve.fsutil import staging_dir, write_text_atomic
 
 PROMPT_INPUT = "embedding"
@@ -53,10 +53,7 @@ def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt
     """Export ``<head>_prompts`` for a CLIP head already in ``repo`` and publish it on the head's ensemble."""
     repo, runtime = Path(repo), Runtime(runtime)
     ensemble_path = repo / head / "config.pbtxt"
-    if not ensemble_path.is_file():
-        raise RepositoryError(f"{ensemble_path} does not exist: export head {head!r} before its prompts")
-    ensemble = parse(ensemble_path.read_text())
-    params = {k: v.string_value for k, v in ensemble.parameters.items()}
+    ensemble, params = read_head_ensemble(repo, head, "its prompts")
     if params.get("encoder_type") not in PROMPT_FAMILIES:
         raise RepositoryError(f"head {head!r} runs on a {params.get('encoder_type')} encoder, which has no text tower; "
                               "the prompt prefilter exists for CLIP heads only")

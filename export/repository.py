@@ -20,10 +20,11 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
-from headserve.errors import ExportParityError
+from headserve.errors import ExportParityError, RepositoryError
 from headserve.export.errors import Fp16ParityError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
 from headserve.export.model_config import (
@@ -33,6 +34,7 @@ from headserve.export.model_config import (
     ProductionOptions,
     Runtime,
     TensorSpec,
+    parameters_of,
     parse,
     render,
     to_text,
@@ -238,12 +240,21 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
     return WrittenModel(meta.name, version, path, {})
 
 
+def read_head_ensemble(repo: Path, head: str, purpose: str) -> tuple[ModelConfig, dict[str, str]]:
+    """The config and parameters of a head's ensemble, which ``purpose`` (e.g. "its prompts") builds on."""
+    path = Path(repo) / head / "config.pbtxt"
+    if not path.is_file():
+        raise RepositoryError(f"{path} does not exist: export head {head!r} before {purpose}")
+    config = parse(path.read_text())
+    return config, parameters_of(config)
+
+
 def _kept_prompt_parameters(repo: Path, head: str) -> dict[str, str]:
     """A re-exported head keeps the prompt model and encoded variant published on its previous ensemble."""
     path = repo / head / "config.pbtxt"
     if not path.is_file():
         return {}
-    params = {k: v.string_value for k, v in parse(path.read_text()).parameters.items()}
+    params = parameters_of(parse(path.read_text()))
     kept = {}
     if params.get("prompt_model") and (repo / params["prompt_model"] / "config.pbtxt").is_file():
         kept.update({k: params[k] for k in ("prompt_model", "prompt_classes") if k in params})

@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
+from headserve.export.model_config import parameters_of
 
 CONFIG_FILE = "config.pbtxt"
 # ONNX TensorProto element types -> Triton data types (the subset headserve exports).
@@ -53,7 +54,7 @@ class ModelEntry:
 
     @property
     def parameters(self) -> dict[str, str]:
-        return {k: v.string_value for k, v in self.config.parameters.items()}
+        return parameters_of(self.config)
 
     def tensor(self, name: str, inputs: bool) -> mc.ModelInput | mc.ModelOutput | None:
         return next((t for t in (self.config.input if inputs else self.config.output) if t.name == name), None)
