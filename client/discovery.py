@@ -41,6 +41,7 @@ class HeadInfo:
     embedding_dim: int = 0  # width of the encoder embedding
     temperature: float = 1.0  # calibration temperature baked into ``probs``
     head_type: str = ""  # "mlp" or "logreg"
+    classifier: str = ""  # last layer: "linear" or "arcface" (cosine classifier); "" when not published
     ood_threshold: float | None = None  # ood_score above this is out of distribution; None: not published
     prompt_model: str | None = None  # CLIP only: model mapping embedding -> prompt similarity
     prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
@@ -87,6 +88,7 @@ def head_info_from_config(name: str, config: Any) -> HeadInfo:
             embedding_dim=int(params.get("embedding_dim") or 0),
             temperature=float(params.get("temperature") or 1.0),
             head_type=params.get("head_type", ""),
+            classifier=params.get("classifier", ""),
             ood_threshold=float(ood) if ood not in (None, "") else None,
             prompt_model=params.get("prompt_model") or None,
             prompt_classes=tuple(int(i) for i in json.loads(params.get("prompt_classes") or "[]")),

@@ -207,6 +207,7 @@ def head_parameters(meta: HeadMeta) -> dict[str, str]:
         "preprocess": json.dumps(meta.preprocess, sort_keys=True),
         "temperature": repr(meta.temperature),
         "head_type": meta.head_type,
+        "classifier": meta.head_config.get("classifier", "linear"),  # heads saved before ArcFace are linear
     }
     if meta.encoder_fingerprint:
         params["encoder_fingerprint"] = meta.encoder_fingerprint

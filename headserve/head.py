@@ -1,6 +1,9 @@
 """Classifier heads on frozen embeddings, and the calibrated graph that serving runs.
 
-``MLPHead`` is the trainable part (``hidden=()`` makes it logistic regression). ``ServingHead`` wraps
+``MLPHead`` is the trainable part (``hidden=()`` makes it logistic regression); its last layer is a
+classifier from ``CLASSIFIERS``: a plain linear layer, or ArcFace's cosine classifier (Deng et al.,
+2019), whose logits are ``s * cos(feature, class weight)`` when serving and which learns with an
+additive angular margin ``m`` on the target class. ``ServingHead`` wraps
 a trained head with what inference needs and training does not: the temperature and the softmax.
 Export traces ``ServingHead``, so the served probabilities are the trainer's own, to float precision.
 """
@@ -10,7 +13,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -32,10 +38,16 @@ class HeadConfig:
     layernorm: bool = False  # LayerNorm after each hidden Linear (the recipe's GELU+LN blocks)
     dropout: float = 0.0  # dropout after each hidden block, training only
     standardize: bool = False  # subtract the stored embedding mean and divide by its std first
+    classifier: str = "linear"  # last layer: "linear" or "arcface" (cosine classifier); see CLASSIFIERS
+    scale: float = 30.0  # ArcFace logit scale s: logits are s * cosine (unused by "linear")
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}")
+        if not self.scale > 0:
+            raise ValueError(f"ArcFace scale {self.scale} must be positive")
         if self.in_dim <= 0 or self.num_classes < 2:
             raise ValueError(f"a head needs in_dim > 0 and at least 2 classes (got {self.in_dim}, {self.num_classes})")
 
@@ -53,8 +65,58 @@ class HeadConfig:
         return cls(**values)
 
 
+class LinearClassifier(nn.Linear):
+    """The usual last layer; ``margin`` is accepted for a uniform interface and ignored."""
+
+    def __init__(self, width: int, config: HeadConfig) -> None:
+        super().__init__(width, config.num_classes)
+
+    def train_logits(self, feats: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
+        return self(feats)
+
+
+class CosineClassifier(nn.Module):
+    """ArcFace's classifier: ``s * cos(theta_c)`` between the feature and class weight ``c``.
+
+    Only directions count, so a class's logit cannot grow by growing its weight norm, which is
+    how a linear layer over-scores frequent classes. Training widens the angular gap between
+    classes by scoring the target class at ``cos(theta + m)`` (``train_logits``); serving scores
+    every class at ``cos(theta)``, so the exported graph is a normalise and one matrix product.
+    """
+
+    def __init__(self, width: int, config: HeadConfig) -> None:
+        super().__init__()
+        self.scale = config.scale
+        self.weight = nn.Parameter(torch.empty(config.num_classes, width))
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosine(self, feats: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
+        return F.normalize(feats, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
+        return self.scale * self.cosine(feats)
+
+    def train_logits(self, feats: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
+        """Logits with the additive angular margin ``margin`` (radians) on the target mass.
+
+        ``target`` (B, C) is one-hot or mixed (mixup): each class gets ``margin`` times its share
+        of the target, which is exactly ArcFace for one-hot rows. Past ``theta + m > pi`` the
+        cosine would rise again, so there the logit continues as ``cos(theta) - m sin(m)``, the same
+        monotonic extension as pytorch-metric-learning's ArcFaceLoss.
+        """
+        cos = self.cosine(feats)
+        theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+        m = margin * target
+        with_margin = torch.where(theta + m <= math.pi, torch.cos(theta + m), cos - m * torch.sin(m))
+        return self.scale * torch.where(m > 0, with_margin, cos)  # classes with no target mass: exactly as served
+
+
+# classifier name -> the last layer's class; HeadConfig.classifier picks one and meta.json records it.
+CLASSIFIERS: dict[str, type[nn.Module]] = {"linear": LinearClassifier, "arcface": CosineClassifier}
+
+
 class MLPHead(nn.Module):
-    """embedding -> [standardise] -> (Linear [-> LayerNorm] -> act -> Dropout)* -> Linear -> logits."""
+    """embedding -> [standardise] -> (Linear [-> LayerNorm] -> act -> Dropout)* -> classifier -> logits."""
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
@@ -72,7 +134,7 @@ class MLPHead(nn.Module):
                 blocks.append(nn.Dropout(config.dropout))
             width = h
         self.body = nn.Sequential(*blocks)
-        self.out = nn.Linear(width, config.num_classes)
+        self.out = CLASSIFIERS[config.classifier](width, config)
 
     def features(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, H)
         if self.config.standardize:
@@ -81,6 +143,10 @@ class MLPHead(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
         return self.out(self.features(emb))
+
+    def train_logits(self, emb: torch.Tensor, target: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+        """Logits for the training loss: ``forward`` plus the classifier's margin on ``target`` (B, C)."""
+        return self.out.train_logits(self.features(emb), target, margin)
 
 
 class ServingHead(nn.Module):
@@ -126,4 +192,5 @@ def build_serving_head(config: HeadConfig, state: Mapping[str, torch.Tensor] | N
     return module.eval()
 
 
-__all__ = ["HeadConfig", "MLPHead", "SERVING_OUTPUTS", "SERVING_OUTPUT_WIDTHS", "ServingHead", "build_serving_head"]
+__all__ = ["CLASSIFIERS", "CosineClassifier", "HeadConfig", "LinearClassifier", "MLPHead", "SERVING_OUTPUTS",
+           "SERVING_OUTPUT_WIDTHS", "ServingHead", "build_serving_head"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from headserve.cli_args import add_encoder_args, encoder_from_args, parse_hidden
 
@@ -16,6 +18,30 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig knob (--label-smoothing, --arcface-margin, ...), overriding the profile."""
+    from headserve.train.trainer import TrainConfig
+
+    group = p.add_argument_group("recipe knobs", "each overrides the value the profile sets")
+    for f in fields(TrainConfig):
+        default = f.default
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"knob_{f.name}", default=None,
+                           type=_bool if isinstance(default, bool) else type(default), metavar=type(default).__name__.upper(),
+                           help=f"{f.metadata['help']} (default without a profile: {default!r})")
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[len("knob_"):]: v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a calibrated head on a YOLO dataset")
     p.add_argument("dataset", type=Path, help="YOLO dataset root (images/, labels/, data.yaml)")
@@ -24,8 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_encoder_args(p)
     p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths, e.g. 768,384; 'logreg' for none")
     p.add_argument("--profile", default="full", help=PROFILE_HELP + " (default full)")
-    p.add_argument("--label-smoothing", type=float, default=None, help="override the profile's label smoothing")
-    p.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs")
     p.add_argument("--bg", type=int, default=1, metavar="N",
                    help="N background classes of random crops overlapping no box, split by k-means (default 1)")
     p.add_argument("--no-background", action="store_true", help="do not add background classes")
@@ -35,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
     p.add_argument("--report", type=Path, default=None, help="report directory (default OUT.report)")
     p.add_argument("--ood-holdout", default=None, metavar="CLASS", help="leave CLASS out and report OOD AUROC on it")
+    _add_recipe_args(p)
     p.set_defaults(func=_train)
 
     s = sub.add_parser("sweep", help="train profiles x encoders x MLP sizes x label smoothing on cached embeddings")
@@ -63,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
     from headserve.train.pipeline import TrainRequest, train_from_yolo
     from headserve.train.recipe import profile_config
 
-    overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("epochs", args.epochs)) if v is not None}
+    overrides = _recipe_overrides(args)
     req = TrainRequest(dataset=args.dataset, encoder=encoder_from_args(args), out=args.out, name=args.name,
                        hidden=args.hidden, background=not args.no_background, bg_classes=args.bg,
                        strict=args.strict, reject_outside=args.reject_outside,
@@ -74,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
     summary, *details = outcome.report_lines
     for line in details:
         print(line)
-    keep = ("macro_f1_fg", "weighted_f1_fg", "ece_before", "ece_after", "temperature", "ood_auroc")
+    keep = ("macro_f1_fg", "weighted_f1_fg", "ece_before", "ece_after", "temperature", "ood_auroc", "ood_auroc_all")
     print(json.dumps({k: outcome.metrics[k] for k in keep if k in outcome.metrics}, indent=2))
     print(f"artifact: {outcome.artifact}")
     print(summary)  # what was skipped, last so it is not scrolled away

@@ -13,15 +13,15 @@ from headserve.artifact import HeadMeta, save_artifact
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.encoders import EncoderSpec
 from headserve.errors import DatasetError
-from headserve.head import SERVING_OUTPUTS, HeadConfig
+from headserve.head import SERVING_OUTPUTS
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
 from headserve.train.embed import embed_pixels, pixels_of
 from headserve.train.metrics import classification_metrics, expected_calibration_error, ood_auroc
-from headserve.train.ood import attach_ood, choose_threshold, fit_ood, ood_scores
+from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
 from headserve.train.recipe import describe
 from headserve.train.split import group_split
-from headserve.train.trainer import TrainConfig, fit_head
+from headserve.train.trainer import TrainConfig, fit_head, head_config_for
 
 BACKGROUND_NAME = "background"
 
@@ -149,15 +149,13 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
 
     t0 = time.perf_counter()
     cfg = req.train
-    head_config = HeadConfig(in_dim=spec.embedding_dim, num_classes=len(classes), hidden=req.hidden,
-                             activation="gelu" if cfg.gelu_ln else "relu", layernorm=bool(req.hidden) and cfg.gelu_ln,
-                             dropout=cfg.dropout if req.hidden else 0.0, standardize=cfg.standardize)
+    head_config = head_config_for(cfg, spec.embedding_dim, len(classes), req.hidden)
     fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg)
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     attach_ood(fit.head, fit_ood(emb[fit_idx], labels[fit_idx], len(classes)))
-    threshold = choose_threshold(ood_scores(fit.head, emb[val_idx]), req.ood_quantile)
+    threshold = choose_threshold(ood_scores(fit.head, emb[val_idx]), labels[val_idx], background, req.ood_quantile)
     timings["ood"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -175,8 +173,10 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     metrics["n_train"], metrics["n_val"], metrics["n_test"] = len(fit_idx), len(val_idx), len(test_idx)
     test_ood = ood_scores(fit.head, emb[test_idx])
     metrics["ood_flagged_test"] = float((test_ood > threshold).mean())
-    if len(holdout_emb):
-        metrics["ood_auroc"] = ood_auroc(test_ood, ood_scores(fit.head, holdout_emb))
+    if len(holdout_emb):  # held-out crops against known foreground crops, and against every known crop
+        unknown = ood_scores(fit.head, holdout_emb)
+        metrics["ood_auroc"] = ood_auroc(test_ood[foreground(labels[test_idx], background)], unknown)
+        metrics["ood_auroc_all"] = ood_auroc(test_ood, unknown)
     timings["evaluate"] = time.perf_counter() - t0
 
     meta = HeadMeta(
@@ -197,7 +197,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "per_class")},
         extra={"profile": req.profile, "recipe": dict(describe(cfg)), "log_priors": fit.log_priors,
                "class_weights": fit.class_weights, "ood": {"method": "mahalanobis_shared_cov",
-                                                           "quantile": req.ood_quantile}},
+                                                           "quantile": req.ood_quantile,
+                                                           "threshold_on": "foreground validation crops"}},
         ood_threshold=threshold,
     )
     tensors = {k: v.detach().cpu().numpy() for k, v in fit.head.state_dict().items()}

@@ -30,7 +30,7 @@ PROFILES: dict[str, tuple[str, dict[str, Any]]] = {
     "logit_train": ("full", {"logit_adjust": "train"}),
     "logit_infer": ("full", {"logit_adjust": "infer"}),
     "logit_both": ("full", {"logit_adjust": "both"}),
-    "arcface": ("full", {"arcface_weight": 0.1}),
+    "arcface": ("full", {"classifier": "arcface"}),  # served cosine classifier, margin m and scale s
     "supcon": ("full", {"supcon_weight": 0.1}),
     "feataug": ("full", {"feature_noise": 0.01, "feature_scale": 0.1}),
     "center": ("full", {"center_weight": 0.01}),
@@ -46,6 +46,10 @@ class UnknownProfileError(HeadserveError, KeyError):
         return str(self.args[0])
 
 
+class RecipeError(HeadserveError, ValueError):
+    """A knob value that TrainConfig refuses (out of range, unknown choice)."""
+
+
 def profile_config(name: str, **overrides: Any) -> TrainConfig:
     """The TrainConfig of profile ``name`` with ``overrides`` (e.g. epochs) applied on top."""
     if name not in PROFILES:
@@ -55,7 +59,10 @@ def profile_config(name: str, **overrides: Any) -> TrainConfig:
     bad = sorted(set(overrides) - known)
     if bad:
         raise UnknownProfileError(f"unknown training knob(s) {bad}; known: {sorted(known)}")
-    return replace(_PARENTS[parent], **{**knobs, **overrides})
+    try:
+        return replace(_PARENTS[parent], **{**knobs, **overrides})
+    except ValueError as exc:  # TrainConfig's own check names the knob and the allowed range
+        raise RecipeError(f"profile {name!r} with {overrides}: {exc}") from exc
 
 
 def describe(config: TrainConfig) -> Mapping[str, Any]:

@@ -3,56 +3,66 @@
 Plain PyTorch with AdamW and early stopping on validation loss. Every knob of the recipe is a field
 of ``TrainConfig``; named profiles (``headserve.train.recipe``) are presets of it. Temperature scaling
 (Guo et al., 2017) fits one scalar T by minimising the NLL of softmax(z / T) on the validation split;
-it changes no argmax, only how far probabilities can be trusted. ArcFace and SupCon come from
-pytorch-metric-learning; centre loss is hand-written (three lines; the library has none).
+it changes no argmax, only how far probabilities can be trusted. SupCon comes from
+pytorch-metric-learning; centre loss is hand-written (three lines; the library has none). The ArcFace
+margin lives in the head's cosine classifier rather than in the library's ArcFaceLoss, because that
+loss owns its class weights and its cross-entropy, so it could neither be served as the head nor take
+soft targets (label smoothing, mixup) and class weights; a unit test checks the two agree.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headserve.head import HeadConfig, MLPHead, ServingHead
+from headserve.head import CLASSIFIERS, HeadConfig, MLPHead, ServingHead
 
 CLASS_WEIGHTINGS = ("none", "balanced", "effective")
 LOGIT_ADJUSTMENTS = ("none", "train", "infer", "both")
+
+
+def knob(default: Any, doc: str) -> Any:
+    """A TrainConfig field with the help text that its CLI option (--label-smoothing, ...) shows."""
+    return field(default=default, metadata={"help": doc})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and recipe knobs of one head fit (profiles in recipe.py are presets of these)."""
 
-    label_smoothing: float = 0.1  # soft targets; 0.1 was the best setting of the earlier sweeps
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    epochs: int = 150  # upper bound; early stopping usually ends sooner
-    batch_size: int = 256  # embeddings per step
-    patience: int = 15  # epochs without validation improvement before stopping
-    calibrate: bool = True  # fit a temperature on the validation split
-    seed: int = 42  # fixes initialisation and batch order
-    dropout: float = 0.1  # dropout after each hidden block (MLP heads only)
-    gelu_ln: bool = True  # GELU + LayerNorm hidden blocks instead of ReLU
-    standardize: bool = False  # centre/scale embeddings by training stats, stored in the artifact
-    mixup: float = 0.0  # Beta(a, a) mixup of embeddings and targets; 0 turns it off (recipe: 0.1)
-    class_weights: str = "none"  # "none", "balanced" (inverse frequency) or "effective" (effective number)
-    effective_beta: float = 0.9999  # beta of effective-number weights (1 - beta^n) / (1 - beta)
-    hardmine_epochs: int = 0  # final epochs that sample examples in proportion to their loss
-    logit_adjust: str = "none"  # add tau * log prior in the loss ("train"), subtract it when serving ("infer"), or both
-    logit_tau: float = 1.0  # strength of logit adjustment
-    arcface_weight: float = 0.0  # weight of an auxiliary ArcFace loss on the head features
-    arcface_margin: float = 28.6  # ArcFace additive angular margin m, in degrees (0.5 rad)
-    arcface_scale: float = 30.0  # ArcFace logit scale s
-    supcon_weight: float = 0.0  # weight of an auxiliary supervised-contrastive loss on the head features
-    supcon_temperature: float = 0.1  # SupCon softmax temperature
-    feature_noise: float = 0.0  # std of Gaussian noise added to training embeddings
-    feature_scale: float = 0.0  # per-channel scaling of training embeddings by U(1 - s, 1 + s)
-    center_weight: float = 0.0  # weight of centre loss pulling features to learnt class centres
-    crt_epochs: int = 0  # classifier re-training epochs with a class-balanced sampler, body frozen
+    label_smoothing: float = knob(0.1, "soft targets; 0.1 was the best setting of the earlier sweeps")
+    lr: float = knob(1e-3, "AdamW learning rate")
+    weight_decay: float = knob(1e-4, "AdamW decoupled weight decay")
+    epochs: int = knob(150, "upper bound; early stopping usually ends sooner")
+    batch_size: int = knob(256, "embeddings per step")
+    patience: int = knob(15, "epochs without validation improvement before stopping")
+    calibrate: bool = knob(True, "fit a temperature on the validation split")
+    seed: int = knob(42, "fixes initialisation and batch order")
+    dropout: float = knob(0.1, "dropout after each hidden block (MLP heads only)")
+    gelu_ln: bool = knob(True, "GELU + LayerNorm hidden blocks instead of ReLU")
+    standardize: bool = knob(False, "centre/scale embeddings by training stats, stored in the artifact")
+    mixup: float = knob(0.0, "Beta(a, a) mixup of embeddings and targets; 0 turns it off (recipe: 0.1)")
+    class_weights: str = knob("none", "'none', 'balanced' (inverse frequency) or 'effective' (effective number)")
+    effective_beta: float = knob(0.9999, "beta of effective-number weights (1 - beta^n) / (1 - beta)")
+    hardmine_epochs: int = knob(0, "final epochs that sample examples in proportion to their loss")
+    logit_adjust: str = knob("none",
+                             "add tau * log prior in the loss ('train'), subtract it when serving ('infer'), or both")
+    logit_tau: float = knob(1.0, "strength of logit adjustment")
+    classifier: str = knob("linear", "the head's last layer: 'linear', or 'arcface' (cosine classifier with margin)")
+    arcface_margin: float = knob(28.6, "ArcFace additive angular margin m in training, in degrees (0.5 rad)")
+    arcface_scale: float = knob(30.0, "ArcFace logit scale s, kept by the served head")
+    supcon_weight: float = knob(0.0, "weight of an auxiliary supervised-contrastive loss on the head features")
+    supcon_temperature: float = knob(0.1, "SupCon softmax temperature")
+    feature_noise: float = knob(0.0, "std of Gaussian noise added to training embeddings")
+    feature_scale: float = knob(0.0, "per-channel scaling of training embeddings by U(1 - s, 1 + s)")
+    center_weight: float = knob(0.0, "weight of centre loss pulling features to learnt class centres")
+    crt_epochs: int = knob(0, "classifier re-training epochs with a class-balanced sampler, body frozen")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -63,9 +73,15 @@ class TrainConfig:
             raise ValueError(f"class_weights {self.class_weights!r} is not one of {CLASS_WEIGHTINGS}")
         if self.logit_adjust not in LOGIT_ADJUSTMENTS:
             raise ValueError(f"logit_adjust {self.logit_adjust!r} is not one of {LOGIT_ADJUSTMENTS}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}")
+        if not 0.0 <= self.arcface_margin < 90.0:
+            raise ValueError(f"arcface_margin {self.arcface_margin} must be in [0, 90) degrees")
+        if not self.arcface_scale > 0:
+            raise ValueError(f"arcface_scale {self.arcface_scale} must be positive")
         if not 0.0 < self.effective_beta < 1.0:
             raise ValueError(f"effective_beta {self.effective_beta} must be in (0, 1)")
-        negative = [k for k in ("mixup", "hardmine_epochs", "arcface_weight", "supcon_weight", "feature_noise",
+        negative = [k for k in ("mixup", "hardmine_epochs", "supcon_weight", "feature_noise",
                                 "feature_scale", "center_weight", "crt_epochs") if getattr(self, k) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must not be negative")
@@ -103,17 +119,21 @@ def log_priors(counts: np.ndarray) -> np.ndarray:
     return np.log(counts / counts.sum())
 
 
+def head_config_for(config: TrainConfig, in_dim: int, num_classes: int, hidden: tuple[int, ...] = ()) -> HeadConfig:
+    """The head shape a recipe implies: its blocks, dropout, standardisation and classifier."""
+    return HeadConfig(in_dim=in_dim, num_classes=num_classes, hidden=tuple(hidden),
+                      activation="gelu" if config.gelu_ln else "relu", layernorm=bool(hidden) and config.gelu_ln,
+                      dropout=config.dropout if hidden else 0.0, standardize=config.standardize,
+                      classifier=config.classifier, scale=config.arcface_scale)
+
+
 class _AuxLosses(nn.Module):
-    """The optional losses on head features: ArcFace, SupCon, centre loss."""
+    """The optional losses on head features: SupCon, centre loss."""
 
     def __init__(self, feat_dim: int, num_classes: int, config: TrainConfig) -> None:
         super().__init__()
         self.config = config
-        self.arcface = self.supcon = None
-        if config.arcface_weight > 0:
-            from pytorch_metric_learning.losses import ArcFaceLoss
-
-            self.arcface = ArcFaceLoss(num_classes, feat_dim, margin=config.arcface_margin, scale=config.arcface_scale)
+        self.supcon = None
         if config.supcon_weight > 0:
             from pytorch_metric_learning.losses import SupConLoss
 
@@ -122,13 +142,11 @@ class _AuxLosses(nn.Module):
 
     @property
     def active(self) -> bool:
-        return self.arcface is not None or self.supcon is not None or self.centers is not None
+        return self.supcon is not None or self.centers is not None
 
     def forward(self, feats: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, H), (B,) -> ()
         c = self.config
         loss = feats.new_zeros(())
-        if self.arcface is not None:
-            loss = loss + c.arcface_weight * self.arcface(feats, y)
         if self.supcon is not None:
             loss = loss + c.supcon_weight * self.supcon(feats, y)
         if self.centers is not None:
@@ -167,6 +185,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     train_shift = config.logit_tau * priors if config.logit_adjust in ("train", "both") else torch.zeros(n_cls)
 
     head = MLPHead(head_config)
+    margin = math.radians(config.arcface_margin)  # used by the cosine classifier only
     if head_config.standardize:
         head.emb_mean.copy_(xt.mean(0))
         head.emb_std.copy_(xt.std(0).clamp_min(1e-6))
@@ -187,7 +206,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
             perm = torch.randperm(len(x), generator=gen)
             x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
         w = weight if balanced_weight else torch.ones(n_cls)
-        loss = loss + _soft_ce(head(x) + train_shift, target, w, config.label_smoothing)
+        loss = loss + _soft_ce(head.train_logits(x, target, margin) + train_shift, target, w, config.label_smoothing)
         optim.zero_grad()
         loss.backward()
         optim.step()

@@ -63,12 +63,16 @@ def test_train_command_writes_artifact_report_and_background_classes(digits_data
 
     out = tmp_path / "head"
     rc = main(["train", str(digits_dataset), "--out", str(out), "--profile", "full", "--epochs", "5", "--bg", "3",
-               "--hidden", "32", "--cache", str(tmp_path / "cache"), "--ood-holdout", "digit_4"])
+               "--hidden", "32", "--cache", str(tmp_path / "cache"), "--ood-holdout", "digit_4",
+               "--classifier", "arcface", "--arcface-scale", "16", "--arcface-margin", "20", "--calibrate", "false"])
     assert rc == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["classes"][-3:] == ["background_0", "background_1", "background_2"]
     assert meta["background_indices"] == [4, 5, 6] and "digit_4" not in meta["classes"]
-    assert 0.0 <= meta["metrics"]["ood_auroc"] <= 1.0
+    assert 0.0 <= meta["metrics"]["ood_auroc"] <= 1.0 and 0.0 <= meta["metrics"]["ood_auroc_all"] <= 1.0
+    # every recipe knob is a named option that overrides the profile
+    assert (meta["head_config"]["classifier"], meta["head_config"]["scale"]) == ("arcface", 16.0)
+    assert meta["extra"]["recipe"]["arcface_margin"] == 20.0 and meta["temperature"] == 1.0
     report = tmp_path / "head.report"
     text = (report / "report.md").read_text()
     assert "| macro_f1_fg |" in text and "## Phase timings" in text and "| digit_0 |" in text

@@ -27,6 +27,13 @@ def test_unknown_encoder_name_is_named_with_the_registered_alternatives(capsys, 
     assert not (tmp_path / "h").exists()
 
 
+def test_recipe_knob_out_of_range_is_named_with_its_range(capsys, digits_dataset, tmp_path):
+    code, err = _run(capsys, "train", str(digits_dataset), "--out", str(tmp_path / "h"), "--arcface-margin", "95")
+    assert code == 2
+    assert "arcface_margin 95.0 must be in [0, 90) degrees" in err
+    assert not (tmp_path / "h").exists()
+
+
 def test_dataset_path_that_does_not_exist_is_named(capsys, tmp_path):
     missing = tmp_path / "nowhere"
     code, err = _run(capsys, "train", str(missing), "--out", str(tmp_path / "h"))

@@ -8,7 +8,7 @@ import torch
 
 from headserve.head import HeadConfig
 from headserve.train.recipe import PROFILES, UnknownProfileError, profile_config
-from headserve.train.trainer import TrainConfig, class_weights, fit_head, log_priors
+from headserve.train.trainer import TrainConfig, class_weights, fit_head, head_config_for, log_priors
 
 REQUIRED_PROFILES = ("base", "center_std", "effective", "hardmine", "gelu_ln", "calib", "full", "logit_train",
                      "logit_infer", "logit_both", "arcface", "supcon")
@@ -63,8 +63,7 @@ def test_class_with_no_examples_gets_no_weight():
 def test_every_profile_trains_a_head_that_beats_chance(profile: str):
     x, y = blobs()
     cfg = profile_config(profile, epochs=40, patience=40, lr=5e-3)
-    hc = HeadConfig(16, 4, (32,), activation="gelu" if cfg.gelu_ln else "relu", layernorm=cfg.gelu_ln,
-                    standardize=cfg.standardize)
+    hc = head_config_for(cfg, 16, 4, (32,))
     fit = fit_head(x[::2], y[::2], x[1::2], y[1::2], hc, cfg)
     with torch.no_grad():
         _, probs, ood = fit.head(torch.from_numpy(x[1::2]))
