@@ -67,10 +67,12 @@ def write_report(directory: str | Path, meta: HeadMeta, metrics: Mapping[str, ob
     _plot_reliability(tmp / "reliability.png", uncalibrated, probs, labels)
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     keys = ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece_before",
-            "ece_after", "temperature", "ood_auroc", "ood_auroc_all", "ood_flagged_test", "epochs", "n_train", "n_val", "n_test")
+            "ece_after", "temperature", "ood_auroc", "ood_auroc_all", "ood_flagged_test", "epochs", "n_train", "n_val",
+            "n_test")
     lines = [f"# Head `{meta.name}`", "",
              f"- encoder: {meta.encoder_name or meta.encoder_model} ({meta.encoder_type}), head: {meta.head_type} "
-             f"{meta.head_config.get('hidden', ())}, profile: {meta.extra.get('profile', 'custom')}",
+             f"{meta.head_config.get('hidden', ())}, classifier: {meta.head_config.get('classifier', 'linear')}, "
+             f"profile: {meta.extra.get('profile', 'custom')}",
              f"- recipe knobs: {meta.extra.get('recipe', {})}",
              f"- OOD threshold (Mahalanobis, shared covariance): {meta.ood_threshold}", f"- {data.summary()}", "",
              "## Metrics (held-out test split, foreground classes)", "", "| metric | value |", "|---|---|"]

@@ -76,6 +76,7 @@ def test_train_command_writes_artifact_report_and_background_classes(digits_data
     report = tmp_path / "head.report"
     text = (report / "report.md").read_text()
     assert "| macro_f1_fg |" in text and "## Phase timings" in text and "| digit_0 |" in text
+    assert "classifier: arcface" in text
     for png in ("confusion.png", "reliability.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
