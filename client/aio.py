@@ -7,6 +7,8 @@ one call run concurrently, bounded by ``ConnectionOptions.max_in_flight``.
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
 from dataclasses import replace
 from typing import Awaitable, Callable, Sequence, TypeVar
 
@@ -16,7 +18,7 @@ from headserve.client import batching
 from headserve.client.decision import Prediction, Thresholds, decide
 from headserve.client.discovery import EMBEDDING, OOD_SCORE, PROBS, PROMPT_INPUT, PROMPT_OUTPUT, HeadInfo, head_info_from_config
 from headserve.client.errors import ModelNotReadyError, ServerUnavailableError, from_triton
-from headserve.client.gating import GateConfig, GateResult, gate
+from headserve.client.gating import ComputeEstimate, EstimateProbe, GateConfig, GateResult, gate, median_seconds
 from headserve.client.options import ConnectionOptions
 from headserve.preprocess import ImageSource
 
@@ -133,3 +135,28 @@ class AsyncHeadClient:
         sims = await self.similarities(head, out[EMBEDDING], timeout_s) if prefilter else None
         preds = decide(info, out[PROBS], config.thresholds, ood_scores=out.get(OOD_SCORE))
         return gate(info, preds, config, sims)
+
+    async def estimate(self, head: str, candidates: int, batch_size: int = 8, repeats: int = 5) -> ComputeEstimate:
+        """Expected cost of gating ``candidates`` crops, from latencies measured now; as ``HeadClient.estimate``."""
+        info = await self.info(head)
+        probe = EstimateProbe.for_head(info, batch_size)
+        b = probe.batch_size
+        preprocess_s = median_seconds(lambda: batching.prepare([probe.image] * b, info), repeats) / b
+        run_head = lambda: self._infer(head, [batching.pixels_input(self._grpc, probe.pixels)], [PROBS], None)
+        await run_head()  # warm-up: the first request sizes the runtime's buffers
+        head_s = await _median_time(run_head, repeats) / b
+        prefilter_s = None
+        if self._prefilter.active(info, True):
+            await self.similarities(head, probe.embeddings)
+            prefilter_s = await _median_time(lambda: self.similarities(head, probe.embeddings), repeats) / b
+        return ComputeEstimate(head, candidates, preprocess_s, head_s, prefilter_s, b)
+
+
+async def _median_time(fn: Callable[[], Awaitable[object]], repeats: int) -> float:
+    """Median wall time of awaiting ``fn()``, run one at a time so requests do not overlap."""
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        await fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

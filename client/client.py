@@ -8,7 +8,6 @@ bytes of float input, in batches no larger than the model's max batch size, seve
 
 from __future__ import annotations
 
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
@@ -27,7 +26,7 @@ from headserve.client.discovery import (
     head_info_from_config,
 )
 from headserve.client.errors import ModelNotReadyError, ServerUnavailableError, from_triton
-from headserve.client.gating import ComputeEstimate, GateConfig, GateResult, gate
+from headserve.client.gating import ComputeEstimate, EstimateProbe, GateConfig, GateResult, gate, median_seconds
 from headserve.client.options import ConnectionOptions
 from headserve.preprocess import ImageSource
 
@@ -156,28 +155,14 @@ class HeadClient:
     def estimate(self, head: str, candidates: int, batch_size: int = 8, repeats: int = 5) -> ComputeEstimate:
         """Expected cost of gating ``candidates`` crops, from latencies measured now on this server."""
         info = self.info(head)
-        b = max(1, min(batch_size, info.max_batch_size))
-        rng = np.random.default_rng(0)
-        size = info.preprocess.input_size
-        image = rng.integers(0, 256, size=(2 * size, 3 * size // 2, 3), dtype=np.uint8)
-        preprocess_s = _median_time(lambda: batching.prepare([image] * b, info), repeats) / b
-        pixels = rng.integers(0, 256, size=(b, size, size, 3), dtype=np.uint8)
-        run_head = lambda: self._infer(head, [batching.pixels_input(self._grpc, pixels)], [PROBS], None)
+        probe = EstimateProbe.for_head(info, batch_size)
+        b = probe.batch_size
+        preprocess_s = median_seconds(lambda: batching.prepare([probe.image] * b, info), repeats) / b
+        run_head = lambda: self._infer(head, [batching.pixels_input(self._grpc, probe.pixels)], [PROBS], None)
         run_head()  # warm-up: the first request sizes the runtime's buffers
-        head_s = _median_time(run_head, repeats) / b
+        head_s = median_seconds(run_head, repeats) / b
         prefilter_s = None
         if self._prefilter.active(info, True):
-            emb = rng.standard_normal((b, info.embedding_dim or 1)).astype(np.float32)
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            self.similarities(head, emb)
-            prefilter_s = _median_time(lambda: self.similarities(head, emb), repeats) / b
+            self.similarities(head, probe.embeddings)
+            prefilter_s = median_seconds(lambda: self.similarities(head, probe.embeddings), repeats) / b
         return ComputeEstimate(head, candidates, preprocess_s, head_s, prefilter_s, b)
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)

@@ -9,7 +9,10 @@ in-process reference.
 from __future__ import annotations
 
 import enum
+import statistics
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -130,3 +133,33 @@ class ComputeEstimate:
             "with_prefilter": None if with_pf is None else {"s_per_candidate": with_pf,
                                                             "s_total": with_pf * self.candidates},
         }
+
+
+@dataclass(frozen=True)
+class EstimateProbe:
+    """The synthetic requests an estimate times: one batch of each kind, sized like real traffic."""
+
+    batch_size: int  # crops per request, capped by the head's max batch size
+    image: np.ndarray  # (2S, 1.5S, 3) uint8: a crop larger than the input, so resizing is timed
+    pixels: np.ndarray  # (B, S, S, 3) uint8: the head ensemble's input
+    embeddings: np.ndarray  # (B, D) float32 unit vectors: the prompt model's input
+
+    @classmethod
+    def for_head(cls, info: HeadInfo, batch_size: int) -> "EstimateProbe":
+        b = max(1, min(batch_size, info.max_batch_size))
+        rng = np.random.default_rng(0)
+        size = info.preprocess.input_size
+        emb = rng.standard_normal((b, info.embedding_dim or 1)).astype(np.float32)
+        return cls(b, rng.integers(0, 256, size=(2 * size, 3 * size // 2, 3), dtype=np.uint8),
+                   rng.integers(0, 256, size=(b, size, size, 3), dtype=np.uint8),
+                   emb / np.linalg.norm(emb, axis=1, keepdims=True))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, one at a time."""
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

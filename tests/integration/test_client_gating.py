@@ -276,10 +276,15 @@ def test_asyncio_gating_equals_sync_gating_including_the_prefilter(gate_server):
 
     async def run():
         async with AsyncHeadClient(gate_server.url, ConnectionOptions(max_in_flight=2)) as c:
-            return await c.gate(gate_server.clip_head, gate_server.crops * 2, config)
+            return (await c.gate(gate_server.clip_head, gate_server.crops * 2, config),
+                    await c.estimate(gate_server.clip_head, 10_000, repeats=2),
+                    await c.estimate(gate_server.dino_head, 10_000, repeats=2))
 
-    got = asyncio.run(run())
+    got, clip_estimate, dino_estimate = asyncio.run(run())
     assert [(r.kept, r.reason) for r in got] == [(r.kept, r.reason) for r in want]
+    # the asyncio estimate measures the same terms: the prefilter for CLIP, none for DINOv3
+    assert clip_estimate.prefilter_s is not None and clip_estimate.prefilter_s > 0 and clip_estimate.head_s > 0
+    assert dino_estimate.prefilter_s is None and dino_estimate.per_candidate_without_prefilter_s > 0
     np.testing.assert_allclose([r.prompt_similarity for r in got], [r.prompt_similarity for r in want], atol=1e-6)
 
 
