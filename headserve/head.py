@@ -10,10 +10,9 @@ Export traces ``ServingHead``, so the served probabilities are the trainer's own
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
-
-import math
 
 import torch
 import torch.nn.functional as F

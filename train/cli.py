@@ -33,8 +33,9 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("recipe knobs", "each overrides the value the profile sets")
     for f in fields(TrainConfig):
         default = f.default
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"knob_{f.name}", default=None,
-                           type=_bool if isinstance(default, bool) else type(default), metavar=type(default).__name__.upper(),
+        kind = _bool if isinstance(default, bool) else type(default)
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"knob_{f.name}", default=None, type=kind,
+                           metavar=type(default).__name__.upper(),
                            help=f"{f.metadata['help']} (default without a profile: {default!r})")
 
 
