@@ -3,6 +3,8 @@ repository served by the real tritonserver. Session-scoped: they are built once 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +66,52 @@ def triton(local_repo: Path):
 
     with LocalTriton(ServerConfig(repository=local_repo)) as server:
         yield server
+
+
+
+Counts = dict[str, tuple[int, int]]  # model name -> (successful requests, inferences)
+
+
+@dataclass
+class ServerCounts:
+    """Request and inference counts from a server's statistics, read so that no request is missed."""
+
+    url: str
+
+    def now(self) -> Counts:
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(self.url) as client:
+            stats = client.get_inference_statistics(as_json=True)["model_stats"]
+        return {s["name"]: (int(s["inference_stats"]["success"].get("count", 0)), int(s.get("inference_count", 0)))
+                for s in stats}
+
+    def settled(self, reached: Callable[[Counts], bool], quiet_s: float = 0.3, timeout_s: float = 30.0) -> Counts:
+        """Counts once ``reached`` holds and nothing changed for ``quiet_s``.
+
+        Triton records an ensemble request's statistics when the ensemble releases the request, after
+        its response is sent (core's ensemble_scheduler.cc), so a read right after the client returns
+        can miss the last request (seen in CI under load: 2 of 3 requests counted).
+        Counts only grow, so waiting for the expected total and then for quiet gives the final
+        numbers. The caller still asserts on them: a server that never reaches ``reached`` fails
+        the caller's assertion after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        counts = self.now()
+        while time.monotonic() < deadline:
+            if reached(counts):
+                time.sleep(quiet_s)
+                again = self.now()
+                if again == counts:
+                    return counts
+                counts = again
+            else:
+                time.sleep(0.05)
+                counts = self.now()
+        return counts
+
+
+@pytest.fixture(scope="session")
+def server_counts() -> Callable[[str], ServerCounts]:
+    """Build a :class:`ServerCounts` for a server's gRPC url."""
+    return ServerCounts

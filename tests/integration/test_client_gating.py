@@ -182,12 +182,8 @@ def _info_like(meta, spec):
                     spec.model_id, spec.preprocess, 64, ())
 
 
-def _model_counts(url: str) -> dict[str, int]:
-    import tritonclient.grpc as grpcclient
-
-    with grpcclient.InferenceServerClient(url) as c:
-        stats = c.get_inference_statistics(as_json=True)["model_stats"]
-    return {s["name"]: int(s.get("inference_count", 0)) for s in stats}
+def _inferences(counts: dict[str, tuple[int, int]]) -> dict[str, int]:
+    return {model: inferences for model, (_, inferences) in counts.items()}
 
 
 def test_head_discovers_prompt_model_and_ood_threshold(gate_server):
@@ -231,15 +227,17 @@ def test_served_gating_equals_gating_computed_in_process_from_the_same_head(gate
     assert GateReason.PROMPT_MISMATCH in reasons and len(reasons) >= 2
 
 
-def test_dinov3_gating_never_calls_the_prompt_model_and_logs_once(gate_server, caplog):
-    before = _model_counts(gate_server.url)
+def test_dinov3_gating_never_calls_the_prompt_model_and_logs_once(gate_server, caplog, server_counts):
+    counts = server_counts(gate_server.url)
+    before = _inferences(counts.now())
     with caplog.at_level(logging.INFO, logger="headserve.client"), HeadClient(gate_server.url) as client:
         info = client.info(gate_server.dino_head)
         target = next(c for i, c in enumerate(info.classes) if i not in info.background_indices)
         first = client.gate(gate_server.dino_head, gate_server.crops, GateConfig(target))
         client.gate(gate_server.dino_head, gate_server.crops[:3], GateConfig(target))
         estimate = client.estimate(gate_server.dino_head, 10_000, repeats=2)
-    after = _model_counts(gate_server.url)
+    dino = gate_server.dino_head
+    after = _inferences(counts.settled(lambda c: c[dino][1] - before[dino] > len(gate_server.crops)))
     dino_models = {gate_server.dino_head, f"{gate_server.dino_head}_head", "encoder_dinov3_tiny"}
     untouched = {m: after[m] - before[m] for m in after if m not in dino_models}
     assert gate_server.prompt_model in untouched and f"{gate_server.plain_head}_prompts" in untouched
@@ -251,14 +249,16 @@ def test_dinov3_gating_never_calls_the_prompt_model_and_logs_once(gate_server, c
     assert estimate.to_json()["without_prefilter"]["s_total"] > 0
 
 
-def test_clip_gating_calls_the_prompt_model_and_its_estimate_includes_the_prefilter(gate_server):
-    before = _model_counts(gate_server.url)
+def test_clip_gating_calls_the_prompt_model_and_its_estimate_includes_the_prefilter(gate_server, server_counts):
+    counts = server_counts(gate_server.url)
+    before = _inferences(counts.now())
     with HeadClient(gate_server.url) as client:
         info = client.info(gate_server.clip_head)
         target = info.classes[gate_server.prompt_classes[0]]
         client.gate(gate_server.clip_head, gate_server.crops, GateConfig(target, prompt_threshold=-1.0))
         estimate = client.estimate(gate_server.clip_head, 10_000, repeats=2)
-    after = _model_counts(gate_server.url)
+    prompt = gate_server.prompt_model
+    after = _inferences(counts.settled(lambda c: c[prompt][1] - before[prompt] >= len(gate_server.crops)))
     assert after[gate_server.prompt_model] - before[gate_server.prompt_model] >= len(gate_server.crops)
     assert estimate.prefilter_s is not None and estimate.prefilter_s > 0
     assert estimate.per_candidate_with_prefilter_s > estimate.per_candidate_without_prefilter_s
@@ -288,15 +288,17 @@ def test_asyncio_gating_equals_sync_gating_including_the_prefilter(gate_server):
     np.testing.assert_allclose([r.prompt_similarity for r in got], [r.prompt_similarity for r in want], atol=1e-6)
 
 
-def test_the_repository_prompt_model_drives_the_clip_prefilter(gate_server):
-    before = _model_counts(gate_server.url)
+def test_the_repository_prompt_model_drives_the_clip_prefilter(gate_server, server_counts):
+    counts = server_counts(gate_server.url)
+    before = _inferences(counts.now())
     with HeadClient(gate_server.url) as client:
         info = client.info(gate_server.plain_head)
         target = info.classes[info.prompt_classes[0]]
         want = (gate_server.embeddings @ gate_server.repo_prompt_text.T)[:, 0]  # the target's only prompt
         config = GateConfig(target, Thresholds(0.0, 0.0), prompt_threshold=float(np.median(want)))
         results = client.gate(gate_server.plain_head, gate_server.crops, config)
-    after = _model_counts(gate_server.url)
+    prompt = info.prompt_model
+    after = _inferences(counts.settled(lambda c: c[prompt][1] - before[prompt] >= len(gate_server.crops)))
     assert info.prompt_model == f"{gate_server.plain_head}_prompts"
     assert after[info.prompt_model] - before[info.prompt_model] == len(gate_server.crops)
     np.testing.assert_allclose([r.prompt_similarity for r in results], want, atol=1e-5)

@@ -85,21 +85,14 @@ def test_each_head_decision_reason_comes_from_a_crafted_case(trained_heads, crop
     assert client.classify(head, [images[fg]], thresholds=tight)[0].reason is Reason.AMBIGUOUS
 
 
-def _stats(triton, model: str) -> tuple[int, int]:
-    import tritonclient.grpc as grpcclient
-
-    with grpcclient.InferenceServerClient(triton.grpc_url) as c:
-        s = c.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return int(s["inference_stats"]["success"].get("count", 0)), int(s.get("inference_count", 0))
-
-
-def test_large_lists_are_split_into_max_batch_size_requests(trained_heads, crops, client, triton):
+def test_large_lists_are_split_into_max_batch_size_requests(trained_heads, crops, client, triton, server_counts):
     head = trained_heads["dinov3:tiny"].name
     info = client.info(head)
     images = (crops["dinov3:tiny"][0] * 200)[: 2 * info.max_batch_size + 5]
-    before = _stats(triton, head)
+    counts = server_counts(triton.grpc_url)
+    before = counts.now()[head]
     probs = client.probabilities(head, images)
-    after = _stats(triton, head)
+    after = counts.settled(lambda c: c[head][1] - before[1] >= len(images))[head]
     assert probs.shape[0] == len(images)
     assert after[0] - before[0] == 3  # requests: two full batches and the rest
     assert after[1] - before[1] == len(images)
