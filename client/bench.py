@@ -19,7 +19,7 @@ import numpy as np
 CONCURRENCY = (1, 4, 16)
 BATCH = 8  # crops per request, as a detector's per-image crop list
 REQUESTS_PER_CALLER = 24
-PREPROCESS_ENCODERS = ("clip:tiny", "clip:ViT-B-32", "dinov3:vitb16")  # specs only: no weights are loaded
+PREPROCESS_ENCODERS = ("clip:tiny", "clip:ViT-B-32", "dinov3:vitb16", "dinov2:vitb14")  # specs only: no weights are loaded
 
 
 def run(out: Path) -> list[str]:
@@ -46,8 +46,9 @@ def run(out: Path) -> list[str]:
         info = HeadInfo(name, ("a", "b"), (), spec.encoder_type, spec.model_id, spec.preprocess, 64, ())
         prepare([crop] * 8, info)
         t = _median(lambda: prepare([crop] * 64, info), 5) / 64
-        lines.append(f"| {name} | {spec.preprocess.input_size} | {spec.preprocess.resize}, "
-                     f"{spec.preprocess.interpolation} | {t * 1e3:.3f} |")
+        pre = spec.preprocess
+        rule = pre.resize if pre.resize_size is None else f"{pre.resize} from {pre.resize_size}"
+        lines.append(f"| {name} | {pre.input_size} | {rule}, {pre.interpolation} | {t * 1e3:.3f} |")
 
     work = Path(tempfile.mkdtemp(prefix="headserve-client-bench-", dir=out))
     dataset = build_digits_dataset(work / "dataset", SynthConfig(num_images=40))

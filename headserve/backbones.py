@@ -152,17 +152,26 @@ def _preprocess_from_processor(processor: object, default: PreprocessSpec) -> Pr
     size = getattr(processor, "size", None) or {}
     side = size.get("height") or size.get("shortest_edge") or default.input_size
     resample = getattr(processor, "resample", None)
-    interpolation = {2: "bilinear", 3: "bicubic", 0: "nearest"}.get(int(resample), default.interpolation) if resample is not None else default.interpolation
+    interpolation = (_PIL_RESAMPLE_NAMES.get(int(resample), default.interpolation) if resample is not None
+                     else default.interpolation)
     crop = bool(getattr(processor, "do_center_crop", False))
-    if crop:  # the graph sees the crop (DINOv2: resize to 256, crop 224), not the resize target
-        side = (getattr(processor, "crop_size", None) or {}).get("height") or side
+    resize_size = None
+    if crop:  # the graph sees the crop (DINOv2: shortest side to 256, crop 224), not the resize target
+        crop_side = (getattr(processor, "crop_size", None) or {}).get("height") or side
+        resize_size = int(side) if int(side) != int(crop_side) else None
+        side = crop_side
     return PreprocessSpec(
         input_size=int(side),
         mean=tuple(float(v) for v in (getattr(processor, "image_mean", None) or default.mean)),  # type: ignore[arg-type]
         std=tuple(float(v) for v in (getattr(processor, "image_std", None) or default.std)),  # type: ignore[arg-type]
         resize="shortest_side_center_crop" if crop else "squash",
         interpolation=interpolation,
+        resize_size=resize_size,
+        crop_offset="floor" if crop else "round",  # transformers' center_crop truncates the offset
     )
+
+
+_PIL_RESAMPLE_NAMES = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
 
 
 LOADERS: dict[str, Callable[[EncoderSpec], LoadedEncoder]] = {

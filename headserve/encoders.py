@@ -28,6 +28,9 @@ SAT_STD = (0.213, 0.156, 0.143)
 
 RESIZE_RULES = ("shortest_side_center_crop", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# How the centre crop's offset is rounded when the margin is odd: torchvision's CenterCrop (open_clip)
+# rounds half to even, the transformers image processors (DINOv2) truncate.
+CROP_OFFSETS = ("round", "floor")
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,12 @@ class PreprocessSpec:
     input_size: int  # square side in pixels that the encoder graph receives
     mean: tuple[float, float, float]  # per-channel mean on the [0, 1] scale, applied inside the graph
     std: tuple[float, float, float]  # per-channel std on the [0, 1] scale, applied inside the graph
-    resize: str  # "shortest_side_center_crop" (CLIP) or "squash" (DINOv3 processors)
+    resize: str  # "shortest_side_center_crop" (CLIP, DINOv2) or "squash" (DINOv3 processors)
     interpolation: str  # PIL resampling filter used for the resize
+    # Short side before the centre crop. None resizes straight to input_size (open_clip's
+    # Resize(224) + CenterCrop(224)); the DINOv2 processors resize to 256 and crop 224.
+    resize_size: int | None = None
+    crop_offset: str = "round"  # one of CROP_OFFSETS
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
@@ -47,9 +54,29 @@ class PreprocessSpec:
             raise ValueError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
         if self.input_size < 8:
             raise ValueError(f"input_size {self.input_size} is too small; encoders need at least 8 pixels")
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"crop_offset {self.crop_offset!r} is not one of {CROP_OFFSETS}")
+        if self.resize_size is not None:
+            if self.resize != "shortest_side_center_crop":
+                raise ValueError(f"resize_size {self.resize_size} needs the shortest_side_center_crop rule; "
+                                 f"{self.resize!r} resizes straight to input_size")
+            if self.resize_size < self.input_size:
+                raise ValueError(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}; "
+                                 "the centre crop must fit inside the resized image")
+
+    @property
+    def short_side(self) -> int:
+        """The short side a crop is resized to before the centre crop."""
+        return self.resize_size if self.resize_size is not None else self.input_size
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # The fields added later are left out at their defaults, so specs written before they
+        # existed (in artifacts, encoder fingerprints and cache keys) keep their exact bytes and hashes.
+        data = asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
@@ -59,7 +86,12 @@ class PreprocessSpec:
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             resize=str(data["resize"]),
             interpolation=str(data["interpolation"]),
+            resize_size=None if data.get("resize_size") is None else int(data["resize_size"]),
+            crop_offset=str(data.get("crop_offset", "round")),
         )
+
+
+_LATER_FIELDS: dict[str, Any] = {"resize_size": None, "crop_offset": "round"}  # field -> default
 
 
 @dataclass(frozen=True)
@@ -116,14 +148,15 @@ def _dinov3(name: str, hub_id: str, dim: int, mean=IMAGENET_MEAN, std=IMAGENET_S
 
 
 def _dinov2(name: str, hub_id: str, dim: int) -> EncoderSpec:
-    # The DINOv2 processors resize the shortest side to 256 and centre-crop 224 (bicubic, ImageNet
-    # statistics); the registry rule resizes straight to 224 and crops, which loses no border.
+    # As the DINOv2 processors do: shortest side to 256, centre crop 224 at a truncated offset,
+    # bicubic, ImageNet statistics.
     return EncoderSpec(
         name=f"dinov2:{name}",
         encoder_type="dinov2",
         model_id=hub_id,
         embedding_dim=dim,
-        preprocess=PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic"),
+        preprocess=PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic", 256,
+                                  "floor"),
         description=f"DINOv2 {hub_id} through transformers AutoModel, pooler_output (public weights)",
     )
 
@@ -179,7 +212,9 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
         encoder_type="dinov2",
         model_id="tiny-dinov2",
         embedding_dim=32,
-        preprocess=PreprocessSpec(28, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic"),
+        # the real processors' 256 -> 224 ratio at the twin's size, so the resize-then-crop path is tested
+        preprocess=PreprocessSpec(28, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic", 32,
+                                  "floor"),
         tiny={
             "seed": 0,
             "config": {

@@ -5,8 +5,9 @@ rest (cast, scale, normalise, transpose) themselves. Resizing happens here, in P
 step that differs between encoder families; keeping one implementation for both training and the
 client is what makes served probabilities equal training-time probabilities.
 
-The arithmetic mirrors torchvision's ``Resize(int)`` + ``CenterCrop`` (open_clip's eval transform) and
-the DINOv3 processor's fixed-size resize, so embeddings match the reference pipelines.
+The arithmetic mirrors torchvision's ``Resize(int)`` + ``CenterCrop`` (open_clip's eval transform, and
+the DINOv2 processors' shortest side 256 then crop 224) and the DINOv3 processor's fixed-size resize,
+so embeddings match the reference pipelines' geometry.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
+}
+# The centre crop's offset for a margin of n pixels: torchvision's CenterCrop rounds n / 2 with
+# Python's round (half to even), the transformers image processors truncate it.
+_CROP_OFFSET = {
+    "round": lambda n: int(round(n / 2.0)),
+    "floor": lambda n: n // 2,
 }
 MIN_SIDE = 4  # a crop narrower than this carries no information an encoder can use
 
@@ -89,15 +96,14 @@ def resize_for_encoder(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
         out = image.resize((size, size), resample)
     else:
         w, h = image.size
-        # torchvision Resize(int): the short side becomes `size`, the long side int(size * long / short).
+        short = spec.short_side
+        # torchvision Resize(int): the short side becomes `short`, the long side int(short * long / short_in).
         if w <= h:
-            new_w, new_h = size, int(size * h / w)
+            new_w, new_h = short, int(short * h / w)
         else:
-            new_w, new_h = int(size * w / h), size
+            new_w, new_h = int(short * w / h), short
         resized = image.resize((new_w, new_h), resample)
-        # torchvision CenterCrop: offsets rounded half away, as int(round(x)).
-        left = int(round((new_w - size) / 2.0))
-        top = int(round((new_h - size) / 2.0))
+        left, top = _CROP_OFFSET[spec.crop_offset](new_w - size), _CROP_OFFSET[spec.crop_offset](new_h - size)
         out = resized.crop((left, top, left + size, top + size))
     return np.array(out, dtype=np.uint8)  # a writable copy: torch.from_numpy refuses read-only buffers
 

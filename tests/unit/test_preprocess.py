@@ -40,6 +40,93 @@ def test_dinov3_resize_squashes_to_the_square_input():
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
 
 
+# facebook/dinov2-{small,base,large}'s preprocessor_config.json (no model hub here, so written out).
+DINOV2_PROCESSOR = dict(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
+                        resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+# Sizes with odd crop margins, where rounding and truncating the offset differ, and upscaled crops.
+SIZES = [(300, 200), (150, 333), (224, 224), (97, 61), (257, 301), (500, 120)]
+
+
+def _normalised(pixels: np.ndarray, spec) -> torch.Tensor:
+    x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
+    return (x - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
+
+
+def _levels(diff: torch.Tensor, spec) -> torch.Tensor:
+    """A normalised difference in uint8 steps of each channel."""
+    return diff.abs() * torch.tensor(spec.std).view(3, 1, 1) * 255.0
+
+
+def test_the_dinov2_spec_is_what_its_transformers_processor_says():
+    from transformers import BitImageProcessor
+
+    from headserve.backbones import _preprocess_from_processor
+
+    spec = get_encoder("dinov2:vitb14").preprocess
+    assert (spec.input_size, spec.short_side, spec.crop_offset) == (224, 256, "floor")
+    assert _preprocess_from_processor(BitImageProcessor(**DINOV2_PROCESSOR), spec) == spec
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dinov2_resize_equals_the_transformers_pil_processor(size):
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    spec = get_encoder("dinov2:vitb14").preprocess
+    image = _photo(*size)
+    reference = torch.from_numpy(BitImageProcessorPil(**DINOV2_PROCESSOR)(image, return_tensors="np")["pixel_values"][0])
+    torch.testing.assert_close(_normalised(resize_for_encoder(image, spec), spec), reference, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dinov2_resize_is_within_two_levels_of_the_default_torchvision_processor(size):
+    # The default backend resizes tensors with antialias; the geometry is the same, the kernels
+    # differ by rounding: at most 2 uint8 steps anywhere, far less on average.
+    from transformers import BitImageProcessor
+
+    spec = get_encoder("dinov2:vitb14").preprocess
+    image = _photo(*size)
+    reference = BitImageProcessor(**DINOV2_PROCESSOR)(image, return_tensors="pt")["pixel_values"][0]
+    levels = _levels(_normalised(resize_for_encoder(image, spec), spec) - reference, spec)
+    assert levels.max() <= 2.0 + 1e-3 and levels.mean() < 0.05, (levels.max(), levels.mean())
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dinov3_squash_is_within_one_level_of_its_transformers_processor(size):
+    # The processor keeps the resized image in float; ours is rounded to uint8 for the wire.
+    from transformers.models.dinov3_vit.image_processing_dinov3_vit import DINOv3ViTImageProcessor
+
+    from headserve.backbones import _preprocess_from_processor
+
+    spec = get_encoder("dinov3:vitb16").preprocess
+    processor = DINOv3ViTImageProcessor()
+    assert _preprocess_from_processor(processor, spec) == spec
+    image = _photo(*size)
+    reference = processor(image, return_tensors="pt")["pixel_values"][0]
+    levels = _levels(_normalised(resize_for_encoder(image, spec), spec) - reference, spec)
+    assert levels.max() <= 1.0 + 1e-3 and levels.mean() < 0.5, (levels.max(), levels.mean())
+
+
+def test_specs_written_before_resize_size_existed_keep_their_bytes():
+    clip = get_encoder("clip:ViT-B-32").preprocess
+    assert set(clip.to_dict()) == {"input_size", "mean", "std", "resize", "interpolation"}
+    dinov2 = get_encoder("dinov2:vitb14").preprocess
+    assert dinov2.to_dict()["resize_size"] == 256 and dinov2.to_dict()["crop_offset"] == "floor"
+    for spec in (clip, dinov2):
+        assert type(spec).from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(resize="squash"), "resize_size 256 needs the shortest_side_center_crop rule"),
+    (dict(resize_size=200), "resize_size 200 is smaller than input_size 224"),
+    (dict(crop_offset="ceil"), "crop_offset 'ceil' is not one of"),
+])
+def test_an_inconsistent_preprocess_spec_is_refused_by_name(change, message):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=message):
+        replace(get_encoder("dinov2:vitb14").preprocess, **change)
+
+
 def test_prepare_batch_refuses_an_empty_list():
     with pytest.raises(ImageDecodeError, match="no images given"):
         prepare_batch([], get_encoder("clip:tiny").preprocess)
