@@ -20,6 +20,13 @@ class TritonPythonModel:
     def initialize(self, args):
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         sys.path.insert(0, version_dir)  # the vendored headserve preprocessing wins over any installed one
+        try:
+            import PIL  # noqa: F401  (decoding needs it; the official Triton image does not ship it)
+        except ImportError as exc:
+            raise pb_utils.TritonModelException(
+                f"{args['model_name']}: the encoded-image decoder needs Pillow in the Triton container's "
+                f"Python ({exc}). Serve with the image built from deploy/container/Dockerfile (the official "
+                "tritonserver image plus Pillow), or send pixels to the head's own ensemble instead") from None
         from headserve.encoders import PreprocessSpec
         from headserve.preprocess import load_image, resize_for_encoder
 

@@ -34,7 +34,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         export_head(artifacts[head], repo, "local")
     write_multi_head_ensemble(repo, ["cats", "dogs"], "local")
     add_prompt_model(repo, "cats", PROMPTS, [0, 3])
-    for head in ("cats", "birds"):  # a centre-crop encoder and a squash encoder
+    for head in ("cats", "birds", "fish"):  # centre crop, squash, and resize 32 then crop 28
         add_encoded_input(repo, head, "local")
     with LocalTriton(ServerConfig(repository=repo)) as server:
         yield repo, artifacts, server
@@ -81,8 +81,8 @@ def test_the_repository_of_every_encoder_family_validates(served):
     assert problems == [], describe(problems)
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(
         [*HEADS, *(f"{h}_head" for h in HEADS), "encoder_clip_tiny", "encoder_dinov3_tiny", "encoder_dinov2_tiny",
-         "heads_clip_tiny", "cats_prompts", "cats_encoded", "birds_encoded", "decode_clip_tiny",
-         "decode_dinov3_tiny"])
+         "heads_clip_tiny", "cats_prompts", "cats_encoded", "birds_encoded", "fish_encoded", "decode_clip_tiny",
+         "decode_dinov3_tiny", "decode_dinov2_tiny"])
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
@@ -157,7 +157,7 @@ def infer_encoded(url: str, model: str, images: list[bytes], outputs: list[str])
         return {o: result.as_numpy(o) for o in outputs}
 
 
-@pytest.mark.parametrize("head", ["cats", "birds"])
+@pytest.mark.parametrize("head", ["cats", "birds", "fish"])
 def test_the_encoded_image_variant_decodes_and_resizes_exactly_as_training_did(served, head):
     from headserve.artifact import load_meta
     from headserve.preprocess import prepare_batch
@@ -177,3 +177,29 @@ def test_bytes_that_are_not_an_image_fail_the_request_naming_the_image(served):
     _, _, server = served
     with pytest.raises(InferenceServerException, match=r"ImageDecodeError: image 1 of the request does not decode"):
         infer_encoded(server.grpc_url, "cats_encoded", [encoded_images()[0], b"not an image"], ["probs"])
+
+
+def test_a_decoder_without_pillow_fails_to_load_naming_the_image_to_run(served, tmp_path):
+    import shutil
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from headserve.server import LocalTriton, ServerConfig
+
+    repo, _, _ = served
+    empty = tmp_path / "repo"
+    empty.mkdir()
+    with LocalTriton(ServerConfig(repository=empty, model_control="explicit")) as server:
+        shutil.copytree(repo / "decode_clip_tiny", empty / "decode_clip_tiny")
+        # Pillow is installed wherever these tests run, so its absence (as in the official Triton
+        # image) is staged: a PIL package that fails to import, first on the decoder's sys.path.
+        fake = empty / "decode_clip_tiny" / "1" / "PIL"
+        fake.mkdir()
+        (fake / "__init__.py").write_text('raise ImportError("No module named \'PIL\'")\n')
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            with pytest.raises(InferenceServerException) as failed:
+                client.load_model("decode_clip_tiny")
+    message = str(failed.value)
+    assert "decode_clip_tiny: the encoded-image decoder needs Pillow" in message
+    assert "deploy/container/Dockerfile" in message

@@ -62,3 +62,27 @@ def test_the_autoscaler_reads_the_queue_time_metric_that_prometheus_adapter_deri
     ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
     (monitor,) = by_kind("ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics" and ports["metrics"] == 8002
+
+
+CONTAINER = DEPLOY.parent / "container" / "Dockerfile"
+
+
+def test_the_encoded_overlay_runs_the_official_image_plus_pillow_and_nothing_else():
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    (deployment,) = by_kind("Deployment")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    name, tag = image.rsplit(":", 1)
+    overlay = yaml.safe_load((DEPLOY.parent / "overlays" / "encoded" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../../kubernetes"] and set(overlay) == {"apiVersion", "kind", "resources", "images"}
+    (swap,) = overlay["images"]
+    assert swap["name"] == name and swap["newTag"] == tag  # same Triton release, only the image swapped
+    dockerfile = CONTAINER.read_text()
+    assert re.search(r"^ARG TRITON_IMAGE=(\S+)$", dockerfile, re.M).group(1) == image
+    pinned = re.search(r'"pillow==([\w.]+)"', dockerfile).group(1)
+    project = tomllib.loads((DEPLOY.parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pillow,) = [Requirement(r) for r in project if Requirement(r).name == "pillow"]
+    assert pillow.specifier.contains(pinned), (pinned, str(pillow.specifier))
