@@ -72,13 +72,20 @@ def triton(local_repo: Path):
 Counts = dict[str, tuple[int, int]]  # model name -> (successful requests, inferences)
 
 
-@dataclass
 class ServerCounts:
-    """Request and inference counts from a server's statistics, read so that no request is missed."""
+    """How much each model's request and inference counts grew since this object was made.
 
-    url: str
+    Triton records an ensemble request's statistics when the ensemble releases the request, after
+    its response is sent (core's ensemble_scheduler.cc), so a read right after the client returns
+    can miss the last request (seen in CI under load: 2 of 3 requests counted). ``grown`` therefore
+    waits for the growth the caller expects and then for the counts to hold still.
+    """
 
-    def now(self) -> Counts:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.before = self._read()
+
+    def _read(self) -> Counts:
         import tritonclient.grpc as grpcclient
 
         with grpcclient.InferenceServerClient(self.url) as client:
@@ -86,29 +93,27 @@ class ServerCounts:
         return {s["name"]: (int(s["inference_stats"]["success"].get("count", 0)), int(s.get("inference_count", 0)))
                 for s in stats}
 
-    def settled(self, reached: Callable[[Counts], bool], quiet_s: float = 0.3, timeout_s: float = 30.0) -> Counts:
-        """Counts once ``reached`` holds and nothing changed for ``quiet_s``.
+    def _growth(self, counts: Counts) -> Counts:
+        return {m: (r - self.before.get(m, (0, 0))[0], i - self.before.get(m, (0, 0))[1])
+                for m, (r, i) in counts.items()}
 
-        Triton records an ensemble request's statistics when the ensemble releases the request, after
-        its response is sent (core's ensemble_scheduler.cc), so a read right after the client returns
-        can miss the last request (seen in CI under load: 2 of 3 requests counted).
-        Counts only grow, so waiting for the expected total and then for quiet gives the final
-        numbers. The caller still asserts on them: a server that never reaches ``reached`` fails
-        the caller's assertion after ``timeout_s``.
-        """
+    def grown(self, model: str, inferences: int, quiet_s: float = 0.3, timeout_s: float = 30.0) -> Counts:
+        """Every model's growth, once ``model`` ran at least ``inferences`` more and nothing changed for
+        ``quiet_s``. Counts only grow, so that is the final tally. The caller still asserts on it: a
+        server that never gets there returns what it has after ``timeout_s``, and the assertion fails."""
         deadline = time.monotonic() + timeout_s
-        counts = self.now()
+        counts = self._read()
         while time.monotonic() < deadline:
-            if reached(counts):
+            if self._growth(counts).get(model, (0, 0))[1] >= inferences:
                 time.sleep(quiet_s)
-                again = self.now()
+                again = self._read()
                 if again == counts:
-                    return counts
+                    break
                 counts = again
             else:
                 time.sleep(0.05)
-                counts = self.now()
-        return counts
+                counts = self._read()
+        return self._growth(counts)
 
 
 @pytest.fixture(scope="session")

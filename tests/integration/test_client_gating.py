@@ -182,10 +182,6 @@ def _info_like(meta, spec):
                     spec.model_id, spec.preprocess, 64, ())
 
 
-def _inferences(counts: dict[str, tuple[int, int]]) -> dict[str, int]:
-    return {model: inferences for model, (_, inferences) in counts.items()}
-
-
 def test_head_discovers_prompt_model_and_ood_threshold(gate_server):
     with HeadClient(gate_server.url) as client:
         info = client.info(gate_server.clip_head)
@@ -229,20 +225,18 @@ def test_served_gating_equals_gating_computed_in_process_from_the_same_head(gate
 
 def test_dinov3_gating_never_calls_the_prompt_model_and_logs_once(gate_server, caplog, server_counts):
     counts = server_counts(gate_server.url)
-    before = _inferences(counts.now())
     with caplog.at_level(logging.INFO, logger="headserve.client"), HeadClient(gate_server.url) as client:
         info = client.info(gate_server.dino_head)
         target = next(c for i, c in enumerate(info.classes) if i not in info.background_indices)
         first = client.gate(gate_server.dino_head, gate_server.crops, GateConfig(target))
         client.gate(gate_server.dino_head, gate_server.crops[:3], GateConfig(target))
         estimate = client.estimate(gate_server.dino_head, 10_000, repeats=2)
-    dino = gate_server.dino_head
-    after = _inferences(counts.settled(lambda c: c[dino][1] - before[dino] > len(gate_server.crops)))
+    grown = counts.grown(gate_server.dino_head, len(gate_server.crops) + 1)
     dino_models = {gate_server.dino_head, f"{gate_server.dino_head}_head", "encoder_dinov3_tiny"}
-    untouched = {m: after[m] - before[m] for m in after if m not in dino_models}
+    untouched = {m: inferences for m, (_, inferences) in grown.items() if m not in dino_models}
     assert gate_server.prompt_model in untouched and f"{gate_server.plain_head}_prompts" in untouched
     assert set(untouched.values()) == {0}, untouched  # no prompt model, nor any other model, was called
-    assert after[gate_server.dino_head] - before[gate_server.dino_head] > len(gate_server.crops)
+    assert grown[gate_server.dino_head][1] > len(gate_server.crops)
     assert all(r.prompt_similarity is None for r in first)
     assert [r.getMessage() for r in caplog.records].count(DINOV3_PREFILTER_MESSAGE) == 1
     assert estimate.prefilter_s is None and estimate.per_candidate_with_prefilter_s is None
@@ -251,15 +245,13 @@ def test_dinov3_gating_never_calls_the_prompt_model_and_logs_once(gate_server, c
 
 def test_clip_gating_calls_the_prompt_model_and_its_estimate_includes_the_prefilter(gate_server, server_counts):
     counts = server_counts(gate_server.url)
-    before = _inferences(counts.now())
     with HeadClient(gate_server.url) as client:
         info = client.info(gate_server.clip_head)
         target = info.classes[gate_server.prompt_classes[0]]
         client.gate(gate_server.clip_head, gate_server.crops, GateConfig(target, prompt_threshold=-1.0))
         estimate = client.estimate(gate_server.clip_head, 10_000, repeats=2)
     prompt = gate_server.prompt_model
-    after = _inferences(counts.settled(lambda c: c[prompt][1] - before[prompt] >= len(gate_server.crops)))
-    assert after[gate_server.prompt_model] - before[gate_server.prompt_model] >= len(gate_server.crops)
+    assert counts.grown(prompt, len(gate_server.crops))[prompt][1] >= len(gate_server.crops)
     assert estimate.prefilter_s is not None and estimate.prefilter_s > 0
     assert estimate.per_candidate_with_prefilter_s > estimate.per_candidate_without_prefilter_s
 
@@ -290,17 +282,14 @@ def test_asyncio_gating_equals_sync_gating_including_the_prefilter(gate_server):
 
 def test_the_repository_prompt_model_drives_the_clip_prefilter(gate_server, server_counts):
     counts = server_counts(gate_server.url)
-    before = _inferences(counts.now())
     with HeadClient(gate_server.url) as client:
         info = client.info(gate_server.plain_head)
         target = info.classes[info.prompt_classes[0]]
         want = (gate_server.embeddings @ gate_server.repo_prompt_text.T)[:, 0]  # the target's only prompt
         config = GateConfig(target, Thresholds(0.0, 0.0), prompt_threshold=float(np.median(want)))
         results = client.gate(gate_server.plain_head, gate_server.crops, config)
-    prompt = info.prompt_model
-    after = _inferences(counts.settled(lambda c: c[prompt][1] - before[prompt] >= len(gate_server.crops)))
     assert info.prompt_model == f"{gate_server.plain_head}_prompts"
-    assert after[info.prompt_model] - before[info.prompt_model] == len(gate_server.crops)
+    assert counts.grown(info.prompt_model, len(gate_server.crops))[info.prompt_model][1] == len(gate_server.crops)
     np.testing.assert_allclose([r.prompt_similarity for r in results], want, atol=1e-5)
     dropped = [r.prompt_similarity < config.prompt_threshold for r in results]
     assert [r.reason is GateReason.PROMPT_MISMATCH for r in results] == dropped and any(dropped)
