@@ -19,7 +19,8 @@ import numpy as np
 CONCURRENCY = (1, 4, 16)
 BATCH = 8  # crops per request, as a detector's per-image crop list
 REQUESTS_PER_CALLER = 24
-PREPROCESS_ENCODERS = ("clip:tiny", "clip:ViT-B-32", "dinov3:vitb16", "dinov2:vitb14")  # specs only: no weights are loaded
+# specs only: no weights are loaded
+PREPROCESS_ENCODERS = ("clip:tiny", "clip:ViT-B-32", "dinov3:vitb16", "dinov2:vitb14")
 
 
 def run(out: Path) -> list[str]:

@@ -11,7 +11,7 @@ wherever they are shown.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from headserve.errors import UnknownEncoderError
@@ -70,12 +70,12 @@ class PreprocessSpec:
         return self.resize_size if self.resize_size is not None else self.input_size
 
     def to_dict(self) -> dict[str, Any]:
-        # The fields added later are left out at their defaults, so specs written before they
+        # The fields with defaults came later; left out at their defaults, specs written before they
         # existed (in artifacts, encoder fingerprints and cache keys) keep their exact bytes and hashes.
         data = asdict(self)
-        for name, default in _LATER_FIELDS.items():
-            if data[name] == default:
-                del data[name]
+        for f in fields(self):
+            if f.default is not MISSING and data[f.name] == f.default:
+                del data[f.name]
         return data
 
     @classmethod
@@ -86,12 +86,9 @@ class PreprocessSpec:
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             resize=str(data["resize"]),
             interpolation=str(data["interpolation"]),
-            resize_size=None if data.get("resize_size") is None else int(data["resize_size"]),
-            crop_offset=str(data.get("crop_offset", "round")),
+            **({"resize_size": int(data["resize_size"])} if data.get("resize_size") is not None else {}),
+            **({"crop_offset": str(data["crop_offset"])} if "crop_offset" in data else {}),
         )
-
-
-_LATER_FIELDS: dict[str, Any] = {"resize_size": None, "crop_offset": "round"}  # field -> default
 
 
 @dataclass(frozen=True)

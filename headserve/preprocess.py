@@ -5,9 +5,9 @@ rest (cast, scale, normalise, transpose) themselves. Resizing happens here, in P
 step that differs between encoder families; keeping one implementation for both training and the
 client is what makes served probabilities equal training-time probabilities.
 
-The arithmetic mirrors torchvision's ``Resize(int)`` + ``CenterCrop`` (open_clip's eval transform, and
-the DINOv2 processors' shortest side 256 then crop 224) and the DINOv3 processor's fixed-size resize,
-so embeddings match the reference pipelines' geometry.
+The arithmetic mirrors each family's reference pipeline: torchvision's ``Resize(int)`` + ``CenterCrop``
+(open_clip's eval transform), the DINOv2 processors' shortest side 256 then centre crop 224 at
+transformers' truncated offset, and the DINOv3 processor's fixed-size resize.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def resize_for_encoder(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     else:
         w, h = image.size
         short = spec.short_side
-        # torchvision Resize(int): the short side becomes `short`, the long side int(short * long / short_in).
+        # Resize(int) as torchvision and transformers do it: the short side becomes `short`, the long
+        # side int(short * long / short_before).
         if w <= h:
             new_w, new_h = short, int(short * h / w)
         else:
