@@ -94,5 +94,5 @@ def head_info_from_config(name: str, config: Any) -> HeadInfo:
             prompt_classes=tuple(int(i) for i in json.loads(params.get("prompt_classes") or "[]")),
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise ServerSideError(f"head {name!r} publishes a malformed parameter ({exc}); "
-                              "re-export it with `headserve export`") from exc
+        raise ServerSideError(f"head {name!r} publishes a malformed parameter ({exc}); re-export it with "
+                              "`headserve export`, or upgrade this client if the server's headserve is newer") from exc

@@ -80,6 +80,12 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
+        # A field this version does not know changes how crops are resized; ignoring it would give
+        # quietly different embeddings, so it is refused.
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"preprocess spec has fields this headserve does not know: {', '.join(unknown)}; "
+                             "upgrade headserve to the version that exported the model")
         return cls(
             input_size=int(data["input_size"]),
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]

@@ -73,7 +73,8 @@ def test_dinov2_resize_equals_the_transformers_pil_processor(size):
 
     spec = get_encoder("dinov2:vitb14").preprocess
     image = _photo(*size)
-    reference = torch.from_numpy(BitImageProcessorPil(**DINOV2_PROCESSOR)(image, return_tensors="np")["pixel_values"][0])
+    processed = BitImageProcessorPil(**DINOV2_PROCESSOR)(image, return_tensors="np")
+    reference = torch.from_numpy(processed["pixel_values"][0])
     torch.testing.assert_close(_normalised(resize_for_encoder(image, spec), spec), reference, rtol=0, atol=1e-5)
 
 
@@ -139,3 +140,9 @@ def test_box_outside_the_image_is_refused_with_its_coordinates():
 
 def test_box_partly_outside_the_image_is_clipped():
     assert crop_box(Image.new("RGB", (64, 48)), (-10, 40, 20, 90)).size == (20, 8)
+
+
+def test_a_spec_from_a_newer_headserve_is_refused_rather_than_resized_differently():
+    data = {**get_encoder("clip:ViT-B-32").preprocess.to_dict(), "pad_to_square": True}
+    with pytest.raises(ValueError, match="fields this headserve does not know: pad_to_square; upgrade headserve"):
+        type(get_encoder("clip:ViT-B-32").preprocess).from_dict(data)

@@ -77,7 +77,8 @@ def test_the_encoded_overlay_runs_the_official_image_plus_pillow_and_nothing_els
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     name, tag = image.rsplit(":", 1)
     overlay = yaml.safe_load((DEPLOY.parent / "overlays" / "encoded" / "kustomization.yaml").read_text())
-    assert overlay["resources"] == ["../../kubernetes"] and set(overlay) == {"apiVersion", "kind", "resources", "images"}
+    assert overlay["resources"] == ["../../kubernetes"]
+    assert set(overlay) == {"apiVersion", "kind", "resources", "images"}
     (swap,) = overlay["images"]
     assert swap["name"] == name and swap["newTag"] == tag  # same Triton release, only the image swapped
     dockerfile = CONTAINER.read_text()
