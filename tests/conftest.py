@@ -68,7 +68,6 @@ def triton(local_repo: Path):
         yield server
 
 
-
 Counts = dict[str, tuple[int, int]]  # model name -> (successful requests, inferences)
 
 
