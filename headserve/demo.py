@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headserve.cli_args import parse_hidden
+from headserve.cli_args import add_device_args, embed_config_from_args, parse_hidden
 
 DEFAULT_ENCODERS = ("clip:tiny", "dinov3:tiny")
 
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=240, help="images in the generated dataset")
     p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths")
     p.add_argument("--profile", default="full", help="training recipe profile (see `headserve train --help`)")
+    add_device_args(p)
     p.set_defaults(func=run_demo)
 
 
