@@ -87,10 +87,15 @@ def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--runtime", choices=("local", "production"), default="local",
                    help="local: python backend + ONNX Runtime (pytriton's tritonserver); "
                         "production: onnxruntime_onnx on GPUs (official containers)")
+    both = p.add_argument_group("instances and threads (both runtimes)")
+    both.add_argument("--instance-kind", choices=("gpu", "cpu"), default=None,
+                      help="where the ONNX models run (default: gpu in production, cpu locally; locally gpu runs "
+                           "ONNX Runtime's CUDA provider and falls back to the CPU with the reason in the log)")
+    both.add_argument("--instances", type=int, default=1, help="encoder instances (per GPU for gpu; default 1)")
+    both.add_argument("--cpu-threads", type=int, default=None,
+                      help="ONNX Runtime intra-op threads per encoder instance on a CPU (default: production 4; "
+                           "local 0 = the serving machine's cores shared among the instances)")
     prod = p.add_argument_group("production runtime")
-    prod.add_argument("--instance-kind", choices=("gpu", "cpu"), default="gpu", help="instance group kind")
-    prod.add_argument("--instances", type=int, default=1, help="model instances (per GPU for gpu)")
-    prod.add_argument("--cpu-threads", type=int, default=4, help="ONNX Runtime intra-op threads of a cpu instance")
     prod.add_argument("--tensorrt", choices=("FP32", "FP16"), default=None,
                       help="run through TensorRT at this precision, with engine and timing caches")
     prod.add_argument("--trt-cache-dir", default="/trt-cache",
@@ -101,12 +106,13 @@ def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def production_options(args: argparse.Namespace):
-    """The production knobs of the command line as a typed config."""
-    from headserve.export.model_config import InstanceKind, ProductionOptions, TensorRTOptions
+    """The runtime knobs of the command line as a typed config (OptionsError names a bad count)."""
+    from headserve.export.model_config import InstanceKind, RuntimeOptions, TensorRTOptions
 
     trt = TensorRTOptions(precision=args.tensorrt, cache_dir=args.trt_cache_dir) if args.tensorrt else None
-    return ProductionOptions(kind=InstanceKind[f"KIND_{args.instance_kind.upper()}"], instances=args.instances,
-                             cpu_threads=args.cpu_threads, tensorrt=trt, warmup=args.warmup)
+    kind = InstanceKind[f"KIND_{args.instance_kind.upper()}"] if args.instance_kind else None
+    return RuntimeOptions(kind=kind, instances=args.instances, cpu_threads=args.cpu_threads, tensorrt=trt,
+                          warmup=args.warmup)
 
 
 def _export_encoder(args: argparse.Namespace) -> int:

@@ -185,6 +185,7 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
             inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
             outputs=outputs,
             max_batch_size=max_batch_size,
+            light=True,
         )
         version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes,
                                          options)
