@@ -135,7 +135,7 @@ def _export_head(args: argparse.Namespace) -> int:
 
     written = export_head(args.artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
                           encoder_weights=args.encoder_weights, options=production_options(args),
-                          precision=args.precision)
+                          precision=args.precision, log=print)
     _report(written, args.server)
     return 0
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
-from headserve.artifact import check_encoder_match, load_meta, load_tensors
+from headserve.artifact import check_encoder_match, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
-from headserve.encoders import get_encoder
 from headserve.errors import ArtifactError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
 from headserve.export.repository import (
@@ -21,8 +21,10 @@ from headserve.export.repository import (
 
 def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
                 encoder_name: str | None = None, encoder_weights: str | None = None,
-                options: ProductionOptions | None = None, precision: str = "fp32") -> list[WrittenModel]:
-    """Export a head; exports its encoder first (at ``precision``) when the repository does not hold it yet."""
+                options: ProductionOptions | None = None, precision: str = "fp32",
+                log: Callable[[str], None] = lambda line: None) -> list[WrittenModel]:
+    """Export a head; exports its encoder first (at ``precision``) when the repository does not hold it yet,
+    from the weights the head was trained with (``log`` says which)."""
     runtime = Runtime(runtime)
     repo = Path(repo)
     meta = load_meta(artifact)
@@ -39,9 +41,8 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     if config_path.is_file() and has_version:  # the repository serves this encoder already
         params = parameters_of(parse(config_path.read_text()))
     else:
-        spec = get_encoder(name)
-        if encoder_weights:
-            spec = spec.with_weights(encoder_weights)
+        spec, source = trained_encoder(meta, name, encoder_weights)
+        log(f"encoder {name}: weights {source}")
         loaded = load_encoder(spec)
         params = encoder_parameters(loaded, fingerprint(encoder_graph(loaded), loaded.spec.preprocess))
         # Refuse a mismatched head before anything is written.

@@ -69,6 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"[2/5] train: head {head} on {spec.display_name}")
         outcome = train_from_yolo(TrainRequest(dataset=dataset, encoder=spec, out=out / "heads" / head, name=head,
                                                hidden=args.hidden, train=profile_config(args.profile),
+                                               embed=embed_config_from_args(args),
                                                profile=args.profile))
         runs.append(HeadRun(name, head, outcome))
 
@@ -114,11 +115,11 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
         served = client.probabilities(run.head, crops)
         batch_s = time.perf_counter() - t0
     # In-process reference: the artifact's head on the encoder's embeddings of the same pixels.
+    from headserve.artifact import trained_encoder
     from headserve.backbones import encoder_graph, load_encoder
-    from headserve.encoders import get_encoder
     from headserve.train.embed import embed_pixels
 
-    graph = encoder_graph(load_encoder(get_encoder(run.encoder)))
+    graph = encoder_graph(load_encoder(trained_encoder(meta, run.encoder)[0]))
     head = build_serving_head(HeadConfig.from_dict(meta.head_config),
                               {k: torch.from_numpy(v) for k, v in load_tensors(outcome.artifact).items()})
     with torch.no_grad():
