@@ -86,7 +86,8 @@ def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt
         desc = ModelDesc(name, (TensorSpec(PROMPT_INPUT, DataType.TYPE_FP32, (dim,)),),
                          (TensorSpec(PROMPT_OUTPUT, DataType.TYPE_FP32, (len(prompts),)),),
                          max_batch_size=ensemble.max_batch_size,
-                         parameters={"prompts": json.dumps(list(prompts)), "prompt_encoder_fingerprint": fp})
+                         parameters={"prompts": json.dumps(list(prompts)), "prompt_encoder_fingerprint": fp},
+                         light=True)
         version, path = publish_version(model_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
