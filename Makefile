@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo example-repository test test-unit test-integration bench clean
+.PHONY: venv demo example-repository test test-unit test-integration bench bench-smoke clean
 
 venv: $(STAMP)
 
@@ -36,8 +36,13 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 
+# Real-size encoder architectures with random weights (tens of minutes on 2 cores); bench-smoke runs the
+# tiny twins in minutes and only shows that every benchmark runs.
 bench: $(STAMP)
 	$(PY) -m headserve.bench --out bench-out
 
+bench-smoke: $(STAMP)
+	$(PY) -m headserve.bench --smoke --out bench-out-smoke
+
 clean:
-	rm -rf demo-out bench-out .pytest_cache
+	rm -rf demo-out bench-out bench-out-smoke .pytest_cache

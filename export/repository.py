@@ -16,7 +16,7 @@ import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
+from headserve.encoders import EncoderSpec
 from headserve.errors import ExportParityError, RepositoryError
 from headserve.export.errors import Fp16ParityError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
@@ -125,18 +126,9 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
         diffs = export_onnx(encoder_export(graph, precision), graph_spec, tmp / "model.onnx",
                             reference=EncoderExport(graph), error=Fp16ParityError if precision == "fp16" else
                             ExportParityError, external_data_bytes=external_data_bytes)
-        size = spec.preprocess.input_size
         params = encoder_parameters(loaded, fingerprint(graph, spec.preprocess))
         params["precision"] = precision
-        desc = ModelDesc(
-            name=name,
-            inputs=(TensorSpec(ENCODER_INPUT, DataType.TYPE_UINT8, (size, size, 3)),),
-            outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,))
-                          for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
-            max_batch_size=max_batch_size,
-            parameters=params,
-            ort_level=graph_spec.ort_level,
-        )
+        desc = encoder_desc(name, spec, params, max_batch_size, ort_level=graph_spec.ort_level)
         files: dict[str, Path | bytes] = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
         if (tmp / "model.onnx.data").is_file():  # external weights travel with the graph
             files["model.onnx.data"] = tmp / "model.onnx.data"
@@ -144,6 +136,25 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
+
+
+def encoder_desc(name: str, spec: EncoderSpec, params: Mapping[str, str], max_batch_size: int = 64,
+                 input_dtype: DataType = DataType.TYPE_UINT8, **runtime: Any) -> ModelDesc:
+    """An encoder model: pixels at the input size -> its embedding under both ensemble roles.
+
+    ``runtime`` passes ModelDesc's runtime fields (ort_level, dynamic_batching); benchmarks build
+    variants (fp32 pixels, no batching) from the same description.
+    """
+    size = spec.preprocess.input_size
+    return ModelDesc(
+        name=name,
+        inputs=(TensorSpec(ENCODER_INPUT, input_dtype, (size, size, 3)),),
+        outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,))
+                      for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
+        max_batch_size=max_batch_size,
+        parameters=dict(params),
+        **runtime,
+    )
 
 
 def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
