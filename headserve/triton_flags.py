@@ -8,7 +8,7 @@ the deploy tests check that every rendered overlay's arguments equal ``FLEET.arg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from headserve.errors import ServerError
 
@@ -69,3 +69,7 @@ class TritonFlags:
 # so a new head reaches every replica when the exporter says so (deploy/README.md), and 50 s to drain
 # inside the pod's 60 s termination grace period.
 FLEET = TritonFlags(repository="/models", model_control="explicit", exit_timeout_secs=50)
+
+# The same fleet under KServe (deploy/overlays/kserve): KServe mounts the storageUri volume at
+# /mnt/models and routes gRPC to port 9000 and HTTP to 8080 in its serving runtimes.
+KSERVE = replace(FLEET, repository="/mnt/models", grpc_port=9000, http_port=8080)
