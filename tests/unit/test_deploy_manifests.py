@@ -248,6 +248,23 @@ def test_the_validator_runs_in_strict_mode_offline_and_refuses_a_misspelt_field(
     monitor = one(broken, "ServiceMonitor")
     del monitor["spec"]["endpoints"]
     assert problems_of(monitor) == ["spec.endpoints is empty"]
+    isvc = one(rendered("overlays/kserve"), "InferenceService")
+    del isvc["spec"]["predictor"]["model"]["storageUri"]
+    assert "spec.predictor.model.storageUri is missing" in problems_of(isvc)
+    adapter = one(broken, "ConfigMap")
+    adapter["data"]["config.yaml"] = "rules: [{seriesQuery: x, metricsQuery: y, name: {matches: z}}]"
+    assert problems_of(adapter) == ["rule lacks name.as (the metric name the autoscaler reads)",
+                                    "rule must map namespace and pod labels to resources"]
+
+
+def test_the_shared_flags_refuse_a_model_control_mode_triton_does_not_have():
+    from headserve.errors import ServerError
+    from headserve.triton_flags import TritonFlags
+
+    with pytest.raises(ServerError, match="'pull' is not one of"):
+        TritonFlags(repository="/models", model_control="pull")
+    assert "--repository-poll-secs=7" in TritonFlags("/models", model_control="poll", poll_secs=7).args()
+    assert "--load-model=*" not in TritonFlags("/models", model_control="poll").args()
 
 
 def test_a_kind_with_neither_a_schema_nor_a_checker_fails_instead_of_passing_unchecked():
