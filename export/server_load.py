@@ -94,7 +94,7 @@ def load_on_server(url: str, models: Sequence[str], timeout_s: float = 120.0) ->
         for name in models:
             t0 = time.monotonic()
             try:
-                client.load_model(name, client_timeout=timeout_s)
+                client.load_model(name)  # no deadline: Triton answers when the load ends (TensorRT builds take minutes)
             except InferenceServerException as exc:
                 if exc.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
                     raise
