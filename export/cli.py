@@ -76,9 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _server_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=None, metavar="HOST:PORT",
+    p.add_argument("--server", action="append", default=None, metavar="HOST:PORT|dns:///SERVICE:PORT",
                    help="gRPC address of a Triton in --model-control-mode=explicit: load the new versions there "
-                        "and wait until they are ready")
+                        "and wait until they are ready. Repeat for several replicas, or give dns:///SERVICE:PORT "
+                        "for every replica behind a Kubernetes headless Service (deploy/README.md); exits "
+                        "non-zero if any replica failed")
 
 
 def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -203,15 +205,21 @@ def _export_encoded(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(written: list, server: str | None) -> None:
+def _report(written: list, servers: list[str] | None) -> None:
+    """Print what was written; with servers, roll it out to every replica and report each one."""
     for w in written:
         print(f"{w.name} version {w.version}: {w.path}"
               + (f" (max |ONNX - torch| {_fmt(w.max_abs_diff)})" if w.max_abs_diff else ""))
-    if server:
-        from headserve.export.server_load import load_on_server
+    if servers:
+        from headserve.export.server_load import require_all_ready, rollout
 
-        for loaded in load_on_server(server, [w.name for w in written]):
-            print(f"ready on {server}: {loaded.name} version {loaded.version} ({loaded.seconds:.1f}s)")
+        results = rollout(servers, [w.name for w in written], {w.name: w.version for w in written})
+        for replica in results:
+            for loaded in replica.loaded:
+                print(f"ready on {replica.address}: {loaded.name} version {loaded.version} ({loaded.seconds:.1f}s)")
+            print(f"replica {replica.address}: " + ("ok" if replica.ok else f"failed: {replica.error}"), flush=True)
+        print(f"rollout: {sum(r.ok for r in results)} of {len(results)} replica(s) ready", flush=True)
+        require_all_ready(results)
 
 
 def _repo_validate(args: argparse.Namespace) -> int:

@@ -114,25 +114,16 @@ class LocalTriton:
         return f"{self.config.host}:{self.http_port}"
 
     def command(self) -> list[str]:
+        """The binary and the shared flags (headserve.triton_flags), bound to loopback and free ports."""
+        from headserve.triton_flags import TritonFlags
+
         root = _pytriton_root()
         c = self.config
-        cmd = [
-            str(root / "tritonserver" / "bin" / "tritonserver"),
-            f"--model-repository={Path(c.repository).resolve()}",
-            f"--backend-directory={_backend_dir(root)}",
-            f"--grpc-address={c.host}", f"--grpc-port={self.grpc_port}",
-            f"--http-address={c.host}", f"--http-port={self.http_port}",
-            f"--metrics-address={c.host}", f"--metrics-port={self.metrics_port}",
-            f"--model-control-mode={c.model_control}",
-            "--allow-gpu-metrics=false",
-            "--strict-readiness=true",
-            f"--log-verbose={c.log_verbose}",
-        ]
-        if c.model_control == "poll":
-            cmd.append(f"--repository-poll-secs={c.poll_secs}")
-        if c.model_control == "explicit":
-            cmd.append("--load-model=*")
-        return cmd + list(c.extra_args)
+        flags = TritonFlags(repository=str(Path(c.repository).resolve()), model_control=c.model_control,
+                            poll_secs=c.poll_secs, host=c.host, grpc_port=self.grpc_port, http_port=self.http_port,
+                            metrics_port=self.metrics_port, gpu_metrics=False, log_verbose=c.log_verbose,
+                            backend_directory=str(_backend_dir(root)))
+        return [str(root / "tritonserver" / "bin" / "tritonserver"), *flags.args(), *c.extra_args]
 
     def start(self) -> "LocalTriton":
         repo = Path(self.config.repository)
