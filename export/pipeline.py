@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from headserve.artifact import check_encoder_match, load_meta, load_tensors
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
@@ -21,34 +22,35 @@ from headserve.export.repository import (
 from headserve.lockfile import check_repository_path, repository_lock
 
 
-def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
-                encoder_name: str | None = None, encoder_weights: str | None = None,
-                options: ProductionOptions | None = None, precision: str = "fp32") -> list[WrittenModel]:
+def export_head(artifact: str | Path, repo: str | Path, *args: Any, **kwargs: Any) -> list[WrittenModel]:
+    """Export a head (see ``_export_head``) as the repository's only writer: the check for its encoder,
+    the encoder's export and the head's publish happen under the repository's lock, so two exports at
+    once neither take one version nor both export the encoder."""
+    check_repository_path(Path(repo))
+    with repository_lock(Path(repo)):
+        return _export_head(artifact, repo, *args, **kwargs)
+
+
+def _export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
+                 encoder_name: str | None = None, encoder_weights: str | None = None,
+                 options: ProductionOptions | None = None, precision: str = "fp32") -> list[WrittenModel]:
     """Export a head; exports its encoder first (at ``precision``) when the repository does not hold it yet."""
     runtime = Runtime(runtime)
     repo = Path(repo)
-    check_repository_path(repo)
     meta = load_meta(artifact)
+    tensors = load_tensors(artifact)  # a broken weights file is refused before the repository is touched
     name = encoder_name or meta.encoder_name
     if not name:
         raise ArtifactError(
             f"{artifact}: the head names no registry encoder (encoder_model {meta.encoder_model!r}); "
             "pass --encoder NAME to say which encoder its embeddings came from"
         )
-    tensors = load_tensors(artifact)  # a broken weights file is refused before the repository is touched
-    with repository_lock(repo):  # the encoder check, its export and the head's publish are one writer's step
-        return _export_head_locked(artifact, repo, meta, tensors, name, runtime, encoder_weights, options, precision)
-
-
-def _export_head_locked(artifact: str | Path, repo: Path, meta, tensors, name: str, runtime: Runtime,
-                        encoder_weights: str | None, options: ProductionOptions | None,
-                        precision: str) -> list[WrittenModel]:
     written: list[WrittenModel] = []
     model = encoder_model_name(name)
     config_path = repo / model / "config.pbtxt"
-    versions = sorted((int(p.name) for p in (repo / model).glob("*") if p.is_dir() and p.name.isdigit()))
-    if config_path.is_file() and versions:  # the repository serves this encoder already
-        _check_served_encoder(repo / model / str(versions[-1]), name)
+    has_version = any(p.is_dir() and p.name.isdigit() for p in (repo / model).glob("*"))
+    if config_path.is_file() and has_version:  # the repository serves this encoder already
+        _check_served_encoder(repo / model, name)
         params = parameters_of(parse(config_path.read_text()))
     else:
         spec = get_encoder(name)
@@ -63,22 +65,24 @@ def _export_head_locked(artifact: str | Path, repo: Path, meta, tensors, name: s
     if meta.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
         meta.preprocess = json.loads(params["preprocess"])
     meta.encoder_name = meta.encoder_name or name
-    written.extend(add_head(repo, meta, tensors, model, runtime, encoder_params=params, options=options))
+    written.extend(add_head(repo, meta, tensors, model, runtime, encoder_params=params,
+                            options=options))
     return written
 
 
-def _check_served_encoder(version_dir: Path, name: str) -> None:
-    """Refuse to build a head on a served encoder version whose ``model.onnx`` is not a loadable encoder graph.
+def _check_served_encoder(model_dir: Path, name: str) -> None:
+    """Refuse to build a head on a served encoder whose latest ``model.onnx`` is not an encoder graph.
 
-    Triton would fail to load it only at serving time; the head and ensemble would be written on a base
-    that cannot answer.
+    Triton would fail to load it only at serving time, after the head and ensemble were written on a
+    base that cannot answer.
     """
     import onnx
     from google.protobuf.message import DecodeError
 
+    version_dir = model_dir / str(max(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()))
     path = version_dir / "model.onnx"
-    fix = (f"remove {version_dir} (or the whole {version_dir.parent.name} directory) and export again, which "
-           f"re-exports encoder {name}, or run `headserve export encoder {name} --repo {version_dir.parent.parent}`")
+    fix = (f"remove {version_dir} (or the whole {model_dir.name} directory) and export again, which re-exports "
+           f"encoder {name}, or run `headserve export encoder {name} --repo {model_dir.parent}`")
     if not path.is_file():
         raise RepositoryError(f"{path} does not exist, so encoder {name} in the repository has no graph; {fix}")
     try:
