@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo example-repository test test-unit test-integration bench clean
+.PHONY: venv demo example-repository test test-unit test-integration bench soak clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ test-integration: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m headserve.bench --out bench-out
+
+# A bounded soak on loopback: 16 clients, two heads, SOAK_SECONDS (default 60), then it stops by itself
+# and prints requests, errors, p50/p99 latency and the server's RSS at start and end.
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	$(PY) -m headserve.soak --clients 16 --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache
