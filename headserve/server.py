@@ -319,10 +319,16 @@ class LocalTriton:
                 f"but fails every request to it. In --model-control-mode={self.config.model_control} it cannot be "
                 "reloaded, so the server stops; restart `headserve serve` (or run it with "
                 "--model-control-mode explicit, which reloads such a model)")
+        from tritonclient.utils import InferenceServerException
+
         for model in models:
             notify(f"python-backend stub of {instances} died; reloading model {model}")
-            self._health_client.unload_model(model, client_timeout=60.0)
-            self._health_client.load_model(model, client_timeout=120.0)
+            try:
+                self._health_client.unload_model(model, client_timeout=60.0)
+                self._health_client.load_model(model, client_timeout=120.0)
+            except InferenceServerException as exc:
+                raise StubUnhealthyError(f"model {model} lost its python-backend stub and could not be reloaded "
+                                         f"({exc.message()}); restart `headserve serve`") from exc
             notify(f"model {model} reloaded")
         self._remember_stubs()
 
