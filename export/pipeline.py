@@ -8,8 +8,9 @@ from typing import Callable
 
 from headserve.artifact import check_encoder_match, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
-from headserve.errors import ArtifactError
+from headserve.errors import ArtifactError, RepositoryError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
+from headserve.export.onnx_export import ENCODER_HEAD_FEED
 from headserve.export.repository import (
     WrittenModel,
     add_encoder,
@@ -17,6 +18,7 @@ from headserve.export.repository import (
     encoder_model_name,
     encoder_parameters,
 )
+from headserve.lockfile import check_repository_path, repository_lock
 
 
 def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
@@ -24,10 +26,23 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
                 options: ProductionOptions | None = None, precision: str = "fp32",
                 log: Callable[[str], None] = lambda line: None) -> list[WrittenModel]:
     """Export a head; exports its encoder first (at ``precision``) when the repository does not hold it yet,
-    from the weights the head was trained with (``log`` says which)."""
-    runtime = Runtime(runtime)
-    repo = Path(repo)
+    from the weights the head was trained with (``log`` says which).
+
+    The export is the repository's only writer: the check for its encoder, the encoder's export and
+    the head's publish happen under the repository's lock, so two exports at once neither take one
+    version nor both export the encoder.
+    """
+    check_repository_path(Path(repo))
+    with repository_lock(Path(repo)):
+        return _export_head(artifact, Path(repo), Runtime(runtime), encoder_name, encoder_weights, options,
+                            precision, log)
+
+
+def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_name: str | None,
+                 encoder_weights: str | None, options: ProductionOptions | None, precision: str,
+                 log: Callable[[str], None]) -> list[WrittenModel]:
     meta = load_meta(artifact)
+    tensors = load_tensors(artifact)  # a broken weights file is refused before the repository is touched
     name = encoder_name or meta.encoder_name
     if not name:
         raise ArtifactError(
@@ -39,6 +54,7 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     config_path = repo / model / "config.pbtxt"
     has_version = any(p.is_dir() and p.name.isdigit() for p in (repo / model).glob("*"))
     if config_path.is_file() and has_version:  # the repository serves this encoder already
+        _check_served_encoder(repo / model, name)
         params = parameters_of(parse(config_path.read_text()))
     else:
         spec, source = trained_encoder(meta, name, encoder_weights)
@@ -52,6 +68,31 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     if meta.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
         meta.preprocess = json.loads(params["preprocess"])
     meta.encoder_name = meta.encoder_name or name
-    written.extend(add_head(repo, meta, load_tensors(artifact), model, runtime, encoder_params=params,
+    written.extend(add_head(repo, meta, tensors, model, runtime, encoder_params=params,
                             options=options))
     return written
+
+
+def _check_served_encoder(model_dir: Path, name: str) -> None:
+    """Refuse to build a head on a served encoder whose latest ``model.onnx`` is not an encoder graph.
+
+    Triton would fail to load it only at serving time, after the head and ensemble were written on a
+    base that cannot answer.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    version_dir = model_dir / str(max(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()))
+    path = version_dir / "model.onnx"
+    fix = (f"remove {version_dir} (or the whole {model_dir.name} directory) and export again, which re-exports "
+           f"encoder {name}, or run `headserve export encoder {name} --repo {model_dir.parent}`")
+    if not path.is_file():
+        raise RepositoryError(f"{path} does not exist, so encoder {name} in the repository has no graph; {fix}")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise RepositoryError(f"{path} is not an ONNX model ({type(exc).__name__}); {fix}") from None
+    outputs = {o.name for o in graph.graph.output}
+    if not graph.graph.node or ENCODER_HEAD_FEED not in outputs:
+        raise RepositoryError(f"{path} is not a headserve encoder graph (outputs {sorted(outputs) or 'none'}, "
+                              f"expected {ENCODER_HEAD_FEED!r}); {fix}")

@@ -55,6 +55,7 @@ from headserve.export.onnx_export import (
     head_graph_spec,
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
+from headserve.lockfile import repository_lock
 from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS, HeadConfig, build_serving_head
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
@@ -86,7 +87,17 @@ def next_version(model_dir: Path) -> int:
 def publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
                      labels: list[str] | None = None,
                      options: ProductionOptions | None = None) -> tuple[int, Path]:
-    """Stage the version directory, then config and labels, then rename the version into place."""
+    """Stage the version directory, then config and labels, then rename the version into place.
+
+    The repository's writer lock is held from choosing the version number to the rename, so two
+    exporters never take the same number.
+    """
+    with repository_lock(Path(model_dir).parent):
+        return _publish_version_locked(model_dir, desc, runtime, files, labels, options)
+
+
+def _publish_version_locked(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
+                            labels: list[str] | None, options: ProductionOptions | None) -> tuple[int, Path]:
     version = next_version(model_dir)
     staged = staging_dir(model_dir / str(version))
     try:
@@ -198,12 +209,13 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
             max_batch_size=max_batch_size,
             light=True,
         )
-        version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes,
-                                         options)
+        with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
+            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"},
+                                             meta.classes, options)
+            written_head = WrittenModel(head_name, version, path, diffs)
+            ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    written_head = WrittenModel(head_name, version, path, diffs)
-    ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size)
     return written_head, ensemble
 
 

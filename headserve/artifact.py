@@ -114,12 +114,19 @@ def load_meta(directory: str | os.PathLike) -> HeadMeta:
 
 
 def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist; the artifact has metadata but no weights")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(
+            f"{path} is not a readable safetensors file ({str(exc)[:120]}); it may be "
+            "truncated or not a head's weights: copy the artifact again or retrain it with `headserve train`"
+        ) from None
 
 
 def check_encoder_match(meta: HeadMeta, encoder_type: str, encoder_model: str, embedding_dim: int,

@@ -61,3 +61,19 @@ class RepositoryError(HeadserveError):
 
 class ServerError(HeadserveError):
     """The local tritonserver could not be started or did not become ready."""
+
+
+class RepositoryLockTimeout(RepositoryError):
+    """Another writer held the repository's lock for longer than this writer would wait."""
+
+
+class PortInUseError(ServerError):
+    """A port the local server was asked to use is taken by another process."""
+
+
+class ServerExitedError(ServerError):
+    """The local tritonserver exited while it was meant to be serving."""
+
+
+class StubUnhealthyError(ServerError):
+    """A python-backend stub process died, so its model fails every request although Triton says ready."""
