@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from headserve.errors import RepositoryError, RepositoryLockTimeout
+from headserve.fsutil import FILE_MODE, ensure_dir
 
 LOCK_FILE = ".headserve.lock"
 
@@ -57,10 +58,9 @@ def check_repository_path(repo: Path) -> None:
 
 
 def _repository_dir(repo: Path) -> Path:
-    """The repository directory, created if missing."""
+    """The repository directory, created if missing (group-readable, as everything headserve writes there)."""
     check_repository_path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
-    return repo
+    return ensure_dir(repo)
 
 
 @contextlib.contextmanager
@@ -77,8 +77,9 @@ def repository_lock(repo: str | os.PathLike, config: LockConfig = LockConfig()) 
         finally:
             depths[key] -= 1
         return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
+        os.fchmod(fd, FILE_MODE)  # the umask narrows O_CREAT's mode; the server's group reads the repository
         _acquire(fd, lock_path, config)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for a waiter's message only
