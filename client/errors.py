@@ -37,6 +37,14 @@ class ServerSideError(ClientError):
     """The server failed while answering (model error, bad configuration published by the repository)."""
 
 
+class HeadChangedError(ClientError):
+    """The head's served version changed under the client twice in one call; its answers cannot be labelled.
+
+    Raised only after the client re-read the head once: a version swap in progress, or a repository that
+    keeps changing. Retrying the call later reads the new version.
+    """
+
+
 # gRPC status code (as tritonclient spells it) -> the error it means for a caller.
 STATUS_ERRORS: dict[str, type[ClientError]] = {
     "StatusCode.UNAVAILABLE": ServerUnavailableError,
@@ -51,6 +59,7 @@ ADVICE: dict[type[ClientError], str] = {
     ModelNotReadyError: "check the head name; the server's repository index lists what it serves",
     BadInputError: "check the crops sent",
     ServerSideError: "see the server log",
+    HeadChangedError: "retry the call once the head's new version is loaded",
 }
 
 

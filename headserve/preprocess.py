@@ -134,10 +134,12 @@ def to_rgb(image: Image.Image, where: str = "image") -> Image.Image:
     """8-bit RGB from any Pillow mode, by the rule registered for the mode (``convert("RGB")`` otherwise).
 
     16-bit and 32-bit integer greys are scaled to 8 bits (v / 257), float greys are read as [0, 1]; values
-    outside those ranges are refused rather than saturated. Transparent images (RGBA, LA, palette with
-    transparency) are composited on black: a fully transparent pixel becomes black, whatever colour it hid.
+    outside those ranges are refused rather than saturated. Transparency (RGBA, LA, palette or grey with a
+    transparent entry) is dropped, not composited: each pixel keeps the colour stored under its alpha, as
+    ``convert("RGB")`` gives it and as the torchvision and open_clip image loaders do, so a head trained
+    from images loaded elsewhere sees the same pixels here.
     """
-    if image.mode == "RGB" and "transparency" not in image.info:
+    if image.mode == "RGB":
         return image
     return _TO_RGB.get(image.mode, _convert_rgb)(image, where)
 
@@ -165,25 +167,11 @@ def _float_grey(image: Image.Image, where: str) -> Image.Image:
     return _grey_to_rgb(np.asarray(image), 1.0 / 255.0, 1.0, where, image.mode)
 
 
-def _on_black(image: Image.Image, where: str) -> Image.Image:
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-    rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255  # premultiplied by alpha: composited on black
-    return Image.fromarray(rgb.astype(np.uint8), mode="RGB")
-
-
-def _palette(image: Image.Image, where: str) -> Image.Image:
-    return _on_black(image, where) if "transparency" in image.info else image.convert("RGB")
-
-
-# Pillow mode -> conversion to 8-bit RGB; modes not listed use convert("RGB") (L, 1, CMYK, YCbCr, ...).
+# Pillow mode -> conversion to 8-bit RGB; modes not listed use convert("RGB") (L, 1, P, CMYK, RGBA, LA, ...).
 _TO_RGB = {
     "I;16": _integer_grey, "I;16L": _integer_grey, "I;16B": _integer_grey, "I;16N": _integer_grey,
     "I": _integer_grey,  # 32-bit integers, read as 16-bit values (what Pillow gives for 16-bit greys)
     "F": _float_grey,
-    "RGBA": _on_black, "LA": _on_black, "PA": _on_black, "RGBa": _on_black, "La": _on_black,
-    "P": _palette,
-    "RGB": _palette,  # only reached with a transparent colour (PNG tRNS)
-    "L": _palette,  # a grey image with a transparent grey level (tRNS) is composited like a palette one
 }
 
 
