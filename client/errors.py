@@ -45,6 +45,7 @@ class HeadChangedError(ClientError):
     """
 
 
+UNKNOWN_MODEL = "Request for unknown model"  # how Triton starts the message for a name or version it does not serve
 # gRPC status code (as tritonclient spells it) -> the error it means for a caller.
 STATUS_ERRORS: dict[str, type[ClientError]] = {
     "StatusCode.UNAVAILABLE": ServerUnavailableError,
@@ -73,4 +74,6 @@ def from_triton(exc: Exception, what: str) -> ClientError:
     cls = STATUS_ERRORS.get(status, ServerSideError)
     if cls is ServerSideError and "failed to connect" in (message or "").lower():
         cls = ServerUnavailableError
+    if (message or "").startswith(UNKNOWN_MODEL):  # Triton answers UNAVAILABLE for a model (version) it does not
+        cls = ModelNotReadyError                    # serve; retrying cannot help, re-reading the head can
     return cls(f"{what} failed ({status or 'no status'}: {message}); {ADVICE[cls]}")

@@ -175,6 +175,17 @@ _TO_RGB = {
 }
 
 
+def _from_array(array: np.ndarray, where: str) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise ImageDecodeError(f"image array {where} has dtype {array.dtype}; pass uint8 pixels (HxW or HxWxC)")
+    if array.ndim == 2:
+        return Image.fromarray(array, mode="L")
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[2]]
+        return Image.fromarray(array.squeeze(2) if mode == "L" else array, mode=mode)
+    raise ImageDecodeError(f"image array {where} has shape {array.shape}; pass HxW, HxWx1, HxWx3 or HxWx4")
+
+
 def resize_for_encoder(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Resize (and crop) an RGB image by the encoder's rule; returns (S, S, 3) uint8."""
     size = spec.input_size
