@@ -157,6 +157,7 @@ class AsyncHeadClient:
             response = await self._call(f"config of {model!r}",
                                         lambda t: self._client.get_model_config(model, client_timeout=t))
             self._prompt_batch[model] = int(response.config.max_batch_size) or 1
+        embeddings = batching.finite_embeddings(embeddings, f"embeddings for {model!r}")
         make = lambda a: batching.infer_input(self._grpc, PROMPT_INPUT, np.ascontiguousarray(a, np.float32), "FP32")
         out = await self._infer_batched(model, embeddings, self._prompt_batch[model], make, [PROMPT_OUTPUT], timeout_s)
         return out[PROMPT_OUTPUT]

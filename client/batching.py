@@ -30,6 +30,20 @@ def changed_message(head: str, url: str, info: HeadInfo, cause: Exception) -> st
             f"{info.version or '?'} ({cause}); no answer was labelled. Retry once the new version is loaded")
 
 
+def finite_embeddings(embeddings: np.ndarray, origin: str) -> np.ndarray:
+    """FP32 embeddings, refused with the first bad row when any value is NaN or infinite.
+
+    A non-finite value would come back as NaN similarities with no error; the server refuses it too.
+    """
+    array = np.ascontiguousarray(embeddings, np.float32)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise BadInputError(f"{origin} hold {int(bad.sum())} NaN or infinite value(s) (first in row {row}); "
+                            "pass the encoder's embeddings, which are finite and L2-normalised")
+    return array
+
+
 def batches(n: int, size: int) -> list[slice]:
     """Slices of at most ``size`` rows covering ``range(n)``."""
     return [slice(i, min(i + size, n)) for i in range(0, n, max(1, size))]
