@@ -182,3 +182,14 @@ def test_the_client_refuses_non_finite_embeddings_before_sending_them():
         finite_embeddings(x, "embeddings for 'p'")
     with pytest.raises(HeadserveError):  # printed as one line by the CLI
         finite_embeddings(np.full((1, 2), np.nan), "e")
+
+
+def test_local_models_warm_up_float_inputs_with_zeros_that_the_finite_check_accepts():
+    from headserve.export.model_config import DataType, ModelDesc, Runtime, TensorSpec, render
+
+    desc = ModelDesc("h_head", (TensorSpec("embedding", DataType.TYPE_FP32, (32,)),),
+                     (TensorSpec("probs", DataType.TYPE_FP32, (3,)),), max_batch_size=8)
+    local = render(desc, Runtime.LOCAL).model_warmup
+    assert [(w.inputs["embedding"].zero_data, w.inputs["embedding"].random_data) for w in local] == [(True, False)]
+    production = render(desc, Runtime.PRODUCTION).model_warmup
+    assert production and all(w.inputs["embedding"].random_data for w in production)  # unchanged there
