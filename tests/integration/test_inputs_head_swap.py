@@ -155,6 +155,18 @@ def test_a_client_refuses_answers_when_the_head_keeps_changing_after_one_re_read
         preds = client.classify(HEAD, list(_crops(3, seed=1)))
         assert client.info(HEAD).version == "2"
         assert [p.label for p in preds] == true_labels(heads["v2"], _crops(3, seed=1))
+        # The asyncio client follows the same rule.
+        import asyncio
+
+        from headserve.client import AsyncHeadClient
+
+        async def async_labels() -> tuple[str, list[str]]:
+            async with AsyncHeadClient(server.grpc_url) as aclient:
+                aclient._info[HEAD] = replace(current, version="1", classes=tuple(load_classes(heads["v1"])))
+                apreds = await aclient.classify(HEAD, list(_crops(3, seed=1)))
+                return (await aclient.info(HEAD)).version, [p.label for p in apreds]
+
+        assert asyncio.run(async_labels()) == ("2", true_labels(heads["v2"], _crops(3, seed=1)))
         # A repository that changes again between the re-read and the resend cannot be produced on cue with a
         # real server, so the re-read is made to return the swapped-out view again: the client must refuse.
         stale = replace(current, version="1", classes=tuple(load_classes(heads["v1"])))
