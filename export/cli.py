@@ -172,7 +172,7 @@ def _export_prompts(args: argparse.Namespace) -> int:
 
     from headserve.errors import RepositoryError
     from headserve.export.model_config import parse
-    from headserve.export.prompts import add_prompt_model
+    from headserve.export.prompts import add_prompt_model, parse_prompt
 
     config = args.repo / args.head / "config.pbtxt"
     if not config.is_file():
@@ -180,11 +180,9 @@ def _export_prompts(args: argparse.Namespace) -> int:
     classes = json.loads(parse(config.read_text()).parameters["classes"].string_value)
     texts, indices = [], []
     for item in args.prompt:
-        cls, sep, text = item.partition(":")
-        if not sep or cls not in classes or not text.strip():
-            raise RepositoryError(f"--prompt {item!r} must be CLASS:TEXT with CLASS one of {classes}")
-        texts.append(text.strip())
-        indices.append(classes.index(cls))
+        index, text = parse_prompt(item, classes)
+        texts.append(text)
+        indices.append(index)
     written = add_prompt_model(args.repo, args.head, texts, indices, args.runtime, args.encoder_weights,
                                production_options(args))
     _report([written], None)

@@ -160,8 +160,10 @@ def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None 
     if runtime is Runtime.PRODUCTION and options.tensorrt is not None:
         _set_tensorrt(config, desc, options.tensorrt)
     if options.warmup:
-        # Locally the graphs run on a CPU shared with everything else: warm up at batch 1 only.
-        _set_warmup(config, desc, largest=runtime is Runtime.PRODUCTION)
+        # Locally the graphs run on a CPU shared with everything else: warm up at batch 1 only. The local
+        # runner refuses NaN/Inf inputs, and random bytes read as floats hold some about once in 256 values.
+        local = runtime is Runtime.LOCAL
+        _set_warmup(config, desc, largest=not local, zero_floats=local)
     return config
 
 
@@ -277,11 +279,16 @@ def _set_tensorrt(config: mc.ModelConfig, desc: ModelDesc, trt: TensorRTOptions)
     })
 
 
-def _set_warmup(config: mc.ModelConfig, desc: ModelDesc, largest: bool) -> None:
-    """A warm-up request with random inputs at batch 1 and (``largest``) at the largest preferred batch."""
+def _set_warmup(config: mc.ModelConfig, desc: ModelDesc, largest: bool, zero_floats: bool = False) -> None:
+    """A warm-up request with random inputs at batch 1 and (``largest``) at the largest preferred batch.
+
+    ``zero_floats``: float inputs get zeros instead of random bytes, which may read as NaN or Inf.
+    """
     sizes = sorted({1, *(b for b in desc.preferred_batch_sizes if b <= desc.max_batch_size)})
     for batch in sorted({sizes[0], sizes[-1] if largest else 1}):
         warmup = config.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch, count=1)
         for t in desc.inputs:
+            zero = zero_floats and t.dtype in (DataType.TYPE_FP32, DataType.TYPE_FP16)
+            data = {"zero_data": True} if zero else {"random_data": True}
             warmup.inputs[t.name].CopyFrom(mc.ModelWarmup.Input(data_type=t.dtype.value, dims=list(t.dims),
-                                                                random_data=True))
+                                                                **data))

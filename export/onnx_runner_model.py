@@ -42,20 +42,31 @@ class TritonPythonModel:
         self.outputs = [t["name"] for t in config["output"]]
 
     def execute(self, requests):
+        # A float input holding NaN or Inf would come back as NaN probabilities with no error, so each such
+        # request is refused here, at the boundary, naming the input; the others in the batch still run.
+        responses = [None] * len(requests)
         feeds = {name: [] for name in self.inputs}
-        sizes = []
-        for request in requests:
-            for name in self.inputs:
-                feeds[name].append(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
-            sizes.append(feeds[self.inputs[0]][-1].shape[0])
-        batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
-        results = self.session.run(self.outputs, batch)
-        responses = []
-        start = 0
-        for size in sizes:
-            tensors = [pb_utils.Tensor(name, r[start:start + size]) for name, r in zip(self.outputs, results)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += size
+        sizes, kept = [], []
+        for i, request in enumerate(requests):
+            arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
+            problem = _non_finite(arrays)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(
+                    f"{problem}; send finite numbers (an embedding from the encoder is "
+                    "L2-normalised, so every value lies in [-1, 1])"))
+                continue
+            for name, array in arrays.items():
+                feeds[name].append(array)
+            sizes.append(arrays[self.inputs[0]].shape[0])
+            kept.append(i)
+        if kept:
+            batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
+            results = self.session.run(self.outputs, batch)
+            start = 0
+            for i, size in zip(kept, sizes):
+                tensors = [pb_utils.Tensor(name, r[start:start + size]) for name, r in zip(self.outputs, results)]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += size
         return responses
 
     def finalize(self):
@@ -91,3 +102,21 @@ def _session(path, options, provider, args):
         pb_utils.Logger.log_warn(f"{args['model_instance_name']}: instance kind gpu requested, running on the CPU "
                                  f"instead: {why}")
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _non_finite(arrays):
+    """'input X holds N non-finite values (first at row R)' for the first float input with NaN/Inf, else ''."""
+    for name, array in arrays.items():
+        if array.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            return f"input {name!r} holds {int(bad.sum())} NaN or infinite value(s) (first in row {row})"
+    return ""
+
+
+def _invalid_argument(message):
+    """A TritonError the client reads as INVALID_ARGUMENT (a bad request), where the stub knows that code."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

@@ -1,8 +1,12 @@
 """Ask running Tritons (``--model-control-mode=explicit``) to load what was just exported: the fleet's rollout.
 
 Triton reloads a model in place: the new version is loaded next to the old one, and the old one is
-unloaded only after the new one is ready, so requests keep being answered across the swap. Heads are
-loaded before the ensembles that call them.
+unloaded only after the new one is ready, so requests keep being answered across the swap.
+
+Models are asked for in reverse order, ensembles before the heads they call: loading an ensemble makes
+Triton load its composing models with it, while loading a head first makes Triton reload the ensemble
+that depends on it from the new version directory but with the ensemble's *old* config, so for a moment
+(and for a client that reads it then, until the next swap) version N+1 publishes version N's classes.
 
 A fleet is several replicas reading one repository. ``rollout`` loads the new versions on every
 replica at once and reports each: ready with the expected version, or failed with the reason. A
@@ -91,7 +95,7 @@ def load_on_server(url: str, models: Sequence[str], timeout_s: float = 120.0) ->
     client = grpcclient.InferenceServerClient(url)
     done: list[LoadedModel] = []
     try:
-        for name in models:
+        for name in reversed(models):  # dependents first: see the module docstring
             t0 = time.monotonic()
             try:
                 client.load_model(name)  # no deadline: Triton answers when the load ends (TensorRT builds take minutes)
@@ -113,7 +117,7 @@ def load_on_server(url: str, models: Sequence[str], timeout_s: float = 120.0) ->
                               "(host:gRPC port).") from exc
     finally:
         client.close()
-    return done
+    return done[::-1]  # in the order asked for
 
 
 def _load_replica(address: str, models: Sequence[str], expected: Mapping[str, str], timeout_s: float) -> ReplicaResult:

@@ -30,6 +30,14 @@ class ImageDecodeError(HeadserveError):
     """An image file or buffer that does not decode."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose decoded size exceeds the pixel cap (a decompression bomb, or a photo too big to serve)."""
+
+
+class ClassNameError(HeadserveError, ValueError):
+    """A class name that cannot travel through labels files, config parameters and prompts unchanged."""
+
+
 class ArtifactError(HeadserveError):
     """A head artifact (meta.json + safetensors) that is missing or inconsistent."""
 
