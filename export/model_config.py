@@ -113,6 +113,8 @@ class EnsembleStep:
     model: str
     input_map: Mapping[str, str]  # step's tensor name -> ensemble tensor name
     output_map: Mapping[str, str]  # step's tensor name -> ensemble tensor name
+    version: int = -1  # the composing model's version; -1 is its newest. Head steps are pinned: an ensemble
+    # publishes one head version's classes, so it must never run another version of that head
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class ModelDesc:
     ort_level: str = "all"  # ONNX Runtime graph optimisation level: "all", or "extended" for fp16 graphs
     python_model: bool = False  # served by its own model.py (no ONNX graph) on CPU in both runtimes
     light: bool = False  # head-sized graph: one thread and instance; the options' counts are for encoders
+    keep_versions: int = 1  # versions Triton keeps loaded; heads keep 2 so a request in flight on ensemble
+    # version N finishes on head version N while N + 1 is swapped in
     dynamic_batching: bool = True  # False only to measure what batching buys (benchmarks)
 
     @property
@@ -147,6 +151,8 @@ def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None 
     config = mc.ModelConfig(name=desc.name, max_batch_size=desc.max_batch_size)
     _set_tensors(config, desc)
     _set_parameters(config, desc)
+    if desc.keep_versions > 1:
+        config.version_policy.latest.num_versions = desc.keep_versions
     if desc.is_ensemble:
         _set_ensemble(config, desc)
         return config
@@ -198,7 +204,7 @@ def _set_parameters(config: mc.ModelConfig, desc: ModelDesc) -> None:
 def _set_ensemble(config: mc.ModelConfig, desc: ModelDesc) -> None:
     config.platform = "ensemble"
     for step in desc.steps:
-        s = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+        s = config.ensemble_scheduling.step.add(model_name=step.model, model_version=step.version)
         s.input_map.update(step.input_map)
         s.output_map.update(step.output_map)
 

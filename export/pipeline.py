@@ -70,6 +70,26 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
     meta.encoder_name = meta.encoder_name or name
     written.extend(add_head(repo, meta, tensors, model, runtime, encoder_params=params,
                             options=options))
+    written.extend(_refresh_dependents(repo, meta.name, runtime, options))
+    return written
+
+
+def _refresh_dependents(repo: Path, head: str, runtime: Runtime, options: ProductionOptions | None,
+                        ) -> list[WrittenModel]:
+    """New versions of the ensembles that copied this head's classes (its encoded-image variant, the
+    multi-head ensembles it is part of), pinned to the head version just written. Their old versions
+    stay pinned to the old head, which the head's version policy keeps loaded for one more swap."""
+    from headserve.export.encoded_input import add_encoded_input
+    from headserve.export.multi_head import write_multi_head_ensemble
+
+    written: list[WrittenModel] = []
+    if parameters_of(parse((repo / head / "config.pbtxt").read_text())).get("encoded_model"):
+        written.extend(add_encoded_input(repo, head, runtime, options))
+    for config_path in sorted(repo.glob("*/config.pbtxt")):
+        params = parameters_of(parse(config_path.read_text()))
+        heads = json.loads(params.get("heads", "[]"))
+        if head in heads:
+            written.append(write_multi_head_ensemble(repo, heads, runtime, config_path.parent.name))
     return written
 
 

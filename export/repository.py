@@ -208,12 +208,14 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
             outputs=outputs,
             max_batch_size=max_batch_size,
             light=True,
+            keep_versions=2,
         )
         with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
             version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"},
                                              meta.classes, options)
             written_head = WrittenModel(head_name, version, path, diffs)
-            ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size)
+            ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size,
+                                      head_version=version)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written_head, ensemble
@@ -242,7 +244,10 @@ def head_parameters(meta: HeadMeta) -> dict[str, str]:
 
 
 def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str, runtime: Runtime,
-                   max_batch_size: int = 64) -> WrittenModel:
+                   max_batch_size: int = 64, head_version: int = -1) -> WrittenModel:
+    """The ensemble clients call: encoder (newest version) -> ``head_version`` of the head, whose classes it
+    publishes. A head export pins the version it wrote, so no request is ever answered by another head
+    version under these classes."""
     spec = meta.preprocess_spec
     n = len(meta.classes)
     outputs = tuple(
@@ -257,7 +262,8 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
         steps=(
             EnsembleStep(encoder_name, {ENCODER_INPUT: ENCODER_INPUT},
                          {ENCODER_OUTPUT: ENCODER_OUTPUT, ENCODER_HEAD_FEED: ENCODER_HEAD_FEED}),
-            EnsembleStep(head_name, {HEAD_INPUT: ENCODER_HEAD_FEED}, {o: o for o in SERVING_OUTPUTS}),
+            EnsembleStep(head_name, {HEAD_INPUT: ENCODER_HEAD_FEED}, {o: o for o in SERVING_OUTPUTS},
+                         version=head_version),
         ),
         parameters={**head_parameters(meta), **_kept_prompt_parameters(repo, meta.name)},
     )

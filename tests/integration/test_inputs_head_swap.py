@@ -4,11 +4,9 @@ Version 2 of the head is version 1 with its classes in another order (weights pe
 every crop has the same true class *name* under both versions while its probability *index* moves. A
 client that decoded version-2 probabilities with version-1 names would label every crop wrongly.
 
-What the client guarantees is checked on every call started before the swap began or after it finished.
-Calls in flight during the swap can still be mislabelled by the server itself: an ensemble's steps call
-the *latest* head (``model_version: -1``), so the old ensemble version answers with the new head's
-probabilities under its own (old) classes until the new ensemble is ready. docs/reliability.md
-("Inputs and answers") describes that gap and its fix on the export side (pin each step's version).
+Every call is checked, those in flight during the swap too: each ensemble version is pinned to the head
+version whose classes it publishes, and the head keeps its previous version loaded while the swap runs,
+so an answer is never the new head's probabilities under the old classes.
 """
 
 from __future__ import annotations
@@ -119,6 +117,9 @@ def test_a_long_lived_client_never_labels_a_crop_with_the_names_of_a_swapped_out
                 stop.set()
                 worker.join()
             assert failures == []
+            # Every call, in flight during the swap included, names each crop by its true class.
+            mislabelled = [(t, v, labels) for t, v, labels in answers if labels != want]
+            assert mislabelled == [], f"{len(mislabelled)} of {len(answers)} answers mislabelled, e.g. {mislabelled[:2]}"
             assert client.info(HEAD).version == "2" and list(client.info(HEAD).classes) == v2_classes
             before = [(v, labels) for t, v, labels in answers if t < swap_began]
             after = [(v, labels) for t, v, labels in answers if t > swapped_at]
