@@ -25,8 +25,8 @@ DINOV3_SIZES: dict[str, dict[str, int]] = {
 def write_random_weights(encoder: str, directory: Path, layers: int | None = None, seed: int = 0) -> EncoderSpec:
     """Build ``encoder``'s architecture with random weights under ``directory``; returns the spec that loads it.
 
-    ``layers`` keeps the real width and input size with fewer blocks (DINOv3 only): crops and
-    embeddings of the real size at a fraction of the compute, for runs that measure memory.
+    ``layers`` keeps the real width and input size with fewer blocks (DINOv3 only; 0 leaves the stem):
+    crops and embeddings of the real size at a fraction of the compute, for runs that measure memory.
     """
     import torch
 
@@ -46,7 +46,7 @@ def write_random_weights(encoder: str, directory: Path, layers: int | None = Non
         return spec.with_weights(str(path))
     short = spec.name.split(":", 1)[1]
     if spec.encoder_type == "dinov3" and short in DINOV3_SIZES:
-        target = directory / (f"dinov3-{short}-random" + (f"-{layers}l" if layers else ""))
+        target = directory / (f"dinov3-{short}-random" + (f"-{layers}l" if layers is not None else ""))
         if not (target / "config.json").is_file():
             _write_dinov3(target, DINOV3_SIZES[short], spec.preprocess, layers)
         return spec.with_weights(str(target))
@@ -59,7 +59,7 @@ def _write_dinov3(target: Path, sizes: dict[str, int], preprocess: PreprocessSpe
     from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
 
     config = DINOv3ViTConfig(image_size=preprocess.input_size, patch_size=16, num_register_tokens=4,
-                             **{**sizes, **({"num_hidden_layers": layers} if layers else {})})
+                             **{**sizes, **({"num_hidden_layers": layers} if layers is not None else {})})
     staged = target.with_name(target.name + ".tmp")
     shutil.rmtree(staged, ignore_errors=True)  # what a crashed earlier run left
     DINOv3ViTModel(config).eval().save_pretrained(staged)
