@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ class TrainRequest:
     ood_quantile: float = 0.95  # known validation crops below the OOD threshold
     ood_holdout: str | None = None  # class left out of training and scored as OOD, for the OOD AUROC
     progress: bool = False  # show a progress bar while embedding
+    selection: Mapping[str, Any] | None = None  # the --select grid, every point's score and the choice, for meta.json
 
     def __post_init__(self) -> None:
         if self.bg_classes < 1:
@@ -150,7 +152,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     t0 = time.perf_counter()
     cfg = req.train
     head_config = head_config_for(cfg, spec.embedding_dim, len(classes), req.hidden)
-    fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg)
+    fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg,
+                   background=background)
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -198,7 +201,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         extra={"profile": req.profile, "recipe": dict(describe(cfg)), "log_priors": fit.log_priors,
                "class_weights": fit.class_weights, "ood": {"method": "mahalanobis_shared_cov",
                                                            "quantile": req.ood_quantile,
-                                                           "threshold_on": "foreground validation crops"}},
+                                                           "threshold_on": "foreground validation crops"},
+               **fit.record(), **({"selection": dict(req.selection)} if req.selection is not None else {})},
         ood_threshold=threshold,
     )
     tensors = {k: v.detach().cpu().numpy() for k, v in fit.head.state_dict().items()}
