@@ -34,7 +34,7 @@ class LogregGrid:
 
     c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # inverse L2 strength on standardised features
     class_weight: tuple[str | None, ...] = (None, "balanced")  # scikit-learn's class_weight values
-    max_iter: int = 2000  # L-BFGS iterations; large C on separable data may stop there (warning silenced)
+    max_iter: int = 1000  # L-BFGS iterations; large C on separable data may stop there (warning silenced)
 
     def __post_init__(self) -> None:
         if not self.c or min(self.c) <= 0:
@@ -209,6 +209,7 @@ class Selection:
     chosen: Candidate
     candidates: list[Candidate]
     grid: SelectionGrid
+    fit: Any = None  # the chosen point's FitResult (not recorded; a re-run from train_config reproduces it)
 
     def describe(self) -> dict[str, Any]:
         return {"criterion": "validation macro F1 (foreground), then validation NLL; early stopping on "
@@ -232,12 +233,13 @@ def select_head(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: 
                        background=background)
         with torch.no_grad():
             probs = fit.head(torch.from_numpy(x_val))[1].numpy()
-        params = {"hidden": list(hidden), "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing}
-        if fit.linear_fit is not None:
-            params["linear_fit"] = fit.linear_fit["chosen"]
+        if fit.linear_fit is not None:  # weight decay and label smoothing do not apply to it
+            params = {"hidden": [], "linear_fit": fit.linear_fit["chosen"]}
+        else:
+            params = {"hidden": list(hidden), "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing}
         scored.append((Candidate(params, macro_f1_fg(probs.argmax(1), y_val, fg, n_classes), _nll(probs, y_val)),
-                       hidden, cfg))
-    candidates = [c for c, _, _ in scored]
+                       hidden, cfg, fit))
+    candidates = [c for c, *_ in scored]
     chosen = _best(candidates)
-    _, hidden, cfg = next(s for s in scored if s[0] is chosen)
-    return Selection(hidden, cfg, chosen, candidates, grid)
+    _, hidden, cfg, fit = next(s for s in scored if s[0] is chosen)
+    return Selection(hidden, cfg, chosen, candidates, grid, fit)

@@ -374,7 +374,8 @@ def calibrate_temperature(logits: torch.Tensor, labels: torch.Tensor,
     fitted = (fit or fit_temperature)(logits, labels)
     before, after = _nll(logits, labels, 1.0), _nll(logits, labels, fitted)
     low, high = TEMPERATURE_BOUNDS
-    if not math.isfinite(fitted) or fitted <= low or fitted >= high:
+    at_bound = math.isclose(fitted, low, rel_tol=1e-6) or math.isclose(fitted, high, rel_tol=1e-6)  # float32 clamp
+    if not math.isfinite(fitted) or at_bound or fitted < low or fitted > high:
         reason = f"fitted T = {fitted:.3g} hit the bound [{low}, {high}]; kept T = 1"
         return Calibration(1.0, fitted, before, after, reason)
     if not after < before - NLL_TOLERANCE:
