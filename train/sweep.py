@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from headserve.encoders import get_encoder
@@ -45,7 +45,7 @@ class SweepConfig:
     bg_classes: int = 1  # background classes (the "bgN" of run names)
     cache_dir: Path | None = None  # embedding cache shared by every run
     seeds: tuple[int, ...] = (42, 43, 44)  # training seeds of every row: the table shows their mean ± sd
-    select: bool = False  # add per encoder the head `train --select` chooses (on the first profile's recipe)
+    select: bool = False  # add per encoder the head `train --select` chooses (first profile, first seed)
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.profiles if p not in PROFILES]
@@ -118,15 +118,16 @@ def run_sweep(config: SweepConfig) -> Path:
         if config.select:
             profile = config.profiles[0]
             name = f"{config.dataset.name}_{enc.replace(':', '_')}_selected_{profile}_bg{config.bg_classes}"
+            # chosen once with the first seed, as `train --select` does; the other seeds retrain the choice
+            base = profile_config(profile, seed=first, **({"epochs": config.epochs} if config.epochs else {}))
+            sel = select_head(prepared.emb[fit], labels[fit], prepared.emb[val], labels[val], n_cls, base,
+                              prepared.background)
             outcomes = []
             for seed in config.seeds:
-                base = profile_config(profile, seed=seed, **({"epochs": config.epochs} if config.epochs else {}))
-                sel = select_head(prepared.emb[fit], labels[fit], prepared.emb[val], labels[val], n_cls, base,
-                                  prepared.background)
                 req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc),
                                    out=_seed_out(config.out / "heads" / name, seed, first), name="h",
-                                   hidden=sel.hidden, bg_classes=config.bg_classes, profile=profile, train=sel.config,
-                                   selection=sel.describe())
+                                   hidden=sel.hidden, bg_classes=config.bg_classes, profile=profile,
+                                   train=replace(sel.config, seed=seed), selection=sel.describe())
                 outcomes.append(train_from_yolo(req, prepared))
             rows.append(_row(name, enc, "selected", (), -1.0, outcomes, prepared, baseline_pred))
     config.out.mkdir(parents=True, exist_ok=True)
