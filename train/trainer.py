@@ -6,8 +6,8 @@ of ``TrainConfig``; named profiles (``headserve.train.recipe``) are presets of i
 it changes no argmax, only how far probabilities can be trusted. A fitted T is kept only where it
 lowers the validation NLL and lies inside its bounds; otherwise the head keeps T = 1 and the fit
 records why (``Calibration``). A linear head (``hidden=()``, linear classifier) is fitted by
-scikit-learn with its regularisation chosen on validation (``headserve.train.selection``). SupCon comes from
-pytorch-metric-learning; centre loss is hand-written (three lines; the library has none). The ArcFace
+scikit-learn with its regularisation chosen on validation (``headserve.train.selection``). SupCon
+comes from pytorch-metric-learning; centre loss is hand-written (three lines; the library has none). The ArcFace
 margin lives in the head's cosine classifier rather than in the library's ArcFaceLoss, because that
 loss owns its class weights and its cross-entropy, so it could neither be served as the head nor take
 soft targets (label smoothing, mixup) and class weights; a unit test checks the two agree.
@@ -214,15 +214,17 @@ def fits_by_sklearn(head_config: HeadConfig, config: TrainConfig) -> bool:
     return not head_config.hidden and head_config.classifier == "linear" and config.linear_fit == "sklearn"
 
 
-# The recipe knobs that the scikit-learn linear fit does not use, with their no-op values.
+# Loss knobs that the scikit-learn linear fit does not use, with their off values: a profile that sets
+# one gets it listed in meta.json's linear_fit record. (Optimiser knobs such as lr, weight_decay and epochs
+# do not apply either; C and class weighting are chosen on validation instead.)
 SKLEARN_IGNORES = {"label_smoothing": 0.0, "mixup": 0.0, "class_weights": "none", "hardmine_epochs": 0,
                    "supcon_weight": 0.0, "feature_noise": 0.0, "feature_scale": 0.0, "center_weight": 0.0,
-                   "crt_epochs": 0, "weight_decay": None, "lr": None, "epochs": None, "batch_size": None,
-                   "patience": None, "dropout": None}
+                   "crt_epochs": 0}
 
 
 def _fit_linear_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                        head_config: HeadConfig, config: TrainConfig, background: Sequence[int]) -> tuple[MLPHead, dict[str, Any], float]:
+                        head_config: HeadConfig, config: TrainConfig,
+                        background: Sequence[int]) -> tuple[MLPHead, dict[str, Any], float]:
     """The linear head as scikit-learn's tuned logistic regression; returns (head, record, val NLL)."""
     from headserve.train.selection import linear_head_weights, tune_logreg
 
@@ -232,8 +234,7 @@ def _fit_linear_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndar
     for k, v in linear_head_weights(tuned, head_config.standardize).items():
         state[k] = torch.from_numpy(v)
     head.load_state_dict(state)
-    unused = sorted(k for k, off in SKLEARN_IGNORES.items()
-                    if off is not None and getattr(config, k) != off)
+    unused = sorted(k for k, off in SKLEARN_IGNORES.items() if getattr(config, k) != off)
     if config.logit_adjust in ("train", "both"):
         unused.append(f"logit_adjust={config.logit_adjust} (training part)")
     record = {**tuned.describe(), "recipe_knobs_not_applied": unused}
