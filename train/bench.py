@@ -188,7 +188,7 @@ def _fit_row(row: HeadRow, hidden: tuple[int, ...], seeds: tuple[int, ...], data
             width = chosen.hidden if chosen is not None else hidden
             fit = fit_head(x_tr, y_tr, x_va, y_va, head_config_for(cfg, x_tr.shape[1], n_cls, width), cfg,
                            background=background)
-            if fit.linear_fit is not None:
+            if fit.linear_fit is not None and not row.select:
                 runs.notes.append(f"C={fit.linear_fit['chosen']['C']:g}, "
                                   f"{fit.linear_fit['chosen']['class_weight'] or 'unweighted'}")
         runs.seconds.append(time.perf_counter() - t0)
