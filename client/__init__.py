@@ -13,6 +13,7 @@ from headserve.client.errors import (
     BadInputError,
     ClientError,
     DeadlineExceededError,
+    HeadChangedError,
     HeadNotFoundError,
     ModelNotReadyError,
     ServerSideError,
@@ -27,5 +28,5 @@ __all__ = [
     "GateConfig", "GateReason", "GateResult", "ComputeEstimate", "gate",
     "CropRef", "crops_from_yolo", "polygon_to_xyxy", "yolo_box_to_xyxy",
     "ClientError", "ServerUnavailableError", "DeadlineExceededError", "ModelNotReadyError", "HeadNotFoundError",
-    "BadInputError", "ServerSideError",
+    "BadInputError", "ServerSideError", "HeadChangedError",
 ]

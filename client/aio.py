@@ -16,8 +16,19 @@ import numpy as np
 
 from headserve.client import batching
 from headserve.client.decision import Prediction, Thresholds, decide
-from headserve.client.discovery import EMBEDDING, OOD_SCORE, PROBS, PROMPT_INPUT, PROMPT_OUTPUT, HeadInfo, head_info_from_config
-from headserve.client.errors import ModelNotReadyError, ServerUnavailableError, from_triton
+from headserve.client.discovery import (
+    EMBEDDING,
+    OOD_SCORE,
+    PROBS,
+    PROMPT_INPUT,
+    PROMPT_OUTPUT,
+    HeadInfo,
+    StaleAnswer,
+    check_answer,
+    head_info_from_config,
+    latest_version,
+)
+from headserve.client.errors import HeadChangedError, ModelNotReadyError, ServerUnavailableError, from_triton
 from headserve.client.gating import ComputeEstimate, EstimateProbe, GateConfig, GateResult, gate, median_seconds
 from headserve.client.options import ConnectionOptions
 from headserve.preprocess import ImageSource
@@ -68,40 +79,64 @@ class AsyncHeadClient:
                 raise err from exc
         raise AssertionError("unreachable")
 
-    async def info(self, head: str) -> HeadInfo:
-        if head not in self._info:
+    async def info(self, head: str, refresh: bool = False) -> HeadInfo:
+        """As ``HeadClient.info``: read from the newest ready version, which requests are then pinned to."""
+        if refresh or head not in self._info:
             ready = await self._call(f"readiness of {head!r}",
                                      lambda t: self._client.is_model_ready(head, client_timeout=t))
             if not ready:
                 raise ModelNotReadyError(f"head {head!r} is not ready on {self.url}; check the name, or wait for the "
                                          "server to finish loading it (its repository index lists what it serves)")
-            response = await self._call(f"config of {head!r}",
-                                        lambda t: self._client.get_model_config(head, client_timeout=t))
-            self._info[head] = head_info_from_config(head, response.config)
+            meta = await self._call(f"metadata of {head!r}",
+                                    lambda t: self._client.get_model_metadata(head, client_timeout=t))
+            version = latest_version(meta.versions)
+            response = await self._call(f"config of {head!r} version {version or 'latest'}",
+                                        lambda t: self._client.get_model_config(head, version, client_timeout=t))
+            self._info[head] = head_info_from_config(head, response.config, version)
         return self._info[head]
 
-    async def _infer(self, model: str, inputs: list, outputs: list[str],
-                     timeout_s: float | None) -> dict[str, np.ndarray]:
+    async def _infer(self, model: str, inputs: list, outputs: list[str], timeout_s: float | None,
+                     version: str = "") -> tuple[str, dict[str, np.ndarray]]:
         requested = [self._grpc.InferRequestedOutput(o) for o in outputs]
         async with self._slots:
             result = await self._call(f"inference on {model!r}", lambda t: self._client.infer(
-                model, inputs, outputs=requested, client_timeout=t, compression_algorithm=self.options.compression),
-                timeout_s)
-        return {o: result.as_numpy(o) for o in outputs}
+                model, inputs, model_version=version, outputs=requested, client_timeout=t,
+                compression_algorithm=self.options.compression), timeout_s)
+        return result.get_response().model_version, {o: result.as_numpy(o) for o in outputs}
 
     async def _infer_batched(self, model: str, array: np.ndarray, max_batch: int, make_input: Callable,
-                             outputs: list[str], timeout_s: float | None) -> dict[str, np.ndarray]:
-        parts = await asyncio.gather(*(self._infer(model, [make_input(array[s])], outputs, timeout_s)
-                                       for s in batching.batches(len(array), max_batch)))
+                             outputs: list[str], timeout_s: float | None,
+                             info: HeadInfo | None = None) -> dict[str, np.ndarray]:
+        version = info.version if info is not None else ""
+
+        async def one(s: slice) -> dict[str, np.ndarray]:
+            answered, out = await self._infer(model, [make_input(array[s])], outputs, timeout_s, version)
+            if info is not None:
+                check_answer(info, answered, out)
+            return out
+
+        parts = await asyncio.gather(*(one(s) for s in batching.batches(len(array), max_batch)))
         return batching.concat(list(parts))
+
+    async def _head_outputs(self, head: str, images: Sequence[ImageSource], embedding: bool,
+                            timeout_s: float | None) -> tuple[HeadInfo, dict[str, np.ndarray]]:
+        """As ``HeadClient._head_outputs``: a version swap mid-call is re-read once, then refused."""
+        info = await self.info(head)
+        for attempt in range(2):
+            pixels = batching.prepare(images, info, self.options.max_pixels)
+            try:
+                return info, await self._infer_batched(head, pixels, info.max_batch_size,
+                                                        lambda a: batching.pixels_input(self._grpc, a),
+                                                        batching.head_outputs(info, embedding), timeout_s, info)
+            except (StaleAnswer, ModelNotReadyError) as exc:
+                if attempt == 1:
+                    raise HeadChangedError(batching.changed_message(head, self.url, info, exc)) from exc
+                info = await self.info(head, refresh=True)
+        raise AssertionError("unreachable")
 
     async def outputs(self, head: str, images: Sequence[ImageSource], embedding: bool = False,
                       timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        info = await self.info(head)
-        pixels = batching.prepare(images, info)
-        return await self._infer_batched(head, pixels, info.max_batch_size,
-                                         lambda a: batching.pixels_input(self._grpc, a),
-                                         batching.head_outputs(info, embedding), timeout_s)
+        return (await self._head_outputs(head, images, embedding, timeout_s))[1]
 
     async def probabilities(self, head: str, images: Sequence[ImageSource],
                             timeout_s: float | None = None) -> np.ndarray:
@@ -109,8 +144,7 @@ class AsyncHeadClient:
 
     async def classify(self, head: str, images: Sequence[ImageSource], top_k: int = 3,
                        thresholds: Thresholds | None = None, timeout_s: float | None = None) -> list[Prediction]:
-        info = await self.info(head)
-        out = await self.outputs(head, images, timeout_s=timeout_s)
+        info, out = await self._head_outputs(head, images, False, timeout_s)
         return decide(info, out[PROBS], thresholds or Thresholds(), top_k, out.get(OOD_SCORE))
 
     async def similarities(self, head: str, embeddings: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
@@ -123,15 +157,15 @@ class AsyncHeadClient:
             response = await self._call(f"config of {model!r}",
                                         lambda t: self._client.get_model_config(model, client_timeout=t))
             self._prompt_batch[model] = int(response.config.max_batch_size) or 1
+        embeddings = batching.finite_embeddings(embeddings, f"embeddings for {model!r}")
         make = lambda a: batching.infer_input(self._grpc, PROMPT_INPUT, np.ascontiguousarray(a, np.float32), "FP32")
         out = await self._infer_batched(model, embeddings, self._prompt_batch[model], make, [PROMPT_OUTPUT], timeout_s)
         return out[PROMPT_OUTPUT]
 
     async def gate(self, head: str, images: Sequence[ImageSource], config: GateConfig,
                    timeout_s: float | None = None) -> list[GateResult]:
-        info = await self.info(head)
-        prefilter = self._prefilter.active(info, config.use_prefilter)
-        out = await self.outputs(head, images, embedding=prefilter, timeout_s=timeout_s)
+        prefilter = self._prefilter.active(await self.info(head), config.use_prefilter)
+        info, out = await self._head_outputs(head, images, prefilter, timeout_s)
         sims = await self.similarities(head, out[EMBEDDING], timeout_s) if prefilter else None
         preds = decide(info, out[PROBS], config.thresholds, ood_scores=out.get(OOD_SCORE))
         return gate(info, preds, config, sims)
@@ -142,7 +176,8 @@ class AsyncHeadClient:
         probe = EstimateProbe.for_head(info, batch_size)
         b = probe.batch_size
         preprocess_s = median_seconds(lambda: batching.prepare([probe.image] * b, info), repeats) / b
-        run_head = lambda: self._infer(head, [batching.pixels_input(self._grpc, probe.pixels)], [PROBS], None)
+        run_head = lambda: self._infer(head, [batching.pixels_input(self._grpc, probe.pixels)], [PROBS], None,
+                                       info.version)
         await run_head()  # warm-up: the first request sizes the runtime's buffers
         head_s = await _median_time(run_head, repeats) / b
         prefilter_s = None

@@ -10,18 +10,38 @@ import numpy as np
 from headserve.client.discovery import EMBEDDING, INPUT, OOD_SCORE, PROBS, HeadInfo
 from headserve.client.errors import BadInputError
 from headserve.errors import ImageDecodeError
-from headserve.preprocess import ImageSource, prepare_batch
+from headserve.preprocess import DEFAULT_MAX_PIXELS, ImageSource, prepare_batch
 
 log = logging.getLogger("headserve.client")
 DINOV3_PREFILTER_MESSAGE = "prompt prefilter disabled for DINOv3"
 
 
-def prepare(images: Sequence[ImageSource], info: HeadInfo) -> np.ndarray:
-    """Decode and resize crops exactly as training did; a bad crop is a ``BadInputError``."""
+def prepare(images: Sequence[ImageSource], info: HeadInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode and resize crops exactly as training did; a bad or too large crop is a ``BadInputError``."""
     try:
-        return prepare_batch(list(images), info.preprocess)
+        return prepare_batch(list(images), info.preprocess, max_pixels)
     except ImageDecodeError as exc:
         raise BadInputError(str(exc)) from exc
+
+
+def changed_message(head: str, url: str, info: HeadInfo, cause: Exception) -> str:
+    """Why a call gave up after re-reading a head once: its version kept changing under the call."""
+    return (f"head {head!r} on {url} changed while answering, again after it was re-read as version "
+            f"{info.version or '?'} ({cause}); no answer was labelled. Retry once the new version is loaded")
+
+
+def finite_embeddings(embeddings: np.ndarray, origin: str) -> np.ndarray:
+    """FP32 embeddings, refused with the first bad row when any value is NaN or infinite.
+
+    A non-finite value would come back as NaN similarities with no error; the server refuses it too.
+    """
+    array = np.ascontiguousarray(embeddings, np.float32)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise BadInputError(f"{origin} hold {int(bad.sum())} NaN or infinite value(s) (first in row {row}); "
+                            "pass the encoder's embeddings, which are finite and L2-normalised")
+    return array
 
 
 def batches(n: int, size: int) -> list[slice]:

@@ -2,7 +2,8 @@
 
 Crops come from image files (each file is one crop) or from a YOLO dataset's boxes and polygons
 (``--yolo DIR``). Work goes in chunks so a progress bar on a terminal (stderr, only when it is a
-TTY) moves while results stream to stdout.
+TTY) moves while results stream to stdout, or to ``--output FILE``, which ``--resume`` completes after
+a failure (client/results_file.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
+
+from headserve.client.results_file import ResultsFile
 
 CHUNK = 64  # crops per client call: results stream out at this granularity
 
@@ -34,6 +37,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private-key", default=None, help="client key PEM (mutual TLS)")
     p.add_argument("--certificate-chain", default=None, help="client certificate PEM (mutual TLS)")
     p.add_argument("--compression", default=None, choices=("gzip", "deflate"), help="gRPC compression")
+    p.add_argument("--output", type=Path, default=None, metavar="FILE",
+                   help="write the JSON Lines to FILE (FILE.partial until every crop is in) instead of stdout")
+    p.add_argument("--resume", action="store_true",
+                   help="with --output: keep the results already in FILE(.partial) and classify only the missing crops")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -110,21 +117,36 @@ def _sources(args: argparse.Namespace) -> tuple[list[dict], Callable[[Sequence[i
     return [{"image": str(p)} for p in args.images], lambda idx: [str(args.images[i]) for i in idx]
 
 
-def _chunks(n: int) -> Iterator[range]:
-    progress = _Progress(n)
-    for start in range(0, n, CHUNK):
-        yield range(start, min(start + CHUNK, n))
-        progress.update(min(start + CHUNK, n))
+def _chunks(todo: Sequence[int]) -> Iterator[Sequence[int]]:
+    progress = _Progress(len(todo))
+    for start in range(0, len(todo), CHUNK):
+        yield todo[start:start + CHUNK]
+        progress.update(min(start + CHUNK, len(todo)))
     progress.close()
+
+
+@contextlib.contextmanager
+def _results(args: argparse.Namespace, rows: list[dict]) -> Iterator[tuple[ResultsFile, list[int]]]:
+    """The output and the positions of the crops still to do; the file is completed only on success."""
+    out = ResultsFile(args.output, args.resume)
+    todo = out.pending(rows)
+    try:
+        yield out, todo
+    except BaseException:
+        hint = out.abandon()
+        if hint:
+            logging.getLogger("headserve.client").warning(hint)
+        raise
+    out.finish()
 
 
 def _classify(args: argparse.Namespace) -> int:
     rows, load = _sources(args)
     thresholds = _thresholds(args)
-    with _notices(), _client(args) as client:
-        for idx in _chunks(len(rows)):
+    with _notices(), _results(args, rows) as (out, todo), _client(args) as client:
+        for idx in _chunks(todo):
             for i, pred in zip(idx, client.classify(args.head, load(idx), args.top_k, thresholds)):
-                _emit({**rows[i], **pred.to_json()})
+                out.write({**rows[i], **pred.to_json()})
     return 0
 
 
@@ -133,13 +155,14 @@ def _gate(args: argparse.Namespace) -> int:
 
     rows, load = _sources(args)
     config = GateConfig(args.target, _thresholds(args), args.prompt_threshold, not args.no_prefilter)
-    with _notices(), _client(args) as client:
-        if args.estimate:
+    if args.estimate:
+        with _notices(), _client(args) as client:
             _emit(client.estimate(args.head, len(rows)).to_json())
-            return 0
-        for idx in _chunks(len(rows)):
+        return 0
+    with _notices(), _results(args, rows) as (out, todo), _client(args) as client:
+        for idx in _chunks(todo):
             for i, result in zip(idx, client.gate(args.head, load(idx), config)):
-                _emit({**rows[i], **result.to_json()})
+                out.write({**rows[i], **result.to_json()})
     return 0
 
 

@@ -1,7 +1,8 @@
 """Crops from detections: YOLO boxes and polygons (normalised) to pixel boxes, and a YOLO dataset's crops.
 
 Kept apart from ``headserve.train.dataset`` so that the client needs neither the training package nor
-pyyaml; the cropping itself is ``headserve.preprocess.crop_box``, the function training crops with.
+pyyaml; the label parser (``headserve.yolo``) and the cropping (``headserve.preprocess.crop_box``) are
+the ones training uses.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from PIL import Image
 
 from headserve.client.errors import BadInputError
 from headserve.errors import ImageDecodeError
-from headserve.preprocess import crop_box, load_image
+from headserve.preprocess import crop_box, load_image, oriented_size
+from headserve.yolo import IMAGE_SUFFIXES, LabelProblem, images_under, label_path_for, read_label_file
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "CropRef", "crop", "crops_from_yolo", "polygon_to_xyxy", "yolo_box_to_xyxy"]
 
 
 def yolo_box_to_xyxy(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
@@ -64,33 +66,26 @@ class CropRef:
 def crops_from_yolo(root: str | Path) -> Iterator[CropRef]:
     """Every box and polygon of a YOLO dataset (``images/`` + ``labels/``), in file order.
 
-    A malformed label line is a ``BadInputError`` naming file and line: gating a dataset must not skip
-    candidates silently.
+    Lines are parsed by ``headserve.yolo``, the parser training uses, so each crop is the one training
+    would cut from the same line (EXIF orientation, clipping and all). A line training would skip is a
+    ``BadInputError`` naming file and line here: gating a dataset must not skip candidates silently.
+    Class ids are not bounded here: the client does not read the dataset's class names.
     """
     root = Path(root)
     image_dir = root / "images"
     if not image_dir.is_dir():
         raise BadInputError(f"{image_dir} does not exist; a YOLO dataset keeps its images under images/")
-    for image_path in sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        label_path = root / "labels" / image_path.relative_to(image_dir).with_suffix(".txt")
+    for image_path in images_under(image_dir):
+        label_path = label_path_for(root, image_dir, image_path)
         if not label_path.is_file():
             continue
-        with Image.open(image_path) as im:
-            width, height = im.size
-        for n, line in enumerate(label_path.read_text().splitlines(), start=1):
-            where = f"{label_path}:{n}"
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                cls, coords = int(parts[0]), [float(v) for v in parts[1:]]
-            except ValueError:
-                raise BadInputError(f"{where}: {line!r} is not 'class x y ...' numbers; fix the label line") from None
-            if len(coords) == 4:
-                box = yolo_box_to_xyxy(coords, width, height)
-            else:
-                try:
-                    box = polygon_to_xyxy(coords, width, height)
-                except BadInputError as exc:
-                    raise BadInputError(f"{where}: {exc}; a label line is a box (4 numbers) or a polygon") from None
-            yield CropRef(image_path, cls, box, where)
+        try:
+            width, height = oriented_size(image_path)  # labels refer to the displayed (EXIF-rotated) image
+        except ImageDecodeError as exc:
+            raise BadInputError(f"{label_path}:1: {exc}") from exc
+        for item in read_label_file(label_path, width, height):
+            if isinstance(item, LabelProblem):
+                if item.skipped:
+                    raise BadInputError(f"{item.where}: {item.message}")
+                continue  # clipped to the image, as training clips it
+            yield CropRef(image_path, item.class_id, item.box, item.where)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from headserve.client.errors import ServerSideError
 from headserve.encoders import PreprocessSpec
@@ -45,6 +45,7 @@ class HeadInfo:
     ood_threshold: float | None = None  # ood_score above this is out of distribution; None: not published
     prompt_model: str | None = None  # CLIP only: model mapping embedding -> prompt similarity
     prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
+    version: str = ""  # the ensemble version these facts were read from; requests are pinned to it ("": any)
 
     @property
     def has_ood_score(self) -> bool:
@@ -64,7 +65,38 @@ class HeadInfo:
                                 f"its classes are {', '.join(self.classes)}") from None
 
 
-def head_info_from_config(name: str, config: Any) -> HeadInfo:
+class StaleAnswer(Exception):
+    """An answer that does not belong to the ``HeadInfo`` it would be decoded with (internal to the clients).
+
+    The clients catch it, re-read the head once and resend; a second one becomes ``HeadChangedError``.
+    """
+
+
+def latest_version(versions: Sequence[str]) -> str:
+    """The newest of the versions a server reports ready for a model ("" when it reports none)."""
+    numeric = [v for v in versions if str(v).isdigit()]
+    return max(numeric, key=int) if numeric else ""
+
+
+def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any]) -> None:
+    """Refuse outputs that another version of the head produced, or whose widths do not fit ``info``.
+
+    Probabilities are decoded by position into ``info.classes``; an answer from a head with another class
+    order or count would be labelled with the wrong names, silently. Raises ``StaleAnswer`` saying why.
+    """
+    if info.version and model_version and model_version != info.version:
+        raise StaleAnswer(f"answered by version {model_version} of {info.name!r}, read as version {info.version}")
+    widths = {PROBS: len(info.classes), LOGITS: len(info.classes), OOD_SCORE: 1,
+              EMBEDDING: info.embedding_dim or None}
+    for name, array in outputs.items():
+        want = widths.get(name)
+        shape = getattr(array, "shape", ())
+        if want is not None and (len(shape) != 2 or shape[1] != want):
+            raise StaleAnswer(f"output {name!r} of {info.name!r} has shape {tuple(shape)}, but version "
+                              f"{info.version or '?'} publishes width {want}")
+
+
+def head_info_from_config(name: str, config: Any, version: str = "") -> HeadInfo:
     """Build ``HeadInfo`` from a ``ModelConfig`` protobuf; a missing or malformed parameter is a typed error."""
     params = {k: v.string_value for k, v in config.parameters.items()}
 
@@ -92,6 +124,7 @@ def head_info_from_config(name: str, config: Any) -> HeadInfo:
             ood_threshold=float(ood) if ood not in (None, "") else None,
             prompt_model=params.get("prompt_model") or None,
             prompt_classes=tuple(int(i) for i in json.loads(params.get("prompt_classes") or "[]")),
+            version=str(version),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ServerSideError(f"head {name!r} publishes a malformed parameter ({exc}); re-export it with "

@@ -37,6 +37,15 @@ class ServerSideError(ClientError):
     """The server failed while answering (model error, bad configuration published by the repository)."""
 
 
+class HeadChangedError(ClientError):
+    """The head's served version changed under the client twice in one call; its answers cannot be labelled.
+
+    Raised only after the client re-read the head once: a version swap in progress, or a repository that
+    keeps changing. Retrying the call later reads the new version.
+    """
+
+
+UNKNOWN_MODEL = "Request for unknown model"  # how Triton starts the message for a name or version it does not serve
 # gRPC status code (as tritonclient spells it) -> the error it means for a caller.
 STATUS_ERRORS: dict[str, type[ClientError]] = {
     "StatusCode.UNAVAILABLE": ServerUnavailableError,
@@ -51,6 +60,7 @@ ADVICE: dict[type[ClientError], str] = {
     ModelNotReadyError: "check the head name; the server's repository index lists what it serves",
     BadInputError: "check the crops sent",
     ServerSideError: "see the server log",
+    HeadChangedError: "retry the call once the head's new version is loaded",
 }
 
 
@@ -64,4 +74,6 @@ def from_triton(exc: Exception, what: str) -> ClientError:
     cls = STATUS_ERRORS.get(status, ServerSideError)
     if cls is ServerSideError and "failed to connect" in (message or "").lower():
         cls = ServerUnavailableError
+    if (message or "").startswith(UNKNOWN_MODEL):  # Triton answers UNAVAILABLE for a model (version) it does not
+        cls = ModelNotReadyError                    # serve; retrying cannot help, re-reading the head can
     return cls(f"{what} failed ({status or 'no status'}: {message}); {ADVICE[cls]}")

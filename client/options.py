@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headserve.client.errors import BadInputError
+from headserve.preprocess import DEFAULT_MAX_PIXELS
 
 COMPRESSIONS = (None, "gzip", "deflate")
 
@@ -23,6 +24,7 @@ class ConnectionOptions:
     certificate_chain: str | None = None  # PEM file of the client certificate (mutual TLS)
     compression: str | None = None  # gRPC request compression: None, "gzip" or "deflate"
     max_in_flight: int = 4  # batches sent concurrently for one call
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded pixels allowed per image file or buffer (decompression bombs)
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
@@ -31,6 +33,8 @@ class ConnectionOptions:
             raise BadInputError(f"retries={self.retries} and backoff_s={self.backoff_s} must not be negative")
         if self.compression not in COMPRESSIONS:
             raise BadInputError(f"compression {self.compression!r} is not one of {COMPRESSIONS}")
+        if self.max_pixels < 1:
+            raise BadInputError(f"max_pixels={self.max_pixels} must be at least 1")
         if self.max_in_flight < 1:
             raise BadInputError(f"max_in_flight={self.max_in_flight} must be at least 1")
         if (self.private_key is None) != (self.certificate_chain is None):

@@ -76,9 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _server_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=None, metavar="HOST:PORT",
+    p.add_argument("--server", action="append", default=None, metavar="HOST:PORT|dns:///SERVICE:PORT",
                    help="gRPC address of a Triton in --model-control-mode=explicit: load the new versions there "
-                        "and wait until they are ready")
+                        "and wait until they are ready. Repeat for several replicas, or give dns:///SERVICE:PORT "
+                        "for every replica behind a Kubernetes headless Service (deploy/README.md); exits "
+                        "non-zero if any replica failed")
 
 
 def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -87,10 +89,15 @@ def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--runtime", choices=("local", "production"), default="local",
                    help="local: python backend + ONNX Runtime (pytriton's tritonserver); "
                         "production: onnxruntime_onnx on GPUs (official containers)")
+    both = p.add_argument_group("instances and threads (both runtimes)")
+    both.add_argument("--instance-kind", choices=("gpu", "cpu"), default=None,
+                      help="where the ONNX models run (default: gpu in production, cpu locally; locally gpu runs "
+                           "ONNX Runtime's CUDA provider and falls back to the CPU with the reason in the log)")
+    both.add_argument("--instances", type=int, default=1, help="encoder instances (per GPU for gpu; default 1)")
+    both.add_argument("--cpu-threads", type=int, default=None,
+                      help="ONNX Runtime intra-op threads per encoder instance on a CPU (default: production 4; "
+                           "local 0 = the serving machine's cores shared among the instances)")
     prod = p.add_argument_group("production runtime")
-    prod.add_argument("--instance-kind", choices=("gpu", "cpu"), default="gpu", help="instance group kind")
-    prod.add_argument("--instances", type=int, default=1, help="model instances (per GPU for gpu)")
-    prod.add_argument("--cpu-threads", type=int, default=4, help="ONNX Runtime intra-op threads of a cpu instance")
     prod.add_argument("--tensorrt", choices=("FP32", "FP16"), default=None,
                       help="run through TensorRT at this precision, with engine and timing caches")
     prod.add_argument("--trt-cache-dir", default="/trt-cache",
@@ -101,12 +108,13 @@ def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def production_options(args: argparse.Namespace):
-    """The production knobs of the command line as a typed config."""
-    from headserve.export.model_config import InstanceKind, ProductionOptions, TensorRTOptions
+    """The runtime knobs of the command line as a typed config (OptionsError names a bad count)."""
+    from headserve.export.model_config import InstanceKind, RuntimeOptions, TensorRTOptions
 
     trt = TensorRTOptions(precision=args.tensorrt, cache_dir=args.trt_cache_dir) if args.tensorrt else None
-    return ProductionOptions(kind=InstanceKind[f"KIND_{args.instance_kind.upper()}"], instances=args.instances,
-                             cpu_threads=args.cpu_threads, tensorrt=trt, warmup=args.warmup)
+    kind = InstanceKind[f"KIND_{args.instance_kind.upper()}"] if args.instance_kind else None
+    return RuntimeOptions(kind=kind, instances=args.instances, cpu_threads=args.cpu_threads, tensorrt=trt,
+                          warmup=args.warmup)
 
 
 def _export_encoder(args: argparse.Namespace) -> int:
@@ -129,7 +137,7 @@ def _export_head(args: argparse.Namespace) -> int:
 
     written = export_head(args.artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
                           encoder_weights=args.encoder_weights, options=production_options(args),
-                          precision=args.precision)
+                          precision=args.precision, log=print)
     _report(written, args.server)
     return 0
 
@@ -164,7 +172,7 @@ def _export_prompts(args: argparse.Namespace) -> int:
 
     from headserve.errors import RepositoryError
     from headserve.export.model_config import parse
-    from headserve.export.prompts import add_prompt_model
+    from headserve.export.prompts import add_prompt_model, parse_prompt
 
     config = args.repo / args.head / "config.pbtxt"
     if not config.is_file():
@@ -172,11 +180,9 @@ def _export_prompts(args: argparse.Namespace) -> int:
     classes = json.loads(parse(config.read_text()).parameters["classes"].string_value)
     texts, indices = [], []
     for item in args.prompt:
-        cls, sep, text = item.partition(":")
-        if not sep or cls not in classes or not text.strip():
-            raise RepositoryError(f"--prompt {item!r} must be CLASS:TEXT with CLASS one of {classes}")
-        texts.append(text.strip())
-        indices.append(classes.index(cls))
+        index, text = parse_prompt(item, classes)
+        texts.append(text)
+        indices.append(index)
     written = add_prompt_model(args.repo, args.head, texts, indices, args.runtime, args.encoder_weights,
                                production_options(args))
     _report([written], None)
@@ -197,15 +203,21 @@ def _export_encoded(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(written: list, server: str | None) -> None:
+def _report(written: list, servers: list[str] | None) -> None:
+    """Print what was written; with servers, roll it out to every replica and report each one."""
     for w in written:
         print(f"{w.name} version {w.version}: {w.path}"
               + (f" (max |ONNX - torch| {_fmt(w.max_abs_diff)})" if w.max_abs_diff else ""))
-    if server:
-        from headserve.export.server_load import load_on_server
+    if servers:
+        from headserve.export.server_load import require_all_ready, rollout
 
-        for loaded in load_on_server(server, [w.name for w in written]):
-            print(f"ready on {server}: {loaded.name} version {loaded.version} ({loaded.seconds:.1f}s)")
+        results = rollout(servers, [w.name for w in written], {w.name: w.version for w in written})
+        for replica in results:
+            for loaded in replica.loaded:
+                print(f"ready on {replica.address}: {loaded.name} version {loaded.version} ({loaded.seconds:.1f}s)")
+            print(f"replica {replica.address}: " + ("ok" if replica.ok else f"failed: {replica.error}"), flush=True)
+        print(f"rollout: {sum(r.ok for r in results)} of {len(results)} replica(s) ready", flush=True)
+        require_all_ready(results)
 
 
 def _repo_validate(args: argparse.Namespace) -> int:

@@ -28,11 +28,16 @@ class TritonPythonModel:
                 f"Python ({exc}). Serve with the image built from deploy/container/Dockerfile (the official "
                 "tritonserver image plus Pillow), or send pixels to the head's own ensemble instead") from None
         from headserve.encoders import PreprocessSpec
-        from headserve.preprocess import load_image, resize_for_encoder
+        from headserve.errors import ImageDecodeError
+        from headserve.preprocess import DEFAULT_MAX_PIXELS, load_image, resize_for_encoder
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.spec = PreprocessSpec.from_dict(json.loads(params["preprocess"]))
+        # Decoded pixels allowed per image: a small PNG can decode to gigabytes. A "max_pixels" config
+        # parameter overrides headserve's default cap; the cap is stated in the error of a refused image.
+        self.max_pixels = int(params.get("max_pixels") or DEFAULT_MAX_PIXELS)
+        self.bad_input = ImageDecodeError  # the request's fault: answered as INVALID_ARGUMENT
         self.load_image = load_image
         self.resize = resize_for_encoder
 
@@ -41,11 +46,14 @@ class TritonPythonModel:
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
             try:
-                pixels = np.stack([self.resize(self.load_image(bytes(data), origin=f"{i} of the request"),
+                pixels = np.stack([self.resize(self.load_image(bytes(data), origin=f"{i} of the request",
+                                                               max_pixels=self.max_pixels),
                                                self.spec) for i, data in enumerate(images)])
             except Exception as exc:  # ImageDecodeError names the image; anything else is reported as is
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"{exc.__class__.__name__}: {exc}")))
+                code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if isinstance(exc, self.bad_input) else None
+                message = f"{exc.__class__.__name__}: {exc}"
+                error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pixels", pixels)]))
         return responses

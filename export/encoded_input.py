@@ -71,7 +71,8 @@ def add_encoded_input(repo: str | Path, head: str, runtime: Runtime | str = Runt
         written.append(WrittenModel(decoder, version, vpath, {}))
 
     steps = [EnsembleStep(decoder, {IMAGE_INPUT: IMAGE_INPUT}, {"pixels": "pixels"})]
-    steps += [EnsembleStep(s.model_name, dict(s.input_map), dict(s.output_map)) for s in ensemble.ensemble_scheduling.step]
+    steps += [EnsembleStep(s.model_name, dict(s.input_map), dict(s.output_map), s.model_version)
+              for s in ensemble.ensemble_scheduling.step]
     outputs = tuple(TensorSpec(o.name, DataType(o.data_type), tuple(o.dims), o.label_filename or None)
                     for o in ensemble.output)
     name = encoded_model_name(head)

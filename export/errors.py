@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from headserve.errors import ExportParityError
+from headserve.errors import ExportParityError, RepositoryError
 
 
 class Fp16ParityError(ExportParityError):
@@ -20,3 +20,7 @@ class Fp16ParityError(ExportParityError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class RolloutError(RepositoryError):
+    """A new version that did not become ready on every replica it was sent to (or no replica was found)."""

@@ -8,7 +8,9 @@ for one of two runtimes, one small step per config section:
   binary in the nvidia-pytriton wheel.
 
 Both renderings declare the same inputs, outputs, shapes and ensemble wiring; only the runtime
-sections differ.
+sections differ. ``RuntimeOptions`` (instances, threads, instance kind) apply to both: an encoder
+gets the serving machine's cores by default, a head (``light``) one thread and no batching delay,
+because its batches arrive already formed by the encoder and a lone crop should not wait twice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Mapping
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+
+from headserve.errors import HeadserveError
 
 
 class DataType(enum.Enum):
@@ -57,19 +61,43 @@ class TensorRTOptions:
             raise ValueError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
 
 
-@dataclass(frozen=True)
-class ProductionOptions:
-    """Runtime knobs of the production configs; the local configs ignore them."""
+class OptionsError(HeadserveError, ValueError):
+    """Runtime options that cannot be rendered (an instance count below one, negative threads)."""
 
-    kind: InstanceKind = InstanceKind.KIND_GPU  # instance group kind of every ONNX model
-    instances: int = 1  # instances per GPU (KIND_GPU) or in total (KIND_CPU)
-    cpu_threads: int = 4  # ONNX Runtime intra-op threads per instance (the CPU work of each instance)
-    tensorrt: TensorRTOptions | None = None  # None: CUDA execution provider only
+
+AUTO_THREADS = 0  # cpu_threads: the serving machine's cores shared among the instances, read when the model loads
+PRODUCTION_CPU_THREADS = 4  # cpu_threads of a production KIND_CPU instance when none is given
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Instances, threads and placement of the ONNX models, for both runtimes."""
+
+    kind: InstanceKind | None = None  # None: KIND_GPU in production, KIND_CPU locally
+    instances: int = 1  # instances per GPU (KIND_GPU) or in total (KIND_CPU) of each encoder
+    cpu_threads: int | None = None  # ONNX Runtime intra-op threads per encoder instance; None: the runtime's
+    # default (production 4, local AUTO_THREADS); AUTO_THREADS: the machine's cores / instances at load time
+    tensorrt: TensorRTOptions | None = None  # None: CUDA execution provider only (production)
     warmup: bool = True  # model_warmup at load, so the first client request does not pay for arena growth
 
     def __post_init__(self) -> None:
-        if self.instances < 1 or self.cpu_threads < 1:
-            raise ValueError(f"instances ({self.instances}) and cpu_threads ({self.cpu_threads}) must be >= 1")
+        if self.instances < 1:
+            raise OptionsError(f"--instances {self.instances}: a model needs at least one instance")
+        if self.cpu_threads is not None and self.cpu_threads < 0:
+            raise OptionsError(f"--cpu-threads {self.cpu_threads}: use 0 for the machine's cores, or a count")
+
+    def kind_for(self, runtime: "Runtime") -> InstanceKind:
+        if self.kind is not None:
+            return self.kind
+        return InstanceKind.KIND_GPU if runtime is Runtime.PRODUCTION else InstanceKind.KIND_CPU
+
+    def threads_for(self, runtime: "Runtime") -> int:
+        if self.cpu_threads is not None:
+            return self.cpu_threads
+        return PRODUCTION_CPU_THREADS if runtime is Runtime.PRODUCTION else AUTO_THREADS
+
+
+ProductionOptions = RuntimeOptions  # the name before the options applied to the local runtime too
 
 
 @dataclass(frozen=True)
@@ -85,6 +113,8 @@ class EnsembleStep:
     model: str
     input_map: Mapping[str, str]  # step's tensor name -> ensemble tensor name
     output_map: Mapping[str, str]  # step's tensor name -> ensemble tensor name
+    version: int = -1  # the composing model's version; -1 is its newest. Head steps are pinned: an ensemble
+    # publishes one head version's classes, so it must never run another version of that head
 
 
 @dataclass(frozen=True)
@@ -101,6 +131,10 @@ class ModelDesc:
     max_queue_delay_us: int = 2000  # how long dynamic batching waits to fill a batch
     ort_level: str = "all"  # ONNX Runtime graph optimisation level: "all", or "extended" for fp16 graphs
     python_model: bool = False  # served by its own model.py (no ONNX graph) on CPU in both runtimes
+    light: bool = False  # head-sized graph: one thread and instance; the options' counts are for encoders
+    keep_versions: int = 1  # versions Triton keeps loaded; heads keep 2 so a request in flight on ensemble
+    # version N finishes on head version N while N + 1 is swapped in
+    dynamic_batching: bool = True  # False only to measure what batching buys (benchmarks)
 
     @property
     def is_onnx(self) -> bool:
@@ -113,25 +147,29 @@ class ModelDesc:
 
 def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None = None) -> mc.ModelConfig:
     """The config of ``desc`` for ``runtime``; tensors, parameters and wiring do not depend on the runtime."""
-    options = options or ProductionOptions()
+    options = options or RuntimeOptions()
     config = mc.ModelConfig(name=desc.name, max_batch_size=desc.max_batch_size)
     _set_tensors(config, desc)
     _set_parameters(config, desc)
+    if desc.keep_versions > 1:
+        config.version_policy.latest.num_versions = desc.keep_versions
     if desc.is_ensemble:
         _set_ensemble(config, desc)
         return config
     if desc.python_model:
         _set_python_model(config, desc, runtime, options)
         return config
-    _set_runtime(config, runtime, options)
+    _set_runtime(config, desc, runtime, options)
     _set_graph_level(config, desc, runtime)
     _set_batching(config, desc)
-    _set_instance_group(config, runtime, options)
+    _set_instance_group(config, desc, runtime, options)
     if runtime is Runtime.PRODUCTION and options.tensorrt is not None:
         _set_tensorrt(config, desc, options.tensorrt)
     if options.warmup:
-        # Locally the graphs run on a CPU shared with everything else: warm up at batch 1 only.
-        _set_warmup(config, desc, largest=runtime is Runtime.PRODUCTION)
+        # Locally the graphs run on a CPU shared with everything else: warm up at batch 1 only. The local
+        # runner refuses NaN/Inf inputs, and random bytes read as floats hold some about once in 256 values.
+        local = runtime is Runtime.LOCAL
+        _set_warmup(config, desc, largest=not local, zero_floats=local)
     return config
 
 
@@ -166,32 +204,36 @@ def _set_parameters(config: mc.ModelConfig, desc: ModelDesc) -> None:
 def _set_ensemble(config: mc.ModelConfig, desc: ModelDesc) -> None:
     config.platform = "ensemble"
     for step in desc.steps:
-        s = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+        s = config.ensemble_scheduling.step.add(model_name=step.model, model_version=step.version)
         s.input_map.update(step.input_map)
         s.output_map.update(step.output_map)
 
 
-def _set_runtime(config: mc.ModelConfig, runtime: Runtime, options: ProductionOptions) -> None:
+def _set_runtime(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
+    kind = options.kind_for(runtime)
     if runtime is Runtime.PRODUCTION:
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = "model.onnx"
-        threads = options.cpu_threads if options.kind is InstanceKind.KIND_CPU else 1
-        config.parameters["intra_op_thread_count"].string_value = str(threads)
+        threads = options.threads_for(runtime) if kind is InstanceKind.KIND_CPU and not desc.light else 1
+        config.parameters["intra_op_thread_count"].string_value = str(threads or PRODUCTION_CPU_THREADS)
         config.parameters["inter_op_thread_count"].string_value = "1"
     else:
+        # The python backend's instances stay KIND_CPU (a GPU instance group would fail to load on a
+        # machine without one); the runner puts ONNX Runtime on CUDA itself, falling back with a logged reason.
         config.backend = "python"
         config.parameters["onnx_file"].string_value = "model.onnx"
-        config.parameters["intra_op_threads"].string_value = "1"
+        config.parameters["intra_op_threads"].string_value = "1" if desc.light else str(options.threads_for(runtime))
+        config.parameters["execution_provider"].string_value = "cuda" if kind is InstanceKind.KIND_GPU else "cpu"
 
 
-def _set_python_model(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: ProductionOptions) -> None:
+def _set_python_model(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
     """CPU work (decoding): python backend everywhere; production runs one instance per CPU thread budget.
 
     No model_warmup: random bytes are not an image, and a failed warm-up would fail the load.
     """
     config.backend = "python"
     _set_batching(config, desc)
-    count = options.cpu_threads if runtime is Runtime.PRODUCTION else 1
+    count = (options.threads_for(runtime) or PRODUCTION_CPU_THREADS) if runtime is Runtime.PRODUCTION else 1
     config.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)
 
 
@@ -205,16 +247,19 @@ def _set_graph_level(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime) 
 
 
 def _set_batching(config: mc.ModelConfig, desc: ModelDesc) -> None:
+    if not desc.dynamic_batching:
+        return
     sizes = [b for b in desc.preferred_batch_sizes if b <= desc.max_batch_size]
     config.dynamic_batching.preferred_batch_size.extend(sizes)
-    config.dynamic_batching.max_queue_delay_microseconds = desc.max_queue_delay_us
+    config.dynamic_batching.max_queue_delay_microseconds = 0 if desc.light else desc.max_queue_delay_us
 
 
-def _set_instance_group(config: mc.ModelConfig, runtime: Runtime, options: ProductionOptions) -> None:
+def _set_instance_group(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
     if runtime is Runtime.PRODUCTION:
-        config.instance_group.add(count=options.instances, kind=options.kind.value)
+        config.instance_group.add(count=options.instances, kind=options.kind_for(runtime).value)
     else:
-        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        count = 1 if desc.light else options.instances
+        config.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)
 
 
 def _shapes(desc: ModelDesc, batch: int) -> str:
@@ -240,11 +285,16 @@ def _set_tensorrt(config: mc.ModelConfig, desc: ModelDesc, trt: TensorRTOptions)
     })
 
 
-def _set_warmup(config: mc.ModelConfig, desc: ModelDesc, largest: bool) -> None:
-    """A warm-up request with random inputs at batch 1 and (``largest``) at the largest preferred batch."""
+def _set_warmup(config: mc.ModelConfig, desc: ModelDesc, largest: bool, zero_floats: bool = False) -> None:
+    """A warm-up request with random inputs at batch 1 and (``largest``) at the largest preferred batch.
+
+    ``zero_floats``: float inputs get zeros instead of random bytes, which may read as NaN or Inf.
+    """
     sizes = sorted({1, *(b for b in desc.preferred_batch_sizes if b <= desc.max_batch_size)})
     for batch in sorted({sizes[0], sizes[-1] if largest else 1}):
         warmup = config.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch, count=1)
         for t in desc.inputs:
+            zero = zero_floats and t.dtype in (DataType.TYPE_FP32, DataType.TYPE_FP16)
+            data = {"zero_data": True} if zero else {"random_data": True}
             warmup.inputs[t.name].CopyFrom(mc.ModelWarmup.Input(data_type=t.dtype.value, dims=list(t.dims),
-                                                                random_data=True))
+                                                                **data))

@@ -65,7 +65,8 @@ def write_multi_head_ensemble(repo: str | Path, heads: Sequence[str], runtime: R
     for head, config in configs.items():
         head_step = config.ensemble_scheduling.step[1]
         steps.append(EnsembleStep(head_step.model_name, {HEAD_INPUT: ENCODER_HEAD_FEED},
-                                  {k: output_name(head, v) for k, v in head_step.output_map.items()}))
+                                  {k: output_name(head, v) for k, v in head_step.output_map.items()},
+                                  version=head_step.model_version))  # the head version whose classes it copies
         for out in config.output:
             if out.name == ENCODER_OUTPUT:
                 continue

@@ -5,6 +5,12 @@ repository serves each ONNX graph through this file; the official containers run
 with the native onnxruntime backend. Requests queued together by dynamic batching are concatenated
 into one ONNX Runtime call and split again, as the native backend does.
 
+Threads: ``intra_op_threads`` "0" gives the session this machine's cores (the process's CPU
+affinity) shared among the model's instances, decided when the model loads, so one repository uses
+whichever machine serves it. ``execution_provider`` "cuda" runs the session on the instance's GPU
+with ONNX Runtime's CUDA provider; where that provider or a GPU is missing, the model still loads on
+the CPU and the log says why.
+
 This file is copied verbatim into each version directory as ``model.py``; it may import only what
 the stub's interpreter has (numpy, onnxruntime, triton_python_backend_utils).
 """
@@ -23,33 +29,94 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
+        options.intra_op_num_threads = _threads(params.get("intra_op_threads", "1"), config)
         options.inter_op_num_threads = 1
         if params.get("graph_optimization_level") == "extended":  # fp16 graphs (see onnx_export.PRECISION_ORT_LEVEL)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        onnx_file = params.get("onnx_file", "model.onnx")
-        self.session = ort.InferenceSession(
-            os.path.join(version_dir, onnx_file), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
+        self.session = _session(path, options, params.get("execution_provider", "cpu"), args)
+        pb_utils.Logger.log_info(
+            f"{args['model_instance_name']}: ONNX Runtime on {self.session.get_providers()[0]}, "
+            f"{options.intra_op_num_threads} intra-op thread(s)")
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
 
     def execute(self, requests):
+        # A float input holding NaN or Inf would come back as NaN probabilities with no error, so each such
+        # request is refused here, at the boundary, naming the input; the others in the batch still run.
+        responses = [None] * len(requests)
         feeds = {name: [] for name in self.inputs}
-        sizes = []
-        for request in requests:
-            for name in self.inputs:
-                feeds[name].append(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
-            sizes.append(feeds[self.inputs[0]][-1].shape[0])
-        batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
-        results = self.session.run(self.outputs, batch)
-        responses = []
-        start = 0
-        for size in sizes:
-            tensors = [pb_utils.Tensor(name, r[start:start + size]) for name, r in zip(self.outputs, results)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += size
+        sizes, kept = [], []
+        for i, request in enumerate(requests):
+            arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
+            problem = _non_finite(arrays)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(
+                    f"{problem}; send finite numbers (an embedding from the encoder is "
+                    "L2-normalised, so every value lies in [-1, 1])"))
+                continue
+            for name, array in arrays.items():
+                feeds[name].append(array)
+            sizes.append(arrays[self.inputs[0]].shape[0])
+            kept.append(i)
+        if kept:
+            batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
+            results = self.session.run(self.outputs, batch)
+            start = 0
+            for i, size in zip(kept, sizes):
+                tensors = [pb_utils.Tensor(name, r[start:start + size]) for name, r in zip(self.outputs, results)]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += size
         return responses
 
     def finalize(self):
         self.session = None
+
+
+def _threads(value, config):
+    """Intra-op threads: the configured count, or (0) the cores this process may use / the instances."""
+    threads = int(value)
+    if threads > 0:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+    return max(1, cores // instances)
+
+
+def _session(path, options, provider, args):
+    """A session on the CUDA provider when asked for and available, else on the CPU with the reason logged."""
+    if provider == "cuda":
+        why = None
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            why = "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+        else:
+            device = int(args.get("model_instance_device_id", "0") or 0)
+            try:
+                session = ort.InferenceSession(path, sess_options=options, providers=[
+                    ("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"])
+                if session.get_providers()[0] == "CUDAExecutionProvider":
+                    return session
+                why = "ONNX Runtime could not initialise CUDA (no GPU or driver visible to this process)"
+            except Exception as exc:  # a CUDA library that does not load raises here
+                why = f"the CUDA provider failed to start ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
+        pb_utils.Logger.log_warn(f"{args['model_instance_name']}: instance kind gpu requested, running on the CPU "
+                                 f"instead: {why}")
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _non_finite(arrays):
+    """'input X holds N non-finite values (first at row R)' for the first float input with NaN/Inf, else ''."""
+    for name, array in arrays.items():
+        if array.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            return f"input {name!r} holds {int(bad.sum())} NaN or infinite value(s) (first in row {row})"
+    return ""
+
+
+def _invalid_argument(message):
+    """A TritonError the client reads as INVALID_ARGUMENT (a bad request), where the stub knows that code."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
-from headserve.artifact import check_encoder_match, load_meta, load_tensors
+from headserve.artifact import check_encoder_match, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
-from headserve.encoders import get_encoder
-from headserve.errors import ArtifactError
+from headserve.errors import ArtifactError, RepositoryError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
+from headserve.export.onnx_export import ENCODER_HEAD_FEED
 from headserve.export.repository import (
     WrittenModel,
     add_encoder,
@@ -17,15 +18,31 @@ from headserve.export.repository import (
     encoder_model_name,
     encoder_parameters,
 )
+from headserve.lockfile import check_repository_path, repository_lock
 
 
 def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime = Runtime.LOCAL,
                 encoder_name: str | None = None, encoder_weights: str | None = None,
-                options: ProductionOptions | None = None, precision: str = "fp32") -> list[WrittenModel]:
-    """Export a head; exports its encoder first (at ``precision``) when the repository does not hold it yet."""
-    runtime = Runtime(runtime)
-    repo = Path(repo)
+                options: ProductionOptions | None = None, precision: str = "fp32",
+                log: Callable[[str], None] = lambda line: None) -> list[WrittenModel]:
+    """Export a head; exports its encoder first (at ``precision``) when the repository does not hold it yet,
+    from the weights the head was trained with (``log`` says which).
+
+    The export is the repository's only writer: the check for its encoder, the encoder's export and
+    the head's publish happen under the repository's lock, so two exports at once neither take one
+    version nor both export the encoder.
+    """
+    check_repository_path(Path(repo))
+    with repository_lock(Path(repo)):
+        return _export_head(artifact, Path(repo), Runtime(runtime), encoder_name, encoder_weights, options,
+                            precision, log)
+
+
+def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_name: str | None,
+                 encoder_weights: str | None, options: ProductionOptions | None, precision: str,
+                 log: Callable[[str], None]) -> list[WrittenModel]:
     meta = load_meta(artifact)
+    tensors = load_tensors(artifact)  # a broken weights file is refused before the repository is touched
     name = encoder_name or meta.encoder_name
     if not name:
         raise ArtifactError(
@@ -37,11 +54,11 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     config_path = repo / model / "config.pbtxt"
     has_version = any(p.is_dir() and p.name.isdigit() for p in (repo / model).glob("*"))
     if config_path.is_file() and has_version:  # the repository serves this encoder already
+        _check_served_encoder(repo / model, name)
         params = parameters_of(parse(config_path.read_text()))
     else:
-        spec = get_encoder(name)
-        if encoder_weights:
-            spec = spec.with_weights(encoder_weights)
+        spec, source = trained_encoder(meta, name, encoder_weights)
+        log(f"encoder {name}: weights {source}")
         loaded = load_encoder(spec)
         params = encoder_parameters(loaded, fingerprint(encoder_graph(loaded), loaded.spec.preprocess))
         # Refuse a mismatched head before anything is written.
@@ -51,6 +68,51 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     if meta.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
         meta.preprocess = json.loads(params["preprocess"])
     meta.encoder_name = meta.encoder_name or name
-    written.extend(add_head(repo, meta, load_tensors(artifact), model, runtime, encoder_params=params,
+    written.extend(add_head(repo, meta, tensors, model, runtime, encoder_params=params,
                             options=options))
+    written.extend(_refresh_dependents(repo, meta.name, runtime, options))
     return written
+
+
+def _refresh_dependents(repo: Path, head: str, runtime: Runtime, options: ProductionOptions | None,
+                        ) -> list[WrittenModel]:
+    """New versions of the ensembles that copied this head's classes (its encoded-image variant, the
+    multi-head ensembles it is part of), pinned to the head version just written. Their old versions
+    stay pinned to the old head, which the head's version policy keeps loaded for one more swap."""
+    from headserve.export.encoded_input import add_encoded_input
+    from headserve.export.multi_head import write_multi_head_ensemble
+
+    written: list[WrittenModel] = []
+    if parameters_of(parse((repo / head / "config.pbtxt").read_text())).get("encoded_model"):
+        written.extend(add_encoded_input(repo, head, runtime, options))
+    for config_path in sorted(repo.glob("*/config.pbtxt")):
+        params = parameters_of(parse(config_path.read_text()))
+        heads = json.loads(params.get("heads", "[]"))
+        if head in heads:
+            written.append(write_multi_head_ensemble(repo, heads, runtime, config_path.parent.name))
+    return written
+
+
+def _check_served_encoder(model_dir: Path, name: str) -> None:
+    """Refuse to build a head on a served encoder whose latest ``model.onnx`` is not an encoder graph.
+
+    Triton would fail to load it only at serving time, after the head and ensemble were written on a
+    base that cannot answer.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    version_dir = model_dir / str(max(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()))
+    path = version_dir / "model.onnx"
+    fix = (f"remove {version_dir} (or the whole {model_dir.name} directory) and export again, which re-exports "
+           f"encoder {name}, or run `headserve export encoder {name} --repo {model_dir.parent}`")
+    if not path.is_file():
+        raise RepositoryError(f"{path} does not exist, so encoder {name} in the repository has no graph; {fix}")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise RepositoryError(f"{path} is not an ONNX model ({type(exc).__name__}); {fix}") from None
+    outputs = {o.name for o in graph.graph.output}
+    if not graph.graph.node or ENCODER_HEAD_FEED not in outputs:
+        raise RepositoryError(f"{path} is not a headserve encoder graph (outputs {sorted(outputs) or 'none'}, "
+                              f"expected {ENCODER_HEAD_FEED!r}); {fix}")

@@ -32,6 +32,22 @@ PROMPT_OUTPUT = "similarity"
 PROMPT_FAMILIES = ("clip",)  # encoder types with a text tower
 
 
+def parse_prompt(item: str, classes: Sequence[str], origin: str = "--prompt") -> tuple[int, str]:
+    """``CLASS:TEXT`` -> (class index, prompt text), for class names that may themselves hold ':'.
+
+    The class is the longest class name that the item starts with, followed by a colon; so a head with
+    classes ``"a"`` and ``"a:b"`` reads ``"a:b:a photo"`` as class ``"a:b"`` and ``"a:a:b photo"`` as class
+    ``"a"``. Splitting at the first colon would make a class named ``"sign:stop"`` impossible to prompt.
+    """
+    matches = [i for i, name in enumerate(classes)
+               if item.startswith(f"{name}:") and item[len(name) + 1:].strip()]
+    if not matches:
+        raise RepositoryError(f"{origin} {item!r} must be CLASS:TEXT with CLASS one of {list(classes)} "
+                              "and a non-empty prompt text after the colon")
+    index = max(matches, key=lambda i: len(classes[i]))
+    return index, item[len(classes[index]) + 1:].strip()
+
+
 def prompt_model_name(head: str) -> str:
     return f"{head}_prompts"
 
@@ -86,7 +102,8 @@ def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt
         desc = ModelDesc(name, (TensorSpec(PROMPT_INPUT, DataType.TYPE_FP32, (dim,)),),
                          (TensorSpec(PROMPT_OUTPUT, DataType.TYPE_FP32, (len(prompts),)),),
                          max_batch_size=ensemble.max_batch_size,
-                         parameters={"prompts": json.dumps(list(prompts)), "prompt_encoder_fingerprint": fp})
+                         parameters={"prompts": json.dumps(list(prompts)), "prompt_encoder_fingerprint": fp},
+                         light=True)
         version, path = publish_version(model_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
+from headserve.encoders import EncoderSpec
 from headserve.errors import ExportParityError, RepositoryError
 from headserve.export.errors import Fp16ParityError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
@@ -54,6 +55,7 @@ from headserve.export.onnx_export import (
     head_graph_spec,
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
+from headserve.lockfile import repository_lock
 from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS, HeadConfig, build_serving_head
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
@@ -85,7 +87,17 @@ def next_version(model_dir: Path) -> int:
 def publish_version(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
                      labels: list[str] | None = None,
                      options: ProductionOptions | None = None) -> tuple[int, Path]:
-    """Stage the version directory, then config and labels, then rename the version into place."""
+    """Stage the version directory, then config and labels, then rename the version into place.
+
+    The repository's writer lock is held from choosing the version number to the rename, so two
+    exporters never take the same number.
+    """
+    with repository_lock(Path(model_dir).parent):
+        return _publish_version_locked(model_dir, desc, runtime, files, labels, options)
+
+
+def _publish_version_locked(model_dir: Path, desc: ModelDesc, runtime: Runtime, files: Mapping[str, Path | bytes],
+                            labels: list[str] | None, options: ProductionOptions | None) -> tuple[int, Path]:
     version = next_version(model_dir)
     staged = staging_dir(model_dir / str(version))
     try:
@@ -125,18 +137,9 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
         diffs = export_onnx(encoder_export(graph, precision), graph_spec, tmp / "model.onnx",
                             reference=EncoderExport(graph), error=Fp16ParityError if precision == "fp16" else
                             ExportParityError, external_data_bytes=external_data_bytes)
-        size = spec.preprocess.input_size
         params = encoder_parameters(loaded, fingerprint(graph, spec.preprocess))
         params["precision"] = precision
-        desc = ModelDesc(
-            name=name,
-            inputs=(TensorSpec(ENCODER_INPUT, DataType.TYPE_UINT8, (size, size, 3)),),
-            outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,))
-                          for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
-            max_batch_size=max_batch_size,
-            parameters=params,
-            ort_level=graph_spec.ort_level,
-        )
+        desc = encoder_desc(name, spec, params, max_batch_size, ort_level=graph_spec.ort_level)
         files: dict[str, Path | bytes] = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
         if (tmp / "model.onnx.data").is_file():  # external weights travel with the graph
             files["model.onnx.data"] = tmp / "model.onnx.data"
@@ -144,6 +147,25 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
+
+
+def encoder_desc(name: str, spec: EncoderSpec, params: Mapping[str, str], max_batch_size: int = 64,
+                 input_dtype: DataType = DataType.TYPE_UINT8, **runtime: Any) -> ModelDesc:
+    """An encoder model: pixels at the input size -> its embedding under both ensemble roles.
+
+    ``runtime`` passes ModelDesc's runtime fields (ort_level, dynamic_batching); benchmarks build
+    variants (fp32 pixels, no batching) from the same description.
+    """
+    size = spec.preprocess.input_size
+    return ModelDesc(
+        name=name,
+        inputs=(TensorSpec(ENCODER_INPUT, input_dtype, (size, size, 3)),),
+        outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,))
+                      for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
+        max_batch_size=max_batch_size,
+        parameters=dict(params),
+        **runtime,
+    )
 
 
 def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
@@ -185,13 +207,17 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
             inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
             outputs=outputs,
             max_batch_size=max_batch_size,
+            light=True,
+            keep_versions=2,
         )
-        version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, meta.classes,
-                                         options)
+        with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
+            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"},
+                                             meta.classes, options)
+            written_head = WrittenModel(head_name, version, path, diffs)
+            ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size,
+                                      head_version=version)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    written_head = WrittenModel(head_name, version, path, diffs)
-    ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size)
     return written_head, ensemble
 
 
@@ -218,7 +244,10 @@ def head_parameters(meta: HeadMeta) -> dict[str, str]:
 
 
 def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str, runtime: Runtime,
-                   max_batch_size: int = 64) -> WrittenModel:
+                   max_batch_size: int = 64, head_version: int = -1) -> WrittenModel:
+    """The ensemble clients call: encoder (newest version) -> ``head_version`` of the head, whose classes it
+    publishes. A head export pins the version it wrote, so no request is ever answered by another head
+    version under these classes."""
     spec = meta.preprocess_spec
     n = len(meta.classes)
     outputs = tuple(
@@ -233,7 +262,8 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
         steps=(
             EnsembleStep(encoder_name, {ENCODER_INPUT: ENCODER_INPUT},
                          {ENCODER_OUTPUT: ENCODER_OUTPUT, ENCODER_HEAD_FEED: ENCODER_HEAD_FEED}),
-            EnsembleStep(head_name, {HEAD_INPUT: ENCODER_HEAD_FEED}, {o: o for o in SERVING_OUTPUTS}),
+            EnsembleStep(head_name, {HEAD_INPUT: ENCODER_HEAD_FEED}, {o: o for o in SERVING_OUTPUTS},
+                         version=head_version),
         ),
         parameters={**head_parameters(meta), **_kept_prompt_parameters(repo, meta.name)},
     )

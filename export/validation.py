@@ -270,6 +270,11 @@ def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: se
                                                  f"(models: {sorted(models)}).",
                                     "export that model into this repository, or correct model_name."))
             continue
+        if step.model_version > 0 and step.model_version not in model.versions:
+            problems.append(Problem(config_path, f"step model {step.model_name!r} is pinned to version "
+                                                 f"{step.model_version}, which Triton will not load (loaded: "
+                                                 f"{model.versions or 'none'}).",
+                                    "export the head again, which writes an ensemble pinned to its new version."))
         for key, value in step.output_map.items():
             out = model.tensor(key, inputs=False)
             if out is None:

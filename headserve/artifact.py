@@ -18,8 +18,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from headserve.encoders import DEFAULT_ENCODER_TYPE, PreprocessSpec
-from headserve.errors import ArtifactError, EncoderMismatchError
+from headserve.encoders import DEFAULT_ENCODER_TYPE, EncoderSpec, PreprocessSpec, get_encoder
+from headserve.errors import ArtifactError, EncoderLoadError, EncoderMismatchError
 from headserve.fsutil import publish_dir, staging_dir
 
 META_FILE = "meta.json"
@@ -42,7 +42,7 @@ class HeadMeta:
     temperature: float = 1.0  # fitted on held-out data; probabilities are softmax(logits / T)
     preprocess: dict[str, Any] | None = None  # PreprocessSpec of the encoder, as training used it
     encoder_name: str | None = None  # registry key, e.g. "dinov3:vitb16"
-    encoder_pretrained: str | None = None  # open_clip pretrained tag
+    encoder_pretrained: str | None = None  # open_clip pretrained tag, or the local checkpoint file trained with
     encoder_fingerprint: str | None = None  # sha256 of encoder weights + preprocessing
     encoder_untrained: bool = False  # True for the tiny random twins
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics at training time
@@ -114,12 +114,19 @@ def load_meta(directory: str | os.PathLike) -> HeadMeta:
 
 
 def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist; the artifact has metadata but no weights")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(
+            f"{path} is not a readable safetensors file ({str(exc)[:120]}); it may be "
+            "truncated or not a head's weights: copy the artifact again or retrain it with `headserve train`"
+        ) from None
 
 
 def check_encoder_match(meta: HeadMeta, encoder_type: str, encoder_model: str, embedding_dim: int,
@@ -135,3 +142,27 @@ def check_encoder_match(meta: HeadMeta, encoder_type: str, encoder_model: str, e
             f"fingerprint {fingerprint or 'unrecorded'}). Retrain the head on this encoder's embeddings "
             "or serve it with the encoder it was trained on."
         )
+
+
+def trained_encoder(meta: HeadMeta, name: str | None = None, weights: str | None = None) -> tuple[EncoderSpec, str]:
+    """The registry encoder a head was trained on, loaded from the weights it was trained with.
+
+    ``weights`` (``--encoder-weights``) wins; else the local checkpoint file or directory that
+    meta.json records; the model hub only when nothing local is recorded. Returns the spec and a
+    phrase saying where its weights come from, for the command to print.
+    """
+    spec = get_encoder(name or meta.encoder_name or "")
+    if weights:
+        return spec.with_weights(weights), f"{weights} (--encoder-weights)"
+    if spec.is_tiny:
+        return spec, "random tiny twin"
+    hub = spec.pretrained if spec.encoder_type == "clip" else spec.model_id
+    recorded = meta.encoder_pretrained if spec.encoder_type == "clip" else meta.encoder_model
+    if not recorded or recorded == hub:
+        return spec, f"{hub} from the model hub"
+    if not Path(recorded).exists():
+        raise EncoderLoadError(
+            f"head {meta.name!r} was trained with encoder weights {recorded} (recorded in its meta.json), which "
+            "do not exist on this machine; pass --encoder-weights PATH with the same weights (a different "
+            "checkpoint is refused by the fingerprint check)")
+    return spec.with_weights(recorded), f"{recorded} (recorded in meta.json)"

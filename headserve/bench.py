@@ -12,13 +12,23 @@ import importlib
 import os
 import platform
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+# "module" runs module.run(out); "module:function" runs that function instead.
 BENCH_MODULES: tuple[str, ...] = (
     "headserve.train.bench",
-    "headserve.export.bench",
+    "headserve.train.bench_scale",
+    "headserve.export.bench_scale",
     "headserve.client.bench",
+)
+# `make bench-smoke`: tiny twins and short runs, minutes not tens of minutes; checks that every benchmark
+# runs, and its serving numbers say nothing about real encoders.
+SMOKE_MODULES: tuple[str, ...] = (
+    "headserve.export.bench",
+    "headserve.train.bench_scale:smoke",
+    "headserve.export.bench_scale:smoke",
 )
 
 
@@ -38,19 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m headserve.bench")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--only", action="append", help="run only these modules (e.g. headserve.client.bench)")
+    parser.add_argument("--smoke", action="store_true", help="tiny twins and short runs (SMOKE_MODULES)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"# headserve benchmarks", "", f"- machine: {machine()}",
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", f"- command: {' '.join(sys.argv)}", ""]
-    for name in args.only or BENCH_MODULES:
+    for entry in args.only or (SMOKE_MODULES if args.smoke else BENCH_MODULES):
+        name, _, function = entry.partition(":")
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name != name:
                 raise
             continue
-        print(f"running {name} ...", flush=True)
-        lines += module.run(args.out) + [""]
+        print(f"running {entry} ...", flush=True)
+        t0 = time.perf_counter()
+        lines += getattr(module, function or "run")(args.out) + [f"({entry}: {time.perf_counter() - t0:.0f} s)", ""]
     text = "\n".join(lines)
     (args.out / "results.md").write_text(text + "\n")
     print(text)

@@ -12,6 +12,27 @@ def add_encoder_args(p: argparse.ArgumentParser, default: str = "clip:tiny") -> 
                    help="local DINOv3 weights directory or CLIP checkpoint file instead of the hub")
 
 
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device, --precision and --workers: where and how crops are embedded (and heads trained)."""
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto|cpu|cuda|cuda:N|mps for embedding and head training (auto: CUDA, then MPS, then CPU)")
+    p.add_argument("--precision", dest="embed_precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="encoder precision while embedding; bf16/fp16 are checked against fp32 on a sample first "
+                        "and refused beyond tolerance")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="image decoding threads feeding the encoder (default 0: this machine's cores)")
+
+
+def embed_config_from_args(args: argparse.Namespace):
+    from headserve.train.embed import EmbedConfig
+
+    if args.workers < 0:
+        from headserve.errors import HeadserveError
+
+        raise HeadserveError(f"--workers {args.workers}: must be 0 (this machine's cores) or more")
+    return EmbedConfig(device=args.device, precision=args.embed_precision, workers=args.workers)
+
+
 def encoder_from_args(args: argparse.Namespace):
     from headserve.encoders import get_encoder
 

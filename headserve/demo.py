@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headserve.cli_args import parse_hidden
+from headserve.cli_args import add_device_args, embed_config_from_args, parse_hidden
 
 DEFAULT_ENCODERS = ("clip:tiny", "dinov3:tiny")
 
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=240, help="images in the generated dataset")
     p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths")
     p.add_argument("--profile", default="full", help="training recipe profile (see `headserve train --help`)")
+    add_device_args(p)
     p.set_defaults(func=run_demo)
 
 
@@ -68,6 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"[2/5] train: head {head} on {spec.display_name}")
         outcome = train_from_yolo(TrainRequest(dataset=dataset, encoder=spec, out=out / "heads" / head, name=head,
                                                hidden=args.hidden, train=profile_config(args.profile),
+                                               embed=embed_config_from_args(args),
                                                profile=args.profile))
         runs.append(HeadRun(name, head, outcome))
 
@@ -113,11 +115,11 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
         served = client.probabilities(run.head, crops)
         batch_s = time.perf_counter() - t0
     # In-process reference: the artifact's head on the encoder's embeddings of the same pixels.
+    from headserve.artifact import trained_encoder
     from headserve.backbones import encoder_graph, load_encoder
-    from headserve.encoders import get_encoder
     from headserve.train.embed import embed_pixels
 
-    graph = encoder_graph(load_encoder(get_encoder(run.encoder)))
+    graph = encoder_graph(load_encoder(trained_encoder(meta, run.encoder)[0]))
     head = build_serving_head(HeadConfig.from_dict(meta.head_config),
                               {k: torch.from_numpy(v) for k, v in load_tensors(outcome.artifact).items()})
     with torch.no_grad():

@@ -12,6 +12,7 @@ wherever they are shown.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Mapping
 
 from headserve.errors import UnknownEncoderError
@@ -122,6 +123,8 @@ class EncoderSpec:
         """The same encoder loaded from a local directory (DINOv3) or checkpoint file (CLIP)."""
         if self.is_tiny:
             raise UnknownEncoderError(f"{self.name} is a randomly initialised twin; it takes no weights ({source!r})")
+        if Path(source).exists():  # recorded in meta.json: absolute, so export finds it from any directory
+            source = str(Path(source).resolve())
         if self.encoder_type == "clip":
             return replace(self, pretrained=source)
         return replace(self, model_id=source)

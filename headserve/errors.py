@@ -30,6 +30,14 @@ class ImageDecodeError(HeadserveError):
     """An image file or buffer that does not decode."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose decoded size exceeds the pixel cap (a decompression bomb, or a photo too big to serve)."""
+
+
+class ClassNameError(HeadserveError, ValueError):
+    """A class name that cannot travel through labels files, config parameters and prompts unchanged."""
+
+
 class ArtifactError(HeadserveError):
     """A head artifact (meta.json + safetensors) that is missing or inconsistent."""
 
@@ -61,3 +69,19 @@ class RepositoryError(HeadserveError):
 
 class ServerError(HeadserveError):
     """The local tritonserver could not be started or did not become ready."""
+
+
+class RepositoryLockTimeout(RepositoryError):
+    """Another writer held the repository's lock for longer than this writer would wait."""
+
+
+class PortInUseError(ServerError):
+    """A port the local server was asked to use is taken by another process."""
+
+
+class ServerExitedError(ServerError):
+    """The local tritonserver exited while it was meant to be serving."""
+
+
+class StubUnhealthyError(ServerError):
+    """A python-backend stub process died, so its model fails every request although Triton says ready."""

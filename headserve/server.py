@@ -9,6 +9,7 @@ version is linked into a private backend directory, the way pytriton prepares it
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import signal
 import socket
@@ -16,12 +17,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
-from headserve.errors import ServerError
+from headserve.errors import PortInUseError, ServerError, ServerExitedError, StubUnhealthyError
+from headserve.processes import listening_inodes, session_members, socket_inodes, stub_processes
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ServerConfig:
     startup_timeout_s: float = 120.0
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    pass_env: tuple[str, ...] = ()  # extra environment variable names tritonserver and its stubs may see
 
 
 def _pytriton_root() -> Path:
@@ -73,8 +77,27 @@ def _backend_dir(root: Path) -> Path:
     return base
 
 
-def server_env(root: Path) -> dict[str, str]:
-    env = os.environ.copy()
+# The environment tritonserver and its python stubs get: what they need to find libraries, Python
+# packages, a home and a temp dir, the locale, thread counts and devices. Anything else (hub tokens,
+# cloud keys, passwords) stays with the caller: the stubs run model code, and their environment is
+# readable by anyone who can read /proc/<pid>/environ as this user.
+ENV_NAMES: frozenset[str] = frozenset({
+    "PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "HOME", "USER", "LOGNAME", "SHELL",
+    "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE", "TZ",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+})
+ENV_PREFIXES: tuple[str, ...] = ("LC_", "OMP_", "KMP_", "MKL_", "CUDA_", "ORT_")
+
+
+def allowed_env(environ: dict[str, str] | os._Environ, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """The allow-listed part of ``environ`` (plus the names in ``extra``)."""
+    names = ENV_NAMES | set(extra)
+    return {k: v for k, v in environ.items() if k in names or k.startswith(ENV_PREFIXES)}
+
+
+def server_env(root: Path, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    env = allowed_env(os.environ, extra)
     libs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent / "nvidia_pytriton.libs")]
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
@@ -82,9 +105,13 @@ def server_env(root: Path) -> dict[str, str]:
     site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     env["PYTHONPATH"] = ":".join(dict.fromkeys(site + [p for p in env.get("PYTHONPATH", "").split(":") if p]))
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    # One thread per ONNX Runtime / BLAS pool in the stubs: instances scale by count, not threads.
+    # The stubs' numpy glue runs single-threaded; ONNX Runtime's threads come from each model's config
+    # (intra_op_threads), which OpenMP settings do not touch in onnxruntime's own thread pool.
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+SUPERVISE_EVERY_S = 0.5  # how often `serve` checks that tritonserver runs and its stubs live
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -102,8 +129,11 @@ class LocalTriton:
         self.http_port = config.http_port or free_port(config.host)
         self.metrics_port = config.metrics_port or free_port(config.host)
         self._log = log
-        self._log_file: Path | None = None
+        self._pump: _LogPump | None = None
         self.process: subprocess.Popen | None = None
+        self._instances: dict[str, str] = {}  # python-backend instance name -> model, as seen alive
+        self._suspects: set[tuple[str, str]] = set()  # (model, instance) found dead at the last check
+        self._health_client = None  # gRPC client for the repository index, made on first use
 
     @property
     def grpc_url(self) -> str:
@@ -114,41 +144,55 @@ class LocalTriton:
         return f"{self.config.host}:{self.http_port}"
 
     def command(self) -> list[str]:
+        """The binary and the shared flags (headserve.triton_flags), bound to loopback and free ports."""
+        from headserve.triton_flags import TritonFlags
+
         root = _pytriton_root()
         c = self.config
-        cmd = [
-            str(root / "tritonserver" / "bin" / "tritonserver"),
-            f"--model-repository={Path(c.repository).resolve()}",
-            f"--backend-directory={_backend_dir(root)}",
-            f"--grpc-address={c.host}", f"--grpc-port={self.grpc_port}",
-            f"--http-address={c.host}", f"--http-port={self.http_port}",
-            f"--metrics-address={c.host}", f"--metrics-port={self.metrics_port}",
-            f"--model-control-mode={c.model_control}",
-            "--allow-gpu-metrics=false",
-            "--strict-readiness=true",
-            f"--log-verbose={c.log_verbose}",
-        ]
-        if c.model_control == "poll":
-            cmd.append(f"--repository-poll-secs={c.poll_secs}")
-        if c.model_control == "explicit":
-            cmd.append("--load-model=*")
-        return cmd + list(c.extra_args)
+        flags = TritonFlags(repository=str(Path(c.repository).resolve()), model_control=c.model_control,
+                            poll_secs=c.poll_secs, host=c.host, grpc_port=self.grpc_port, http_port=self.http_port,
+                            metrics_port=self.metrics_port, gpu_metrics=False, log_verbose=c.log_verbose,
+                            backend_directory=str(_backend_dir(root)))
+        return [str(root / "tritonserver" / "bin" / "tritonserver"), *flags.args(), *c.extra_args]
 
     def start(self) -> "LocalTriton":
         repo = Path(self.config.repository)
         if not repo.is_dir():
             raise ServerError(f"model repository {repo} does not exist; run `headserve export` or `make demo` first")
         root = _pytriton_root()
-        if self._log is None:
-            fd, name = tempfile.mkstemp(prefix="headserve-tritonserver-", suffix=".log")
-            self._log_file = Path(name)
-            out: IO | int = os.fdopen(fd, "w")
-        else:
-            out = self._log
-        self.process = subprocess.Popen(self.command(), env=server_env(root), stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        self._wait_ready()
+        self._check_ports_free()
+        self.process = subprocess.Popen(self.command(), env=server_env(root, self.config.pass_env),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self._pump = _LogPump(self.process.stdout, self._log)
+        self._pump.start()
+        try:
+            self._wait_ready()
+            self._remember_stubs()
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"gRPC": self.grpc_port, "HTTP": self.http_port, "metrics": self.metrics_port}
+
+    def _check_ports_free(self) -> None:
+        """Refuse ports another process listens on: its readiness answer would be taken for ours."""
+        for kind, port in self.ports.items():
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no owner
+                try:
+                    s.bind((self.config.host, port))
+                except OSError as exc:
+                    raise PortInUseError(
+                        f"{kind} port {port} on {self.config.host} is already in use ({exc.strerror}); stop the "
+                        f"process listening there or pick another port (--{kind.lower()}-port)") from None
+
+    def _foreign_listeners(self, port: int) -> set[int]:
+        """Sockets listening on ``port`` that our tritonserver does not hold."""
+        assert self.process is not None
+        return listening_inodes(port) - socket_inodes(self.process.pid)
 
     def _wait_ready(self) -> None:
         import tritonclient.grpc as grpcclient
@@ -158,42 +202,203 @@ class LocalTriton:
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
+                    tail = self.log_tail()
+                    if "already in use" in tail:
+                        raise PortInUseError(f"tritonserver could not listen on one of its ports "
+                                             f"({_ports_text(self.ports)}): already in use; stop the process "
+                                             f"listening there or pick other ports:\n{tail}")
                     raise ServerError(f"tritonserver exited with status {self.process.returncode} during start-up:\n"
-                                      + self.log_tail())
+                                      + tail)
                 try:
-                    if client.is_server_ready():
-                        return
+                    ready = client.is_server_ready()
                 except Exception:  # not listening yet
-                    pass
+                    ready = False
+                if ready and self._owns_ports():
+                    return
                 time.sleep(0.25)
         finally:
             client.close()
-        self.stop()
         raise ServerError(f"tritonserver was not ready after {self.config.startup_timeout_s:.0f}s:\n" + self.log_tail())
 
+    def _owns_ports(self) -> bool:
+        """True once our process listens on the gRPC port; a foreign listener there is an error, not a wait."""
+        assert self.process is not None
+        for kind, port in self.ports.items():
+            foreign = self._foreign_listeners(port)
+            if foreign:
+                raise PortInUseError(
+                    f"{kind} port {port} on {self.config.host} is also held by another process (socket inodes "
+                    f"{sorted(foreign)}), so readiness answers may not come from this tritonserver (pid "
+                    f"{self.process.pid}); stop that process or pick another port (--{kind.lower()}-port)")
+        return bool(listening_inodes(self.grpc_port) & socket_inodes(self.process.pid))
+
     def log_tail(self, lines: int = 40) -> str:
-        if self._log_file is None or not self._log_file.exists():
-            return "(log went to the caller's stream)"
-        return "\n".join(self._log_file.read_text(errors="replace").splitlines()[-lines:])
+        if self._pump is None:
+            return "(tritonserver has not been started)"
+        return "\n".join(self._pump.tail(lines))
+
+    # --- health: is the server that was started still the one serving, and can its models answer? ---------
+
+    def check_alive(self) -> None:
+        """Raise ``ServerExitedError`` (with the last log lines) when tritonserver is no longer running."""
+        proc = self.process
+        if proc is None or proc.poll() is None:
+            return
+        code = proc.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        raise ServerExitedError(f"tritonserver (pid {proc.pid}) {how} while serving {self.config.repository}; "
+                                f"restart `headserve serve`. Its last log lines:\n{self.log_tail()}")
+
+    def _ready_models(self) -> set[str]:
+        import tritonclient.grpc as grpcclient
+
+        if self._health_client is None:
+            self._health_client = grpcclient.InferenceServerClient(self.grpc_url)
+        index = self._health_client.get_model_repository_index(client_timeout=5.0)
+        return {m.name for m in index.models if m.state == "READY"}
+
+    def _remember_stubs(self) -> dict[str, list[int]]:
+        """Record the live stub of every python-backend instance; returns instance -> live pids."""
+        assert self.process is not None
+        live: dict[str, list[int]] = collections.defaultdict(list)
+        for stub in stub_processes(self.process.pid):
+            if stub.alive:
+                live[stub.instance].append(stub.pid)
+                self._instances[stub.instance] = stub.model
+        return live
+
+    def dead_stubs(self) -> list[tuple[str, str]]:
+        """(model, instance) of every READY model instance whose python stub process is gone.
+
+        Triton keeps such a model READY and fails each of its requests, so this is the only signal.
+        """
+        live = self._remember_stubs()
+        ready = self._ready_models()
+        for instance, model in list(self._instances.items()):
+            if model not in ready:  # unloaded on purpose: its stubs exit with it
+                del self._instances[instance]
+        return sorted((model, inst) for inst, model in self._instances.items() if not live.get(inst))
+
+    def is_healthy(self) -> bool:
+        """Running, and every READY python-backend model has a live stub per instance: what a probe should ask."""
+        try:
+            self.check_alive()
+            return not self.dead_stubs()
+        except Exception:  # exited, or the index cannot be read: not healthy either way
+            return False
+
+    def supervise(self, notify: Callable[[str], None] = lambda message: None) -> None:
+        """One supervision pass: raise if the server exited; reload models whose stubs died.
+
+        A stub found dead twice in a row (so not one caught mid-reload) is reloaded in ``explicit`` mode
+        (unload, then load: loading an unchanged model alone restarts nothing); in ``none``/``poll``
+        mode Triton cannot reload a model by request, so ``StubUnhealthyError`` says which model is lost
+        and the caller stops, for a supervisor to restart the server.
+        """
+        self.check_alive()
+        try:
+            dead = set(self.dead_stubs())
+        except Exception:  # the index did not answer this time (busy, or mid-shutdown): judge on the next pass
+            return
+        confirmed, self._suspects = dead & self._suspects, dead - self._suspects
+        if not confirmed:
+            return
+        models = sorted({model for model, _ in confirmed})
+        instances = ", ".join(inst for _, inst in sorted(confirmed))
+        if self.config.model_control != "explicit":
+            raise StubUnhealthyError(
+                f"the python-backend stub of {instances} (model {', '.join(models)}) died: Triton still says READY "
+                f"but fails every request to it. In --model-control-mode={self.config.model_control} it cannot be "
+                "reloaded, so the server stops; restart `headserve serve` (or run it with "
+                "--model-control-mode explicit, which reloads such a model)")
+        from tritonclient.utils import InferenceServerException
+
+        for model in models:
+            notify(f"python-backend stub of {instances} died; reloading model {model}")
+            try:
+                self._health_client.unload_model(model, client_timeout=60.0)
+                self._health_client.load_model(model, client_timeout=120.0)
+            except InferenceServerException as exc:
+                raise StubUnhealthyError(f"model {model} lost its python-backend stub and could not be reloaded "
+                                         f"({exc.message()}); restart `headserve serve`") from exc
+            notify(f"model {model} reloaded")
+        self._remember_stubs()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop tritonserver gracefully (SIGINT: it drains in-flight requests), then anything left in its session."""
         proc = self.process
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        os.killpg(proc.pid, signal.SIGINT)  # Triton drains in-flight requests on SIGINT
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if self._health_client is not None:
+            self._health_client.close()
+            self._health_client = None
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        _end_session(proc.pid)
+        if self._pump is not None:
+            self._pump.join(timeout=5.0)
 
     def __enter__(self) -> "LocalTriton":
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        if self._log_file is not None:
-            self._log_file.unlink(missing_ok=True)
+
+
+def _ports_text(ports: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {port}" for kind, port in ports.items())
+
+
+def _end_session(session_id: int, grace_s: float = 5.0) -> None:
+    """Wait briefly for the stubs of a stopped server to exit by themselves, then kill what is left.
+
+    Stubs notice their server's end and exit; after a kill -9 of the server nobody tells them, and
+    they would linger (holding shared memory) until the machine restarts.
+    """
+    deadline = time.monotonic() + grace_s
+    while session_members(session_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if session_members(session_id):
+        try:
+            os.killpg(session_id, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace_s
+        while session_members(session_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+class _LogPump(threading.Thread):
+    """Copies tritonserver's output to the caller's stream (if any) and keeps its last lines for errors."""
+
+    def __init__(self, source: IO[bytes], sink: IO[str] | None, keep: int = 400) -> None:
+        super().__init__(name="tritonserver-log", daemon=True)
+        self._source = source
+        self._sink = sink
+        self._lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        for raw in iter(self._source.readline, b""):
+            line = raw.decode(errors="replace")
+            with self._lock:
+                self._lines.append(line.rstrip("\n"))
+            if self._sink is not None:
+                try:
+                    self._sink.write(line)
+                    self._sink.flush()
+                except (OSError, ValueError):  # the caller closed its stream; keep draining the pipe
+                    self._sink = None
+        self._source.close()
+
+    def tail(self, lines: int) -> list[str]:
+        with self._lock:
+            return list(self._lines)[-lines:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,14 +416,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM (then drain and stop, exit 0), or until the server fails (exit 2, with why)."""
     config = ServerConfig(repository=args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, model_control=args.model_control_mode)
     server = LocalTriton(config, log=sys.stderr)
-    with server:
-        print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url} (Ctrl-C stops it)", flush=True)
-        try:
-            while server.process is not None and server.process.poll() is None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            print("stopping tritonserver ...", flush=True)
+    received: list[int] = []
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with server:
+            assert server.process is not None
+            print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url} (pid {server.process.pid}; "
+                  "Ctrl-C or SIGTERM stops it)", flush=True)
+            while not stop.wait(SUPERVISE_EVERY_S):
+                server.supervise(lambda message: print(f"headserve serve: {message}", file=sys.stderr, flush=True))
+            print(f"{signal.Signals(received[0]).name}: stopping tritonserver, draining in-flight requests ...",
+                  flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

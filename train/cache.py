@@ -1,10 +1,11 @@
 """Embeddings cached on disk, so a second run (or a sweep) computes nothing it already has.
 
-Layout: ``ROOT/<encoder_type>/<encoder_model>/<fingerprint>/<key[:2]>/<key>.npy``. The directory
-names the encoder family, model and weight+preprocessing fingerprint, so CLIP and DINOv3 entries
-never mix; the key is the sha256 of the resized crop's pixels (the image content as the encoder sees
-it). Entries are written only after their whole batch was embedded, each through a temp file and a
-rename, so an interrupted run leaves whole entries only and the next run resumes from them.
+Layout: ``ROOT/<encoder_type>/<encoder_model>/<fingerprint>[_<precision>]/<key[:2]>/<key>.npy``. The
+directory names the encoder family, model, weight+preprocessing fingerprint and (below fp32) the
+compute precision, so CLIP and DINOv3 entries, and fp32 and bf16 embeddings, never mix; the key is
+the sha256 of the resized crop's pixels (the image content as the encoder sees it). Entries are
+written only after their whole batch was embedded, each through a temp file and a rename, so an
+interrupted run leaves whole entries only and the next run resumes from them.
 Entries load with ``allow_pickle=False``.
 """
 
@@ -42,8 +43,11 @@ def _safe(part: str) -> str:
 class EmbeddingCache:
     """One encoder's slice of the on-disk cache."""
 
-    def __init__(self, root: str | Path, encoder_type: str, encoder_model: str, fingerprint: str) -> None:
-        self.dir = Path(root) / _safe(encoder_type) / _safe(encoder_model) / _safe(fingerprint)
+    def __init__(self, root: str | Path, encoder_type: str, encoder_model: str, fingerprint: str,
+                 precision: str = "fp32") -> None:
+        # fp32 keeps the directory it always had, so existing caches stay valid.
+        leaf = fingerprint if precision == "fp32" else f"{fingerprint}_{precision}"
+        self.dir = Path(root) / _safe(encoder_type) / _safe(encoder_model) / _safe(leaf)
         self.stats = CacheStats()
 
     @staticmethod

@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from headserve.cli_args import add_encoder_args, encoder_from_args, parse_hidden
+from headserve.cli_args import add_device_args, add_encoder_args, embed_config_from_args, encoder_from_args, parse_hidden
 
 PROFILE_HELP = "recipe profile: base, center_std, effective, hardmine, gelu_ln, calib, full, logit_train, " \
                "logit_infer, logit_both, arcface, supcon, feataug, center, crt"
@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--name", default="head", help="head name; becomes the served model name")
     add_encoder_args(p)
+    add_device_args(p)
     p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths, e.g. 768,384; 'logreg' for none")
     p.add_argument("--profile", default="full", help=PROFILE_HELP + " (default full)")
     p.add_argument("--bg", type=int, default=1, metavar="N",
@@ -102,7 +103,8 @@ def _train(args: argparse.Namespace) -> int:
     req = TrainRequest(dataset=args.dataset, encoder=encoder_from_args(args), out=args.out, name=args.name,
                        hidden=args.hidden, background=not args.no_background, bg_classes=args.bg,
                        strict=args.strict, reject_outside=args.reject_outside,
-                       train=profile_config(args.profile, **overrides), profile=args.profile,
+                       train=profile_config(args.profile, **overrides),
+                       embed=embed_config_from_args(args), profile=args.profile,
                        cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
                        ood_holdout=args.ood_holdout, progress=True)
     if args.select:

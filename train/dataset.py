@@ -19,11 +19,16 @@ from typing import Iterator
 
 from PIL import Image
 
+from headserve.class_names import check_class_names
 from headserve.errors import DatasetError, ImageDecodeError
-from headserve.preprocess import crop_box, load_image
+from headserve.preprocess import MIN_SIDE, crop_box, load_image, oriented_size
+from headserve.yolo import COORD_SLACK, IMAGE_SUFFIXES, LabelProblem, images_under, label_path_for, read_label_file
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-COORD_SLACK = 1e-3  # rounding noise tolerated beyond [0, 1] before a coordinate counts as out of range
+__all__ = ["COORD_SLACK", "IMAGE_SUFFIXES", "DataReport", "LabelledObject", "YoloDataset", "background_objects",
+           "load_crop", "read_class_names", "read_yolo"]
+
+# The smallest background crop is this fraction of the image's short side (the largest is 0.4).
+BG_MIN_FRACTION, BG_MAX_FRACTION = 0.15, 0.4
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,11 @@ def read_class_names(root: Path) -> list[str]:
             names = [names[k] for k in sorted(names, key=int)]
         if not isinstance(names, list) or not names:
             raise DatasetError(f"{yaml_path}: 'names' must be a non-empty list or an index->name mapping")
-        return [str(n) for n in names]
+        return check_class_names(names, f"{yaml_path} 'names'")
     if txt_path.is_file():
-        names = [line.strip() for line in txt_path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in txt_path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         if names:
-            return names
+            return check_class_names(names, str(txt_path))
         raise DatasetError(f"{txt_path}: no class names in it; write one name per line")
     raise DatasetError(f"{root}: neither data.yaml nor classes.txt found; add one that lists the class names")
 
@@ -103,16 +108,16 @@ def read_yolo(root: str | Path, strict: bool = False, reject_outside: bool = Fal
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir} does not exist; a YOLO dataset keeps its images under images/")
     report = DataReport(strict=strict)
-    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = images_under(image_dir)
     objects: list[LabelledObject] = []
     usable: list[Path] = []
     for image_path in images:
-        label_path = root / "labels" / image_path.relative_to(image_dir).with_suffix(".txt")
+        label_path = label_path_for(root, image_dir, image_path)
         try:
-            with Image.open(image_path) as im:
-                width, height = im.size
-        except (OSError, ValueError) as exc:
-            report.skip("unreadable image", str(image_path), f"image does not decode ({exc.__class__.__name__})")
+            width, height = oriented_size(image_path)  # labels refer to the displayed (EXIF-rotated) image
+        except ImageDecodeError as exc:
+            cause = exc.__cause__.__class__.__name__ if exc.__cause__ else exc.__class__.__name__
+            report.skip("unreadable image", str(image_path), f"image does not decode ({cause}): {exc}")
             continue
         usable.append(image_path)
         if label_path.is_file():
@@ -133,45 +138,12 @@ def read_yolo(root: str | Path, strict: bool = False, reject_outside: bool = Fal
 
 def _read_labels(path: Path, image: Path, width: int, height: int, num_classes: int,
                  report: DataReport, reject_outside: bool = False) -> Iterator[LabelledObject]:
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        where = f"{path}:{lineno}"
-        parts = line.split()
-        try:
-            cls_id = int(parts[0])
-            coords = [float(v) for v in parts[1:]]
-        except ValueError:
-            report.skip("malformed line", where, f"not numbers: {line!r}")
-            continue
-        if not 0 <= cls_id < num_classes:
-            report.skip("class out of range", where, f"class id {cls_id} is outside 0..{num_classes - 1}")
-            continue
-        if len(coords) == 4:
-            cx, cy, w, h = coords
-            xs, ys = [cx - w / 2, cx + w / 2], [cy - h / 2, cy + h / 2]
-            values = coords
-        elif len(coords) >= 6 and len(coords) % 2 == 0:
-            xs, ys = coords[0::2], coords[1::2]
-            values = coords
-        elif len(coords) % 2 == 0 and len(coords) > 0:
-            report.skip("short polygon", where, f"polygon has {len(coords) // 2} points; at least 3 are needed")
-            continue
+    """The label file's boxes by the shared rules (``headserve.yolo``); problems go to the report."""
+    for item in read_label_file(path, width, height, num_classes, reject_outside):
+        if isinstance(item, LabelProblem):
+            report.skip(item.kind, item.where, item.message)
         else:
-            report.skip("malformed line", where, f"expected 'cls cx cy w h' or 'cls x1 y1 x2 y2 x3 y3 ...', got {line!r}")
-            continue
-        if any(v < -COORD_SLACK or v > 1 + COORD_SLACK for v in values) and reject_outside:
-            report.skip("coordinates rejected", where, "coordinates outside [0, 1]; line skipped (--reject-outside)")
-            continue
-        if any(v < -COORD_SLACK or v > 1 + COORD_SLACK for v in values):
-            report.skip("coordinates clipped", where, "coordinates outside [0, 1] were clipped to the image")
-        x1, x2 = max(0.0, min(xs)) * width, min(1.0, max(xs)) * width
-        y1, y2 = max(0.0, min(ys)) * height, min(1.0, max(ys)) * height
-        if x2 - x1 < 2 or y2 - y1 < 2:
-            report.skip("degenerate box", where, "box is smaller than 2 pixels after clipping")
-            continue
-        yield LabelledObject(image=image, class_id=cls_id, box=(x1, y1, x2, y2), source=where)
+            yield LabelledObject(image=image, class_id=item.class_id, box=item.box, source=item.where)
 
 
 def background_objects(dataset: YoloDataset, per_image: int, class_id: int, seed: int = 42) -> list[LabelledObject]:
@@ -182,14 +154,18 @@ def background_objects(dataset: YoloDataset, per_image: int, class_id: int, seed
         by_image.setdefault(obj.image, []).append(obj.box)
     out: list[LabelledObject] = []
     for image_path in dataset.images:
-        with Image.open(image_path) as im:
-            width, height = im.size
+        width, height = oriented_size(image_path)
+        if BG_MIN_FRACTION * min(width, height) < MIN_SIDE + 1:  # +1: rounding the crop's edges loses a pixel
+            dataset.report.skip("too small for background", str(image_path),
+                                f"image is {width}x{height} pixels; background crops need a short side of at least "
+                                f"{int((MIN_SIDE + 1) / BG_MIN_FRACTION) + 1} pixels, so none are drawn from it")
+            continue
         boxes = by_image.get(image_path, [])
         placed = 0
         for _ in range(per_image * 20):
             if placed == per_image:
                 break
-            side = rng.uniform(0.15, 0.4) * min(width, height)
+            side = rng.uniform(BG_MIN_FRACTION, BG_MAX_FRACTION) * min(width, height)
             x1, y1 = rng.uniform(0, width - side), rng.uniform(0, height - side)
             cand = (x1, y1, x1 + side, y1 + side)
             if all(not _overlaps(cand, b) for b in boxes):

@@ -1,4 +1,10 @@
-"""Embeddings of crops through a frozen encoder graph, in batches.
+"""Embeddings of labelled crops through a frozen encoder, streamed with flat memory.
+
+Each image is decoded once for all of its objects by a pool of threads (PIL releases the GIL while it
+decodes and resizes), which feeds the encoder in batches on the chosen device and precision. Every
+finished batch goes to the embedding cache and into a memory-mapped (N, D) float32 array on disk, so
+what stays in memory is the embeddings, never the crops: a million crops at 224 px would be 150 GB of
+pixels, their ViT-B embeddings 3 GB.
 
 The crops go through ``headserve.preprocess`` (the client's own resize) and then through the same
 ``EncoderGraph`` that export writes to ONNX, so training sees exactly what serving will compute.
@@ -6,21 +12,205 @@ The crops go through ``headserve.preprocess`` (the client's own resize) and then
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import os
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from headserve.backbones import EncoderGraph
+from headserve.device import autocast, check_precision, check_supported, get_precision, resolve_device
 from headserve.encoders import PreprocessSpec
-from headserve.preprocess import resize_for_encoder
+from headserve.errors import HeadserveError
+from headserve.preprocess import crop_box, load_image, resize_for_encoder
+from headserve.train.cache import EmbeddingCache
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How embeddings are computed."""
+
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (auto: CUDA, then MPS, then CPU)
+    precision: str = "fp32"  # fp32|bf16|fp16 autocast of the encoder; lower ones are checked against fp32
+    batch_size: int = 64  # crops per encoder call
+    workers: int = 0  # decoding threads; 0: this machine's cores
+    check_sample: int = 32  # crops compared against fp32 before a lower-precision run proceeds
+
+    def __post_init__(self) -> None:
+        get_precision(self.precision)  # unknown precisions fail here, with the known ones
+        if self.batch_size < 1 or self.workers < 0 or self.check_sample < 1:
+            raise ValueError(f"batch_size {self.batch_size} and check_sample {self.check_sample} must be >= 1, "
+                             f"workers {self.workers} >= 0")
+
+
+@dataclass
+class Extraction:
+    """Embeddings of every object whose image decoded, in the objects' order."""
+
+    emb: np.ndarray  # (N, D) float32, memory-mapped: rows of objects whose image failed are zero
+    ok: np.ndarray  # (N,) bool: the object's image decoded and its row holds an embedding
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (image path, why) per undecodable image
+    device: str = "cpu"  # the torch device that computed them
+    precision: str = "fp32"
+    min_cosine: float | None = None  # lowest cosine to fp32 on the checked sample (None: nothing computed)
+    seconds: float = 0.0  # wall time of the whole extraction
+
+
+class _ImageFailed(HeadserveError):
+    """An image that does not decode; its objects are skipped and reported."""
+
+
+def _decode(path: Path, boxes: Sequence[tuple[float, float, float, float]], spec: PreprocessSpec,
+            ) -> list[np.ndarray] | _ImageFailed:
+    """One image, decoded once: the encoder-sized uint8 crop of each box (or why it failed)."""
+    try:
+        image = load_image(path)
+        return [resize_for_encoder(crop_box(image, box, origin=str(path)), spec) for box in boxes]
+    except HeadserveError as exc:  # ImageDecodeError: truncated, unreadable, or a box too small to crop
+        return _ImageFailed(str(exc))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL errors past the header
+        return _ImageFailed(f"{path}: {exc.__class__.__name__}: {exc}")
+
+
+def _grouped(images: Sequence[Path]) -> list[tuple[Path, list[int]]]:
+    """Object indices grouped by image, images in order of first appearance."""
+    groups: dict[Path, list[int]] = {}
+    for i, path in enumerate(images):
+        groups.setdefault(path, []).append(i)
+    return list(groups.items())
+
+
+def _decoded_in_order(groups: list[tuple[Path, list[int]]], boxes: Sequence[tuple[float, float, float, float]],
+                      spec: PreprocessSpec, workers: int) -> Iterator[tuple[Path, list[int], list[np.ndarray] | _ImageFailed]]:
+    """Decode images on ``workers`` threads, at most 4 per worker ahead of the consumer, in order."""
+    ahead = 4 * workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headserve-decode") as pool:
+        pending: deque[tuple[Path, list[int], Future]] = deque()
+        it = iter(groups)
+        for path, idx in it:
+            pending.append((path, idx, pool.submit(_decode, path, [boxes[i] for i in idx], spec)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            path, idx, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], nxt[1], pool.submit(_decode, nxt[0], [boxes[i] for i in nxt[1]], spec)))
+            yield path, idx, fut.result()
+
+
+class _Encoder:
+    """The graph on its device and precision, with the fp32 check of the first computed batch."""
+
+    def __init__(self, graph: EncoderGraph, config: EmbedConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.precision = get_precision(config.precision)
+        check_supported(self.device, self.precision)
+        self.graph = graph.to(self.device).eval()
+        self.check_sample = config.check_sample
+        self.min_cosine: float | None = None
+
+    @torch.inference_mode()
+    def _run(self, pixels: np.ndarray, fp32: bool = False) -> np.ndarray:  # (B, S, S, 3) uint8 -> (B, D)
+        x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+        if fp32:
+            return self.graph(x).float().cpu().numpy()
+        with autocast(self.device, self.precision):
+            return self.graph(x).float().cpu().numpy()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        emb = self._run(pixels)
+        if self.min_cosine is None and self.precision.name != "fp32":
+            sample = pixels[:self.check_sample]
+            self.min_cosine = check_precision(self._run(sample, fp32=True), emb[:len(sample)], self.precision,
+                                              where=f"encoder on {self.device}")
+        elif self.min_cosine is None:
+            self.min_cosine = 1.0
+        return emb.astype(np.float32, copy=False)
+
+
+def scratch_array(rows: int, dim: int, directory: Path | None) -> np.ndarray:
+    """An (rows, dim) float32 array backed by an unlinked file: on disk, gone when the last view goes."""
+    directory = Path(directory or tempfile.gettempdir())
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".headserve-emb-", suffix=".npy", dir=directory)
+    os.close(fd)
+    try:
+        array = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(rows, dim))
+    finally:
+        os.unlink(name)  # the mapping keeps the pages; nothing is left behind on any exit
+    return array
+
+
+def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, float]], graph: EncoderGraph,
+            spec: PreprocessSpec, dim: int, config: EmbedConfig = EmbedConfig(),
+            cache: EmbeddingCache | None = None, scratch: Path | None = None, progress: bool = False) -> Extraction:
+    """Embed the crop ``boxes[i]`` of ``images[i]`` for every i, streaming; see the module docstring."""
+    t0 = time.perf_counter()
+    encoder = _Encoder(graph, config)
+    workers = config.workers or os.cpu_count() or 1
+    out = scratch_array(len(images), dim, scratch)
+    ok = np.zeros(len(images), dtype=bool)
+    failures: list[tuple[str, str]] = []
+    groups = _grouped(images)
+    bar = None
+    if progress and groups:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), desc="embedding", unit="crop")
+    batch_idx: list[int] = []
+    batch_px: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not batch_idx:
+            return
+        pixels = np.stack(batch_px)  # (B, S, S, 3) uint8
+        if cache is not None:
+            emb = cache.embed(pixels, encoder, batch_size=len(pixels))
+        else:
+            emb = encoder(pixels)
+        out[batch_idx] = emb
+        ok[batch_idx] = True
+        if bar is not None:
+            bar.update(len(batch_idx))
+        batch_idx.clear()
+        batch_px.clear()
+
+    for path, idx, result in _decoded_in_order(groups, boxes, spec, workers):
+        if isinstance(result, _ImageFailed):
+            failures.append((str(path), str(result)))
+            if bar is not None:
+                bar.update(len(idx))
+            continue
+        for i, px in zip(idx, result):
+            batch_idx.append(i)
+            batch_px.append(px)
+            if len(batch_idx) >= config.batch_size:
+                flush()
+    flush()
+    if bar is not None:
+        bar.close()
+    return Extraction(out, ok, failures, str(encoder.device), encoder.precision.name, encoder.min_cosine,
+                      time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory helpers for callers that already hold crops (the demo's parity check, benchmarks).
 
 
 @torch.inference_mode()
 def embed_pixels(graph: EncoderGraph, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, D) float32 L2-normalised embeddings."""
-    out = [graph(torch.from_numpy(pixels[i:i + batch_size])).numpy() for i in range(0, len(pixels), batch_size)]
+    """(N, S, S, 3) uint8 -> (N, D) float32 L2-normalised embeddings, on the graph's device."""
+    device = next(graph.parameters()).device
+    out = [graph(torch.from_numpy(pixels[i:i + batch_size]).to(device)).float().cpu().numpy()
+           for i in range(0, len(pixels), batch_size)]
     return np.concatenate(out).astype(np.float32)
 
 

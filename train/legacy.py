@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from headserve.artifact import HeadMeta, save_artifact
+from headserve.class_names import check_class_names
 from headserve.encoders import DEFAULT_ENCODER_TYPE
 from headserve.errors import ArtifactError
 from headserve.head import HeadConfig, ServingHead, MLPHead
@@ -50,7 +51,7 @@ def _classes(meta: Mapping[str, Any], origin: Path) -> list[str]:
             names = [k for k, _ in sorted(items, key=lambda kv: int(kv[1]))]
     if not names:
         raise ArtifactError(f"{origin}: no 'classes' or 'labelmap'; the sidecar must name the classes")
-    return [str(n) for n in names]
+    return check_class_names(names, f"{origin} 'classes'")
 
 
 def _registry_name(encoder_type: str, model: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +18,7 @@ from headserve.errors import DatasetError
 from headserve.head import SERVING_OUTPUTS
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
-from headserve.train.embed import embed_pixels, pixels_of
+from headserve.train.embed import EmbedConfig, Extraction, extract, pixels_of
 from headserve.train.metrics import classification_metrics, expected_calibration_error, ood_auroc
 from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
 from headserve.train.recipe import describe
@@ -45,6 +46,7 @@ class TrainRequest:
     strict: bool = False  # bad label lines raise instead of being skipped
     reject_outside: bool = False  # skip lines with coordinates outside [0, 1] instead of clipping them
     train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)  # device, precision and decoding threads
     profile: str = "custom"  # recipe profile name `train` came from; recorded in meta.json and the report
     cache_dir: Path | None = None  # embedding cache root; None computes every embedding
     report_dir: Path | None = None  # where the Markdown + PNG report goes; None writes none
@@ -66,13 +68,18 @@ class TrainOutcome:
     meta: HeadMeta
     metrics: dict[str, object]
     test_objects: list[LabelledObject]
-    test_pixels: np.ndarray  # (N, S, S, 3) uint8, the held-out crops as the encoder sees them
     test_labels: np.ndarray
     report_lines: list[str]
     timings: dict[str, float]
     test_embeddings: np.ndarray | None = None  # (N, D) embeddings of the held-out crops
     report: Path | None = None  # the report's Markdown file when one was written
     test_outputs: dict[str, np.ndarray] = field(default_factory=dict)  # in-process head outputs on the test crops
+
+    @cached_property
+    def test_pixels(self) -> np.ndarray:
+        """(N, S, S, 3) uint8: the held-out crops as the encoder sees them, decoded on first use only,
+        so that training itself never holds crops in memory."""
+        return pixels_of((load_crop(o) for o in self.test_objects), self.meta.preprocess_spec)
 
 
 @dataclass
@@ -85,8 +92,7 @@ class PreparedData:
     classes: list[str]  # foreground then background names, in label order
     background: list[int]  # background class indices
     objects: list[LabelledObject]  # one per embedding row
-    pixels: np.ndarray  # (N, S, S, 3) uint8 crops
-    emb: np.ndarray  # (N, D) float32
+    emb: np.ndarray  # (N, D) float32, memory-mapped on disk
     labels: np.ndarray  # (N,) int64
     holdout_emb: np.ndarray  # (M, D) embeddings of the held-out OOD class (M may be 0)
     fit_idx: np.ndarray  # rows the head is fitted on
@@ -94,6 +100,7 @@ class PreparedData:
     test_idx: np.ndarray  # rows the report measures
     cache: EmbeddingCache | None
     timings: dict[str, float]
+    extraction: dict[str, object] = field(default_factory=dict)  # device, precision, fp32 check, rate
 
 
 def prepare(req: TrainRequest) -> PreparedData:
@@ -120,14 +127,18 @@ def prepare(req: TrainRequest) -> PreparedData:
     spec = loaded.spec
     graph = encoder_graph(loaded)
     fp = fingerprint(graph, spec.preprocess)
-    pixels = pixels_of((load_crop(o) for o in objects + holdout), spec.preprocess)
-    cache = EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp) if req.cache_dir else None
-    if cache is not None:
-        all_emb = cache.embed(pixels, lambda px: embed_pixels(graph, px), progress=req.progress)
-    else:
-        all_emb = embed_pixels(graph, pixels)
-    emb, holdout_emb = all_emb[:len(objects)], all_emb[len(objects):]
-    pixels = pixels[:len(objects)]
+    cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision)
+             if req.cache_dir else None)
+    everything = objects + holdout
+    run = extract([o.image for o in everything], [o.box for o in everything], graph, spec.preprocess,
+                  spec.embedding_dim, req.embed, cache, scratch=req.cache_dir or req.out.parent, progress=req.progress)
+    for path, why in run.failures:  # strict mode raises here, naming the image
+        data.report.skip("unreadable image", path, f"skipped with its objects: {why}")
+    keep, keep_holdout = run.ok[:len(objects)], run.ok[len(objects):]
+    emb = run.emb[:len(objects)][keep] if not keep.all() else run.emb[:len(objects)]
+    holdout_emb = np.asarray(run.emb[len(objects):][keep_holdout])
+    objects = [o for o, k in zip(objects, keep) if k]
+    _check_usable(data, objects)
     labels = np.array([o.class_id for o in objects], dtype=np.int64)
     if len(background) > 1:
         labels = _assign_background(emb, labels, background, req.seed)
@@ -137,8 +148,15 @@ def prepare(req: TrainRequest) -> PreparedData:
     groups = [str(o.image) for o in objects]
     train_idx, test_idx = group_split(groups, req.test_size, req.seed)
     sub_train, sub_val = group_split([groups[i] for i in train_idx], req.val_size, req.seed)
-    return PreparedData(spec, fp, data, classes, background, objects, pixels, emb, labels, holdout_emb,
-                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings)
+    return PreparedData(spec, fp, data, classes, background, objects, emb, labels, holdout_emb,
+                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings, _described(run))
+
+
+def _described(run: Extraction) -> dict[str, object]:
+    """What meta.json and the report record of how the embeddings were computed."""
+    return {"device": run.device, "precision": run.precision, "min_cosine_to_fp32": run.min_cosine,
+            "crops": int(run.ok.sum()), "unreadable_images": len(run.failures),
+            "crops_per_s": round(float(run.ok.sum()) / run.seconds, 1) if run.seconds else None}
 
 
 def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> TrainOutcome:
@@ -146,7 +164,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     p = prepared or prepare(req)
     timings = dict(p.timings)
     spec, fp, data, classes, background = p.spec, p.fingerprint, p.data, p.classes, p.background
-    objects, pixels, emb, labels, holdout_emb, cache = p.objects, p.pixels, p.emb, p.labels, p.holdout_emb, p.cache
+    objects, emb, labels, holdout_emb, cache = p.objects, p.emb, p.labels, p.holdout_emb, p.cache
     fit_idx, val_idx, test_idx = p.fit_idx, p.val_idx, p.test_idx
 
     t0 = time.perf_counter()
@@ -198,7 +216,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         temperature=fit.temperature,
         preprocess=spec.preprocess.to_dict(),
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "per_class")},
-        extra={"profile": req.profile, "recipe": dict(describe(cfg)), "log_priors": fit.log_priors,
+        extra={"profile": req.profile, "recipe": dict(describe(cfg)), "embedding": p.extraction,
+               "log_priors": fit.log_priors,
                "class_weights": fit.class_weights, "ood": {"method": "mahalanobis_shared_cov",
                                                            "quantile": req.ood_quantile,
                                                            "threshold_on": "foreground validation crops"},
@@ -219,8 +238,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         report = write_report(req.report_dir, meta, metrics, probs, uncal, labels[test_idx], timings, data.report)
         timings["report"] = time.perf_counter() - t0
         lines.append(f"report: {report}")
-    return TrainOutcome(artifact, meta, metrics, [objects[i] for i in test_idx], pixels[test_idx],
-                        labels[test_idx], lines, timings, emb[test_idx], report, test_outputs)
+    return TrainOutcome(artifact, meta, metrics, [objects[i] for i in test_idx], labels[test_idx], lines, timings,
+                        np.asarray(emb[test_idx]), report, test_outputs)
 
 
 def _hold_out(data: YoloDataset, name: str) -> tuple[list[str], list[LabelledObject], list[LabelledObject]]:

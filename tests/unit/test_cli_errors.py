@@ -89,3 +89,17 @@ def test_undecodable_image_in_a_dataset_is_skipped_and_reported_with_its_path(di
     data = read_yolo(root)
     assert victim not in data.images
     assert any(str(victim) in p for p in data.report.problems)
+
+
+def test_a_device_this_machine_lacks_is_named_with_the_available_ones(capsys, digits_dataset, tmp_path):
+    code, err = _run(capsys, "train", str(digits_dataset), "--out", str(tmp_path / "h"), "--device", "cuda:9")
+    assert code == 2
+    assert "--device cuda:9" in err and "available: cpu" in err
+    assert not (tmp_path / "h").exists()
+
+
+def test_an_instance_count_of_zero_is_one_line_naming_the_option(capsys, tmp_path):
+    code, err = _run(capsys, "export", "encoder", "clip:tiny", "--repo", str(tmp_path / "repo"), "--instances", "0")
+    assert code == 2
+    assert "--instances 0: a model needs at least one instance" in err
+    assert not (tmp_path / "repo").exists()

@@ -1,0 +1,79 @@
+"""Bad export inputs: one line naming the file and the fix, exit status 2, and the repository untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from headserve.artifact import WEIGHTS_FILE
+from headserve.cli import main
+from headserve.encoders import get_encoder
+from headserve.export.example import ExampleHead, write_example_head
+from headserve.export.pipeline import export_head
+
+
+@pytest.fixture(scope="module")
+def clip_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_example_head(get_encoder("clip:tiny"), ExampleHead("cats"), tmp_path_factory.mktemp("a") / "cats")
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with the sha256 of its content (directories as "dir")."""
+    if root.is_file():
+        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+def export_cli(capsys, artifact: Path, repo: Path) -> tuple[int, list[str]]:
+    status = main(["export", "head", str(artifact), "--repo", str(repo)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return status, err
+
+
+def test_a_truncated_head_safetensors_is_one_line_naming_the_file_and_the_repository_is_unchanged(
+        clip_head, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    export_head(clip_head, repo, "local")
+    broken = tmp_path / "broken"
+    shutil.copytree(clip_head, broken)
+    weights = broken / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    before = snapshot(repo)
+    status, err = export_cli(capsys, broken, repo)
+    assert status == 2
+    assert len(err) == 1, err
+    assert f"{weights} is not a readable safetensors file" in err[0] and "retrain" in err[0]
+    assert snapshot(repo) == before
+
+
+def test_a_repo_that_is_a_file_is_one_line_naming_it_and_the_file_is_unchanged(clip_head, tmp_path, capsys):
+    repo = tmp_path / "repo.txt"
+    repo.write_text("notes, not a repository\n")
+    status, err = export_cli(capsys, clip_head, repo)
+    assert status == 2
+    assert err == [f"headserve export: error: --repo {repo} is a file, not a directory; pass the model repository "
+                   "directory (it is created when missing)"]
+    assert repo.read_text() == "notes, not a repository\n"
+    status, err = export_cli(capsys, clip_head, repo / "inner")
+    assert status == 2 and f"--repo {repo / 'inner'} lies under the file {repo}" in err[0]
+    assert not (repo.parent / "inner").exists() and repo.read_text() == "notes, not a repository\n"
+
+
+@pytest.mark.parametrize("content", [b"this is not an ONNX file\n", b"", b"\x08\x07"])
+def test_an_encoder_model_onnx_that_is_not_onnx_is_refused_as_the_base_of_a_new_head(clip_head, tmp_path, capsys,
+                                                                                    content):
+    repo = tmp_path / "repo"
+    export_head(clip_head, repo, "local")
+    onnx_file = repo / "encoder_clip_tiny" / "1" / "model.onnx"
+    onnx_file.write_bytes(content)
+    before = snapshot(repo)
+    status, err = export_cli(capsys, clip_head, repo)
+    assert status == 2
+    assert len(err) == 1, err
+    assert f"{onnx_file} is not" in err[0]
+    assert "export again" in err[0] and "headserve export encoder clip:tiny" in err[0]
+    assert snapshot(repo) == before
