@@ -171,7 +171,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     cfg = req.train
     head_config = head_config_for(cfg, spec.embedding_dim, len(classes), req.hidden)
     fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg,
-                   background=background)
+                   background=background, device=str(p.extraction.get("device", "cpu")))
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -192,11 +192,12 @@ class _AuxLosses(nn.Module):
 
 
 def _augment(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:  # (B, D) -> (B, D)
+    # Draws come from the CPU generator and move to x's device, so a seed gives the same run on any device.
     if config.feature_scale > 0:
         scale = 1 + (torch.rand(x.shape[1], generator=gen) * 2 - 1) * config.feature_scale
-        x = x * scale
+        x = x * scale.to(x.device)
     if config.feature_noise > 0:
-        x = x + torch.randn(x.shape, generator=gen) * config.feature_noise
+        x = x + torch.randn(x.shape, generator=gen).to(x.device) * config.feature_noise
     return x
 
 
@@ -243,7 +244,7 @@ def _fit_linear_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndar
 
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
              head_config: HeadConfig, config: TrainConfig = TrainConfig(),
-             background: Sequence[int] = ()) -> FitResult:
+             background: Sequence[int] = (), device: str | torch.device = "cpu") -> FitResult:
     """Train an MLP/logreg head by the recipe in ``config``; returns it wrapped for serving.
 
     ``background`` names the background classes, which the linear head's selection leaves out of
@@ -271,8 +272,14 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     if head_config.standardize:
         head.emb_mean.copy_(xt.mean(0))
         head.emb_std.copy_(xt.std(0).clamp_min(1e-6))
+    # The loop runs on ``device``; generators, sampling weights and the serving wrapper stay on the CPU.
+    dev = torch.device(device)
+    xv_cpu, yv_cpu = xv, yv
+    head = head.to(dev)
+    xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
+    weight_dev, train_shift = weight.to(dev), train_shift.to(dev)
     feat_dim = head_config.hidden[-1] if head_config.hidden else head_config.in_dim
-    aux = _AuxLosses(feat_dim, n_cls, config)
+    aux = _AuxLosses(feat_dim, n_cls, config).to(dev)
     optim = torch.optim.AdamW([*head.parameters(), *aux.parameters()], lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
@@ -287,7 +294,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
             lam = float(beta.sample())
             perm = torch.randperm(len(x), generator=gen)
             x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
-        w = weight if balanced_weight else torch.ones(n_cls)
+        w = weight_dev if balanced_weight else torch.ones_like(weight_dev)
         loss = loss + _soft_ce(head.train_logits(x, target, margin) + train_shift, target, w, config.label_smoothing)
         optim.zero_grad()
         loss.backward()
@@ -320,7 +327,8 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
                 head.eval()
                 per = F.cross_entropy(head(xt) + train_shift, yt, reduction="none")
             head.train()
-            for idx in torch.multinomial(per + 1e-6, len(xt), replacement=True, generator=gen).split(config.batch_size):
+            draws = torch.multinomial((per + 1e-6).cpu(), len(xt), replacement=True, generator=gen)
+            for idx in draws.split(config.batch_size):
                 step(idx)
         # The mined state is kept as it ends: its point is to move the boundary towards hard examples.
         best, best_state = validate(), {k: v.clone() for k, v in head.state_dict().items()}
@@ -331,8 +339,8 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
         for p in head.body.parameters():
             p.requires_grad_(False)
         optim = torch.optim.AdamW(head.out.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        aux = _AuxLosses(feat_dim, n_cls, TrainConfig())  # no auxiliary losses in the re-training
-        sample_w = (1.0 / torch.from_numpy(counts).float().clamp_min(1))[yt]
+        aux = _AuxLosses(feat_dim, n_cls, TrainConfig()).to(dev)  # no auxiliary losses in the re-training
+        sample_w = (1.0 / torch.from_numpy(counts).float().clamp_min(1))[yt.cpu()]
         head.train()
         for _ in range(config.crt_epochs):
             order = torch.multinomial(sample_w, len(xt), replacement=True, generator=gen)
@@ -341,8 +349,9 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
         for p in head.body.parameters():
             p.requires_grad_(True)
 
-    head.eval()
-    serving, calibration = _serving(head, xv, yv, priors if config.logit_adjust in ("infer", "both") else None, config)
+    head = head.eval().cpu()
+    serving, calibration = _serving(head, xv_cpu, yv_cpu, priors if config.logit_adjust in ("infer", "both") else None,
+                                    config)
     return FitResult(serving, epoch, best, calibration.temperature, weight.tolist(), priors.tolist(), calibration)
 
 
