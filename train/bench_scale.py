@@ -242,8 +242,30 @@ def _gpu(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
             with autocast(torch.device("cuda"), get_precision(precision)):
                 alone = _encoder_rate(cuda_graph, spec.preprocess.input_size, 256)
             lines.append(f"| {enc} | {precision} | {rate:.0f} | {alone:.0f} | {gflop:.1f} | {alone * gflop / 1e3:.0f} |")
-    return lines + ["", "Compare the last column with the device's dense bf16 peak (H100/H200: about 990 TFLOP/s "
-                        "on paper, about 790 in matrix-multiply benchmarks).", ""]
+    lines += ["", "Compare the last column with the device's dense bf16 peak (H100/H200: about 990 TFLOP/s "
+                  "on paper, about 790 in matrix-multiply benchmarks).", ""]
+    return lines + _gpu_head_training(name)
+
+
+def _gpu_head_training(name: str) -> list[str]:
+    """The speed benchmark's MLP fit (100k x 1024, 20 classes, `full`, 10 epochs) on the GPU and on the CPU."""
+    from headserve.train.bench import BenchConfig, structured_embeddings
+    from headserve.train.recipe import profile_config
+    from headserve.train.trainer import fit_head, head_config_for
+
+    c = BenchConfig()
+    x, y = structured_embeddings(c.speed_rows, c.speed_dim, c.speed_classes)
+    va = slice(0, c.speed_rows // 10)
+    tr = slice(c.speed_rows // 10, None)
+    cfg = profile_config("full", epochs=c.speed_epochs)
+    head_config = head_config_for(cfg, c.speed_dim, c.speed_classes, c.speed_hidden)
+    rows = []
+    for device in ("cuda", "cpu"):
+        t0 = time.perf_counter()
+        fit = fit_head(x[tr], y[tr], x[va], y[va], head_config, cfg, device=device)
+        rows.append(f"| {device} | {time.perf_counter() - t0:.1f} | {fit.epochs_run} |")
+    return [f"### Head training on {name} ({c.speed_rows:,} x {c.speed_dim}, MLP {c.speed_hidden}, `full`)", "",
+            "| device | seconds | epochs |", "|---|---|---|", *rows, ""]
 
 
 if __name__ == "__main__":

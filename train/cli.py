@@ -61,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
     p.add_argument("--report", type=Path, default=None, help="report directory (default OUT.report)")
     p.add_argument("--ood-holdout", default=None, metavar="CLASS", help="leave CLASS out and report OOD AUROC on it")
+    p.add_argument("--select", action="store_true",
+                   help="choose --hidden, --weight-decay and --label-smoothing on the validation split (foreground "
+                        "macro F1, early stopping in each fit) from the grid hidden {logreg, 256, 512,256} x weight "
+                        "decay {1e-4, 1e-2} x label smoothing {0, 0.1} on top of the profile; the grid, every "
+                        "score and the choice go into meta.json and the report")
     _add_recipe_args(p)
     p.set_defaults(func=_train)
 
@@ -76,6 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs")
     s.add_argument("--bg", type=int, default=1, metavar="N", help="background classes (default 1)")
     s.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
+    s.add_argument("--seeds", type=lambda t: tuple(int(v) for v in t.split(",")), default=(42, 43, 44),
+                   help="comma-separated training seeds of every row (default 42,43,44; at least 3 for the ± sd)")
+    s.add_argument("--select", action="store_true",
+                   help="add a row per encoder for the head that `train --select` would choose")
     s.set_defaults(func=_sweep)
 
     g = sub.add_parser("import-legacy", help="convert a scikit-learn .pkl head (+ .meta.pkl) into an artifact")
@@ -98,7 +107,10 @@ def _train(args: argparse.Namespace) -> int:
                        embed=embed_config_from_args(args), profile=args.profile,
                        cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
                        ood_holdout=args.ood_holdout, progress=True)
-    outcome = train_from_yolo(req)
+    if args.select:
+        outcome = _train_selected(req)
+    else:
+        outcome = train_from_yolo(req)
     summary, *details = outcome.report_lines
     for line in details:
         print(line)
@@ -109,13 +121,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_selected(req: Any) -> Any:
+    """`train --select`: choose the head on validation from SELECTION_GRID, then train and save it."""
+    from dataclasses import replace
+
+    from headserve.train.pipeline import prepare, train_from_yolo
+    from headserve.train.selection import select_head
+
+    prepared = prepare(req)
+    fit, val = prepared.fit_idx, prepared.val_idx
+    sel = select_head(prepared.emb[fit], prepared.labels[fit], prepared.emb[val], prepared.labels[val],
+                      len(prepared.classes), req.train, prepared.background)
+    print(f"selected on validation: {sel.chosen.params} (validation macro F1 fg {sel.chosen.val_macro_f1_fg:.4f}, "
+          f"{len(sel.candidates)} candidates)")
+    return train_from_yolo(replace(req, hidden=sel.hidden, train=sel.config, selection=sel.describe()), prepared)
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from headserve.train.sweep import SweepConfig, run_sweep
 
     config = SweepConfig(dataset=args.dataset, out=args.out, profiles=tuple(args.profiles),
                          encoders=tuple(args.encoders), hidden=tuple(args.hidden),
                          label_smoothing=tuple(args.label_smoothing), epochs=args.epochs, bg_classes=args.bg,
-                         cache_dir=args.cache)
+                         cache_dir=args.cache, seeds=args.seeds, select=args.select)
     table = run_sweep(config)
     print(table.read_text())
     return 0

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ class TrainRequest:
     ood_quantile: float = 0.95  # known validation crops below the OOD threshold
     ood_holdout: str | None = None  # class left out of training and scored as OOD, for the OOD AUROC
     progress: bool = False  # show a progress bar while embedding
+    selection: Mapping[str, Any] | None = None  # the --select grid, every point's score and the choice, for meta.json
 
     def __post_init__(self) -> None:
         if self.bg_classes < 1:
@@ -168,7 +170,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     t0 = time.perf_counter()
     cfg = req.train
     head_config = head_config_for(cfg, spec.embedding_dim, len(classes), req.hidden)
-    fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg)
+    fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg,
+                   background=background, device=str(p.extraction.get("device", "cpu")))
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -217,7 +220,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
                "log_priors": fit.log_priors,
                "class_weights": fit.class_weights, "ood": {"method": "mahalanobis_shared_cov",
                                                            "quantile": req.ood_quantile,
-                                                           "threshold_on": "foreground validation crops"}},
+                                                           "threshold_on": "foreground validation crops"},
+               **fit.record(), **({"selection": dict(req.selection)} if req.selection is not None else {})},
         ood_threshold=threshold,
     )
     tensors = {k: v.detach().cpu().numpy() for k, v in fit.head.state_dict().items()}

@@ -3,8 +3,11 @@
 Plain PyTorch with AdamW and early stopping on validation loss. Every knob of the recipe is a field
 of ``TrainConfig``; named profiles (``headserve.train.recipe``) are presets of it. Temperature scaling
 (Guo et al., 2017) fits one scalar T by minimising the NLL of softmax(z / T) on the validation split;
-it changes no argmax, only how far probabilities can be trusted. SupCon comes from
-pytorch-metric-learning; centre loss is hand-written (three lines; the library has none). The ArcFace
+it changes no argmax, only how far probabilities can be trusted. A fitted T is kept only where it
+lowers the validation NLL and lies inside its bounds; otherwise the head keeps T = 1 and the fit
+records why (``Calibration``). A linear head (``hidden=()``, linear classifier) is fitted by
+scikit-learn with its regularisation chosen on validation (``headserve.train.selection``). SupCon
+comes from pytorch-metric-learning; centre loss is hand-written (three lines; the library has none). The ArcFace
 margin lives in the head's cosine classifier rather than in the library's ArcFaceLoss, because that
 loss owns its class weights and its cross-entropy, so it could neither be served as the head nor take
 soft targets (label smoothing, mixup) and class weights; a unit test checks the two agree.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +28,9 @@ from headserve.head import CLASSIFIERS, HeadConfig, MLPHead, ServingHead
 
 CLASS_WEIGHTINGS = ("none", "balanced", "effective")
 LOGIT_ADJUSTMENTS = ("none", "train", "infer", "both")
+LINEAR_FITS = ("sklearn", "torch")
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T at either end means the optimum lies outside: keep T = 1
+NLL_TOLERANCE = 1e-6  # a fitted T must lower validation NLL by more than this to be kept
 
 
 def knob(default: Any, doc: str) -> Any:
@@ -63,6 +69,9 @@ class TrainConfig:
     feature_scale: float = knob(0.0, "per-channel scaling of training embeddings by U(1 - s, 1 + s)")
     center_weight: float = knob(0.0, "weight of centre loss pulling features to learnt class centres")
     crt_epochs: int = knob(0, "classifier re-training epochs with a class-balanced sampler, body frozen")
+    linear_fit: str = knob("sklearn", "how a linear head (--hidden logreg) is fitted: 'sklearn' (standardised "
+                                      "L-BFGS logistic regression, C and class weighting chosen on validation; the "
+                                      "loss knobs above do not apply) or 'torch' (this recipe's training loop)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -75,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"logit_adjust {self.logit_adjust!r} is not one of {LOGIT_ADJUSTMENTS}")
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}")
+        if self.linear_fit not in LINEAR_FITS:
+            raise ValueError(f"linear_fit {self.linear_fit!r} is not one of {LINEAR_FITS}")
         if not 0.0 <= self.arcface_margin < 90.0:
             raise ValueError(f"arcface_margin {self.arcface_margin} must be in [0, 90) degrees")
         if not self.arcface_scale > 0:
@@ -87,6 +98,21 @@ class TrainConfig:
             raise ValueError(f"{', '.join(negative)} must not be negative")
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature a head serves, and why: the fitted value is kept only where it helps."""
+
+    temperature: float  # what the head serves
+    fitted: float | None  # what the optimiser found (None: calibration off)
+    val_nll_before: float  # validation NLL at T = 1
+    val_nll_fitted: float  # validation NLL at the fitted T
+    reason: str  # one sentence for the report
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "fitted": self.fitted, "val_nll_before": self.val_nll_before,
+                "val_nll_fitted": self.val_nll_fitted, "reason": self.reason}
+
+
 @dataclass
 class FitResult:
     head: ServingHead
@@ -95,6 +121,17 @@ class FitResult:
     temperature: float
     class_weights: list[float]  # loss weight per class as used (sum = class count)
     log_priors: list[float]  # log of training class frequencies (smoothed)
+    calibration: Calibration | None = None  # the temperature decision
+    linear_fit: dict[str, Any] | None = None  # the scikit-learn selection, for linear heads fitted by it
+
+    def record(self) -> dict[str, Any]:
+        """What meta.json's ``extra`` keeps of this fit beside the recipe."""
+        out: dict[str, Any] = {}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
+        if self.linear_fit is not None:
+            out["linear_fit"] = self.linear_fit
+        return out
 
 
 def class_weights(counts: np.ndarray, kind: str, beta: float = 0.9999) -> np.ndarray:
@@ -155,11 +192,12 @@ class _AuxLosses(nn.Module):
 
 
 def _augment(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:  # (B, D) -> (B, D)
+    # Draws come from the CPU generator and move to x's device, so a seed gives the same run on any device.
     if config.feature_scale > 0:
         scale = 1 + (torch.rand(x.shape[1], generator=gen) * 2 - 1) * config.feature_scale
-        x = x * scale
+        x = x * scale.to(x.device)
     if config.feature_noise > 0:
-        x = x + torch.randn(x.shape, generator=gen) * config.feature_noise
+        x = x + torch.randn(x.shape, generator=gen).to(x.device) * config.feature_noise
     return x
 
 
@@ -172,9 +210,46 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, s
     return (per * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def fits_by_sklearn(head_config: HeadConfig, config: TrainConfig) -> bool:
+    """Whether this head is the linear model that scikit-learn fits (see headserve.train.selection)."""
+    return not head_config.hidden and head_config.classifier == "linear" and config.linear_fit == "sklearn"
+
+
+# Loss knobs that the scikit-learn linear fit does not use, with their off values: a profile that sets
+# one gets it listed in meta.json's linear_fit record. (Optimiser knobs such as lr, weight_decay and epochs
+# do not apply either; C and class weighting are chosen on validation instead.)
+SKLEARN_IGNORES = {"label_smoothing": 0.0, "mixup": 0.0, "class_weights": "none", "hardmine_epochs": 0,
+                   "supcon_weight": 0.0, "feature_noise": 0.0, "feature_scale": 0.0, "center_weight": 0.0,
+                   "crt_epochs": 0}
+
+
+def _fit_linear_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                        head_config: HeadConfig, config: TrainConfig,
+                        background: Sequence[int]) -> tuple[MLPHead, dict[str, Any], float]:
+    """The linear head as scikit-learn's tuned logistic regression; returns (head, record, val NLL)."""
+    from headserve.train.selection import linear_head_weights, tune_logreg
+
+    tuned = tune_logreg(x_train, y_train, x_val, y_val, head_config.num_classes, background)
+    head = MLPHead(head_config)
+    state = head.state_dict()
+    for k, v in linear_head_weights(tuned, head_config.standardize).items():
+        state[k] = torch.from_numpy(v)
+    head.load_state_dict(state)
+    unused = sorted(k for k, off in SKLEARN_IGNORES.items() if getattr(config, k) != off)
+    if config.logit_adjust in ("train", "both"):
+        unused.append(f"logit_adjust={config.logit_adjust} (training part)")
+    record = {**tuned.describe(), "recipe_knobs_not_applied": unused}
+    return head.eval(), record, tuned.chosen.val_nll
+
+
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-             head_config: HeadConfig, config: TrainConfig = TrainConfig()) -> FitResult:
-    """Train an MLP/logreg head by the recipe in ``config``; returns it wrapped for serving."""
+             head_config: HeadConfig, config: TrainConfig = TrainConfig(),
+             background: Sequence[int] = (), device: str | torch.device = "cpu") -> FitResult:
+    """Train an MLP/logreg head by the recipe in ``config``; returns it wrapped for serving.
+
+    ``background`` names the background classes, which the linear head's selection leaves out of
+    its foreground macro F1.
+    """
     torch.manual_seed(config.seed)
     n_cls = head_config.num_classes
     xt, yt = torch.from_numpy(x_train).float(), torch.from_numpy(y_train).long()
@@ -184,13 +259,27 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     priors = torch.from_numpy(log_priors(counts)).float()
     train_shift = config.logit_tau * priors if config.logit_adjust in ("train", "both") else torch.zeros(n_cls)
 
+    if fits_by_sklearn(head_config, config):
+        head, linear, val_nll = _fit_linear_sklearn(x_train, y_train, x_val, y_val, head_config, config, background)
+        infer_priors = priors if config.logit_adjust in ("infer", "both") else None
+        serving, calibration = _serving(head, xv, yv, infer_priors, config)
+        # epochs_run 0: L-BFGS has iterations, not epochs; linear["lbfgs_iterations"] counts them
+        return FitResult(serving, 0, val_nll, calibration.temperature,
+                         weight.tolist(), priors.tolist(), calibration, linear)
+
     head = MLPHead(head_config)
     margin = math.radians(config.arcface_margin)  # used by the cosine classifier only
     if head_config.standardize:
         head.emb_mean.copy_(xt.mean(0))
         head.emb_std.copy_(xt.std(0).clamp_min(1e-6))
+    # The loop runs on ``device``; generators, sampling weights and the serving wrapper stay on the CPU.
+    dev = torch.device(device)
+    xv_cpu, yv_cpu = xv, yv
+    head = head.to(dev)
+    xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
+    weight_dev, train_shift = weight.to(dev), train_shift.to(dev)
     feat_dim = head_config.hidden[-1] if head_config.hidden else head_config.in_dim
-    aux = _AuxLosses(feat_dim, n_cls, config)
+    aux = _AuxLosses(feat_dim, n_cls, config).to(dev)
     optim = torch.optim.AdamW([*head.parameters(), *aux.parameters()], lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
@@ -205,7 +294,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
             lam = float(beta.sample())
             perm = torch.randperm(len(x), generator=gen)
             x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
-        w = weight if balanced_weight else torch.ones(n_cls)
+        w = weight_dev if balanced_weight else torch.ones_like(weight_dev)
         loss = loss + _soft_ce(head.train_logits(x, target, margin) + train_shift, target, w, config.label_smoothing)
         optim.zero_grad()
         loss.backward()
@@ -238,7 +327,8 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
                 head.eval()
                 per = F.cross_entropy(head(xt) + train_shift, yt, reduction="none")
             head.train()
-            for idx in torch.multinomial(per + 1e-6, len(xt), replacement=True, generator=gen).split(config.batch_size):
+            draws = torch.multinomial((per + 1e-6).cpu(), len(xt), replacement=True, generator=gen)
+            for idx in draws.split(config.batch_size):
                 step(idx)
         # The mined state is kept as it ends: its point is to move the boundary towards hard examples.
         best, best_state = validate(), {k: v.clone() for k, v in head.state_dict().items()}
@@ -249,8 +339,8 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
         for p in head.body.parameters():
             p.requires_grad_(False)
         optim = torch.optim.AdamW(head.out.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        aux = _AuxLosses(feat_dim, n_cls, TrainConfig())  # no auxiliary losses in the re-training
-        sample_w = (1.0 / torch.from_numpy(counts).float().clamp_min(1))[yt]
+        aux = _AuxLosses(feat_dim, n_cls, TrainConfig()).to(dev)  # no auxiliary losses in the re-training
+        sample_w = (1.0 / torch.from_numpy(counts).float().clamp_min(1))[yt.cpu()]
         head.train()
         for _ in range(config.crt_epochs):
             order = torch.multinomial(sample_w, len(xt), replacement=True, generator=gen)
@@ -259,16 +349,50 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
         for p in head.body.parameters():
             p.requires_grad_(True)
 
-    head.eval()
-    serving = ServingHead(head)
-    if config.logit_adjust in ("infer", "both"):
+    head = head.eval().cpu()
+    serving, calibration = _serving(head, xv_cpu, yv_cpu, priors if config.logit_adjust in ("infer", "both") else None,
+                                    config)
+    return FitResult(serving, epoch, best, calibration.temperature, weight.tolist(), priors.tolist(), calibration)
+
+
+def _serving(head: MLPHead, xv: torch.Tensor, yv: torch.Tensor, priors: torch.Tensor | None,
+             config: TrainConfig) -> tuple[ServingHead, Calibration]:
+    """Wrap a trained head for serving: logit adjustment at inference, then the temperature decision."""
+    serving = ServingHead(head.eval())
+    if priors is not None:
         serving.logit_bias.copy_(-config.logit_tau * priors)
-    temperature = 1.0
-    if config.calibrate:
-        with torch.no_grad():
-            temperature = fit_temperature(head(xv) + serving.logit_bias, yv)
-    serving.temperature.fill_(temperature)
-    return FitResult(serving.eval(), epoch, best, temperature, weight.tolist(), priors.tolist())
+    with torch.no_grad():
+        logits = head(xv) + serving.logit_bias
+    calibration = calibrate_temperature(logits, yv) if config.calibrate else \
+        Calibration(1.0, None, _nll(logits, yv, 1.0), _nll(logits, yv, 1.0), "calibration is off in this recipe")
+    serving.temperature.fill_(calibration.temperature)
+    return serving.eval(), calibration
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor, t: float) -> float:
+    return float(F.cross_entropy(logits.detach().double() / t, labels).item())
+
+
+def calibrate_temperature(logits: torch.Tensor, labels: torch.Tensor,
+                          fit: Callable[[torch.Tensor, torch.Tensor], float] | None = None) -> Calibration:
+    """Fit T on validation NLL and keep it only where it lowers that NLL inside ``TEMPERATURE_BOUNDS``.
+
+    A T at a bound means the optimum lies beyond it (e.g. validation logits that separate every class,
+    where NLL keeps falling as T -> 0): serving it would claim a confidence the data cannot support, so
+    the head keeps T = 1. ``fit`` defaults to ``fit_temperature``.
+    """
+    fitted = (fit or fit_temperature)(logits, labels)
+    before, after = _nll(logits, labels, 1.0), _nll(logits, labels, fitted)
+    low, high = TEMPERATURE_BOUNDS
+    at_bound = math.isclose(fitted, low, rel_tol=1e-6) or math.isclose(fitted, high, rel_tol=1e-6)  # float32 clamp
+    if not math.isfinite(fitted) or at_bound or fitted < low or fitted > high:
+        reason = f"fitted T = {fitted:.3g} hit the bound [{low}, {high}]; kept T = 1"
+        return Calibration(1.0, fitted, before, after, reason)
+    if not after < before - NLL_TOLERANCE:
+        reason = f"fitted T = {fitted:.3g} did not lower validation NLL ({before:.4f} -> {after:.4f}); kept T = 1"
+        return Calibration(1.0, fitted, before, after, reason)
+    return Calibration(fitted, fitted, before, after,
+                       f"T = {fitted:.3g} lowered validation NLL {before:.4f} -> {after:.4f}")
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
@@ -284,4 +408,4 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         return loss
 
     optim.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0).item())
+    return float(log_t.exp().clamp(*TEMPERATURE_BOUNDS).item())
