@@ -9,7 +9,9 @@ looks at the processes themselves.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +88,13 @@ def environment(pid: int) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-def listening_inodes(port: int) -> set[int]:
-    """Socket inodes of every TCP socket (v4 and v6) listening on ``port``, whoever owns them."""
+def listening_inodes(port: int, host: str | None = None) -> set[int]:
+    """Socket inodes of every TCP socket (v4 and v6) listening on ``port``, whoever owns them.
+
+    With ``host``, only sockets that a connection to ``host:port`` could reach: bound to that address or
+    to a wildcard (0.0.0.0, ::). Servers on 127.0.0.1:8001 and 127.0.0.2:8001 do not share a port.
+    """
+    wanted = _ip(host) if host is not None else None
     inodes = set()
     for table in ("tcp", "tcp6"):
         try:
@@ -96,9 +103,32 @@ def listening_inodes(port: int) -> set[int]:
             continue
         for line in lines:
             cols = line.split()
-            if len(cols) > 9 and cols[3] == TCP_LISTEN and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(int(cols[9]))
+            if len(cols) <= 9 or cols[3] != TCP_LISTEN:
+                continue
+            address, _, hex_port = cols[1].rpartition(":")
+            if int(hex_port, 16) != port:
+                continue
+            if wanted is not None:
+                bound = _proc_address(address)
+                mapped = getattr(bound, "ipv4_mapped", None)
+                if not (bound.is_unspecified or bound == wanted or mapped == wanted):
+                    continue
+            inodes.add(int(cols[9]))
     return inodes
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:  # a name such as localhost
+        return ipaddress.ip_address(socket.gethostbyname(host))
+
+
+def _proc_address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """/proc/net/tcp{,6} local address: 32-bit words in host (little-endian) byte order."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(words)
 
 
 def socket_inodes(pid: int) -> set[int]:

@@ -192,7 +192,7 @@ class LocalTriton:
     def _foreign_listeners(self, port: int) -> set[int]:
         """Sockets listening on ``port`` that our tritonserver does not hold."""
         assert self.process is not None
-        return listening_inodes(port) - socket_inodes(self.process.pid)
+        return listening_inodes(port, self.config.host) - socket_inodes(self.process.pid)
 
     def _wait_ready(self) -> None:
         import tritonclient.grpc as grpcclient
@@ -230,7 +230,7 @@ class LocalTriton:
                     f"{kind} port {port} on {self.config.host} is also held by another process (socket inodes "
                     f"{sorted(foreign)}), so readiness answers may not come from this tritonserver (pid "
                     f"{self.process.pid}); stop that process or pick another port (--{kind.lower()}-port)")
-        return bool(listening_inodes(self.grpc_port) & socket_inodes(self.process.pid))
+        return bool(listening_inodes(self.grpc_port, self.config.host) & socket_inodes(self.process.pid))
 
     def log_tail(self, lines: int = 40) -> str:
         if self._pump is None:
