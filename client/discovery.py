@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from headserve.client.errors import ServerSideError
 from headserve.encoders import PreprocessSpec
 
@@ -82,7 +84,8 @@ def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any])
     """Refuse outputs that another version of the head produced, or whose widths do not fit ``info``.
 
     Probabilities are decoded by position into ``info.classes``; an answer from a head with another class
-    order or count would be labelled with the wrong names, silently. Raises ``StaleAnswer`` saying why.
+    order or count would be labelled with the wrong names, silently. Raises ``StaleAnswer`` saying why, and
+    ``ServerSideError`` for NaN/Inf probabilities or logits, which no threshold should ever see.
     """
     if info.version and model_version and model_version != info.version:
         raise StaleAnswer(f"answered by version {model_version} of {info.name!r}, read as version {info.version}")
@@ -94,6 +97,15 @@ def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any])
         if want is not None and (len(shape) != 2 or shape[1] != want):
             raise StaleAnswer(f"output {name!r} of {info.name!r} has shape {tuple(shape)}, but version "
                               f"{info.version or '?'} publishes width {want}")
+    for name in (PROBS, LOGITS):  # a graph that overflowed (an fp16/TensorRT encoder) answers NaN, silently
+        if name in outputs:
+            bad = ~np.isfinite(np.asarray(outputs[name])).all(axis=1)
+            if bad.any():
+                raise ServerSideError(
+                    f"{info.name!r} version {info.version or '?'} answered non-finite {name} for {int(bad.sum())} of "
+                    f"{len(bad)} crops (first row {int(np.argmax(bad))}); nothing was decoded. The served graph "
+                    "overflowed or was fed non-finite values: export the encoder at fp32 (no --precision fp16 or "
+                    "--tensorrt FP16) or check the inputs")
 
 
 def head_info_from_config(name: str, config: Any, version: str = "") -> HeadInfo:

@@ -162,6 +162,16 @@ def test_an_answer_from_another_version_or_of_another_width_is_stale():
         check_answer(_info(), "2", {"embedding": np.zeros((2, 16), np.float32)})
 
 
+def test_nan_probabilities_from_the_server_are_refused_naming_the_rows_and_the_fix():
+    from headserve.client.discovery import check_answer
+    from headserve.client.errors import ServerSideError
+
+    probs = np.full((3, 3), 1 / 3, np.float32)
+    probs[1, 2] = np.nan  # what an fp16 graph that overflowed answers in production
+    with pytest.raises(ServerSideError, match=r"non-finite probs for 1 of 3 crops \(first row 1\).*at fp32"):
+        check_answer(_info(), "2", {"probs": probs})
+
+
 def test_triton_unknown_model_version_is_model_not_ready_not_a_server_to_retry():
     from tritonclient.utils import InferenceServerException
 
