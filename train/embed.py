@@ -57,6 +57,7 @@ class Extraction:
     emb: np.ndarray  # (N, D) float32, memory-mapped: rows of objects whose image failed are zero
     ok: np.ndarray  # (N,) bool: the object's image decoded and its row holds an embedding
     failures: list[tuple[str, str]] = field(default_factory=list)  # (image path, why) per undecodable image
+    bad_crops: list[tuple[int, str]] = field(default_factory=list)  # (object index, why): image fine, box not
     device: str = "cpu"  # the torch device that computed them
     precision: str = "fp32"
     min_cosine: float | None = None  # lowest cosine to fp32 on the checked sample (None: nothing computed)
@@ -68,15 +69,22 @@ class _ImageFailed(HeadserveError):
 
 
 def _decode(path: Path, boxes: Sequence[tuple[float, float, float, float]], spec: PreprocessSpec,
-            ) -> list[np.ndarray] | _ImageFailed:
-    """One image, decoded once: the encoder-sized uint8 crop of each box (or why it failed)."""
+            ) -> list[np.ndarray | _ImageFailed] | _ImageFailed:
+    """One image, decoded once: the encoder-sized uint8 crop of each box, or why that box (or the whole
+    image) failed; a box too small to crop costs only its own object."""
     try:
         image = load_image(path)
-        return [resize_for_encoder(crop_box(image, box, origin=str(path)), spec) for box in boxes]
-    except HeadserveError as exc:  # ImageDecodeError: truncated, unreadable, or a box too small to crop
+    except HeadserveError as exc:  # ImageDecodeError: truncated or unreadable, too many pixels
         return _ImageFailed(str(exc))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL errors past the header
         return _ImageFailed(f"{path}: {exc.__class__.__name__}: {exc}")
+    crops: list[np.ndarray | _ImageFailed] = []
+    for box in boxes:
+        try:
+            crops.append(resize_for_encoder(crop_box(image, box, origin=str(path)), spec))
+        except HeadserveError as exc:
+            crops.append(_ImageFailed(str(exc)))
+    return crops
 
 
 def _grouped(images: Sequence[Path]) -> list[tuple[Path, list[int]]]:
@@ -159,6 +167,7 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
     out = scratch_array(len(images), dim, scratch)
     ok = np.zeros(len(images), dtype=bool)
     failures: list[tuple[str, str]] = []
+    bad_crops: list[tuple[int, str]] = []
     groups = _grouped(images)
     bar = None
     if progress and groups:
@@ -190,6 +199,11 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
                 bar.update(len(idx))
             continue
         for i, px in zip(idx, result):
+            if isinstance(px, _ImageFailed):
+                bad_crops.append((i, str(px)))
+                if bar is not None:
+                    bar.update(1)
+                continue
             batch_idx.append(i)
             batch_px.append(px)
             if len(batch_idx) >= config.batch_size:
@@ -197,8 +211,8 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
     flush()
     if bar is not None:
         bar.close()
-    return Extraction(out, ok, failures, str(encoder.device), encoder.precision.name, encoder.min_cosine,
-                      time.perf_counter() - t0)
+    return Extraction(out, ok, failures, bad_crops, str(encoder.device), encoder.precision.name,
+                      encoder.min_cosine, time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------

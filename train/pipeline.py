@@ -134,6 +134,8 @@ def prepare(req: TrainRequest) -> PreparedData:
                   spec.embedding_dim, req.embed, cache, scratch=req.cache_dir or req.out.parent, progress=req.progress)
     for path, why in run.failures:  # strict mode raises here, naming the image
         data.report.skip("unreadable image", path, f"skipped with its objects: {why}")
+    for i, why in run.bad_crops:
+        data.report.skip("box too small to crop", everything[i].source, f"skipped: {why}")
     keep, keep_holdout = run.ok[:len(objects)], run.ok[len(objects):]
     emb = run.emb[:len(objects)][keep] if not keep.all() else run.emb[:len(objects)]
     holdout_emb = np.asarray(run.emb[len(objects):][keep_holdout])

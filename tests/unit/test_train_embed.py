@@ -96,6 +96,19 @@ def test_training_skips_a_truncated_image_and_strict_mode_refuses_it(dataset, tm
         prepare(TrainRequest(dataset=copy, encoder=get_encoder("clip:tiny"), out=tmp_path / "head2", strict=True))
 
 
+def test_a_box_that_cannot_be_cropped_costs_only_its_own_object(dataset, clip):
+    spec, graph = clip
+    objects = read_yolo(dataset).objects
+    image = next(o.image for o in objects if sum(p.image == o.image for p in objects) >= 2)
+    siblings = [i for i, o in enumerate(objects) if o.image == image]
+    boxes = [o.box for o in objects]
+    boxes[siblings[0]] = (5000.0, 5000.0, 5010.0, 5010.0)  # outside the image: this crop alone fails
+    run = extract([o.image for o in objects], boxes, graph, spec.preprocess, spec.embedding_dim)
+    assert not run.failures  # the image itself decoded
+    assert [i for i, _ in run.bad_crops] == [siblings[0]] and "lies outside" in run.bad_crops[0][1]
+    assert run.ok.sum() == len(objects) - 1 and run.ok[siblings[1:]].all()
+
+
 def test_bf16_runs_on_the_cpu_after_its_check_and_caches_apart_from_fp32(dataset, clip, tmp_path):
     spec, graph = clip
     caches = {p: EmbeddingCache(tmp_path, spec.encoder_type, spec.model_id, "sha256:x", p) for p in ("fp32", "bf16")}
