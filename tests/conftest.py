@@ -24,6 +24,20 @@ class TrainedHead:
         return self.outcome.artifact
 
 
+@pytest.fixture()
+def long_tailed_embeddings() -> tuple:
+    """(x, y): four long-tailed Gaussian clusters (80, 40, 12, 6 points, 16-dim), L2-normalised like encoder
+    embeddings; fresh arrays for each test."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_per = (80, 40, 12, 6)
+    centres = rng.standard_normal((len(n_per), 16)) * 1.5
+    x = np.concatenate([centres[c] + rng.standard_normal((n, 16)) for c, n in enumerate(n_per)]).astype(np.float32)
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(n_per)]).astype(np.int64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+
+
 @pytest.fixture(scope="session")
 def digits_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from headserve.train.synth import SynthConfig, build_digits_dataset

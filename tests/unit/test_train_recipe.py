@@ -14,15 +14,6 @@ REQUIRED_PROFILES = ("base", "center_std", "effective", "hardmine", "gelu_ln", "
                      "logit_infer", "logit_both", "arcface", "supcon")
 
 
-def blobs(n_per: tuple[int, ...] = (80, 40, 12, 6), dim: int = 16, seed: int = 0):
-    """Long-tailed Gaussian clusters, L2-normalised like encoder embeddings."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((len(n_per), dim)) * 1.5
-    x = np.concatenate([centres[c] + rng.standard_normal((n, dim)) for c, n in enumerate(n_per)]).astype(np.float32)
-    y = np.concatenate([np.full(n, c) for c, n in enumerate(n_per)]).astype(np.int64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True), y
-
-
 def test_every_profile_of_the_earlier_sweep_is_registered():
     assert set(REQUIRED_PROFILES) <= set(PROFILES)
 
@@ -60,8 +51,8 @@ def test_class_with_no_examples_gets_no_weight():
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_every_profile_trains_a_head_that_beats_chance(profile: str):
-    x, y = blobs()
+def test_every_profile_trains_a_head_that_beats_chance(profile: str, long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     cfg = profile_config(profile, epochs=40, patience=40, lr=5e-3)
     hc = head_config_for(cfg, 16, 4, (32,))
     fit = fit_head(x[::2], y[::2], x[1::2], y[1::2], hc, cfg)
@@ -73,15 +64,15 @@ def test_every_profile_trains_a_head_that_beats_chance(profile: str):
     assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5) and ood.shape == (len(probs), 1)
 
 
-def test_logit_adjustment_at_inference_stores_minus_tau_log_priors_as_the_logit_bias():
-    x, y = blobs()
+def test_logit_adjustment_at_inference_stores_minus_tau_log_priors_as_the_logit_bias(long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     fit = fit_head(x, y, x, y, HeadConfig(16, 4), profile_config("logit_infer", epochs=3, logit_tau=0.5))
     expected = -0.5 * log_priors(np.bincount(y, minlength=4))
     assert np.allclose(fit.head.logit_bias.numpy(), expected, atol=1e-6)
 
 
-def test_standardisation_stats_live_in_the_head_buffers():
-    x, y = blobs()
+def test_standardisation_stats_live_in_the_head_buffers(long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     fit = fit_head(x, y, x, y, HeadConfig(16, 4, standardize=True), profile_config("center_std", epochs=2))
     assert np.allclose(fit.head.head.emb_mean.numpy(), x.mean(0), atol=1e-6)
 

@@ -25,14 +25,6 @@ def sparse_signal(n: int, dim: int = 60, seed: int = 0) -> tuple[np.ndarray, np.
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def blobs(n_per: tuple[int, ...] = (80, 40, 12, 6), dim: int = 16, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((len(n_per), dim)) * 1.5
-    x = np.concatenate([centres[c] + rng.standard_normal((n, dim)) for c, n in enumerate(n_per)]).astype(np.float32)
-    y = np.concatenate([np.full(n, c) for c, n in enumerate(n_per)]).astype(np.int64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True), y
-
-
 def test_baseline_c_is_chosen_on_the_validation_split_and_changes_with_it():
     x_fit, y_fit = sparse_signal(40)
     x_new, y_new = sparse_signal(400, seed=1)
@@ -45,8 +37,9 @@ def test_baseline_c_is_chosen_on_the_validation_split_and_changes_with_it():
 
 
 @pytest.mark.parametrize("standardize", [True, False])
-def test_linear_head_serves_the_tuned_baselines_probabilities_through_the_logreg_graph(standardize: bool):
-    x, y = blobs()
+def test_linear_head_serves_the_tuned_baselines_probabilities_through_the_logreg_graph(
+        standardize: bool, long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     cfg = replace(profile_config("full"), standardize=standardize)
     hc = head_config_for(cfg, 16, 4, ())
     fit = fit_head(x[::2], y[::2], x[1::2], y[1::2], hc, cfg, background=(3,))
@@ -61,16 +54,16 @@ def test_linear_head_serves_the_tuned_baselines_probabilities_through_the_logreg
     assert hc.head_type == "logreg"
 
 
-def test_linear_head_weights_fold_standardisation_when_the_head_does_not_standardise():
-    x, y = blobs()
+def test_linear_head_weights_fold_standardisation_when_the_head_does_not_standardise(long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     tuned = tune_logreg(x, y, x, y, 4)
     folded = linear_head_weights(tuned, standardize=False)
     assert set(folded) == {"out.weight", "out.bias"}
     assert np.allclose(x @ folded["out.weight"].T + folded["out.bias"], tuned.logits(x), atol=1e-4)
 
 
-def test_a_class_absent_from_the_fit_split_is_never_predicted():
-    x, y = blobs()
+def test_a_class_absent_from_the_fit_split_is_never_predicted(long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     keep = y != 2
     tuned = tune_logreg(x[keep], y[keep], x[keep], y[keep], 4)
     probs = tuned.predict_proba(x)
@@ -106,8 +99,9 @@ def test_temperature_that_lowers_validation_nll_is_kept_with_its_reason():
 
 
 @pytest.mark.parametrize("hidden", [(), (32,)])
-def test_same_seed_and_thread_count_give_byte_identical_head_weights(hidden: tuple[int, ...]):
-    x, y = blobs()
+def test_same_seed_and_thread_count_give_byte_identical_head_weights(
+        hidden: tuple[int, ...], long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     cfg = profile_config("full", epochs=20, seed=7)
     threads = torch.get_num_threads()
     weights = []
@@ -139,8 +133,8 @@ def test_paired_bootstrap_calls_identical_heads_a_tie_and_a_clearly_better_head_
     assert paired_f1_difference(y, [y], [noisy], [0, 1, 2], 3) == better  # seeded: a re-run gives the same interval
 
 
-def test_select_keeps_the_best_validation_point_and_its_config_reproduces_the_head():
-    x, y = blobs()
+def test_select_keeps_the_best_validation_point_and_its_config_reproduces_the_head(long_tailed_embeddings):
+    x, y = long_tailed_embeddings
     grid = SelectionGrid(hidden=((), (16,)), weight_decay=(1e-4,), label_smoothing=(0.0, 0.1))
     base = profile_config("full", epochs=15, seed=3)
     sel = select_head(x[::2], y[::2], x[1::2], y[1::2], 4, base, background=(3,), grid=grid)
