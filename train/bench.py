@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from headserve.head import HeadConfig
+from headserve.train.dataset import load_crop
+from headserve.train.embed import pixels_of
 from headserve.train.metrics import (BOOTSTRAP_REPS, Interval, bootstrap_interval, classification_metrics, comparison,
                                      expected_calibration_error, macro_f1_fg, paired_f1_difference)
 from headserve.train.recipe import profile_config
@@ -236,7 +238,9 @@ def _quality_table(name: str, ds: Path, built: str, config: BenchConfig, work: P
     for enc in EMBEDDINGS:
         p = prepare(TrainRequest(dataset=ds, encoder=get_encoder("clip:tiny" if enc == "raw-pixels" else enc),
                                  out=work / "unused", cache_dir=work / "cache"))
-        emb = _raw_pixels(p.pixels) if enc == "raw-pixels" else p.emb
+        # Training keeps no crops; the stand-in encoder decodes them again (small sets: a few MB of pixels).
+        emb = _raw_pixels(pixels_of((load_crop(o) for o in p.objects), p.spec.preprocess)) if enc == "raw-pixels" \
+            else p.emb
         n_cls, bg = len(p.classes), tuple(p.background)
         fg = [c for c in range(n_cls) if c not in bg]
         tr, va, te = p.fit_idx, p.val_idx, p.test_idx
