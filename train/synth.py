@@ -25,12 +25,19 @@ class SynthConfig:
     max_objects: int = 3  # digits per image, 1..max_objects
     seed: int = 42  # fixes textures, digits, positions and colours
     tail: float = 0.0  # > 0 subsamples classes exponentially: class k keeps exp(-tail * k) of its digits
+    textures: tuple[str, ...] = ("brick", "grass", "gravel")  # scikit-image photographs drawn on, in turn
 
 
-def _textures() -> list[np.ndarray]:
+def _textures(names: tuple[str, ...]) -> list[np.ndarray]:
+    """Grey texture photographs by scikit-image name; another set draws the same digits on another world
+    (how the drift tests make a window that training never saw)."""
     import skimage.data as data
 
-    return [data.brick(), data.grass(), data.gravel()]
+    out = []
+    for name in names:
+        image = np.asarray(getattr(data, name)())
+        out.append(image if image.ndim == 2 else image[..., :3].mean(axis=2).astype(np.uint8))
+    return out
 
 
 def build_digits_dataset(root: str | Path, config: SynthConfig = SynthConfig()) -> Path:
@@ -49,7 +56,7 @@ def build_digits_dataset(root: str | Path, config: SynthConfig = SynthConfig()) 
         pools[k] = rng.permutation(idx)[:keep]
     weights = np.array([len(pools[k]) for k in range(len(config.classes))], dtype=float)
     weights /= weights.sum()
-    textures = _textures()
+    textures = _textures(config.textures)
     size = config.image_size
     for i in range(config.num_images):
         tex = textures[i % len(textures)]
