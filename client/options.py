@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from headserve.client.errors import BadInputError
+from headserve.client.errors import BadInputError, ClientError, ServerUnavailableError
 from headserve.preprocess import DEFAULT_MAX_PIXELS
 
 COMPRESSIONS = (None, "gzip", "deflate")
@@ -54,4 +54,11 @@ class ConnectionOptions:
                 "private_key": self.private_key, "certificate_chain": self.certificate_chain}
 
     def backoff(self, attempt: int) -> float:
-        return self.backoff_s * (2 ** attempt)
+        return float(self.backoff_s * 2.0 ** attempt)
+
+    def retry_delay(self, error: ClientError, attempt: int) -> float | None:
+        """Seconds to wait before retrying a call that failed with ``error`` on try ``attempt`` (0-based);
+        None: raise it. Only UNAVAILABLE is retried; any other answer would be the same again."""
+        if isinstance(error, ServerUnavailableError) and attempt < self.retries:
+            return self.backoff(attempt)
+        return None
