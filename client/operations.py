@@ -115,8 +115,7 @@ class ReadHead:
 
 @dataclass(frozen=True)
 class Send:
-    """Send ``requests`` together (concurrently, within the transport's limit); answered with an ``Answer``
-    per request, in order."""
+    """Send ``requests`` together, within the transport's concurrency limit; answered with an ``Answer`` each."""
 
     requests: tuple[Request, ...]  # one per batch of the call
 
