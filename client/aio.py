@@ -2,45 +2,48 @@
 
 ``async with AsyncHeadClient(url) as c: preds = await c.classify("my_head", crops)``. Batches of
 one call run concurrently, bounded by ``ConnectionOptions.max_in_flight``.
+
+What each call decides lives in ``headserve.client.core``, shared with ``HeadClient``; this module is its
+asyncio transport: the aio gRPC client, retries with ``asyncio.sleep``, a semaphore for the requests in
+flight, and cancellation, which ends the call's plan and cancels its requests still in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from dataclasses import replace
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, cast
 
 import numpy as np
 
-from headserve.client import batching
-from headserve.client.decision import Prediction, Thresholds, decide
-from headserve.client.discovery import (
-    EMBEDDING,
-    OOD_SCORE,
-    PROBS,
-    PROMPT_INPUT,
-    PROMPT_OUTPUT,
-    HeadInfo,
-    StaleAnswer,
-    check_answer,
-    head_info_from_config,
-    latest_version,
+from headserve.client.core import ClientCore
+from headserve.client.decision import Prediction, Thresholds
+from headserve.client.discovery import PROBS, HeadInfo
+from headserve.client.errors import from_triton
+from headserve.client.estimate import ComputeEstimate
+from headserve.client.gating import GateConfig, GateResult
+from headserve.client.observer import Observer
+from headserve.client.operations import (
+    Answer,
+    Plan,
+    ReadConfig,
+    ReadHead,
+    ReadReady,
+    ReadVersions,
+    Request,
+    Send,
+    T,
 )
-from headserve.client.errors import HeadChangedError, ModelNotReadyError, ServerUnavailableError, from_triton
-from headserve.client.gating import ComputeEstimate, EstimateProbe, GateConfig, GateResult, gate, median_seconds
 from headserve.client.options import ConnectionOptions
 from headserve.preprocess import ImageSource
-
-T = TypeVar("T")
 
 
 class AsyncHeadClient:
     """Asyncio twin of ``HeadClient``; create it inside the running event loop."""
 
-    def __init__(self, url: str, options: ConnectionOptions | None = None, timeout_s: float | None = None) -> None:
-        import tritonclient.grpc as grpcclient
+    def __init__(self, url: str, options: ConnectionOptions | None = None, timeout_s: float | None = None,
+                 observer: Observer | None = None) -> None:
         import tritonclient.grpc.aio as aioclient
 
         options = options or ConnectionOptions()
@@ -48,12 +51,14 @@ class AsyncHeadClient:
             options = replace(options, timeout_s=timeout_s)
         self.url = url
         self.options = options
-        self._grpc = grpcclient
         self._client = aioclient.InferenceServerClient(url, **options.client_kwargs())
-        self._info: dict[str, HeadInfo] = {}
-        self._prompt_batch: dict[str, int] = {}
-        self._prefilter = batching.PrefilterPolicy()
+        self._core = ClientCore(url, options, observer)
         self._slots = asyncio.Semaphore(options.max_in_flight)
+        # operation type -> how this transport performs it
+        self._operations: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            ReadReady: self._read_ready, ReadVersions: self._read_versions, ReadConfig: self._read_config,
+            ReadHead: lambda op: self.info(op.head, op.refresh), Send: self._send,
+        }
 
     async def __aenter__(self) -> "AsyncHeadClient":
         return self
@@ -64,79 +69,91 @@ class AsyncHeadClient:
     async def close(self) -> None:
         await self._client.close()
 
+    @property
+    def _info(self) -> dict[str, HeadInfo]:
+        """The heads this client has read, by name (the core's cache)."""
+        return self._core.heads
+
+    # -- driving the core's plans -----------------------------------------------------------------
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        """As ``HeadClient._drive``, awaiting each operation; a cancelled call ends its plan and stays cancelled."""
+        answer: Any = None
+        failure: Exception | None = None
+        while True:
+            try:
+                op = plan.throw(failure) if failure is not None else plan.send(answer)
+            except StopIteration as done:
+                return cast(T, done.value)  # what the plan returned
+            answer, failure = None, None
+            try:
+                answer = await self._operations[type(op)](op)
+            except Exception as exc:  # a ClientError (or an answer's StaleAnswer): the plan decides what it means
+                failure = exc
+            except BaseException:  # CancelledError, KeyboardInterrupt: nothing to decide, end the plan
+                plan.close()
+                raise
+
     async def _call(self, what: str, fn: Callable[[float], Awaitable[T]], timeout_s: float | None = None) -> T:
+        """Await ``fn(deadline_s)``, retrying with backoff while the server is UNAVAILABLE."""
         from tritonclient.utils import InferenceServerException
 
         timeout = timeout_s or self.options.timeout_s
-        for attempt in range(self.options.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return await fn(timeout)
             except InferenceServerException as exc:
                 err = from_triton(exc, f"{what} at {self.url}")
-                if isinstance(err, ServerUnavailableError) and attempt < self.options.retries:
-                    await asyncio.sleep(self.options.backoff(attempt))
-                    continue
-                raise err from exc
-        raise AssertionError("unreachable")
+                delay = self.options.retry_delay(err, attempt)
+                if delay is None:
+                    raise err from exc
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _read_ready(self, op: ReadReady) -> bool:
+        return bool(await self._call(op.what, lambda t: self._client.is_model_ready(op.model, client_timeout=t)))
+
+    async def _read_versions(self, op: ReadVersions) -> list[str]:
+        meta = await self._call(op.what, lambda t: self._client.get_model_metadata(op.model, client_timeout=t))
+        return list(meta.versions)
+
+    async def _read_config(self, op: ReadConfig) -> Any:
+        response = await self._call(op.what, lambda t: self._client.get_model_config(
+            op.model, op.version or "", client_timeout=t))
+        return response.config
+
+    async def _send(self, op: Send) -> list[Answer]:
+        """Requests concurrently, at most ``max_in_flight`` of this client's at once; when one fails (or the call
+        is cancelled) the others are cancelled, as their answers could no longer be used."""
+        tasks = [asyncio.ensure_future(self._request(r)) for r in op.requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def _request(self, request: Request) -> Answer:
+        async with self._slots:
+            started = time.perf_counter()
+            result = await self._call(request.what, lambda t: self._client.infer(
+                request.model, request.triton_inputs(), model_version=request.version,
+                outputs=request.triton_outputs(), client_timeout=t, compression_algorithm=self.options.compression),
+                request.timeout_s)
+            seconds = time.perf_counter() - started
+        outputs = {name: result.as_numpy(name) for name in request.outputs}
+        return Answer(result.get_response().model_version, outputs, seconds)
+
+    # -- the API ----------------------------------------------------------------------------------
 
     async def info(self, head: str, refresh: bool = False) -> HeadInfo:
         """As ``HeadClient.info``: read from the newest ready version, which requests are then pinned to."""
-        if refresh or head not in self._info:
-            ready = await self._call(f"readiness of {head!r}",
-                                     lambda t: self._client.is_model_ready(head, client_timeout=t))
-            if not ready:
-                raise ModelNotReadyError(f"head {head!r} is not ready on {self.url}; check the name, or wait for the "
-                                         "server to finish loading it (its repository index lists what it serves)")
-            meta = await self._call(f"metadata of {head!r}",
-                                    lambda t: self._client.get_model_metadata(head, client_timeout=t))
-            version = latest_version(meta.versions)
-            response = await self._call(f"config of {head!r} version {version or 'latest'}",
-                                        lambda t: self._client.get_model_config(head, version, client_timeout=t))
-            self._info[head] = head_info_from_config(head, response.config, version)
-        return self._info[head]
-
-    async def _infer(self, model: str, inputs: list, outputs: list[str], timeout_s: float | None,
-                     version: str = "") -> tuple[str, dict[str, np.ndarray]]:
-        requested = [self._grpc.InferRequestedOutput(o) for o in outputs]
-        async with self._slots:
-            result = await self._call(f"inference on {model!r}", lambda t: self._client.infer(
-                model, inputs, model_version=version, outputs=requested, client_timeout=t,
-                compression_algorithm=self.options.compression), timeout_s)
-        return result.get_response().model_version, {o: result.as_numpy(o) for o in outputs}
-
-    async def _infer_batched(self, model: str, array: np.ndarray, max_batch: int, make_input: Callable,
-                             outputs: list[str], timeout_s: float | None,
-                             info: HeadInfo | None = None) -> dict[str, np.ndarray]:
-        version = info.version if info is not None else ""
-
-        async def one(s: slice) -> dict[str, np.ndarray]:
-            answered, out = await self._infer(model, [make_input(array[s])], outputs, timeout_s, version)
-            if info is not None:
-                check_answer(info, answered, out)
-            return out
-
-        parts = await asyncio.gather(*(one(s) for s in batching.batches(len(array), max_batch)))
-        return batching.concat(list(parts))
-
-    async def _head_outputs(self, head: str, images: Sequence[ImageSource], embedding: bool,
-                            timeout_s: float | None) -> tuple[HeadInfo, dict[str, np.ndarray]]:
-        """As ``HeadClient._head_outputs``: a version swap mid-call is re-read once, then refused."""
-        info = await self.info(head)
-        for attempt in range(2):
-            pixels = batching.prepare(images, info, self.options.max_pixels)
-            try:
-                return info, await self._infer_batched(head, pixels, info.max_batch_size,
-                                                        lambda a: batching.pixels_input(self._grpc, a),
-                                                        batching.head_outputs(info, embedding), timeout_s, info)
-            except (StaleAnswer, ModelNotReadyError) as exc:
-                if attempt == 1:
-                    raise HeadChangedError(batching.changed_message(head, self.url, info, exc)) from exc
-                info = await self.info(head, refresh=True)
-        raise AssertionError("unreachable")
+        return await self._drive(self._core.read_head(head, refresh))
 
     async def outputs(self, head: str, images: Sequence[ImageSource], embedding: bool = False,
                       timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        return (await self._head_outputs(head, images, embedding, timeout_s))[1]
+        return await self._drive(self._core.outputs(head, images, embedding, timeout_s))
 
     async def probabilities(self, head: str, images: Sequence[ImageSource],
                             timeout_s: float | None = None) -> np.ndarray:
@@ -144,54 +161,15 @@ class AsyncHeadClient:
 
     async def classify(self, head: str, images: Sequence[ImageSource], top_k: int = 3,
                        thresholds: Thresholds | None = None, timeout_s: float | None = None) -> list[Prediction]:
-        info, out = await self._head_outputs(head, images, False, timeout_s)
-        return decide(info, out[PROBS], thresholds or Thresholds(), top_k, out.get(OOD_SCORE))
+        return await self._drive(self._core.classify(head, images, top_k, thresholds, timeout_s))
 
     async def similarities(self, head: str, embeddings: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
-        info = await self.info(head)
-        model = info.prompt_model
-        if model is None:
-            raise ModelNotReadyError(f"head {head!r} ({info.encoder_type}) publishes no prompt_model; "
-                                     "only CLIP heads exported with prompts have one")
-        if model not in self._prompt_batch:
-            response = await self._call(f"config of {model!r}",
-                                        lambda t: self._client.get_model_config(model, client_timeout=t))
-            self._prompt_batch[model] = int(response.config.max_batch_size) or 1
-        embeddings = batching.finite_embeddings(embeddings, f"embeddings for {model!r}")
-        make = lambda a: batching.infer_input(self._grpc, PROMPT_INPUT, np.ascontiguousarray(a, np.float32), "FP32")
-        out = await self._infer_batched(model, embeddings, self._prompt_batch[model], make, [PROMPT_OUTPUT], timeout_s)
-        return out[PROMPT_OUTPUT]
+        return await self._drive(self._core.similarities(head, embeddings, timeout_s))
 
     async def gate(self, head: str, images: Sequence[ImageSource], config: GateConfig,
                    timeout_s: float | None = None) -> list[GateResult]:
-        prefilter = self._prefilter.active(await self.info(head), config.use_prefilter)
-        info, out = await self._head_outputs(head, images, prefilter, timeout_s)
-        sims = await self.similarities(head, out[EMBEDDING], timeout_s) if prefilter else None
-        preds = decide(info, out[PROBS], config.thresholds, ood_scores=out.get(OOD_SCORE))
-        return gate(info, preds, config, sims)
+        return await self._drive(self._core.gate(head, images, config, timeout_s))
 
     async def estimate(self, head: str, candidates: int, batch_size: int = 8, repeats: int = 5) -> ComputeEstimate:
         """Expected cost of gating ``candidates`` crops, from latencies measured now; as ``HeadClient.estimate``."""
-        info = await self.info(head)
-        probe = EstimateProbe.for_head(info, batch_size)
-        b = probe.batch_size
-        preprocess_s = median_seconds(lambda: batching.prepare([probe.image] * b, info), repeats) / b
-        run_head = lambda: self._infer(head, [batching.pixels_input(self._grpc, probe.pixels)], [PROBS], None,
-                                       info.version)
-        await run_head()  # warm-up: the first request sizes the runtime's buffers
-        head_s = await _median_time(run_head, repeats) / b
-        prefilter_s = None
-        if self._prefilter.active(info, True):
-            await self.similarities(head, probe.embeddings)
-            prefilter_s = await _median_time(lambda: self.similarities(head, probe.embeddings), repeats) / b
-        return ComputeEstimate(head, candidates, preprocess_s, head_s, prefilter_s, b)
-
-
-async def _median_time(fn: Callable[[], Awaitable[object]], repeats: int) -> float:
-    """Median wall time of awaiting ``fn()``, run one at a time so requests do not overlap."""
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        await fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return await self._drive(self._core.estimate(head, candidates, batch_size, repeats))

@@ -27,8 +27,8 @@ def run(out: Path) -> list[str]:
     from PIL import Image
 
     from headserve.client import HeadClient
-    from headserve.client.batching import prepare
     from headserve.client.discovery import HeadInfo
+    from headserve.client.preprocessing import prepare
     from headserve.encoders import get_encoder
     from headserve.export.pipeline import export_head
     from headserve.server import LocalTriton, ServerConfig

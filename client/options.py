@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from headserve.client.errors import BadInputError
+from headserve.client.errors import BadInputError, ClientError, ServerUnavailableError
 from headserve.preprocess import DEFAULT_MAX_PIXELS
 
 COMPRESSIONS = (None, "gzip", "deflate")
@@ -25,6 +25,9 @@ class ConnectionOptions:
     compression: str | None = None  # gRPC request compression: None, "gzip" or "deflate"
     max_in_flight: int = 4  # batches sent concurrently for one call
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded pixels allowed per image file or buffer (decompression bombs)
+    # Extra gRPC channel arguments, e.g. (("grpc.lb_policy_name", "round_robin"),) to spread requests over every
+    # address a DNS name resolves to; each overrides tritonclient's default of the same key (message size, keepalive)
+    channel_options: tuple[tuple[str, str | int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
@@ -39,6 +42,13 @@ class ConnectionOptions:
             raise BadInputError(f"max_in_flight={self.max_in_flight} must be at least 1")
         if (self.private_key is None) != (self.certificate_chain is None):
             raise BadInputError("mutual TLS needs both private_key and certificate_chain; pass both or neither")
+        object.__setattr__(self, "channel_options", tuple(tuple(o) for o in self.channel_options))  # lists too
+        for option in self.channel_options:
+            if len(option) != 2 or not isinstance(option[0], str) or not option[0].startswith("grpc."):
+                raise BadInputError(f"channel option {option!r} is not a (\"grpc.<name>\", value) pair; see "
+                                    "https://grpc.github.io/grpc/core/group__grpc__arg__keys.html for the keys")
+            if not isinstance(option[1], (str, int)):
+                raise BadInputError(f"channel option {option[0]!r} has value {option[1]!r}; gRPC takes a str or int")
         for name in ("root_certificates", "private_key", "certificate_chain"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
@@ -50,8 +60,37 @@ class ConnectionOptions:
 
     def client_kwargs(self) -> dict:
         """Keyword arguments for tritonclient's gRPC InferenceServerClient (sync and aio alike)."""
-        return {"ssl": self.use_ssl, "root_certificates": self.root_certificates,
-                "private_key": self.private_key, "certificate_chain": self.certificate_chain}
+        kwargs: dict = {"ssl": self.use_ssl, "root_certificates": self.root_certificates,
+                        "private_key": self.private_key, "certificate_chain": self.certificate_chain}
+        if self.channel_options:
+            kwargs["channel_args"] = self.channel_args()
+        return kwargs
+
+    def channel_args(self) -> list[tuple[str, str | int]]:
+        """tritonclient's default channel arguments with ``channel_options`` laid over them.
+
+        tritonclient uses ``channel_args`` instead of its defaults, not on top of them; passing only a
+        load-balancing policy would silently drop its 2 GiB message limit to gRPC's 4 MiB.
+        """
+        import tritonclient.grpc as grpcclient
+
+        keepalive = grpcclient.KeepAliveOptions()
+        defaults: dict[str, str | int] = {
+            "grpc.max_send_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
+            "grpc.max_receive_message_length": grpcclient.MAX_GRPC_MESSAGE_SIZE,
+            "grpc.keepalive_time_ms": keepalive.keepalive_time_ms,
+            "grpc.keepalive_timeout_ms": keepalive.keepalive_timeout_ms,
+            "grpc.keepalive_permit_without_calls": keepalive.keepalive_permit_without_calls,
+            "grpc.http2.max_pings_without_data": keepalive.http2_max_pings_without_data,
+        }
+        return list({**defaults, **dict(self.channel_options)}.items())
 
     def backoff(self, attempt: int) -> float:
-        return self.backoff_s * (2 ** attempt)
+        return float(self.backoff_s * 2.0 ** attempt)
+
+    def retry_delay(self, error: ClientError, attempt: int) -> float | None:
+        """Seconds to wait before retrying a call that failed with ``error`` on try ``attempt`` (0-based);
+        None: raise it. Only UNAVAILABLE is retried; any other answer would be the same again."""
+        if isinstance(error, ServerUnavailableError) and attempt < self.retries:
+            return self.backoff(attempt)
+        return None

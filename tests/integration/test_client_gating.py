@@ -21,7 +21,8 @@ from PIL import Image
 from torch import nn
 
 from headserve.client import GateConfig, GateReason, HeadClient, Reason, Thresholds, decide, gate
-from headserve.client.batching import DINOV3_PREFILTER_MESSAGE, prepare
+from headserve.client.prefilter import DINOV3_PREFILTER_MESSAGE
+from headserve.client.preprocessing import prepare
 
 pytestmark = pytest.mark.integration
 

@@ -47,7 +47,7 @@ def test_served_probabilities_equal_the_in_process_head_on_the_same_pixels(enc, 
 
     from headserve.artifact import load_meta, load_tensors
     from headserve.backbones import encoder_graph, load_encoder
-    from headserve.client.batching import prepare
+    from headserve.client.preprocessing import prepare
     from headserve.encoders import get_encoder
     from headserve.head import HeadConfig, build_serving_head
     from headserve.train.embed import embed_pixels

@@ -137,8 +137,8 @@ def test_pillows_own_decompression_bomb_error_is_an_image_error_naming_the_cap(m
 
 def test_the_client_reports_an_oversized_crop_as_bad_input():
     from headserve.client import BadInputError
-    from headserve.client.batching import prepare
     from headserve.client.discovery import HeadInfo
+    from headserve.client.preprocessing import prepare
     from headserve.encoders import get_encoder
 
     spec = get_encoder("clip:tiny")
