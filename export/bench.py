@@ -50,15 +50,12 @@ def _write_split_variant(repo: Path, artifact: Path) -> None:
     import torch
     from torch import nn
 
-    from headserve.artifact import load_meta, load_tensors
     from headserve.export.model_config import DataType, EnsembleStep, ModelDesc, Runtime, TensorSpec
     from headserve.export.onnx_export import GraphSpec, export_onnx, head_graph_spec
     from headserve.export.repository import publish_version
-    from headserve.head import HeadConfig, build_serving_head
+    from headserve.head_file import load_head
 
-    meta = load_meta(artifact)
-    serving = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                                 {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    meta, serving = load_head(artifact)
     n, dim = len(meta.classes), meta.embedding_dim
 
     serving.requires_grad_(False)

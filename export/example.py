@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from headserve.artifact import HeadMeta, save_artifact
+from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.encoders import EncoderSpec
-from headserve.head import HeadConfig, build_serving_head
+from headserve.head import HeadConfig, MLPHead, ServingHead
+from headserve.head_file import save_head
 
 EXAMPLE_CLASSES: tuple[str, ...] = ("digit_0", "digit_1", "digit_2", "background")
 
@@ -39,9 +40,7 @@ def write_example_head(spec: EncoderSpec, example: ExampleHead, out: str | Path)
     fp = fingerprint(encoder_graph(loaded), loaded.spec.preprocess)
     config = HeadConfig(in_dim=spec.embedding_dim, num_classes=len(example.classes), hidden=example.hidden)
     torch.manual_seed(example.seed)
-    module = build_serving_head(config)
-    with torch.no_grad():
-        module.temperature.fill_(example.temperature)
+    module = ServingHead(MLPHead(config), temperature=example.temperature)
     meta = HeadMeta(
         name=example.name,
         encoder_type=spec.encoder_type,
@@ -59,8 +58,7 @@ def write_example_head(spec: EncoderSpec, example: ExampleHead, out: str | Path)
         encoder_untrained=spec.is_tiny,
         extra={"example": f"untrained example head, seed {example.seed}"},
     )
-    tensors = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-    return save_artifact(out, meta, tensors)
+    return save_head(out, meta, module)
 
 
 # The example repository: two heads on one encoder (plus their multi-head ensemble and a prompt model),

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from headserve.artifact import HeadMeta, check_encoder_match
@@ -56,7 +55,8 @@ from headserve.export.onnx_export import (
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
 from headserve.lockfile import repository_lock
-from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS, HeadConfig, build_serving_head
+from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS
+from headserve.head_file import serving_head
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
 LABELS_FILE = "labels.txt"
@@ -190,8 +190,7 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
         check_encoder_match(meta, encoder_params["encoder_type"], encoder_params["encoder_model"],
                             int(encoder_params["embedding_dim"]), encoder_params.get("encoder_fingerprint"),
                             where=f"repository encoder {encoder_name}")
-    config = HeadConfig.from_dict(meta.head_config)
-    module = build_serving_head(config, {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+    module = serving_head(meta, tensors)
     head_name = head_model_name(meta.name)
     head_dir = Path(repo) / head_name
     n = len(meta.classes)

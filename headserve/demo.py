@@ -95,14 +95,14 @@ def run_demo(args: argparse.Namespace) -> int:
 def _serve_and_measure(url: str, run: HeadRun) -> dict:
     import torch
 
-    from headserve.artifact import load_meta, load_tensors
     from headserve.client import HeadClient
-    from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
+    from headserve.head import SERVING_OUTPUTS
+    from headserve.head_file import load_head
     from headserve.train.dataset import load_crop
     from headserve.train.metrics import classification_metrics
 
     outcome = run.outcome
-    meta = load_meta(outcome.artifact)
+    meta, head = load_head(outcome.artifact)
     crops = [load_crop(o) for o in outcome.test_objects]
     latencies = []
     with HeadClient(url) as client:
@@ -120,8 +120,6 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
     from headserve.train.embed import embed_pixels
 
     graph = encoder_graph(load_encoder(trained_encoder(meta, run.encoder)[0]))
-    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                              {k: torch.from_numpy(v) for k, v in load_tensors(outcome.artifact).items()})
     with torch.no_grad():
         ref = head(torch.from_numpy(embed_pixels(graph, outcome.test_pixels)))[SERVING_OUTPUTS.index("probs")]
     metrics = classification_metrics(served, outcome.test_labels, meta.classes, meta.background_indices)

@@ -181,7 +181,11 @@ class ServingHead(nn.Module):
 
 
 def build_serving_head(config: HeadConfig, state: Mapping[str, torch.Tensor] | None = None) -> ServingHead:
-    """Rebuild a ServingHead from its config and (optionally) saved weights, in eval mode."""
+    """Rebuild a ServingHead from its config and (optionally) a state dict held in memory, in eval mode.
+
+    Artifacts on disk go through ``headserve.head_file.load_head``, which fills the temperature from
+    meta.json before calling this.
+    """
     module = ServingHead(MLPHead(config))
     if state is not None:
         state = dict(state)

@@ -17,11 +17,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from headserve.artifact import HeadMeta, save_artifact
+from headserve.artifact import HeadMeta
 from headserve.class_names import check_class_names
 from headserve.encoders import DEFAULT_ENCODER_TYPE
 from headserve.errors import ArtifactError
-from headserve.head import HeadConfig, ServingHead, MLPHead
+from headserve.head import HeadConfig, MLPHead, ServingHead
+from headserve.head_file import save_head
 
 TRUST_NOTICE = ("unpickling runs code stored in the file; pass --trust-pickle only for files you made or trust "
                 "(the imported artifact is pickle-free)")
@@ -109,5 +110,4 @@ def import_legacy(pkl_path: str | Path, out_dir: str | Path, trust_pickle: bool)
         head_config=config.to_dict(),
         extra={"imported_from": str(pkl_path), "legacy_proba_mode": proba_mode},
     )
-    tensors = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
-    return save_artifact(out_dir, meta, tensors)
+    return save_head(out_dir, meta, head)

@@ -11,11 +11,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from headserve.artifact import HeadMeta, save_artifact
+from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.encoders import EncoderSpec
 from headserve.errors import DatasetError
 from headserve.head import SERVING_OUTPUTS
+from headserve.head_file import save_head
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
 from headserve.train.embed import EmbedConfig, Extraction, extract, pixels_of
@@ -226,8 +227,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
                **fit.record(), **({"selection": dict(req.selection)} if req.selection is not None else {})},
         ood_threshold=threshold,
     )
-    tensors = {k: v.detach().cpu().numpy() for k, v in fit.head.state_dict().items()}
-    artifact = save_artifact(req.out, meta, tensors)
+    artifact = save_head(req.out, meta, fit.head)
     lines = [data.report.summary(), *data.report.problems[:20]]
     if cache is not None:
         lines.append(cache.stats.summary())

@@ -16,7 +16,7 @@ soft targets (label smoothing, mixup) and class weights; a unit test checks the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -242,127 +242,204 @@ def _fit_linear_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndar
     return head.eval(), record, tuned.chosen.val_nll
 
 
+@dataclass(frozen=True)
+class _Loop:
+    """What every phase of the gradient loop reads: the data on the loop's device and the optimisation state.
+
+    Phases that change the optimiser or the auxiliary losses (cRT) pass a ``dataclasses.replace`` copy,
+    so no phase sees another's rebinding.
+    """
+
+    config: TrainConfig  # the recipe's knobs
+    head: MLPHead  # the head being trained, on the loop's device
+    optim: torch.optim.Optimizer  # over the parameters this phase trains
+    aux: _AuxLosses  # SupCon / centre loss on head features (inactive in cRT)
+    gen: torch.Generator  # CPU generator: batch order, mixup pairing, hard-example and cRT draws
+    mixup: torch.distributions.Beta | None  # Beta(a, a) mixing weights; None: no mixup
+    margin: float  # ArcFace angular margin in radians (used by the cosine classifier only)
+    xt: torch.Tensor  # (N, D) training embeddings
+    yt: torch.Tensor  # (N,) training labels
+    xv: torch.Tensor  # (M, D) validation embeddings
+    yv: torch.Tensor  # (M,) validation labels
+    weight: torch.Tensor  # (C,) loss weight per class
+    train_shift: torch.Tensor  # (C,) added to logits in the loss (logit adjustment in training), else zeros
+    counts: np.ndarray  # (C,) training examples per class, for cRT's class-balanced sampler
+
+
+@dataclass(frozen=True)
+class _Best:
+    """Where a phase left the head: the weights it keeps, their validation loss, and epochs run so far."""
+
+    state: dict[str, torch.Tensor]  # clones of head.state_dict()
+    val_loss: float  # validation cross-entropy (with the training logit shift) of ``state``
+    epoch: int  # epochs run, counting every phase so far
+
+
+def _feature_width(config: HeadConfig) -> int:
+    """Width H of the features the classifier and the auxiliary losses see."""
+    return config.hidden[-1] if config.hidden else config.in_dim
+
+
+def _start(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+           head_config: HeadConfig, config: TrainConfig, weight: torch.Tensor, train_shift: torch.Tensor,
+           counts: np.ndarray, device: torch.device) -> _Loop:
+    """A fresh head and its optimiser on ``device``; initialisation draws from the seeded global generator."""
+    xt, yt = torch.from_numpy(x_train).float(), torch.from_numpy(y_train).long()  # (N, D), (N,)
+    xv, yv = torch.from_numpy(x_val).float(), torch.from_numpy(y_val).long()  # (M, D), (M,)
+    head = MLPHead(head_config)
+    if head_config.standardize:
+        head.emb_mean.copy_(xt.mean(0))  # (D,)
+        head.emb_std.copy_(xt.std(0).clamp_min(1e-6))  # (D,)
+    head = head.to(device)
+    aux = _AuxLosses(_feature_width(head_config), head_config.num_classes, config).to(device)
+    optim = torch.optim.AdamW([*head.parameters(), *aux.parameters()], lr=config.lr, weight_decay=config.weight_decay)
+    return _Loop(config=config, head=head, optim=optim, aux=aux, gen=torch.Generator().manual_seed(config.seed),
+                 mixup=torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None,
+                 margin=math.radians(config.arcface_margin), xt=xt.to(device), yt=yt.to(device), xv=xv.to(device),
+                 yv=yv.to(device), weight=weight.to(device), train_shift=train_shift.to(device), counts=counts)
+
+
+def _step(loop: _Loop, idx: torch.Tensor, balanced_weight: bool = True) -> None:
+    """One optimiser step on the training examples ``idx`` (B,)."""
+    c, head = loop.config, loop.head
+    x, y = _augment(loop.xt[idx], c, loop.gen), loop.yt[idx]  # (B, D), (B,)
+    target = F.one_hot(y, head.config.num_classes).float()  # (B, C)
+    loss = x.new_zeros(())
+    if loop.aux.active:
+        loss = loss + loop.aux(head.features(x), y)
+    if loop.mixup is not None:
+        lam = float(loop.mixup.sample())
+        perm = torch.randperm(len(x), generator=loop.gen)  # (B,)
+        x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
+    w = loop.weight if balanced_weight else torch.ones_like(loop.weight)  # (C,)
+    logits = head.train_logits(x, target, loop.margin) + loop.train_shift  # (B, C)
+    loss = loss + _soft_ce(logits, target, w, c.label_smoothing)
+    loop.optim.zero_grad()
+    loss.backward()
+    loop.optim.step()
+
+
+def _validate(loop: _Loop) -> float:
+    """Validation cross-entropy of the head as it is, with the loss's logit shift; leaves it in eval mode."""
+    loop.head.eval()
+    with torch.no_grad():
+        return F.cross_entropy(loop.head(loop.xv) + loop.train_shift, loop.yv).item()  # (M, C) -> ()
+
+
+def _snapshot(head: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in head.state_dict().items()}
+
+
+def _fit(loop: _Loop) -> _Best:
+    """Phase 1: epochs over shuffled batches, early-stopped on validation loss; returns the best state."""
+    c = loop.config
+    best, best_state, stale, epoch = math.inf, None, 0, 0
+    for epoch in range(1, c.epochs + 1):
+        loop.head.train()
+        for idx in torch.randperm(len(loop.xt), generator=loop.gen).split(c.batch_size):  # (B,) each
+            _step(loop, idx)
+        val = _validate(loop)
+        if val < best - 1e-5:
+            best, stale = val, 0
+            best_state = _snapshot(loop.head)
+        else:
+            stale += 1
+            if stale >= c.patience:
+                break
+    assert best_state is not None  # at least one epoch ran
+    return _Best(best_state, best, epoch)
+
+
+def _mine(loop: _Loop, start: _Best) -> _Best:
+    """Phase 2 (hard mining): from ``start``, epochs that draw examples in proportion to their current loss.
+
+    The mined state is kept as it ends: its point is to move the boundary towards hard examples.
+    """
+    c, head = loop.config, loop.head
+    head.load_state_dict(start.state)
+    epoch = start.epoch
+    for _ in range(c.hardmine_epochs):
+        epoch += 1
+        with torch.no_grad():
+            head.eval()
+            per = F.cross_entropy(head(loop.xt) + loop.train_shift, loop.yt, reduction="none")  # (N,)
+        head.train()
+        draws = torch.multinomial((per + 1e-6).cpu(), len(loop.xt), replacement=True, generator=loop.gen)  # (N,)
+        for idx in draws.split(c.batch_size):
+            _step(loop, idx)
+    return _Best(_snapshot(head), _validate(loop), epoch)
+
+
+def _rebalance(loop: _Loop) -> None:
+    """Phase 3 (cRT): re-train only the classifier with a class-balanced sampler, the body frozen.
+
+    It gets its own optimiser and no auxiliary losses; the loss is unweighted because the sampler
+    already balances the classes.
+    """
+    c, head = loop.config, loop.head
+    for p in head.body.parameters():
+        p.requires_grad_(False)
+    no_aux = _AuxLosses(_feature_width(head.config), head.config.num_classes, TrainConfig()).to(loop.xt.device)
+    crt = replace(loop, optim=torch.optim.AdamW(head.out.parameters(), lr=c.lr, weight_decay=c.weight_decay),
+                  aux=no_aux)
+    sample_w = (1.0 / torch.from_numpy(loop.counts).float().clamp_min(1))[loop.yt.cpu()]  # (N,)
+    head.train()
+    for _ in range(c.crt_epochs):
+        order = torch.multinomial(sample_w, len(loop.xt), replacement=True, generator=loop.gen)  # (N,)
+        for idx in order.split(c.batch_size):
+            _step(crt, idx, balanced_weight=False)
+    for p in head.body.parameters():
+        p.requires_grad_(True)
+
+
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
              head_config: HeadConfig, config: TrainConfig = TrainConfig(),
              background: Sequence[int] = (), device: str | torch.device = "cpu") -> FitResult:
     """Train an MLP/logreg head by the recipe in ``config``; returns it wrapped for serving.
 
-    ``background`` names the background classes, which the linear head's selection leaves out of
-    its foreground macro F1.
+    The gradient loop runs in phases, each a function of ``_Loop``: fit (early-stopped epochs),
+    mine (hard examples), rebalance (cRT), then calibrate on the CPU. ``background`` names the
+    background classes, which the linear head's selection leaves out of its foreground macro F1.
     """
     torch.manual_seed(config.seed)
     n_cls = head_config.num_classes
-    xt, yt = torch.from_numpy(x_train).float(), torch.from_numpy(y_train).long()
-    xv, yv = torch.from_numpy(x_val).float(), torch.from_numpy(y_val).long()
-    counts = np.bincount(y_train, minlength=n_cls)
-    weight = torch.from_numpy(class_weights(counts, config.class_weights, config.effective_beta)).float()
-    priors = torch.from_numpy(log_priors(counts)).float()
+    counts = np.bincount(y_train, minlength=n_cls)  # (C,)
+    weight = torch.from_numpy(class_weights(counts, config.class_weights, config.effective_beta)).float()  # (C,)
+    priors = torch.from_numpy(log_priors(counts)).float()  # (C,)
     train_shift = config.logit_tau * priors if config.logit_adjust in ("train", "both") else torch.zeros(n_cls)
+    infer_priors = priors if config.logit_adjust in ("infer", "both") else None
+    xv, yv = torch.from_numpy(x_val).float(), torch.from_numpy(y_val).long()  # (M, D), (M,) on the CPU
 
     if fits_by_sklearn(head_config, config):
         head, linear, val_nll = _fit_linear_sklearn(x_train, y_train, x_val, y_val, head_config, config, background)
-        infer_priors = priors if config.logit_adjust in ("infer", "both") else None
-        serving, calibration = _serving(head, xv, yv, infer_priors, config)
+        serving, calibration = _calibrate(head, xv, yv, infer_priors, config)
         # epochs_run 0: L-BFGS has iterations, not epochs; linear["lbfgs_iterations"] counts them
         return FitResult(serving, 0, val_nll, calibration.temperature,
                          weight.tolist(), priors.tolist(), calibration, linear)
 
-    head = MLPHead(head_config)
-    margin = math.radians(config.arcface_margin)  # used by the cosine classifier only
-    if head_config.standardize:
-        head.emb_mean.copy_(xt.mean(0))
-        head.emb_std.copy_(xt.std(0).clamp_min(1e-6))
     # The loop runs on ``device``; generators, sampling weights and the serving wrapper stay on the CPU.
-    dev = torch.device(device)
-    xv_cpu, yv_cpu = xv, yv
-    head = head.to(dev)
-    xt, yt, xv, yv = xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev)
-    weight_dev, train_shift = weight.to(dev), train_shift.to(dev)
-    feat_dim = head_config.hidden[-1] if head_config.hidden else head_config.in_dim
-    aux = _AuxLosses(feat_dim, n_cls, config).to(dev)
-    optim = torch.optim.AdamW([*head.parameters(), *aux.parameters()], lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
-
-    def step(idx: torch.Tensor, balanced_weight: bool = True) -> None:
-        x, y = _augment(xt[idx], config, gen), yt[idx]
-        target = F.one_hot(y, n_cls).float()
-        loss = x.new_zeros(())
-        if aux.active:
-            loss = loss + aux(head.features(x), y)
-        if beta is not None:
-            lam = float(beta.sample())
-            perm = torch.randperm(len(x), generator=gen)
-            x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
-        w = weight_dev if balanced_weight else torch.ones_like(weight_dev)
-        loss = loss + _soft_ce(head.train_logits(x, target, margin) + train_shift, target, w, config.label_smoothing)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-
-    best, best_state, stale, epoch = math.inf, None, 0, 0
-
-    def validate() -> float:
-        head.eval()
-        with torch.no_grad():
-            return F.cross_entropy(head(xv) + train_shift, yv).item()
-
-    for epoch in range(1, config.epochs + 1):
-        head.train()
-        for idx in torch.randperm(len(xt), generator=gen).split(config.batch_size):
-            step(idx)
-        val = validate()
-        if val < best - 1e-5:
-            best, stale = val, 0
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if config.hardmine_epochs > 0:  # from the best state, draw examples in proportion to their current loss
-        head.load_state_dict(best_state)
-        for _ in range(config.hardmine_epochs):
-            epoch += 1
-            with torch.no_grad():
-                head.eval()
-                per = F.cross_entropy(head(xt) + train_shift, yt, reduction="none")
-            head.train()
-            draws = torch.multinomial((per + 1e-6).cpu(), len(xt), replacement=True, generator=gen)
-            for idx in draws.split(config.batch_size):
-                step(idx)
-        # The mined state is kept as it ends: its point is to move the boundary towards hard examples.
-        best, best_state = validate(), {k: v.clone() for k, v in head.state_dict().items()}
-    assert best_state is not None  # at least one epoch ran
-    head.load_state_dict(best_state)
-
-    if config.crt_epochs > 0:  # cRT: re-train only the classifier with a class-balanced sampler
-        for p in head.body.parameters():
-            p.requires_grad_(False)
-        optim = torch.optim.AdamW(head.out.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        aux = _AuxLosses(feat_dim, n_cls, TrainConfig()).to(dev)  # no auxiliary losses in the re-training
-        sample_w = (1.0 / torch.from_numpy(counts).float().clamp_min(1))[yt.cpu()]
-        head.train()
-        for _ in range(config.crt_epochs):
-            order = torch.multinomial(sample_w, len(xt), replacement=True, generator=gen)
-            for idx in order.split(config.batch_size):
-                step(idx, balanced_weight=False)
-        for p in head.body.parameters():
-            p.requires_grad_(True)
-
-    head = head.eval().cpu()
-    serving, calibration = _serving(head, xv_cpu, yv_cpu, priors if config.logit_adjust in ("infer", "both") else None,
-                                    config)
-    return FitResult(serving, epoch, best, calibration.temperature, weight.tolist(), priors.tolist(), calibration)
+    loop = _start(x_train, y_train, x_val, y_val, head_config, config, weight, train_shift, counts,
+                  torch.device(device))
+    best = _fit(loop)
+    if config.hardmine_epochs > 0:
+        best = _mine(loop, best)
+    loop.head.load_state_dict(best.state)
+    if config.crt_epochs > 0:
+        _rebalance(loop)
+    serving, calibration = _calibrate(loop.head.eval().cpu(), xv, yv, infer_priors, config)
+    return FitResult(serving, best.epoch, best.val_loss, calibration.temperature, weight.tolist(), priors.tolist(),
+                     calibration)
 
 
-def _serving(head: MLPHead, xv: torch.Tensor, yv: torch.Tensor, priors: torch.Tensor | None,
-             config: TrainConfig) -> tuple[ServingHead, Calibration]:
-    """Wrap a trained head for serving: logit adjustment at inference, then the temperature decision."""
+def _calibrate(head: MLPHead, xv: torch.Tensor, yv: torch.Tensor, priors: torch.Tensor | None,
+               config: TrainConfig) -> tuple[ServingHead, Calibration]:
+    """Last phase: wrap a trained head for serving, with logit adjustment at inference, then the temperature
+    decision on the validation split ``xv`` (M, D), ``yv`` (M,)."""
     serving = ServingHead(head.eval())
     if priors is not None:
         serving.logit_bias.copy_(-config.logit_tau * priors)
     with torch.no_grad():
-        logits = head(xv) + serving.logit_bias
+        logits = head(xv) + serving.logit_bias  # (M, C)
     calibration = calibrate_temperature(logits, yv) if config.calibrate else \
         Calibration(1.0, None, _nll(logits, yv, 1.0), _nll(logits, yv, 1.0), "calibration is off in this recipe")
     serving.temperature.fill_(calibration.temperature)

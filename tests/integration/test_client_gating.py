@@ -92,17 +92,16 @@ class GateServer:
 
 @pytest.fixture(scope="module")
 def gate_server(trained_heads, local_repo, tmp_path_factory):
-    from headserve.artifact import load_meta, load_tensors
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
     from headserve.export.model_config import DataType, parse, to_text
-    from headserve.head import HeadConfig, build_serving_head
+    from headserve.head_file import load_head
     from headserve.server import LocalTriton, ServerConfig
     from headserve.train.dataset import load_crop
     from headserve.train.embed import embed_pixels
 
     head = trained_heads["clip:tiny"]
-    meta = load_meta(head.artifact)
+    meta, serving = load_head(head.artifact)
     spec = get_encoder("clip:tiny")
     graph = encoder_graph(load_encoder(spec))
     crops = [load_crop(o) for o in head.outcome.test_objects]
@@ -159,8 +158,6 @@ def gate_server(trained_heads, local_repo, tmp_path_factory):
     add_prompt_model(repo, head.name, REPO_PROMPTS, [fg[0], fg[1]])
     text = clip_text_embeddings(load_encoder(spec), REPO_PROMPTS).numpy()
 
-    serving = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                                 {k: torch.from_numpy(v) for k, v in load_tensors(head.artifact).items()})
     ood_crop = candidates[int(cand_scores.argmax())]
     log = (repo.parent / "tritonserver.log").open("w")  # kept beside the repository for failures
     with log, LocalTriton(ServerConfig(repository=repo), log=log) as server:

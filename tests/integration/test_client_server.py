@@ -45,20 +45,17 @@ def client(triton):
 def test_served_probabilities_equal_the_in_process_head_on_the_same_pixels(enc, trained_heads, crops, client):
     import torch
 
-    from headserve.artifact import load_meta, load_tensors
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.client.preprocessing import prepare
     from headserve.encoders import get_encoder
-    from headserve.head import HeadConfig, build_serving_head
+    from headserve.head_file import load_head
     from headserve.train.embed import embed_pixels
 
     head = trained_heads[enc]
     info = client.info(head.name)
     assert info.encoder_type == enc.split(":")[0] and info.preprocess == get_encoder(enc).preprocess
     served = client.probabilities(head.name, crops[enc][0])
-    meta = load_meta(head.artifact)
-    module = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                                {k: torch.from_numpy(v) for k, v in load_tensors(head.artifact).items()})
+    meta, module = load_head(head.artifact)
     emb = embed_pixels(encoder_graph(load_encoder(get_encoder(enc))), prepare(crops[enc][0], info))
     with torch.no_grad():
         reference = module(torch.from_numpy(emb))[1].numpy()

@@ -28,26 +28,24 @@ PERMUTATION = (1, 2, 3, 0)  # new class i is old class PERMUTATION[i]: no class 
 
 def permuted_head(artifact: Path, out: Path, order: tuple[int, ...]) -> Path:
     """The same head with classes (and every per-class tensor row) in ``order``."""
-    from headserve.artifact import load_meta, load_tensors, save_artifact
+    from headserve.head_file import load_head, save_head
 
-    meta = load_meta(artifact)
+    meta, head = load_head(artifact)
     n = len(meta.classes)
-    tensors = {k: (v[list(order)] if v.ndim >= 1 and v.shape[0] == n else v) for k, v in load_tensors(artifact).items()}
+    head.load_state_dict({k: (v[list(order)] if v.ndim >= 1 and v.shape[0] == n else v)
+                          for k, v in head.state_dict().items()})
     meta = replace(meta, classes=[meta.classes[i] for i in order],
                    background_indices=[order.index(b) for b in meta.background_indices])
-    return save_artifact(out, meta, tensors)
+    return save_head(out, meta, head)
 
 
 def true_labels(artifact: Path, pixels: np.ndarray) -> list[str]:
     """In-process PyTorch: the tiny encoder graph, then the artifact's head; top-1 class names."""
-    from headserve.artifact import load_meta, load_tensors
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
-    from headserve.head import HeadConfig, build_serving_head
+    from headserve.head_file import load_head
 
-    meta = load_meta(artifact)
-    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                              {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    meta, head = load_head(artifact)
     with torch.no_grad():
         probs = head(encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels)))[1]
     return [meta.classes[i] for i in probs.numpy().argmax(1)]

@@ -30,14 +30,11 @@ def run_cli(*argv: str) -> int:
 
 def expected_probs(artifact: Path, pixels: np.ndarray) -> np.ndarray:
     """In-process PyTorch: the tiny encoder graph, then the artifact's calibrated head."""
-    from headserve.artifact import load_meta, load_tensors
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
-    from headserve.head import HeadConfig, build_serving_head
+    from headserve.head_file import load_head
 
-    meta = load_meta(artifact)
-    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                              {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    meta, head = load_head(artifact)
     with torch.no_grad():
         emb = encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels))
         return head(emb)[1].numpy()

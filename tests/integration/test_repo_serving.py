@@ -42,14 +42,12 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 def reference(artifact: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
     """Every ensemble output computed in-process by PyTorch from the same pixels."""
-    from headserve.artifact import load_meta, load_tensors
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
-    from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
+    from headserve.head import SERVING_OUTPUTS
+    from headserve.head_file import load_head
 
-    meta = load_meta(artifact)
-    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                              {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    meta, head = load_head(artifact)
     with torch.no_grad():
         emb = encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels))
         outs = dict(zip(SERVING_OUTPUTS, (t.numpy() for t in head(emb))))

@@ -10,12 +10,13 @@ import onnx
 import pytest
 import torch
 
-from headserve.artifact import load_meta, load_tensors
+from headserve.artifact import load_meta
 from headserve.backbones import encoder_graph, load_encoder
 from headserve.client import HeadClient
 from headserve.encoders import get_encoder
 from headserve.export.model_config import parse
-from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
+from headserve.head import SERVING_OUTPUTS
+from headserve.head_file import load_head
 from headserve.preprocess import prepare_batch
 from headserve.train.dataset import load_crop
 
@@ -23,9 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def _in_process_probs(artifact: Path, encoder: str, pixels: np.ndarray) -> np.ndarray:
-    meta = load_meta(artifact)
-    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                              {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    meta, head = load_head(artifact)
     graph = encoder_graph(load_encoder(get_encoder(encoder)))
     with torch.no_grad():
         outputs = head(graph(torch.from_numpy(pixels)))

@@ -27,11 +27,10 @@ def prepared(digits_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_exported_head_equals_the_trainers_probabilities_for_every_profile(profile: str, prepared, tmp_path: Path):
     import onnxruntime as ort
 
-    from headserve.artifact import load_meta, load_tensors
-    from headserve.export.onnx_export import head_graph_spec, export_onnx
-    from headserve.head import SERVING_OUTPUTS, HeadConfig, build_serving_head
+    from headserve.export.onnx_export import export_onnx, head_graph_spec
+    from headserve.head import SERVING_OUTPUTS
+    from headserve.head_file import load_head
     from headserve.train.pipeline import TrainRequest, train_from_yolo
-    import torch
 
     req, data = prepared
     hidden = () if profile == "calib" else (32,)  # one logistic-regression head among the MLPs
@@ -39,10 +38,8 @@ def test_exported_head_equals_the_trainers_probabilities_for_every_profile(profi
                                            hidden=hidden, profile=profile,
                                            train=profile_config(profile, epochs=8, crt_epochs=2 if profile == "crt" else 0)),
                               data)
-    meta = load_meta(outcome.artifact)
+    meta, head = load_head(outcome.artifact)
     assert meta.extra["profile"] == profile and meta.ood_threshold is not None
-    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                              {k: torch.from_numpy(v) for k, v in load_tensors(outcome.artifact).items()})
     export_onnx(head, head_graph_spec("h", meta.embedding_dim, SERVING_OUTPUTS), tmp_path / "h.onnx")
     session = ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"])
     served = session.run(list(SERVING_OUTPUTS), {"embedding": outcome.test_embeddings})

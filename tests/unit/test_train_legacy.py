@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from headserve.artifact import load_meta, load_tensors
+from headserve.artifact import load_meta
 from headserve.errors import ArtifactError
-from headserve.head import HeadConfig, build_serving_head
+from headserve.head_file import load_head
 from headserve.train.legacy import import_legacy
 
 
@@ -32,9 +32,7 @@ def legacy_head(tmp_path: Path, n_classes: int = 3, dim: int = 12, **side) -> tu
 
 
 def served_probs(artifact: Path, x: np.ndarray) -> np.ndarray:
-    meta = load_meta(artifact)
-    head = build_serving_head(HeadConfig.from_dict(meta.head_config),
-                              {k: torch.from_numpy(v) for k, v in load_tensors(artifact).items()})
+    _, head = load_head(artifact)
     with torch.no_grad():
         return head(torch.from_numpy(x))[1].numpy()
 
