@@ -21,8 +21,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -165,14 +165,14 @@ class DecisionMetrics:
     def observe_batch(self, info: HeadInfo, predictions: Sequence[Prediction], seconds: float) -> None:
         try:
             self._observe_batch(info, predictions, seconds)
-        except Exception:  # the protocol: never fail the caller's request for the sake of a metric
-            self._failed("batch", info.name)
+        except Exception as exc:  # noqa: BLE001 - the protocol: a metric must never fail the caller's request
+            self._failed("batch", info.name, exc)
 
     def observe_error(self, head: str, error: BaseException) -> None:
         try:
             self.errors.labels(head, type(error).__name__).inc()
-        except Exception:
-            self._failed("error", head)
+        except Exception as exc:  # noqa: BLE001 - as above
+            self._failed("error", head, exc)
 
     # -- the work --------------------------------------------------------------------------------
 
@@ -225,11 +225,11 @@ class DecisionMetrics:
             self.expected_ood_rate.labels(info.name, info.version).set(1.0 - float(quantile))
         self._gauges_set.add((info.name, info.version))
 
-    def _failed(self, what: str, head: str) -> None:
+    def _failed(self, what: str, head: str, exc: Exception) -> None:
         self._failures += 1
         if self._failures == 1:  # once: a broken metric must not flood the log of a busy client
             log.warning("decision metrics could not record a %s of head %r; the client's answers are unaffected",
-                        what, head, exc_info=True)
+                        what, head, exc_info=exc)
 
     # -- the exporter endpoint -------------------------------------------------------------------
 
