@@ -8,7 +8,8 @@ checks and says which failed:
 
 - population stability index (PSI) of the top-1 class frequencies: the mix of what is seen changed;
 - PSI of the confidence histogram: the head is less (or more) sure than on validation;
-- the OOD-flag rate against the rate the threshold was set for, by a one-sided binomial test;
+- the OOD-flag rate against the rate validation had (about the rate the threshold was set for), by a
+  one-sided binomial test that carries the uncertainty of that rate (beta-binomial);
 - a two-sample Kolmogorov-Smirnov test of the window's OOD scores against a sample of validation's.
 
 Both sides use *predicted* top-1 classes: a window has no true labels, and comparing predictions with
@@ -348,6 +349,23 @@ def binomial_upper_p(k: int, n: int, p: float) -> float:
     return float(min(1.0, math.exp(top) * np.exp(log_pmf - top).sum()))
 
 
+def beta_binomial_upper_p(k: int, n: int, a: float, b: float) -> float:
+    """P(X >= k) for X ~ BetaBinomial(n, a, b): k or more flags among n crops when the flag rate itself is
+    only known as Beta(a, b), i.e. measured on a validation split of limited size."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    # ln pmf(k) exactly, then pmf(j+1) / pmf(j) = (n - j) / (j + 1) * (j + a) / (n - j - 1 + b) as a running sum
+    first = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + math.lgamma(k + a)
+             + math.lgamma(n - k + b) - math.lgamma(n + a + b) - math.lgamma(a) - math.lgamma(b) + math.lgamma(a + b))
+    j = np.arange(k, n, dtype=np.float64)
+    log_pmf = first + np.concatenate([[0.0], np.cumsum(np.log(n - j) - np.log(j + 1) + np.log(j + a)
+                                                       - np.log(n - j - 1 + b))])
+    top = float(log_pmf.max())
+    return float(min(1.0, math.exp(top) * np.exp(log_pmf - top).sum()))
+
+
 def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov: the statistic D = max |F_a - F_b| and its asymptotic two-sided p-value.
 
@@ -479,7 +497,8 @@ def compare(reference: DriftReference, window: ServedWindow,
                          "its ood_score output (re-export it) so its window can be checked")
     else:
         window_ood = Histogram.of(window.ood_scores, reference.ood.edges)
-        if reference.ood_threshold is not None and reference.expected_ood_rate is not None:
+        if reference.ood_threshold is not None and (reference.validation_ood_rate is not None
+                                                    or reference.expected_ood_rate is not None):
             checks.append(_ood_rate_check(reference, window.ood_scores, thresholds))
         else:
             notes.append("the reference has no OOD threshold or quantile: the OOD-rate check not run")
@@ -497,15 +516,32 @@ def _psi_check(name: str, reference: Iterable[int], window: Iterable[int], limit
 
 
 def _ood_rate_check(reference: DriftReference, scores: np.ndarray, thresholds: DriftThresholds) -> Check:
-    assert reference.ood_threshold is not None and reference.expected_ood_rate is not None
-    expected = reference.expected_ood_rate
+    """Flags in the window against the rate on validation crops.
+
+    The threshold is a quantile of a validation split that may hold only a few hundred crops (tens, for a
+    small dataset), so the rate it flags on new crops like them is uncertain: 1 - quantile is its design
+    value, not a fact. Where the reference measured its own rate (``validation_ood_rate`` over ``n`` crops),
+    that rate is taken as Beta(flagged + 0.5, n - flagged + 0.5) (Jeffreys) and the window's count is tested
+    against the beta-binomial it implies; otherwise against a plain binomial at 1 - quantile.
+    """
+    assert reference.ood_threshold is not None
     flagged = int(np.sum(scores > reference.ood_threshold))
     rate = flagged / len(scores)
-    p_value = binomial_upper_p(flagged, len(scores), expected)
+    if reference.validation_ood_rate is not None:
+        seen = reference.validation_ood_rate * reference.n  # validation crops above the threshold
+        a, b = seen + 0.5, reference.n - seen + 0.5
+        expected = a / (a + b)
+        p_value = beta_binomial_upper_p(flagged, len(scores), a, b)
+        basis = f"validation's {reference.validation_ood_rate:.2%} of {reference.n} crops, beta-binomial"
+    else:
+        assert reference.expected_ood_rate is not None
+        expected = reference.expected_ood_rate
+        p_value = binomial_upper_p(flagged, len(scores), expected)
+        basis = f"1 - quantile {reference.ood_quantile:g}, binomial"
     passed = p_value >= thresholds.ood_rate_p_value or rate < thresholds.ood_rate_ratio * expected
     return Check("ood_rate", p_value, thresholds.ood_rate_p_value, passed,
                  f"{flagged} of {len(scores)} crops ({rate:.2%}) above the OOD threshold "
-                 f"{reference.ood_threshold:.4g}, expected {expected:.2%}; one-sided binomial p={p_value:.3g} "
+                 f"{reference.ood_threshold:.4g}, expected {expected:.2%} ({basis}); one-sided p={p_value:.3g} "
                  f"(fails below {thresholds.ood_rate_p_value:g} with a rate over "
                  f"{thresholds.ood_rate_ratio:g}x expected)")
 

@@ -18,6 +18,7 @@ from headserve.drift import (
     DriftThresholds,
     RollingWindow,
     ServedWindow,
+    beta_binomial_upper_p,
     binomial_upper_p,
     compare,
     ks_2samp,
@@ -100,7 +101,22 @@ def test_a_slight_but_significant_ood_excess_on_a_huge_window_is_not_called_drif
     below = np.flatnonzero(scores <= threshold)[: int(0.01 * len(scores))]
     scores[below] = threshold * 1.01
     check = compare(reference, _window(probs, scores)).check("ood_rate")
-    assert check.value < 1e-6 and check.passed
+    assert check.value < 0.01 and check.passed, check.detail
+
+
+def test_the_ood_rate_test_allows_for_a_threshold_set_on_few_validation_crops():
+    # 40 validation crops, 2 above the threshold: the rate on new crops like them is anywhere from 1% to 15%
+    probs, scores = _answers(40, 0)
+    threshold = float(np.sort(scores)[-3])
+    small = reference_from_validation(probs, scores, CLASSES, threshold, QUANTILE)
+    window_probs, window_scores = _answers(300, 1)
+    window_scores = np.where(np.arange(300) < 30, threshold * 2, np.minimum(window_scores, threshold))  # 10%
+    check = compare(small, _window(window_probs, window_scores)).check("ood_rate")
+    assert check.passed and check.value > 0.01 and "of 40 crops, beta-binomial" in check.detail
+    # the same 10% against a rate known from 3,000 crops is significant
+    large = _reference()
+    scores_large = np.where(np.arange(300) < 30, 1e6, np.minimum(window_scores, large.ood_threshold or 0))
+    assert compare(large, _window(window_probs, scores_large)).check("ood_rate").value < 0.01
 
 
 def test_the_reference_round_trips_through_json_and_a_file_written_atomically(tmp_path: Path):
@@ -134,6 +150,10 @@ def test_the_written_out_statistics_agree_with_scipy():
     for k, n, p0 in ((0, 10, 0.05), (3, 10, 0.05), (70, 1000, 0.05), (5000, 100_000, 0.05), (12, 12, 0.3)):
         assert binomial_upper_p(k, n, p0) == pytest.approx(stats.binomtest(k, n, p0, alternative="greater").pvalue,
                                                            rel=1e-7), (k, n, p0)
+    for k, n, a, b in ((0, 10, 2.5, 28.5), (3, 50, 2.5, 28.5), (36, 249, 1.5, 29.5), (900, 10_000, 100.5, 1900.5)):
+        # the sum of scipy's pmf: its sf loses digits far in the tail (1.89e-10 where the sum is 2.07e-10)
+        want = float(np.sum(stats.betabinom.pmf(np.arange(k, n + 1), n, a, b)))
+        assert beta_binomial_upper_p(k, n, a, b) == pytest.approx(want, rel=1e-7), k
     # PSI: the textbook formula on smoothed proportions; zero only for identical distributions
     assert psi([10, 20, 30], [10, 20, 30]) == 0.0
     r, w = np.array([10.5, 20.5, 0.5]) / 31.5, np.array([0.5, 20.5, 10.5]) / 31.5
