@@ -252,3 +252,13 @@ def test_bad_inputs_are_typed_errors_that_name_the_value():
         DriftReference.from_dict(data, origin="meta.json")
     with pytest.raises(DriftError, match="labels, 3 confidences"):
         ServedWindow(labels=("cat",), confidence=np.array([0.1, 0.2, 0.3]))
+
+
+def test_drift_and_its_report_import_neither_torch_nor_scipy_nor_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, headserve.drift, headserve.drift_report; "
+            "print(','.join(m for m in ('torch', 'scipy', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""  # a client machine runs drift checks; matplotlib loads only to draw
