@@ -30,8 +30,9 @@ from headserve.triton_flags import FLEET, KSERVE
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
 BASE = "kubernetes"
-OVERLAYS = ("kubernetes", "overlays/gpu", "overlays/cpu", "overlays/encoded", "overlays/kserve")
-TRITON_OVERLAYS = ("kubernetes", "overlays/gpu", "overlays/cpu", "overlays/encoded")  # the Deployment-based ones
+OVERLAYS = ("kubernetes", "overlays/gpu", "overlays/cpu", "overlays/encoded", "overlays/kserve", "overlays/monitoring")
+TRITON_OVERLAYS = ("kubernetes", "overlays/gpu", "overlays/cpu", "overlays/encoded",
+                   "overlays/monitoring")  # the Deployment-based ones
 PLAIN_MANIFESTS = ("exporter/exporter.yaml",)  # applied with `kubectl apply -f`, not kustomize
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 KSERVE_MOUNT = "/mnt/models"  # where KServe mounts an InferenceService's storageUri volume
@@ -41,7 +42,9 @@ KUBECTL = shutil.which("kubectl")
 # ---------------------------------------------------------------------------------------------
 # The renderer: the kustomize features deploy/ uses, nothing more.
 
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "patches", "images", "namespace"}
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "patches", "images", "namespace", "components",
+                        "configMapGenerator"}
+GENERATOR_FIELDS = {"name", "namespace", "files", "options"}
 MERGE_BY_NAME = {"containers", "initContainers", "env", "volumes"}  # strategic-merge lists keyed by name
 CLUSTER_SCOPED = {"Namespace"}
 
@@ -77,6 +80,10 @@ def render_python(directory: Path) -> list[dict]:
     for resource in kustomization.get("resources", []):
         path = directory / resource
         docs += render_python(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for generator in kustomization.get("configMapGenerator", []):
+        docs.append(generated_config_map(directory, generator))
+    for component in kustomization.get("components", []):  # a Component: its resources and generators
+        docs += render_python(directory / component)
     for patch in kustomization.get("patches", []):
         assert set(patch) == {"path"}, f"{directory}: only file patches are rendered here, not {patch}"
         for change in yaml.safe_load_all((directory / patch["path"]).read_text()):
@@ -93,6 +100,19 @@ def render_python(directory: Path) -> list[dict]:
             if doc["kind"] not in CLUSTER_SCOPED:
                 doc["metadata"]["namespace"] = kustomization["namespace"]
     return docs
+
+
+def generated_config_map(directory: Path, generator: dict) -> dict:
+    """A configMapGenerator entry with files, as kustomize writes it; only stable names (no hash suffix)."""
+    unknown = set(generator) - GENERATOR_FIELDS
+    assert not unknown, f"{directory}: configMapGenerator uses {unknown}, which the test renderer does not know"
+    options = generator.get("options", {})
+    assert options.get("disableNameSuffixHash") is True, f"{directory}: the test renderer writes no name hashes"
+    metadata = {"name": generator["name"], **({"namespace": generator["namespace"]} if "namespace" in generator
+                                              else {}), **({"labels": options["labels"]} if "labels" in options
+                                                           else {})}
+    data = {Path(f).name: (directory / f).read_text() for f in generator.get("files", [])}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
 
 def render_kubectl(directory: Path) -> list[dict]:
@@ -195,8 +215,38 @@ def check_adapter_rules(doc: dict) -> list[str]:
     return problems
 
 
+def check_prometheus_rule(doc: dict) -> list[str]:
+    groups = doc.get("spec", {}).get("groups", [])
+    problems = [] if groups else ["spec.groups is empty"]
+    for group in groups:
+        problems += [] if group.get("name") and group.get("rules") else [f"group {group.get('name')} lacks name or rules"]
+        for rule in group.get("rules", []):
+            name = rule.get("alert") or rule.get("record")
+            problems += [f"rule {name} has no expr"] if not str(rule.get("expr", "")).strip() else []
+            if "alert" in rule:
+                problems += [f"alert {name} lacks {f}" for f in ("for", "labels", "annotations") if f not in rule]
+                problems += [f"alert {name} lacks annotations.{f}" for f in ("summary", "description")
+                             if f not in rule.get("annotations", {})]
+                if rule.get("labels", {}).get("severity") not in ("warning", "critical"):
+                    problems.append(f"alert {name} has no severity warning or critical")
+            elif "record" not in rule:
+                problems.append("a rule is neither an alert nor a record")
+    return problems
+
+
+def check_pod_monitor(doc: dict) -> list[str]:
+    spec = doc.get("spec", {})
+    problems = [] if spec.get("selector", {}).get("matchLabels") else ["spec.selector.matchLabels is missing"]
+    if not spec.get("podMetricsEndpoints"):
+        problems.append("spec.podMetricsEndpoints is empty")
+    problems += [f"endpoint {e} has no port" for e in spec.get("podMetricsEndpoints", []) if "port" not in e]
+    return problems
+
+
 CUSTOM: dict[tuple[str, str], Callable[[dict], list[str]]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): check_service_monitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): check_prometheus_rule,
+    ("monitoring.coreos.com/v1", "PodMonitor"): check_pod_monitor,
     ("serving.kserve.io/v1beta1", "InferenceService"): check_inference_service,
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): check_serving_runtime,
 }

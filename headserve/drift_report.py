@@ -1,0 +1,188 @@
+"""Where a person looks: a drift verdict beside the head's training metrics and reliability diagram.
+
+``write_drift_report`` renders a ``DriftResult`` (headserve.drift) into a directory: ``drift.md`` with a
+table of every check (value, threshold, verdict), the head's training metrics, and figures comparing
+validation with the served window (class mix, confidence, OOD scores) next to the training reliability
+diagram; ``drift.json`` holds the same verdict for machines. Training facts come in as plain numbers
+(``HeadSummary``), so the report needs neither torch nor the artifact loader.
+
+The directory is built beside its target and renamed into place: a crash never leaves half a report.
+matplotlib (Agg, no display) is imported only when a report is written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headserve.drift import DriftReference, DriftResult, Histogram
+from headserve.errors import HeadserveError
+from headserve.fsutil import publish_dir, staging_dir
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+REPORT_FILE = "drift.md"
+RESULT_FILE = "drift.json"
+# The training metrics shown, in this order, when the head has them (meta.json "metrics").
+TRAINING_KEYS: tuple[str, ...] = ("macro_f1_fg", "accuracy", "ece_before", "ece_after", "temperature",
+                                  "ood_auroc", "ood_flagged_test", "n_train", "n_val", "n_test")
+VERDICTS: Mapping[bool, str] = {True: "pass", False: "DRIFT"}
+
+
+class DriftReportError(HeadserveError):
+    """A drift report that cannot be written from what it was given."""
+
+
+@dataclass(frozen=True)
+class HeadSummary:
+    """What training measured about the head, as plain numbers (from meta.json and the training report)."""
+
+    name: str  # the head's name
+    version: str = ""  # the served version the window came from ("" when unknown)
+    metrics: Mapping[str, float] = field(default_factory=dict)  # held-out metrics, meta.json "metrics"
+    # Reliability diagram on held-out crops: (mean confidence, accuracy, count) per confidence bin, as
+    # headserve.train.metrics.reliability returns it.
+    reliability: Sequence[tuple[float, float, int]] = ()
+
+    def __post_init__(self) -> None:
+        for point in self.reliability:
+            if len(point) != 3 or not (0.0 <= point[0] <= 1.0 and 0.0 <= point[1] <= 1.0):
+                raise DriftReportError(f"reliability point {point!r} of head {self.name!r} is not (confidence, "
+                                       "accuracy, count) with both in [0, 1]; pass reliability() of the test split")
+
+
+def write_drift_report(directory: str | Path, result: DriftResult, reference: DriftReference,
+                       head: HeadSummary) -> Path:
+    """Write drift.md, drift.json and the figures into ``directory`` (replaced whole); returns drift.md's path."""
+    tmp = staging_dir(directory)
+    try:
+        figures = _plot_all(tmp, result, reference, head)
+        (tmp / RESULT_FILE).write_text(json.dumps({"head": head.name, "version": head.version,
+                                                   **result.to_dict()}, indent=1) + "\n")
+        (tmp / REPORT_FILE).write_text(markdown(result, reference, head, figures))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_dir(tmp, directory) / REPORT_FILE
+
+
+def markdown(result: DriftResult, reference: DriftReference, head: HeadSummary,
+             figures: Mapping[str, str] | None = None) -> str:
+    """The report's text: verdict, one row per check, notes, training metrics, figures."""
+    version = f" version {head.version}" if head.version else ""
+    verdict = "**drifted**: at least one check failed" if result.drifted else "no drift: every check passed"
+    lines = [f"# Drift report: head `{head.name}`{version}", "",
+             f"- verdict: {verdict}",
+             (f"- window: {result.window_size} decided crops from `{result.source}`"
+              f" ({result.skipped} errors or skips not compared)"),
+             (f"- reference: {reference.n} validation crops, {len(reference.classes)} classes"
+              + (f", OOD threshold {reference.ood_threshold:.4g} set at the {reference.ood_quantile:g} quantile"
+                 if reference.ood_threshold is not None and reference.ood_quantile is not None else "")),
+             "", "## Checks", "", "| check | value | threshold | verdict | detail |", "|---|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.value:.4g} | {c.threshold:g} | {VERDICTS[c.passed]} | {c.detail} |"
+              for c in result.checks]
+    if result.notes:
+        lines += ["", *[f"- {note}" for note in result.notes]]
+    lines += ["", "## Training (held-out test split)", ""]
+    shown = [k for k in TRAINING_KEYS if k in head.metrics]
+    if shown:
+        lines += ["| metric | value |", "|---|---|", *[f"| {k} | {_number(head.metrics[k])} |" for k in shown]]
+    else:
+        lines.append("No training metrics were given.")
+    if figures:
+        lines += ["", "## Figures", "", *[f"![{title}]({name})\n" for name, title in figures.items()]]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _shares(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts / counts.sum() if counts.sum() > 0 else counts
+
+
+def _plot_all(directory: Path, result: DriftResult, reference: DriftReference,
+              head: HeadSummary) -> dict[str, str]:
+    """Draw each figure that has data; file name -> caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: list[tuple[str, str]] = [("classes", "top-1 class mix: validation vs window"),
+                                     ("confidence", "top-1 confidence: validation vs window")]
+    if reference.ood is not None and result.window_ood is not None:
+        panels.append(("ood", "OOD scores: validation vs window"))
+    if head.reliability:
+        panels.append(("reliability", "reliability diagram (training, held-out)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (kind, title) in zip(axes[0], panels):
+        PLOTS[kind](ax, result, reference, head)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{head.name}: {'DRIFT' if result.drifted else 'no drift'}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(directory / "drift.png", dpi=100)
+    plt.close(fig)
+    return {"drift.png": " | ".join(title for _, title in panels)}
+
+
+def _bars(ax: Axes, positions: np.ndarray, reference: np.ndarray, window: np.ndarray) -> None:
+    ax.bar(positions - 0.2, reference, 0.4, label="validation")
+    ax.bar(positions + 0.2, window, 0.4, label="window")
+    ax.set_ylabel("share of crops")
+    ax.legend(fontsize=7)
+
+
+def _plot_classes(ax: Axes, result: DriftResult, reference: DriftReference, head: HeadSummary) -> None:
+    x = np.arange(len(reference.classes))
+    window = [result.window_class_counts.get(c, 0) for c in reference.classes]
+    _bars(ax, x, _shares(reference.class_counts), _shares(window))
+    ax.set_xticks(x, reference.classes, rotation=90, fontsize=7)
+
+
+def _histogram_bins(ax: Axes, reference: Histogram, window: Histogram | None, xlabel: str) -> None:
+    if window is not None and window.edges != reference.edges:  # bars of other bins would be drawn as if they fit
+        raise DriftReportError(f"the window's {xlabel} bins {window.edges} are not the reference's {reference.edges}; "
+                               "report a result with the reference it was compared against")
+    x = np.arange(len(reference.counts))
+    _bars(ax, x, _shares(reference.counts), _shares(window.counts if window is not None else np.zeros_like(x)))
+    edges = [f"{e:.3g}" for e in reference.edges]
+    ax.set_xticks(x, [f"{a}-{b}" for a, b in itertools.pairwise(edges)], rotation=90, fontsize=6)
+    ax.set_xlabel(xlabel, fontsize=8)
+
+
+def _plot_confidence(ax: Axes, result: DriftResult, reference: DriftReference, head: HeadSummary) -> None:
+    _histogram_bins(ax, reference.confidence, result.window_confidence, "calibrated top-1 probability")
+
+
+def _plot_ood(ax: Axes, result: DriftResult, reference: DriftReference, head: HeadSummary) -> None:
+    if reference.ood is None:
+        raise DriftReportError(f"head {head.name!r}: an OOD panel was asked for a reference without OOD scores")
+    _histogram_bins(ax, reference.ood, result.window_ood, "OOD score (end bins open)")
+    if reference.ood_threshold is not None and reference.ood_threshold in reference.ood.edges:
+        ax.axvline(reference.ood.edges.index(reference.ood_threshold) - 0.5, color="k", ls=":", lw=1,
+                   label="threshold")
+        ax.legend(fontsize=7)
+
+
+def _plot_reliability(ax: Axes, result: DriftResult, reference: DriftReference, head: HeadSummary) -> None:
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.plot([p[0] for p in head.reliability], [p[1] for p in head.reliability], "o-", ms=3, label="after calibration")
+    ax.set_xlabel("confidence", fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+
+
+# Panel kind -> how it is drawn (one figure, one panel per kind with data).
+PLOTS = {"classes": _plot_classes, "confidence": _plot_confidence, "ood": _plot_ood,
+         "reliability": _plot_reliability}
