@@ -13,6 +13,7 @@ import torch
 
 from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.drift import reference_from_validation
 from headserve.encoders import EncoderSpec
 from headserve.errors import DatasetError
 from headserve.head import SERVING_OUTPUTS
@@ -20,7 +21,7 @@ from headserve.head_file import save_head
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
 from headserve.train.embed import EmbedConfig, Extraction, extract, pixels_of
-from headserve.train.metrics import classification_metrics, expected_calibration_error, ood_auroc
+from headserve.train.metrics import classification_metrics, expected_calibration_error, ood_auroc, reliability
 from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
 from headserve.train.recipe import describe
 from headserve.train.split import group_split
@@ -179,8 +180,12 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
 
     t0 = time.perf_counter()
     attach_ood(fit.head, fit_ood(emb[fit_idx], labels[fit_idx], len(classes)))
-    threshold = choose_threshold(ood_scores(fit.head, emb[val_idx]), labels[val_idx], background, req.ood_quantile)
+    val_ood = ood_scores(fit.head, emb[val_idx])
+    threshold = choose_threshold(val_ood, labels[val_idx], background, req.ood_quantile)
     timings["ood"] = time.perf_counter() - t0
+    with torch.no_grad():  # what the head answers on validation crops: the yardstick of `headserve drift`
+        val_probs = fit.head(torch.from_numpy(emb[val_idx]))[1].numpy()
+    drift = reference_from_validation(val_probs, val_ood, classes, threshold, req.ood_quantile, seed=req.seed)
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -221,7 +226,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "per_class")},
         extra={"profile": req.profile, "recipe": dict(describe(cfg)), "embedding": p.extraction,
                "log_priors": fit.log_priors,
-               "class_weights": fit.class_weights, "ood": {"method": "mahalanobis_shared_cov",
+               "class_weights": fit.class_weights, "drift_reference": drift.to_dict(),
+               "reliability_test": reliability(probs, labels[test_idx]), "ood": {"method": "mahalanobis_shared_cov",
                                                            "quantile": req.ood_quantile,
                                                            "threshold_on": "foreground validation crops"},
                **fit.record(), **({"selection": dict(req.selection)} if req.selection is not None else {})},
