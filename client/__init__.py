@@ -21,11 +21,11 @@ from headserve.client.errors import (
 )
 from headserve.client.estimate import ComputeEstimate
 from headserve.client.gating import GateConfig, GateReason, GateResult, gate
-from headserve.client.observer import Observer
+from headserve.client.observer import Observer, Observers
 from headserve.client.options import ConnectionOptions
 
 __all__ = [
-    "AsyncHeadClient", "HeadClient", "ConnectionOptions", "HeadInfo", "Observer",
+    "AsyncHeadClient", "HeadClient", "ConnectionOptions", "HeadInfo", "Observer", "Observers",
     "Prediction", "Reason", "Thresholds", "decide",
     "GateConfig", "GateReason", "GateResult", "ComputeEstimate", "gate",
     "CropRef", "crops_from_yolo", "polygon_to_xyxy", "yolo_box_to_xyxy",

@@ -16,3 +16,18 @@ class Observer(Protocol):
 
     def observe_error(self, head: str, error: BaseException) -> None:
         """A request to ``head`` that raised ``error`` (a headserve.client.errors type) to the caller."""
+
+
+class Observers:
+    """Several observers as one (metrics and a drift window, say): each is told in turn, in order."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self.observers = observers
+
+    def observe_batch(self, info: HeadInfo, predictions: Sequence[Prediction], seconds: float) -> None:
+        for observer in self.observers:
+            observer.observe_batch(info, predictions, seconds)
+
+    def observe_error(self, head: str, error: BaseException) -> None:
+        for observer in self.observers:
+            observer.observe_error(head, error)

@@ -183,9 +183,13 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     val_ood = ood_scores(fit.head, emb[val_idx])
     threshold = choose_threshold(val_ood, labels[val_idx], background, req.ood_quantile)
     timings["ood"] = time.perf_counter() - t0
-    with torch.no_grad():  # what the head answers on validation crops: the yardstick of `headserve drift`
-        val_probs = fit.head(torch.from_numpy(emb[val_idx]))[1].numpy()
-    drift = reference_from_validation(val_probs, val_ood, classes, threshold, req.ood_quantile, seed=req.seed)
+    # What the head answers on the labelled objects of validation: the yardstick of `headserve drift`.
+    # Objects only, as the threshold: production sends a detector's boxes, not training's random background crops.
+    objects_val = val_idx[foreground(labels[val_idx], background)]
+    with torch.no_grad():
+        val_probs = fit.head(torch.from_numpy(emb[objects_val]))[1].numpy()
+    drift = reference_from_validation(val_probs, ood_scores(fit.head, emb[objects_val]), classes, threshold,
+                                      req.ood_quantile, seed=req.seed)
 
     t0 = time.perf_counter()
     with torch.no_grad():
