@@ -1,4 +1,5 @@
-"""Client benchmark: preprocessing cost per crop, and end-to-end crops/s at concurrency 1, 4 and 16.
+"""Client benchmark: preprocessing cost per crop, end-to-end crops/s at concurrency 1, 4 and 16, and
+what the decision metrics cost (``headserve.client.bench:metrics``).
 
 Builds a small repository (tiny-twin heads on the synthetic digits dataset), serves it with the
 local tritonserver, and drives it with ``HeadClient``s, one per concurrent caller, each sending
@@ -132,3 +133,72 @@ def _median(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+METRICS_ROUNDS = 9  # interleaved off/on rounds; the spread across rounds is reported
+METRICS_CALLS = 20  # classify calls per side per round
+
+
+def metrics(out: Path) -> list[str]:
+    """The cost of decision metrics to a client: the same classify calls with no observer and with
+    ``DecisionMetrics``, interleaved round by round (order alternating) on one served head, plus the
+    client-side work alone (preprocessing, decisions, observing) without the server."""
+    from headserve.client import HeadClient, decide
+    from headserve.client.metrics import DecisionMetrics
+    from headserve.client.preprocessing import prepare
+    from headserve.encoders import get_encoder
+    from headserve.export.pipeline import export_head
+    from headserve.server import LocalTriton, ServerConfig
+    from headserve.train.dataset import load_crop
+    from headserve.train.pipeline import TrainRequest, train_from_yolo
+    from headserve.train.synth import SynthConfig, build_digits_dataset
+    from headserve.train.trainer import TrainConfig
+
+    work = Path(tempfile.mkdtemp(prefix="headserve-metrics-bench-", dir=out))
+    dataset = build_digits_dataset(work / "dataset", SynthConfig(num_images=40))
+    outcome = train_from_yolo(TrainRequest(dataset=dataset, encoder=get_encoder("clip:tiny"), out=work / "head",
+                                           name="metrics_bench", hidden=(64,), train=TrainConfig(epochs=10)))
+    export_head(outcome.artifact, work / "repo", "local")
+    crops = [load_crop(o) for o in outcome.test_objects]
+    lines = ["## Decision metrics cost (`headserve.client.bench:metrics`)", "",
+             f"Sync `HeadClient.classify` on the local server (clip:tiny head, concurrency 1), {METRICS_ROUNDS} "
+             f"interleaved rounds of {METRICS_CALLS} calls per side; per crop, median [min-max] over rounds:", "",
+             "| crops per call | metrics off, ms | metrics on, ms | on / off |", "|---|---|---|---|"]
+    with LocalTriton(ServerConfig(repository=work / "repo")) as server:
+        for batch_size in (8, 32):
+            batch = (crops * (batch_size // len(crops) + 1))[:batch_size]
+            with HeadClient(server.grpc_url) as off, \
+                    HeadClient(server.grpc_url, observer=DecisionMetrics()) as on:
+                sides = {"off": off, "on": on}
+                for client in sides.values():
+                    client.classify(outcome.meta.name, batch)
+                per_crop: dict[str, list[float]] = {"off": [], "on": []}
+                for r in range(METRICS_ROUNDS):
+                    for side in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                        t0 = time.perf_counter()
+                        for _ in range(METRICS_CALLS):
+                            sides[side].classify(outcome.meta.name, batch)
+                        per_crop[side].append((time.perf_counter() - t0) / (METRICS_CALLS * batch_size))
+                info = off.info(outcome.meta.name)
+            ratios = [b / a for a, b in zip(per_crop["off"], per_crop["on"])]
+            lines.append(f"| {batch_size} | {_spread(per_crop['off'], 1e3)} | {_spread(per_crop['on'], 1e3)} | "
+                         f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}] |")
+    shutil.rmtree(work, ignore_errors=True)
+
+    # The client's own work per crop, without the server: what the observer adds to it.
+    batch = (crops * (32 // len(crops) + 1))[:32]
+    probs = np.random.default_rng(0).dirichlet(np.ones(len(info.classes)), size=len(batch)).astype(np.float32)
+    ood = np.random.default_rng(1).gamma(2.0, 0.5, size=(len(batch), 1)).astype(np.float32)
+    observer = DecisionMetrics()
+    predictions = decide(info, probs, ood_scores=ood)
+    work_s = _median(lambda: decide(info, probs, ood_scores=ood) and prepare(batch, info), 15) / len(batch)
+    observe_s = _median(lambda: observer.observe_batch(info, predictions, 0.01), 15) / len(batch)
+    lines += ["", "Client-side work alone, 32 crops per call (median of 15):", "",
+              "| preprocessing + decisions, us per crop | observe_batch, us per crop | share |", "|---|---|---|",
+              f"| {work_s * 1e6:.1f} | {observe_s * 1e6:.2f} | {observe_s / work_s:.2%} |", "",
+              "The issue's budget is 5% more per crop with metrics on."]
+    return lines
+
+
+def _spread(values: list[float], scale: float) -> str:
+    return f"{statistics.median(values) * scale:.3f} [{min(values) * scale:.3f}-{max(values) * scale:.3f}]"
