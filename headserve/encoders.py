@@ -191,7 +191,9 @@ class EncoderSpec:
             raise UnknownEncoderError(f"{self.name} is a randomly initialised twin; it takes no weights ({source!r})")
         if Path(source).exists():  # recorded in meta.json: absolute, so export finds it from any directory
             source = str(Path(source).resolve())
-        return replace(self, **{self.family.weights_field: source})
+        if self.family.weights_field == "pretrained":
+            return replace(self, pretrained=source)
+        return replace(self, model_id=source)
 
 
 def _family_preprocess(encoder_type: str, size: int, mean: tuple[float, float, float],
