@@ -147,5 +147,5 @@ def head_info_from_config(name: str, config: Any, version: str = "") -> HeadInfo
     try:
         served = ServedHead.from_parameters(name, params, where=f"head {name!r}")
     except ParameterError as exc:
-        raise ServerSideError(f"{exc} (parameter {exc.key!r} of its config.pbtxt)") from exc
+        raise ServerSideError(str(exc)) from exc  # the message names the key, its value and the fix
     return HeadInfo.from_served(served, int(config.max_batch_size) or 1, tuple(o.name for o in config.output), version)

@@ -142,6 +142,13 @@ def _index(value: Any) -> int:
     return value
 
 
+def _width(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise ValueError("a width is not negative")
+    return number
+
+
 def _finite(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
@@ -241,7 +248,7 @@ class EncoderIdentity:
 
         ``read_preprocess=False`` leaves the preprocessing unread, for checks that compare only ``MATCH_KEYS``.
         """
-        dim = _read(params, "embedding_dim", int, where) if params.get("embedding_dim") else 0
+        dim = _read(params, "embedding_dim", _width, where) if params.get("embedding_dim") else 0
         preprocess = (_read(params, "preprocess", PreprocessSpec.from_json, where)
                       if read_preprocess and params.get("preprocess") else None)
         return cls(

@@ -86,6 +86,7 @@ def test_parameters_hold_exactly_the_published_keys_of_a_head_ensemble():
     ("background_indices", '["2"]'),
     ("prompt_classes", "[0, 3]"),
     ("embedding_dim", "thirty-two"),
+    ("embedding_dim", "-32"),
     ("preprocess", '{"input_size": 32}'),
     ("preprocess", '{"input_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "squash", '
                    '"interpolation": "bilinear", "sharpen": 2}'),
