@@ -8,24 +8,30 @@ config too: a head has an ``ood_score`` output only if its repository gave it on
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from headserve.client.errors import ServerSideError
-from headserve.encoders import PreprocessSpec
+from headserve.contract import (
+    EMBEDDING,
+    LOGITS,
+    OOD_SCORE,
+    PROBS,
+    PROMPT_INPUT,
+    PROMPT_OUTPUT,
+    ParameterError,
+    ServedHead,
+)
+from headserve.contract import PIXELS as INPUT
+from headserve.encoders import FAMILIES, PreprocessSpec, has_text_tower
 
-INPUT = "pixels"
-PROBS = "probs"
-LOGITS = "logits"
-EMBEDDING = "embedding"
-OOD_SCORE = "ood_score"
-PROMPT_INPUT = "embedding"  # the prompt model's contract: embedding FP32 [D] -> similarity FP32 [P]
-PROMPT_OUTPUT = "similarity"
-# Encoder families whose heads may carry a prompt prefilter; DINOv3 has no text tower to prompt.
-PREFILTER_FAMILIES: Mapping[str, bool] = {"clip": True, "dinov3": False}
+# INPUT, PROBS, LOGITS, EMBEDDING, OOD_SCORE, PROMPT_INPUT and PROMPT_OUTPUT are re-exported from headserve.contract.
+__all__ = ["INPUT", "PROBS", "LOGITS", "EMBEDDING", "OOD_SCORE", "PROMPT_INPUT", "PROMPT_OUTPUT", "PREFILTER_FAMILIES",
+           "HeadInfo", "StaleAnswer", "latest_version", "check_answer", "head_info_from_config"]
+# Encoder families whose heads may carry a prompt prefilter (those with a text tower), from the family registry.
+PREFILTER_FAMILIES: Mapping[str, bool] = {name: family.text_tower for name, family in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,32 @@ class HeadInfo:
     prompt_model: str | None = None  # CLIP only: model mapping embedding -> prompt similarity
     prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
     version: str = ""  # the ensemble version these facts were read from; requests are pinned to it ("": any)
+    # the record these facts were decoded from; None for a HeadInfo built by hand
+    served: ServedHead | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_served(cls, served: ServedHead, max_batch_size: int, outputs: Sequence[str],
+                    version: str = "") -> "HeadInfo":
+        """The client's view of a served head: its record plus what the ensemble's config says about batching."""
+        return cls(
+            name=served.name,
+            classes=served.classes,
+            background_indices=served.background_indices,
+            encoder_type=served.encoder_type,
+            encoder_model=served.encoder.model,
+            preprocess=served.preprocess,
+            max_batch_size=max_batch_size,
+            outputs=tuple(outputs),
+            embedding_dim=served.embedding_dim,
+            temperature=served.temperature,
+            head_type=served.head_type,
+            classifier=served.classifier,
+            ood_threshold=served.ood_threshold,
+            prompt_model=served.prompt_model,
+            prompt_classes=served.prompt_classes,
+            version=str(version),
+            served=served,
+        )
 
     @property
     def has_ood_score(self) -> bool:
@@ -55,7 +87,7 @@ class HeadInfo:
 
     @property
     def prefilter_supported(self) -> bool:
-        return PREFILTER_FAMILIES.get(self.encoder_type, False)
+        return has_text_tower(self.encoder_type)
 
     def class_index(self, name: str, origin: str = "target class") -> int:
         try:
@@ -109,35 +141,11 @@ def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any])
 
 
 def head_info_from_config(name: str, config: Any, version: str = "") -> HeadInfo:
-    """Build ``HeadInfo`` from a ``ModelConfig`` protobuf; a missing or malformed parameter is a typed error."""
+    """Build ``HeadInfo`` from a ``ModelConfig`` protobuf by decoding the ensemble's ``ServedHead`` record;
+    a missing or malformed parameter is a ``ServerSideError`` naming the key."""
     params = {k: v.string_value for k, v in config.parameters.items()}
-
-    def need(key: str) -> str:
-        if key not in params:
-            raise ServerSideError(f"head {name!r} publishes no {key!r} parameter in its config.pbtxt; "
-                                  "re-export it with `headserve export` so clients can discover it")
-        return params[key]
-
     try:
-        ood = params.get("ood_threshold")
-        return HeadInfo(
-            name=name,
-            classes=tuple(json.loads(need("classes"))),
-            background_indices=tuple(int(i) for i in json.loads(params.get("background_indices", "[]"))),
-            encoder_type=params.get("encoder_type") or "clip",
-            encoder_model=params.get("encoder_model", ""),
-            preprocess=PreprocessSpec.from_dict(json.loads(need("preprocess"))),
-            max_batch_size=int(config.max_batch_size) or 1,
-            outputs=tuple(o.name for o in config.output),
-            embedding_dim=int(params.get("embedding_dim") or 0),
-            temperature=float(params.get("temperature") or 1.0),
-            head_type=params.get("head_type", ""),
-            classifier=params.get("classifier", ""),
-            ood_threshold=float(ood) if ood not in (None, "") else None,
-            prompt_model=params.get("prompt_model") or None,
-            prompt_classes=tuple(int(i) for i in json.loads(params.get("prompt_classes") or "[]")),
-            version=str(version),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ServerSideError(f"head {name!r} publishes a malformed parameter ({exc}); re-export it with "
-                              "`headserve export`, or upgrade this client if the server's headserve is newer") from exc
+        served = ServedHead.from_parameters(name, params, where=f"head {name!r}")
+    except ParameterError as exc:
+        raise ServerSideError(str(exc)) from exc  # the message names the key, its value and the fix
+    return HeadInfo.from_served(served, int(config.max_batch_size) or 1, tuple(o.name for o in config.output), version)

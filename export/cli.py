@@ -168,16 +168,11 @@ def _export_multi_head(args: argparse.Namespace) -> int:
 
 
 def _export_prompts(args: argparse.Namespace) -> int:
-    import json
-
-    from headserve.errors import RepositoryError
-    from headserve.export.model_config import parse
     from headserve.export.prompts import add_prompt_model, parse_prompt
+    from headserve.export.repository import read_served_head
 
-    config = args.repo / args.head / "config.pbtxt"
-    if not config.is_file():
-        raise RepositoryError(f"{config} does not exist: export head {args.head!r} before its prompts")
-    classes = json.loads(parse(config.read_text()).parameters["classes"].string_value)
+    served, _ = read_served_head(args.repo, args.head, "its prompts")
+    classes = served.classes
     texts, indices = [], []
     for item in args.prompt:
         index, text = parse_prompt(item, classes)

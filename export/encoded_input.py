@@ -8,10 +8,10 @@ is the head's own wiring. The head's ensemble publishes the variant's name as ``
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
-from headserve.errors import RepositoryError
+from headserve.contract import IMAGE, PIXELS, ServedHead, decoder_model_name, encoded_model_name
 from headserve.export.model_config import (
     DataType,
     EnsembleStep,
@@ -19,23 +19,21 @@ from headserve.export.model_config import (
     ProductionOptions,
     Runtime,
     TensorSpec,
-    to_text,
 )
-from headserve.export.repository import LABELS_FILE, WrittenModel, publish_version, read_head_ensemble
-from headserve.fsutil import write_text_atomic
+from headserve.export.repository import (
+    EnsembleWiring,
+    WrittenModel,
+    head_ensemble_desc,
+    publish_version,
+    read_served_head,
+    rewrite_head_ensemble,
+)
 
 DECODER_SOURCE = Path(__file__).with_name("decoder_model.py")
 # headserve's preprocessing and what it imports, vendored beside the decoder's model.py.
 VENDORED = ("encoders.py", "errors.py", "preprocess.py")
-IMAGE_INPUT = "image"
-
-
-def decoder_model_name(encoder_model: str) -> str:
-    return "decode_" + encoder_model.removeprefix("encoder_")
-
-
-def encoded_model_name(head: str) -> str:
-    return f"{head}_encoded"
+IMAGE_INPUT = IMAGE  # re-exported from headserve.contract, as are decoder_model_name and encoded_model_name
+__all__ = ["IMAGE_INPUT", "decoder_model_name", "encoded_model_name", "encoded_ensemble_desc", "add_encoded_input"]
 
 
 def _vendored_files() -> dict[str, Path | bytes]:
@@ -48,40 +46,31 @@ def _vendored_files() -> dict[str, Path | bytes]:
     return files
 
 
+def encoded_ensemble_desc(served: ServedHead, wiring: EnsembleWiring, decoder: str) -> ModelDesc:
+    """``<head>_encoded``, rendered from the head's record: the decoder, then the head ensemble's own steps."""
+    pixels = head_ensemble_desc(replace(served, name=encoded_model_name(served.name), encoded_input=True), wiring)
+    return replace(pixels, inputs=(TensorSpec(IMAGE, DataType.TYPE_STRING, (1,)),),
+                   steps=(EnsembleStep(decoder, {IMAGE: IMAGE}, {PIXELS: PIXELS}), *pixels.steps))
+
+
 def add_encoded_input(repo: str | Path, head: str, runtime: Runtime | str = Runtime.LOCAL,
                       options: ProductionOptions | None = None) -> list[WrittenModel]:
     """Write the decoder of the head's encoder (once) and the head's encoded-image ensemble."""
     repo, runtime = Path(repo), Runtime(runtime)
-    path = repo / head / "config.pbtxt"
-    ensemble, params = read_head_ensemble(repo, head, "its encoded-image variant")
-    if ensemble.platform != "ensemble" or "preprocess" not in params:
-        raise RepositoryError(f"{path}: {head!r} is not a head ensemble written by headserve (no preprocess "
-                              "parameter); pass a name `headserve repo list` shows as an ensemble")
-    preprocess = json.loads(params["preprocess"])
-    size = int(preprocess["input_size"])
-    encoder = ensemble.ensemble_scheduling.step[0].model_name
+    served, wiring = read_served_head(repo, head, "its encoded-image variant")
+    size = served.preprocess.input_size
     written: list[WrittenModel] = []
-    decoder = decoder_model_name(encoder)
+    decoder = decoder_model_name(wiring.encoder_model)
     if not (repo / decoder / "config.pbtxt").is_file():
-        desc = ModelDesc(decoder, (TensorSpec(IMAGE_INPUT, DataType.TYPE_STRING, (1,)),),
-                         (TensorSpec("pixels", DataType.TYPE_UINT8, (size, size, 3)),),
-                         max_batch_size=ensemble.max_batch_size, python_model=True,
-                         parameters={"preprocess": params["preprocess"]})
+        desc = ModelDesc(decoder, (TensorSpec(IMAGE, DataType.TYPE_STRING, (1,)),),
+                         (TensorSpec(PIXELS, DataType.TYPE_UINT8, (size, size, 3)),),
+                         max_batch_size=wiring.max_batch_size, python_model=True,
+                         parameters={"preprocess": served.preprocess.to_json()})
         version, vpath = publish_version(repo / decoder, desc, runtime, _vendored_files(), options=options)
         written.append(WrittenModel(decoder, version, vpath, {}))
 
-    steps = [EnsembleStep(decoder, {IMAGE_INPUT: IMAGE_INPUT}, {"pixels": "pixels"})]
-    steps += [EnsembleStep(s.model_name, dict(s.input_map), dict(s.output_map), s.model_version)
-              for s in ensemble.ensemble_scheduling.step]
-    outputs = tuple(TensorSpec(o.name, DataType(o.data_type), tuple(o.dims), o.label_filename or None)
-                    for o in ensemble.output)
-    name = encoded_model_name(head)
-    desc = ModelDesc(name, (TensorSpec(IMAGE_INPUT, DataType.TYPE_STRING, (1,)),), outputs,
-                     max_batch_size=ensemble.max_batch_size, steps=tuple(steps),
-                     parameters={**params, "input": "encoded"})
-    labels = (repo / head / LABELS_FILE).read_text().splitlines() if (repo / head / LABELS_FILE).is_file() else None
-    version, vpath = publish_version(repo / name, desc, runtime, {}, labels)
-    written.append(WrittenModel(name, version, vpath, {}))
-    ensemble.parameters["encoded_model"].string_value = name
-    write_text_atomic(path, to_text(ensemble))
+    desc = encoded_ensemble_desc(served, wiring, decoder)
+    version, vpath = publish_version(repo / desc.name, desc, runtime, {}, list(served.classes))
+    written.append(WrittenModel(desc.name, version, vpath, {}))
+    rewrite_head_ensemble(repo, replace(served, encoded_model=desc.name), wiring)
     return written

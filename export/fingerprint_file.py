@@ -11,17 +11,25 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from headserve.contract import EncoderIdentity, MissingParameterError
+
 FINGERPRINT_FILE = "fingerprint.json"
 
 
 def fingerprint_record(params: Mapping[str, str]) -> dict[str, Any]:
-    """The fields of an encoder's parameters that identify it."""
+    """The fields of an encoder's parameters that identify it (its ``EncoderIdentity``)."""
+    for key in ("encoder_fingerprint", "encoder_type", "encoder_model", "embedding_dim"):
+        if not params.get(key):  # an encoder model always publishes these; a fingerprint file without one is useless
+            raise MissingParameterError(f"encoder parameters have no {key!r}; export the encoder with "
+                                        "`headserve export encoder`", key)
+    identity = EncoderIdentity.from_parameters(params, "encoder", read_preprocess=False)
     return {
-        "fingerprint": params["encoder_fingerprint"],
-        "encoder_name": params.get("encoder_name", ""),
-        "encoder_type": params["encoder_type"],
-        "encoder_model": params["encoder_model"],
-        "embedding_dim": int(params["embedding_dim"]),
+        "fingerprint": identity.fingerprint,
+        "encoder_name": identity.name or "",
+        "encoder_type": identity.encoder_type,
+        "encoder_model": identity.model,
+        "embedding_dim": identity.embedding_dim,
+        # as published, so the file records exactly the preprocessing the config declares
         "preprocess": json.loads(params.get("preprocess", "null")),
     }
 

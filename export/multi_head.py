@@ -13,36 +13,37 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from tritonclient.grpc import model_config_pb2 as mc
-
+from headserve.contract import (
+    EMBEDDING,
+    HEAD_FEED,
+    HEAD_INPUT,
+    IDENTITY_KEYS,
+    LABELS_FILE,
+    MULTI_HEAD_SEPARATOR,
+    PIXELS,
+    ServedHead,
+    multi_head_model_name,
+    multi_head_output_name,
+)
 from headserve.errors import RepositoryError
-from headserve.export.model_config import DataType, EnsembleStep, ModelDesc, Runtime, TensorSpec, parse
-from headserve.export.onnx_export import ENCODER_HEAD_FEED, ENCODER_INPUT, ENCODER_OUTPUT, HEAD_INPUT
-from headserve.export.repository import LABELS_FILE, WrittenModel, publish_version
+from headserve.export.model_config import DataType, EnsembleStep, ModelDesc, Runtime, TensorSpec, parameters_of, parse
+from headserve.export.repository import EnsembleWiring, WrittenModel, head_outputs, publish_version, read_served_head
 from headserve.fsutil import write_text_atomic
 
-SEPARATOR = "__"  # "<head>__<output>": head names are model names, which never contain it by convention
-SHARED_KEYS = ("encoder_type", "encoder_model", "encoder_name", "embedding_dim", "encoder_fingerprint", "preprocess")
+# SEPARATOR, SHARED_KEYS, multi_head_model_name and output_name are re-exported from headserve.contract.
+SEPARATOR = MULTI_HEAD_SEPARATOR
+SHARED_KEYS = IDENTITY_KEYS  # the encoder's identity, published once; every other parameter is per head
+output_name = multi_head_output_name
+__all__ = ["SEPARATOR", "SHARED_KEYS", "multi_head_model_name", "output_name", "write_multi_head_ensemble",
+           "multi_head_ensembles"]
 
 
-def multi_head_model_name(encoder_model: str) -> str:
-    return "heads_" + encoder_model.removeprefix("encoder_")
-
-
-def output_name(head: str, output: str) -> str:
-    return f"{head}{SEPARATOR}{output}"
-
-
-def _ensemble(repo: Path, head: str) -> mc.ModelConfig:
+def _served(repo: Path, head: str) -> tuple[ServedHead, EnsembleWiring]:
     path = repo / head / "config.pbtxt"
     if not path.is_file():
         raise RepositoryError(f"{path} does not exist: head {head!r} is not in {repo}; export it first with "
                               "`headserve export head`")
-    config = parse(path.read_text())
-    if config.platform != "ensemble" or len(config.ensemble_scheduling.step) != 2:
-        raise RepositoryError(f"{path}: {head!r} is not a per-head ensemble (encoder step, head step); "
-                              "pass the names that `headserve repo list` shows as ensembles")
-    return config
+    return read_served_head(repo, head, "its multi-head ensemble")
 
 
 def write_multi_head_ensemble(repo: str | Path, heads: Sequence[str], runtime: Runtime | str = Runtime.LOCAL,
@@ -51,42 +52,36 @@ def write_multi_head_ensemble(repo: str | Path, heads: Sequence[str], runtime: R
     repo, runtime = Path(repo), Runtime(runtime)
     if len(set(heads)) != len(heads) or not heads:
         raise RepositoryError(f"heads {list(heads)} must be distinct and at least one")
-    configs = {h: _ensemble(repo, h) for h in heads}
-    encoders = {h: c.ensemble_scheduling.step[0].model_name for h, c in configs.items()}
+    served = {h: _served(repo, h) for h in heads}
+    encoders = {h: wiring.encoder_model for h, (_, wiring) in served.items()}
     if len(set(encoders.values())) != 1:
         raise RepositoryError(f"heads run on different encoders ({encoders}); one multi-head ensemble serves the "
                               "heads of one encoder: group them by encoder")
     encoder = next(iter(encoders.values()))
-    first = configs[heads[0]]
-    steps = [EnsembleStep(encoder, {ENCODER_INPUT: ENCODER_INPUT},
-                          {ENCODER_OUTPUT: ENCODER_OUTPUT, ENCODER_HEAD_FEED: ENCODER_HEAD_FEED})]
+    first, _ = served[heads[0]]
+    steps = [EnsembleStep(encoder, {PIXELS: PIXELS}, {EMBEDDING: EMBEDDING, HEAD_FEED: HEAD_FEED})]
     outputs: list[TensorSpec] = []
     labels: dict[str, str] = {}
-    for head, config in configs.items():
-        head_step = config.ensemble_scheduling.step[1]
-        steps.append(EnsembleStep(head_step.model_name, {HEAD_INPUT: ENCODER_HEAD_FEED},
-                                  {k: output_name(head, v) for k, v in head_step.output_map.items()},
-                                  version=head_step.model_version))  # the head version whose classes it copies
-        for out in config.output:
-            if out.name == ENCODER_OUTPUT:
-                continue
-            label_file = f"{head}_{LABELS_FILE}" if out.label_filename else None
-            if label_file:
-                labels[label_file] = (repo / head / out.label_filename).read_text()
-            outputs.append(TensorSpec(output_name(head, out.name), DataType(out.data_type), tuple(out.dims), label_file))
-    embedding = next(o for o in first.output if o.name == ENCODER_OUTPUT)
-    outputs.append(TensorSpec(ENCODER_OUTPUT, DataType(embedding.data_type), tuple(embedding.dims)))
-    params = {k: first.parameters[k].string_value for k in SHARED_KEYS if k in first.parameters}
+    for head, (record, wiring) in served.items():
+        steps.append(EnsembleStep(wiring.head_model, {HEAD_INPUT: HEAD_FEED},
+                                  {o: output_name(head, o) for o in wiring.head_outputs},
+                                  version=wiring.head_version))  # the head version whose classes it copies
+        label_file = f"{head}_{LABELS_FILE}"
+        labels[label_file] = "\n".join(record.classes) + "\n"
+        outputs.extend(head_outputs(record, wiring, lambda o, h=head, f=label_file: (output_name(h, o), f)))
+    outputs.append(TensorSpec(EMBEDDING, DataType.TYPE_FP32, (first.embedding_dim,)))
+    params = {k: v for k, v in first.to_parameters().items() if k in SHARED_KEYS}
     params["heads"] = json.dumps(list(heads))
     params["head_parameters"] = json.dumps(
-        {h: {k: v.string_value for k, v in c.parameters.items() if k not in SHARED_KEYS} for h, c in configs.items()},
+        {h: {k: v for k, v in record.to_parameters().items() if k not in SHARED_KEYS}
+         for h, (record, _) in served.items()},
         sort_keys=True)
-    pixels = first.input[0]
+    size = first.preprocess.input_size
     desc = ModelDesc(
         name=name or multi_head_model_name(encoder),
-        inputs=(TensorSpec(pixels.name, DataType(pixels.data_type), tuple(pixels.dims)),),
+        inputs=(TensorSpec(PIXELS, DataType.TYPE_UINT8, (size, size, 3)),),
         outputs=tuple(outputs),
-        max_batch_size=min(c.max_batch_size for c in configs.values()),
+        max_batch_size=min(wiring.max_batch_size for _, wiring in served.values()),
         steps=tuple(steps),
         parameters=params,
     )
@@ -95,3 +90,13 @@ def write_multi_head_ensemble(repo: str | Path, heads: Sequence[str], runtime: R
         write_text_atomic(model_dir / file, text)
     version, path = publish_version(model_dir, desc, runtime, {})
     return WrittenModel(desc.name, version, path, {})
+
+
+def multi_head_ensembles(repo: Path) -> dict[str, list[str]]:
+    """Every multi-head ensemble in ``repo`` and the heads it serves (its ``heads`` parameter)."""
+    found: dict[str, list[str]] = {}
+    for config_path in sorted(Path(repo).glob("*/config.pbtxt")):
+        heads = parameters_of(parse(config_path.read_text())).get("heads")
+        if heads:
+            found[config_path.parent.name] = list(json.loads(heads))
+    return found

@@ -22,17 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from headserve.contract import EMBEDDING, HEAD_FEED, PIXELS
+from headserve.contract import HEAD_INPUT as HEAD_INPUT  # re-exported from headserve.contract
 from headserve.errors import ExportParityError
 
 OPSET = 17
-ENCODER_INPUT = "pixels"
-ENCODER_OUTPUT = "embedding"
-# The encoder emits its embedding twice: `embedding` is the ensemble's output, `head_input` feeds the
-# heads. Triton's ensemble scheduler fails a request ("unexpected deadlock, at least one output is not
-# set") when one tensor is both an ensemble output and a later step's input and the client does not
-# ask for it, so the two roles get two tensors.
-ENCODER_HEAD_FEED = "head_input"
-HEAD_INPUT = "embedding"
+# The encoder graph's tensors under their roles; the names themselves live in headserve.contract.
+ENCODER_INPUT = PIXELS
+ENCODER_OUTPUT = EMBEDDING
+ENCODER_HEAD_FEED = HEAD_FEED  # the embedding's second copy, which feeds the heads (see headserve.contract)
 # Max |ONNX - fp32 PyTorch| allowed on the L2-normalised embedding, per encoder precision. fp16 is
 # refused beyond its tolerance or on any NaN (DINOv3 has been reported to overflow in fp16).
 PRECISION_ATOL: dict[str, float] = {"fp32": 1e-5, "fp16": 5e-3}

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 from headserve.artifact import check_encoder_match, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.contract import HEAD_FEED, EncoderIdentity, ServedHead, encoder_model_name
 from headserve.errors import ArtifactError, RepositoryError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
-from headserve.export.onnx_export import ENCODER_HEAD_FEED
-from headserve.export.repository import (
-    WrittenModel,
-    add_encoder,
-    add_head,
-    encoder_model_name,
-    encoder_parameters,
-)
+from headserve.export.repository import WrittenModel, add_encoder, add_head, encoder_parameters
 from headserve.lockfile import check_repository_path, repository_lock
 
 
@@ -62,11 +55,15 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
         loaded = load_encoder(spec)
         params = encoder_parameters(loaded, fingerprint(encoder_graph(loaded), loaded.spec.preprocess))
         # Refuse a mismatched head before anything is written.
-        check_encoder_match(meta, params["encoder_type"], params["encoder_model"], int(params["embedding_dim"]),
-                            params["encoder_fingerprint"], where=f"encoder {name}")
+        check_encoder_match(meta, EncoderIdentity.from_parameters(params, f"encoder {name}"), where=f"encoder {name}")
         written.append(add_encoder(repo, loaded, runtime, options=options, precision=precision))
     if meta.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
-        meta.preprocess = json.loads(params["preprocess"])
+        served_preprocess = EncoderIdentity.from_parameters(params, str(config_path)).preprocess
+        if served_preprocess is None:
+            raise RepositoryError(f"{config_path}: encoder {name} publishes no preprocess parameter, and head "
+                                  f"{meta.name!r} records none either; re-export the encoder with "
+                                  f"`headserve export encoder {name}`")
+        meta.preprocess = served_preprocess.to_dict()
     meta.encoder_name = meta.encoder_name or name
     written.extend(add_head(repo, meta, tensors, model, runtime, encoder_params=params,
                             options=options))
@@ -80,16 +77,15 @@ def _refresh_dependents(repo: Path, head: str, runtime: Runtime, options: Produc
     multi-head ensembles it is part of), pinned to the head version just written. Their old versions
     stay pinned to the old head, which the head's version policy keeps loaded for one more swap."""
     from headserve.export.encoded_input import add_encoded_input
-    from headserve.export.multi_head import write_multi_head_ensemble
+    from headserve.export.multi_head import multi_head_ensembles, write_multi_head_ensemble
 
     written: list[WrittenModel] = []
-    if parameters_of(parse((repo / head / "config.pbtxt").read_text())).get("encoded_model"):
+    path = repo / head / "config.pbtxt"
+    if ServedHead.from_parameters(head, parameters_of(parse(path.read_text())), where=str(path)).encoded_model:
         written.extend(add_encoded_input(repo, head, runtime, options))
-    for config_path in sorted(repo.glob("*/config.pbtxt")):
-        params = parameters_of(parse(config_path.read_text()))
-        heads = json.loads(params.get("heads", "[]"))
+    for ensemble, heads in multi_head_ensembles(repo).items():
         if head in heads:
-            written.append(write_multi_head_ensemble(repo, heads, runtime, config_path.parent.name))
+            written.append(write_multi_head_ensemble(repo, heads, runtime, ensemble))
     return written
 
 
@@ -113,6 +109,6 @@ def _check_served_encoder(model_dir: Path, name: str) -> None:
     except (DecodeError, ValueError, OSError) as exc:
         raise RepositoryError(f"{path} is not an ONNX model ({type(exc).__name__}); {fix}") from None
     outputs = {o.name for o in graph.graph.output}
-    if not graph.graph.node or ENCODER_HEAD_FEED not in outputs:
+    if not graph.graph.node or HEAD_FEED not in outputs:
         raise RepositoryError(f"{path} is not a headserve encoder graph (outputs {sorted(outputs) or 'none'}, "
-                              f"expected {ENCODER_HEAD_FEED!r}); {fix}")
+                              f"expected {HEAD_FEED!r}); {fix}")

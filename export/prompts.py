@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,16 +21,19 @@ import torch
 from torch import nn
 
 from headserve.backbones import clip_text_embeddings, encoder_graph, fingerprint, load_encoder
-from headserve.encoders import get_encoder
+from headserve.contract import PROMPT_INPUT, PROMPT_OUTPUT, prompt_model_name
+from headserve.encoders import FAMILIES, get_encoder, has_text_tower
 from headserve.errors import EncoderMismatchError, RepositoryError
-from headserve.export.model_config import DataType, ModelDesc, ProductionOptions, Runtime, TensorSpec, to_text
+from headserve.export.model_config import DataType, ModelDesc, ProductionOptions, Runtime, TensorSpec
 from headserve.export.onnx_export import GraphSpec, export_onnx
-from headserve.export.repository import WrittenModel, publish_version, read_head_ensemble
-from headserve.fsutil import staging_dir, write_text_atomic
+from headserve.export.repository import WrittenModel, publish_version, read_served_head, rewrite_head_ensemble
+from headserve.fsutil import staging_dir
 
-PROMPT_INPUT = "embedding"
-PROMPT_OUTPUT = "similarity"
-PROMPT_FAMILIES = ("clip",)  # encoder types with a text tower
+# PROMPT_INPUT, PROMPT_OUTPUT and prompt_model_name are re-exported from headserve.contract.
+__all__ = ["PROMPT_INPUT", "PROMPT_OUTPUT", "PROMPT_FAMILIES", "prompt_model_name", "parse_prompt",
+           "PromptSimilarity", "add_prompt_model"]
+# Encoder types with a text tower, derived from the family registry (headserve.encoders.FAMILIES).
+PROMPT_FAMILIES: tuple[str, ...] = tuple(name for name, family in FAMILIES.items() if family.text_tower)
 
 
 def parse_prompt(item: str, classes: Sequence[str], origin: str = "--prompt") -> tuple[int, str]:
@@ -48,10 +52,6 @@ def parse_prompt(item: str, classes: Sequence[str], origin: str = "--prompt") ->
     return index, item[len(classes[index]) + 1:].strip()
 
 
-def prompt_model_name(head: str) -> str:
-    return f"{head}_prompts"
-
-
 class PromptSimilarity(nn.Module):
     """Cosine similarity of image embeddings to baked prompt embeddings."""
 
@@ -68,27 +68,27 @@ def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt
                      options: ProductionOptions | None = None) -> WrittenModel:
     """Export ``<head>_prompts`` for a CLIP head already in ``repo`` and publish it on the head's ensemble."""
     repo, runtime = Path(repo), Runtime(runtime)
-    ensemble_path = repo / head / "config.pbtxt"
-    ensemble, params = read_head_ensemble(repo, head, "its prompts")
-    if params.get("encoder_type") not in PROMPT_FAMILIES:
-        raise RepositoryError(f"head {head!r} runs on a {params.get('encoder_type')} encoder, which has no text tower; "
+    served, wiring = read_served_head(repo, head, "its prompts")
+    if not has_text_tower(served.encoder_type):
+        raise RepositoryError(f"head {head!r} runs on a {served.encoder_type} encoder, which has no text tower; "
                               "the prompt prefilter exists for CLIP heads only")
-    classes = json.loads(params["classes"])
+    classes = served.classes
     if not prompts or len(prompts) != len(prompt_classes):
         raise RepositoryError(f"{len(prompts)} prompts and {len(prompt_classes)} prompt classes: give one class "
                               "index per prompt, and at least one prompt")
     bad = [c for c in prompt_classes if not 0 <= c < len(classes)]
     if bad:
-        raise RepositoryError(f"prompt classes {bad} are outside 0..{len(classes) - 1} of head {head!r} ({classes})")
-    spec = get_encoder(params["encoder_name"])
+        raise RepositoryError(f"prompt classes {bad} are outside 0..{len(classes) - 1} of head {head!r} "
+                              f"({list(classes)})")
+    spec = get_encoder(served.encoder.name or "")
     loaded = load_encoder(spec.with_weights(encoder_weights) if encoder_weights else spec)
     fp = fingerprint(encoder_graph(loaded), loaded.spec.preprocess)
-    if params.get("encoder_fingerprint") and params["encoder_fingerprint"] != fp:
-        raise EncoderMismatchError(f"head {head!r} was trained on encoder fingerprint {params['encoder_fingerprint']}, "
+    if served.encoder.fingerprint and served.encoder.fingerprint != fp:
+        raise EncoderMismatchError(f"head {head!r} was trained on encoder fingerprint {served.encoder.fingerprint}, "
                                    f"but {spec.name} loaded here has {fp}; pass --encoder-weights with the weights "
                                    "the head was trained on")
     module = PromptSimilarity(clip_text_embeddings(loaded, list(prompts))).eval()
-    dim = int(params["embedding_dim"])
+    dim = served.embedding_dim
 
     def inputs(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         x = rng.standard_normal((batch, dim)).astype(np.float32)
@@ -101,13 +101,12 @@ def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt
         diffs = export_onnx(module, GraphSpec(name, (PROMPT_INPUT,), (PROMPT_OUTPUT,), inputs), tmp / "model.onnx")
         desc = ModelDesc(name, (TensorSpec(PROMPT_INPUT, DataType.TYPE_FP32, (dim,)),),
                          (TensorSpec(PROMPT_OUTPUT, DataType.TYPE_FP32, (len(prompts),)),),
-                         max_batch_size=ensemble.max_batch_size,
+                         max_batch_size=wiring.max_batch_size,
                          parameters={"prompts": json.dumps(list(prompts)), "prompt_encoder_fingerprint": fp},
                          light=True)
         version, path = publish_version(model_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"}, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    ensemble.parameters["prompt_model"].string_value = name
-    ensemble.parameters["prompt_classes"].string_value = json.dumps([int(c) for c in prompt_classes])
-    write_text_atomic(ensemble_path, to_text(ensemble))
+    rewrite_head_ensemble(repo, replace(served, prompt_model=name, prompt_classes=tuple(int(c) for c in prompt_classes)),
+                          wiring)
     return WrittenModel(name, version, path, diffs)

@@ -12,17 +12,30 @@ are replaced atomically, so a polling Triton never reads half a model.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
-from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
+from headserve.contract import (
+    EMBEDDING,
+    HEAD_FEED,
+    HEAD_INPUT,
+    HEAD_OUTPUT_WIDTHS,
+    HEAD_OUTPUTS,
+    LABELS_FILE,
+    PIXELS,
+    PROBS,
+    EncoderIdentity,
+    ParameterError,
+    ServedHead,
+    encoder_model_name,
+    head_model_name,
+)
 from headserve.encoders import EncoderSpec
 from headserve.errors import ExportParityError, RepositoryError
 from headserve.export.errors import Fp16ParityError
@@ -40,11 +53,7 @@ from headserve.export.model_config import (
     to_text,
 )
 from headserve.export.onnx_export import (
-    ENCODER_HEAD_FEED,
-    ENCODER_INPUT,
-    ENCODER_OUTPUT,
     EXTERNAL_DATA_BYTES,
-    HEAD_INPUT,
     PRECISION_ATOL,
     PRECISION_ORT_LEVEL,
     EncoderExport,
@@ -55,20 +64,11 @@ from headserve.export.onnx_export import (
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
 from headserve.lockfile import repository_lock
-from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS
 from headserve.head_file import serving_head
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
-LABELS_FILE = "labels.txt"
-PROBS = "probs"
-
-
-def encoder_model_name(encoder_name: str) -> str:
-    return "encoder_" + re.sub(r"[^A-Za-z0-9_-]+", "_", encoder_name).strip("_")
-
-
-def head_model_name(head: str) -> str:
-    return f"{head}_head"
+# LABELS_FILE, PROBS, encoder_model_name and head_model_name are re-exported from headserve.contract.
+__all__ = ["LABELS_FILE", "PROBS", "encoder_model_name", "head_model_name"]
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,8 @@ def encoder_desc(name: str, spec: EncoderSpec, params: Mapping[str, str], max_ba
     size = spec.preprocess.input_size
     return ModelDesc(
         name=name,
-        inputs=(TensorSpec(ENCODER_INPUT, input_dtype, (size, size, 3)),),
-        outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,))
-                      for o in (ENCODER_OUTPUT, ENCODER_HEAD_FEED)),
+        inputs=(TensorSpec(PIXELS, input_dtype, (size, size, 3)),),
+        outputs=tuple(TensorSpec(o, DataType.TYPE_FP32, (spec.embedding_dim,)) for o in (EMBEDDING, HEAD_FEED)),
         max_batch_size=max_batch_size,
         parameters=dict(params),
         **runtime,
@@ -169,16 +168,8 @@ def encoder_desc(name: str, spec: EncoderSpec, params: Mapping[str, str], max_ba
 
 
 def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
-    spec = loaded.spec
-    return {
-        "encoder_name": spec.name,
-        "encoder_type": spec.encoder_type,
-        "encoder_model": spec.model_id,
-        "embedding_dim": str(spec.embedding_dim),
-        "encoder_fingerprint": fp,
-        "preprocess": json.dumps(spec.preprocess.to_dict(), sort_keys=True),
-        "untrained": json.dumps(spec.is_tiny),
-    }
+    """An encoder model's parameters: its identity (read back with ``EncoderIdentity.from_parameters``)."""
+    return {**EncoderIdentity.from_spec(loaded.spec, fp).to_parameters(), "untrained": json.dumps(loaded.spec.is_tiny)}
 
 
 def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], encoder: WrittenModel | str,
@@ -187,20 +178,19 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
     """Export a head and (re)write its ensemble; refuses a head trained on another encoder."""
     encoder_name = encoder if isinstance(encoder, str) else encoder.name
     if encoder_params is not None:
-        check_encoder_match(meta, encoder_params["encoder_type"], encoder_params["encoder_model"],
-                            int(encoder_params["embedding_dim"]), encoder_params.get("encoder_fingerprint"),
+        check_encoder_match(meta, EncoderIdentity.from_parameters(encoder_params, f"encoder {encoder_name}"),
                             where=f"repository encoder {encoder_name}")
     module = serving_head(meta, tensors)
     head_name = head_model_name(meta.name)
     head_dir = Path(repo) / head_name
     n = len(meta.classes)
     outputs = tuple(
-        TensorSpec(o, DataType.TYPE_FP32, (SERVING_OUTPUT_WIDTHS.get(o, n),), LABELS_FILE if o == PROBS else None)
-        for o in SERVING_OUTPUTS
+        TensorSpec(o, DataType.TYPE_FP32, (HEAD_OUTPUT_WIDTHS.get(o, n),), LABELS_FILE if o == PROBS else None)
+        for o in HEAD_OUTPUTS
     )
     tmp = staging_dir(head_dir / "export")
     try:
-        diffs = export_onnx(module, head_graph_spec(meta.name, meta.embedding_dim, SERVING_OUTPUTS), tmp / "model.onnx")
+        diffs = export_onnx(module, head_graph_spec(meta.name, meta.embedding_dim, HEAD_OUTPUTS), tmp / "model.onnx")
         desc = ModelDesc(
             name=head_name,
             inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
@@ -220,26 +210,64 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
     return written_head, ensemble
 
 
+def served_head(meta: HeadMeta) -> ServedHead:
+    """The record a head's ensemble publishes, from the head's meta.json."""
+    ood_threshold = getattr(meta, "ood_threshold", None)  # heads trained with an OOD detector publish it
+    return ServedHead(
+        name=meta.name,
+        classes=tuple(meta.classes),
+        encoder=meta.identity,
+        background_indices=tuple(meta.background_indices),
+        temperature=float(meta.temperature),
+        head_type=meta.head_type,
+        classifier=meta.head_config.get("classifier", "linear"),  # heads saved before ArcFace are linear
+        ood_threshold=float(ood_threshold) if ood_threshold is not None else None,
+    )
+
+
 def head_parameters(meta: HeadMeta) -> dict[str, str]:
     """What clients discover from the ensemble's config: enough to preprocess and decide."""
-    params = {
-        "classes": json.dumps(meta.classes),
-        "background_indices": json.dumps(meta.background_indices),
-        "encoder_type": meta.encoder_type,
-        "encoder_model": meta.encoder_model,
-        "encoder_name": meta.encoder_name or "",
-        "embedding_dim": str(meta.embedding_dim),
-        "preprocess": json.dumps(meta.preprocess, sort_keys=True),
-        "temperature": repr(meta.temperature),
-        "head_type": meta.head_type,
-        "classifier": meta.head_config.get("classifier", "linear"),  # heads saved before ArcFace are linear
-    }
-    if meta.encoder_fingerprint:
-        params["encoder_fingerprint"] = meta.encoder_fingerprint
-    ood_threshold = getattr(meta, "ood_threshold", None)  # heads trained with an OOD detector publish it
-    if ood_threshold is not None:
-        params["ood_threshold"] = repr(float(ood_threshold))
-    return params
+    return served_head(meta).to_parameters()
+
+
+@dataclass(frozen=True)
+class EnsembleWiring:
+    """How a head ensemble's steps connect: the part of its config that the ServedHead record does not hold."""
+
+    encoder_model: str  # the first step: the encoder model, run at its newest version
+    head_model: str  # the second step: the head model
+    head_version: int = -1  # the head version the ensemble publishes the classes of; -1 is the newest
+    max_batch_size: int = 64  # largest batch the ensemble accepts
+    head_outputs: tuple[str, ...] = HEAD_OUTPUTS  # the head's outputs the ensemble publishes, in order
+
+
+def head_ensemble_desc(served: ServedHead, wiring: EnsembleWiring) -> ModelDesc:
+    """The ensemble clients call, rendered from the record: pixels -> encoder -> head, plus the embedding."""
+    size = served.preprocess.input_size
+    return ModelDesc(
+        name=served.name,
+        inputs=(TensorSpec(PIXELS, DataType.TYPE_UINT8, (size, size, 3)),),
+        outputs=head_outputs(served, wiring) + (TensorSpec(EMBEDDING, DataType.TYPE_FP32, (served.embedding_dim,)),),
+        max_batch_size=wiring.max_batch_size,
+        steps=(
+            EnsembleStep(wiring.encoder_model, {PIXELS: PIXELS}, {EMBEDDING: EMBEDDING, HEAD_FEED: HEAD_FEED}),
+            EnsembleStep(wiring.head_model, {HEAD_INPUT: HEAD_FEED}, {o: o for o in wiring.head_outputs},
+                         version=wiring.head_version),
+        ),
+        parameters=served.to_parameters(),
+    )
+
+
+def head_outputs(served: ServedHead, wiring: EnsembleWiring,
+                  rename: Callable[[str], tuple[str, str]] | None = None) -> tuple[TensorSpec, ...]:
+    """The head's outputs as an ensemble publishes them (``rename``: output -> published name, label file)."""
+    n = len(served.classes)
+    specs = []
+    for o in wiring.head_outputs:
+        name, labels = rename(o) if rename else (o, LABELS_FILE)
+        specs.append(TensorSpec(name, DataType.TYPE_FP32, (HEAD_OUTPUT_WIDTHS.get(o, n),),
+                                labels if o == PROBS else None))
+    return tuple(specs)
 
 
 def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str, runtime: Runtime,
@@ -247,47 +275,62 @@ def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str
     """The ensemble clients call: encoder (newest version) -> ``head_version`` of the head, whose classes it
     publishes. A head export pins the version it wrote, so no request is ever answered by another head
     version under these classes."""
-    spec = meta.preprocess_spec
-    n = len(meta.classes)
-    outputs = tuple(
-        TensorSpec(o, DataType.TYPE_FP32, (SERVING_OUTPUT_WIDTHS.get(o, n),), LABELS_FILE if o == PROBS else None)
-        for o in SERVING_OUTPUTS
-    ) + (TensorSpec(ENCODER_OUTPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),)
-    desc = ModelDesc(
-        name=meta.name,
-        inputs=(TensorSpec(ENCODER_INPUT, DataType.TYPE_UINT8, (spec.input_size, spec.input_size, 3)),),
-        outputs=outputs,
-        max_batch_size=max_batch_size,
-        steps=(
-            EnsembleStep(encoder_name, {ENCODER_INPUT: ENCODER_INPUT},
-                         {ENCODER_OUTPUT: ENCODER_OUTPUT, ENCODER_HEAD_FEED: ENCODER_HEAD_FEED}),
-            EnsembleStep(head_name, {HEAD_INPUT: ENCODER_HEAD_FEED}, {o: o for o in SERVING_OUTPUTS},
-                         version=head_version),
-        ),
-        parameters={**head_parameters(meta), **_kept_prompt_parameters(repo, meta.name)},
-    )
+    _ = meta.preprocess_spec  # a head without its preprocessing cannot be served: ArtifactError before writing
+    served = _keep_dependents(repo, served_head(meta))
+    desc = head_ensemble_desc(served, EnsembleWiring(encoder_name, head_name, head_version, max_batch_size))
     version, path = publish_version(repo / meta.name, desc, runtime, {}, meta.classes)
     return WrittenModel(meta.name, version, path, {})
 
 
-def read_head_ensemble(repo: Path, head: str, purpose: str) -> tuple[ModelConfig, dict[str, str]]:
-    """The config and parameters of a head's ensemble, which ``purpose`` (e.g. "its prompts") builds on."""
+def read_served_head(repo: Path, head: str, purpose: str) -> tuple[ServedHead, EnsembleWiring]:
+    """The record and wiring of a head's ensemble, which ``purpose`` (e.g. "its prompts") builds on.
+
+    Raises RepositoryError when the ensemble is missing or is not a per-head ensemble, and
+    ``ParameterError`` (a RepositoryError) naming a missing or malformed parameter.
+    """
     path = Path(repo) / head / "config.pbtxt"
     if not path.is_file():
         raise RepositoryError(f"{path} does not exist: export head {head!r} before {purpose}")
     config = parse(path.read_text())
-    return config, parameters_of(config)
+    steps = config.ensemble_scheduling.step
+    params = parameters_of(config)
+    if config.platform != "ensemble" or len(steps) != 2 or "preprocess" not in params:
+        raise RepositoryError(f"{path}: {head!r} is not a head ensemble written by headserve (an encoder step and a "
+                              "head step, with a preprocess parameter); pass a name `headserve repo list` shows as "
+                              "an ensemble")
+    served = ServedHead.from_parameters(head, params, where=str(path))
+    wiring = EnsembleWiring(
+        encoder_model=steps[0].model_name,
+        head_model=steps[1].model_name,
+        head_version=steps[1].model_version,
+        max_batch_size=config.max_batch_size,
+        head_outputs=tuple(o.name for o in config.output if o.name != EMBEDDING),
+    )
+    return served, wiring
 
 
-def _kept_prompt_parameters(repo: Path, head: str) -> dict[str, str]:
-    """A re-exported head keeps the prompt model and encoded variant published on its previous ensemble."""
-    path = repo / head / "config.pbtxt"
+def rewrite_head_ensemble(repo: Path, served: ServedHead, wiring: EnsembleWiring) -> None:
+    """Replace the config of the head ensemble's current version with one rendered from ``served``.
+
+    Publishing a dependent model (prompts, the encoded variant) changes only the record; the version
+    directory and its wiring stay, so Triton reloads the same ensemble with the new parameters.
+    """
+    config = render(head_ensemble_desc(served, wiring), Runtime.LOCAL)  # ensembles render alike for both runtimes
+    write_text_atomic(Path(repo) / served.name / "config.pbtxt", to_text(config))
+
+
+def _keep_dependents(repo: Path, served: ServedHead) -> ServedHead:
+    """A re-exported head keeps the prompt model and encoded variant published on its previous ensemble,
+    while those models exist."""
+    path = repo / served.name / "config.pbtxt"
     if not path.is_file():
-        return {}
-    params = parameters_of(parse(path.read_text()))
-    kept = {}
-    if params.get("prompt_model") and (repo / params["prompt_model"] / "config.pbtxt").is_file():
-        kept.update({k: params[k] for k in ("prompt_model", "prompt_classes") if k in params})
-    if params.get("encoded_model") and (repo / params["encoded_model"] / "config.pbtxt").is_file():
-        kept["encoded_model"] = params["encoded_model"]
-    return kept
+        return served
+    try:
+        previous = ServedHead.from_parameters(served.name, parameters_of(parse(path.read_text())), where=str(path))
+    except ParameterError:  # not a readable head ensemble: the export replaces it with one
+        return served
+    if previous.prompt_model and (repo / previous.prompt_model / "config.pbtxt").is_file():
+        served = replace(served, prompt_model=previous.prompt_model, prompt_classes=previous.prompt_classes)
+    if previous.encoded_model and (repo / previous.encoded_model / "config.pbtxt").is_file():
+        served = replace(served, encoded_model=previous.encoded_model)
+    return served

@@ -16,6 +16,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from headserve.contract import MATCH_KEYS, PIXELS, EncoderIdentity, MalformedParameterError, ServedHead
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
 from headserve.export.model_config import parameters_of
 
@@ -23,8 +24,8 @@ CONFIG_FILE = "config.pbtxt"
 # ONNX TensorProto element types -> Triton data types (the subset headserve exports).
 ONNX_TO_TRITON: dict[int, int] = {1: mc.TYPE_FP32, 2: mc.TYPE_UINT8, 7: mc.TYPE_INT64, 8: mc.TYPE_STRING,
                                   10: mc.TYPE_FP16, 6: mc.TYPE_INT32, 9: mc.TYPE_BOOL}
-# Ensemble parameters that must agree with the encoder model's own parameters.
-ENCODER_KEYS: tuple[str, ...] = ("encoder_type", "encoder_model", "embedding_dim", "encoder_fingerprint")
+# Ensemble parameters that must agree with the encoder model's own parameters (re-exported from headserve.contract).
+ENCODER_KEYS: tuple[str, ...] = MATCH_KEYS
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def validate_repository(repo: str | Path) -> list[Problem]:
         _check_labels(entry, problems)
         if entry.is_ensemble:
             _check_ensemble(entry, models, broken, problems)
+            _check_served_head(entry, problems)
         elif _is_python_model(entry):
             for version in entry.versions:
                 if not (entry.directory / str(version) / "model.py").is_file():
@@ -330,20 +332,68 @@ def _compare_wire(config_path: Path, consumer: str, wanted: tuple[int, list[int]
 
 def _check_encoder_agreement(entry: ModelEntry, steps, models: dict[str, ModelEntry],
                              problems: list[Problem]) -> None:
-    """The ensemble's head was trained on the encoder its first step runs: type, model, dim, fingerprint."""
-    ours = entry.parameters
+    """The ensemble's head was trained on the encoder its first step runs: type, model, dim, fingerprint.
+
+    Both sides are read as ``EncoderIdentity`` records; a field either side leaves out is not compared.
+    """
+    if not any(key in entry.parameters for key in MATCH_KEYS):
+        return  # an ensemble that publishes no encoder (written by hand): nothing to agree with
+    ours = _identity(entry, problems)
+    if ours is None:
+        return
     for step in steps:
         model = models.get(step.model_name)
         if model is None or "encoder_type" not in model.parameters:
             continue
-        theirs = model.parameters
-        for key in ENCODER_KEYS:
-            if ours.get(key) and theirs.get(key) and ours[key] != theirs[key]:
-                problems.append(Problem(entry.directory / CONFIG_FILE,
-                                        f"head {entry.name!r} was trained on {key} {ours[key]!r} but its encoder step "
-                                        f"{step.model_name!r} has {key} {theirs[key]!r}.",
-                                        f"retrain the head on {theirs.get('encoder_name') or step.model_name}'s "
-                                        "embeddings, or export the encoder it was trained on into this repository."))
+        theirs = _identity(model, problems)
+        if theirs is None:
+            continue
+        for key, our_value, their_value in ours.differences(theirs):
+            problems.append(Problem(entry.directory / CONFIG_FILE,
+                                    f"head {entry.name!r} was trained on {key} {our_value!r} but its encoder step "
+                                    f"{step.model_name!r} has {key} {their_value!r}.",
+                                    f"retrain the head on {theirs.name or step.model_name}'s "
+                                    "embeddings, or export the encoder it was trained on into this repository."))
+
+
+def _identity(entry: ModelEntry, problems: list[Problem]) -> EncoderIdentity | None:
+    """The encoder identity a model publishes; a malformed one is a problem (reported once per model)."""
+    try:
+        return EncoderIdentity.from_parameters(entry.parameters, str(entry.directory / CONFIG_FILE),
+                                               read_preprocess=False)
+    except MalformedParameterError as exc:
+        problem = Problem(entry.directory / CONFIG_FILE, f"{exc}.", f"correct or remove parameter {exc.key!r}.")
+        if problem not in problems:
+            problems.append(problem)
+        return None
+
+
+def _check_served_head(entry: ModelEntry, problems: list[Problem]) -> None:
+    """A head ensemble's record reads back (``ServedHead.from_parameters``) and names its labels file's classes."""
+    params = entry.parameters
+    if "classes" not in params or "preprocess" not in params:
+        return  # not a head ensemble (a multi-head one, or written by hand without a record)
+    config_path = entry.directory / CONFIG_FILE
+    try:
+        served = ServedHead.from_parameters(entry.name, params, where=str(config_path))
+    except MalformedParameterError as exc:
+        problems.append(Problem(config_path, f"{exc}.", f"re-export the head, or correct parameter {exc.key!r}."))
+        return
+    size = served.preprocess.input_size
+    pixels = entry.tensor(PIXELS, inputs=True)
+    if not served.encoded_input and pixels is not None and list(pixels.dims) != [size, size, 3]:
+        problems.append(Problem(config_path, f"input {PIXELS!r} has dims {list(pixels.dims)}, but the preprocess "
+                                             f"parameter resizes crops to {size}x{size}.",
+                                "re-export the head, which writes its input and its preprocessing from one record."))
+    probs = next((o for o in entry.config.output if o.label_filename), None)
+    path = entry.directory / probs.label_filename if probs is not None else None
+    if path is None or not path.is_file():
+        return  # reported by the labels check
+    labels = [line for line in path.read_text().splitlines() if line.strip()]
+    if len(labels) == len(served.classes) and tuple(labels) != served.classes:
+        problems.append(Problem(path, f"labels {labels} differ from the classes {list(served.classes)} that the "
+                                      "ensemble publishes.",
+                                "re-export the head, which writes labels and classes from one record."))
 
 
 def describe(problems: list[Problem]) -> str:

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from headserve.contract import EncoderIdentity
 from headserve.encoders import DEFAULT_ENCODER_TYPE, EncoderSpec, PreprocessSpec, get_encoder
-from headserve.errors import ArtifactError, EncoderLoadError, EncoderMismatchError
+from headserve.errors import ArtifactError, EncoderLoadError
 from headserve.fsutil import publish_dir, staging_dir
 
 META_FILE = "meta.json"
@@ -64,6 +65,22 @@ class HeadMeta:
         if self.preprocess is None:
             raise ArtifactError(f"head {self.name!r} records no preprocessing spec; re-export it with headserve")
         return PreprocessSpec.from_dict(self.preprocess)
+
+    @property
+    def identity(self) -> EncoderIdentity:
+        """The encoder the head was trained on, in the shape every other place compares encoders in.
+
+        The JSON keeps its flat fields (``encoder_type``, ``encoder_model``, ...) so older artifacts read unchanged.
+        """
+        return EncoderIdentity(
+            encoder_type=self.encoder_type,
+            model=self.encoder_model,
+            embedding_dim=self.embedding_dim,
+            fingerprint=self.encoder_fingerprint or None,
+            name=self.encoder_name or None,
+            pretrained=self.encoder_pretrained or None,
+            preprocess=PreprocessSpec.from_dict(self.preprocess) if self.preprocess is not None else None,
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -129,19 +146,15 @@ def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
         ) from None
 
 
-def check_encoder_match(meta: HeadMeta, encoder_type: str, encoder_model: str, embedding_dim: int,
-                        fingerprint: str | None = None, where: str = "encoder") -> None:
-    """Refuse to pair a head with an encoder other than the one its embeddings came from."""
-    theirs = (encoder_type, encoder_model, embedding_dim)
-    ours = (meta.encoder_type, meta.encoder_model, meta.embedding_dim)
-    if theirs != ours or (fingerprint and meta.encoder_fingerprint and fingerprint != meta.encoder_fingerprint):
-        raise EncoderMismatchError(
-            f"head {meta.name!r} was trained on {meta.encoder_type}:{meta.encoder_model} "
-            f"(embedding_dim {meta.embedding_dim}, fingerprint {meta.encoder_fingerprint or 'unrecorded'}), "
-            f"but the {where} is {encoder_type}:{encoder_model} (embedding_dim {embedding_dim}, "
-            f"fingerprint {fingerprint or 'unrecorded'}). Retrain the head on this encoder's embeddings "
-            "or serve it with the encoder it was trained on."
-        )
+def check_encoder_match(meta: HeadMeta, encoder_type: str | EncoderIdentity, encoder_model: str = "",
+                        embedding_dim: int = 0, fingerprint: str | None = None, where: str = "encoder") -> None:
+    """Refuse to pair a head with an encoder other than the one its embeddings came from.
+
+    Takes the encoder as an ``EncoderIdentity``, or as its type, model, dim and fingerprint (the older form).
+    """
+    theirs = (encoder_type if isinstance(encoder_type, EncoderIdentity)
+              else EncoderIdentity(encoder_type, encoder_model, embedding_dim, fingerprint or None))
+    meta.identity.require_match(theirs, meta.name, where)
 
 
 def trained_encoder(meta: HeadMeta, name: str | None = None, weights: str | None = None) -> tuple[EncoderSpec, str]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headserve.encoders import EncoderSpec, PreprocessSpec
+from headserve.encoders import EncoderSpec, PreprocessSpec, has_text_tower
 from headserve.errors import EncoderLoadError
 
 
@@ -202,7 +202,7 @@ def clip_text_embeddings(loaded: LoadedEncoder, prompts: list[str]) -> torch.Ten
     import open_clip
 
     model = loaded.full_model
-    if loaded.spec.encoder_type != "clip" or not hasattr(model, "encode_text"):
+    if not has_text_tower(loaded.spec.encoder_type) or not hasattr(model, "encode_text"):
         raise EncoderLoadError(f"encoder {loaded.spec.name} has no text tower; prompts need a CLIP encoder")
     if loaded.spec.is_tiny:
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)

@@ -11,6 +11,7 @@ wherever they are shown.
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -97,6 +98,67 @@ class PreprocessSpec:
             **({"crop_offset": str(data["crop_offset"])} if "crop_offset" in data else {}),
         )
 
+    def to_json(self) -> str:
+        """The one text form of a spec (ensemble and decoder parameters, fingerprint files, encoder fingerprints).
+
+        Sorted keys with json's default separators: the bytes that exported repositories already hold.
+        """
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessSpec":
+        """Read ``to_json``'s text; a value that is not a JSON object of spec fields raises ValueError naming it."""
+        data = json.loads(text)  # json.JSONDecodeError is a ValueError
+        if not isinstance(data, Mapping):
+            raise ValueError(f"preprocess spec {text[:80]!r} is not a JSON object of spec fields")
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    """What every encoder of one family can do, declared once; code asks here instead of comparing names."""
+
+    name: str  # the encoder_type, e.g. "clip"
+    text_tower: bool  # the model also embeds text, so its heads may carry a prompt prefilter
+    resize: str  # resize rule of the family's own image processors, one of RESIZE_RULES
+    interpolation: str  # resampling filter of the family's own image processors, one of INTERPOLATIONS
+    # The EncoderSpec field that a local copy of the weights replaces: open_clip takes a checkpoint file
+    # as its "pretrained" tag; transformers loads a directory in place of the hub id.
+    weights_field: str
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"family {self.name}: resize rule {self.resize!r} is not one of {RESIZE_RULES}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"family {self.name}: interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+        if self.weights_field not in ("pretrained", "model_id"):
+            raise ValueError(f"family {self.name}: weights_field {self.weights_field!r} is not pretrained or model_id")
+
+
+FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (
+    EncoderFamily("clip", text_tower=True, resize="shortest_side_center_crop", interpolation="bicubic",
+                  weights_field="pretrained"),
+    # The DINOv3 processors squash to the input size; the DINOv2 ones resize the short side and crop.
+    EncoderFamily("dinov3", text_tower=False, resize="squash", interpolation="bilinear", weights_field="model_id"),
+    EncoderFamily("dinov2", text_tower=False, resize="shortest_side_center_crop", interpolation="bicubic",
+                  weights_field="model_id"),
+)}
+
+
+def get_family(encoder_type: str) -> EncoderFamily:
+    """The family of an encoder_type, with an error that lists the known ones."""
+    try:
+        return FAMILIES[encoder_type]
+    except KeyError:
+        raise UnknownEncoderError(f"unknown encoder family {encoder_type!r}; known families are: "
+                                  f"{', '.join(sorted(FAMILIES))}") from None
+
+
+def has_text_tower(encoder_type: str) -> bool:
+    """Whether heads on this family may get a prompt prefilter; an unknown family (a newer server's) has none."""
+    family = FAMILIES.get(encoder_type)
+    return family is not None and family.text_tower
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -116,6 +178,10 @@ class EncoderSpec:
         return self.tiny is not None
 
     @property
+    def family(self) -> EncoderFamily:
+        return get_family(self.encoder_type)
+
+    @property
     def display_name(self) -> str:
         return f"{self.name} (untrained tiny twin, random weights)" if self.is_tiny else self.name
 
@@ -125,9 +191,16 @@ class EncoderSpec:
             raise UnknownEncoderError(f"{self.name} is a randomly initialised twin; it takes no weights ({source!r})")
         if Path(source).exists():  # recorded in meta.json: absolute, so export finds it from any directory
             source = str(Path(source).resolve())
-        if self.encoder_type == "clip":
+        if self.family.weights_field == "pretrained":
             return replace(self, pretrained=source)
         return replace(self, model_id=source)
+
+
+def _family_preprocess(encoder_type: str, size: int, mean: tuple[float, float, float],
+                       std: tuple[float, float, float], **rest: Any) -> PreprocessSpec:
+    """A spec that resizes as the family's own processors do."""
+    family = FAMILIES[encoder_type]
+    return PreprocessSpec(size, mean, std, family.resize, family.interpolation, **rest)
 
 
 def _clip(name: str, arch: str, tag: str, dim: int, size: int = 224) -> EncoderSpec:
@@ -137,18 +210,19 @@ def _clip(name: str, arch: str, tag: str, dim: int, size: int = 224) -> EncoderS
         model_id=arch,
         pretrained=tag,
         embedding_dim=dim,
-        preprocess=PreprocessSpec(size, CLIP_MEAN, CLIP_STD, "shortest_side_center_crop", "bicubic"),
+        preprocess=_family_preprocess("clip", size, CLIP_MEAN, CLIP_STD),
         description=f"open_clip {arch} ({tag}), image tower",
     )
 
 
-def _dinov3(name: str, hub_id: str, dim: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EncoderSpec:
+def _dinov3(name: str, hub_id: str, dim: int, mean: tuple[float, float, float] = IMAGENET_MEAN,
+            std: tuple[float, float, float] = IMAGENET_STD) -> EncoderSpec:
     return EncoderSpec(
         name=f"dinov3:{name}",
         encoder_type="dinov3",
         model_id=hub_id,
         embedding_dim=dim,
-        preprocess=PreprocessSpec(224, mean, std, "squash", "bilinear"),
+        preprocess=_family_preprocess("dinov3", 224, mean, std),
         description=f"DINOv3 {hub_id} through transformers AutoModel, pooler_output",
     )
 
@@ -161,8 +235,7 @@ def _dinov2(name: str, hub_id: str, dim: int) -> EncoderSpec:
         encoder_type="dinov2",
         model_id=hub_id,
         embedding_dim=dim,
-        preprocess=PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic", 256,
-                                  "floor"),
+        preprocess=_family_preprocess("dinov2", 224, IMAGENET_MEAN, IMAGENET_STD, resize_size=256, crop_offset="floor"),
         description=f"DINOv2 {hub_id} through transformers AutoModel, pooler_output (public weights)",
     )
 
@@ -185,7 +258,7 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
         encoder_type="clip",
         model_id="tiny-ViT",
         embedding_dim=32,
-        preprocess=PreprocessSpec(_TINY_SIZE, CLIP_MEAN, CLIP_STD, "shortest_side_center_crop", "bicubic"),
+        preprocess=_family_preprocess("clip", _TINY_SIZE, CLIP_MEAN, CLIP_STD),
         tiny={
             "seed": 0,
             "vision": {"image_size": _TINY_SIZE, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
@@ -198,7 +271,7 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
         encoder_type="dinov3",
         model_id="tiny-dinov3",
         embedding_dim=32,
-        preprocess=PreprocessSpec(_TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD, "squash", "bilinear"),
+        preprocess=_family_preprocess("dinov3", _TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD),
         tiny={
             "seed": 0,
             "config": {
@@ -219,8 +292,7 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
         model_id="tiny-dinov2",
         embedding_dim=32,
         # the real processors' 256 -> 224 ratio at the twin's size, so the resize-then-crop path is tested
-        preprocess=PreprocessSpec(28, IMAGENET_MEAN, IMAGENET_STD, "shortest_side_center_crop", "bicubic", 32,
-                                  "floor"),
+        preprocess=_family_preprocess("dinov2", 28, IMAGENET_MEAN, IMAGENET_STD, resize_size=32, crop_offset="floor"),
         tiny={
             "seed": 0,
             "config": {
@@ -262,7 +334,11 @@ def encoder_types() -> tuple[str, ...]:
 
 
 __all__ = [
+    "EncoderFamily",
     "EncoderSpec",
+    "FAMILIES",
+    "get_family",
+    "has_text_tower",
     "PreprocessSpec",
     "REGISTRY",
     "DEFAULT_ENCODER_TYPE",

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headserve.contract import HEAD_OUTPUT_WIDTHS, HEAD_OUTPUTS
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
-# ServingHead.forward returns its outputs in this order; export names the ONNX outputs, the Triton
-# config and the ensemble wiring from this tuple, so adding an output here is the only change needed.
-SERVING_OUTPUTS: tuple[str, ...] = ("logits", "probs", "ood_score")
-# Width of each output per example where it is not the class count: the OOD score is one number.
-SERVING_OUTPUT_WIDTHS: dict[str, int] = {"ood_score": 1}
+# ServingHead.forward returns its outputs in the contract's order (headserve.contract.HEAD_OUTPUTS), which
+# export uses to name the ONNX outputs, the Triton config and the ensemble wiring.
+SERVING_OUTPUTS: tuple[str, ...] = HEAD_OUTPUTS
+SERVING_OUTPUT_WIDTHS: Mapping[str, int] = HEAD_OUTPUT_WIDTHS
 
 
 @dataclass(frozen=True)
