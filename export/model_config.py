@@ -22,7 +22,7 @@ from typing import Mapping
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from headserve.errors import HeadserveError
+from headserve.errors import ConfigError, HeadserveError
 
 
 class DataType(enum.Enum):
@@ -58,7 +58,7 @@ class TensorRTOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in ("FP32", "FP16"):
-            raise ValueError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
+            raise ConfigError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
 
 
 class OptionsError(HeadserveError, ValueError):
@@ -82,9 +82,9 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         if self.instances < 1:
-            raise OptionsError(f"--instances {self.instances}: a model needs at least one instance")
+            raise OptionsError.bad_value("instances", self.instances, "a model needs at least one instance")
         if self.cpu_threads is not None and self.cpu_threads < 0:
-            raise OptionsError(f"--cpu-threads {self.cpu_threads}: use 0 for the machine's cores, or a count")
+            raise OptionsError.bad_value("cpu_threads", self.cpu_threads, "use 0 for the machine's cores, or a count")
 
     def kind_for(self, runtime: "Runtime") -> InstanceKind:
         if self.kind is not None:
