@@ -24,8 +24,9 @@ FLAG_OF_SETTING: dict[str, str] = {
     "seconds": "--seconds",  # SoakConfig
     "requests": "--requests",  # SoakConfig
     "batch": "--batch",  # SoakConfig
+    "encoder_name": "--encoder",  # export_head: the registry encoder of a head whose meta names none
     "images": "--images",  # DemoConfig
-    "encoder_weights": "--encoder-weights",  # DemoConfig
+    "encoder_weights": "--encoder-weights",  # DemoConfig, add_prompt_model
 }
 
 

@@ -26,8 +26,8 @@ class HeadserveError(Exception):
         exc.setting, exc.value, exc.problem = setting, value, problem
         return exc
 
-    def about(self, setting: str, value: object) -> "HeadserveError":
-        """Record which setting held ``value`` without changing the message (one that reads better as a sentence)."""
+    def about(self, setting: str, value: object = None) -> "HeadserveError":
+        """Record which setting held ``value`` (None: which setting would fix it) without changing the message."""
         self.setting, self.value = setting, value
         return self
 
@@ -37,6 +37,8 @@ class HeadserveError(Exception):
             return str(self)
         if self.problem:
             return f"{name} {self.value}: {self.problem}"
+        if self.value is None:
+            return f"{self} (set it with {name})"
         return f"{self} ({name} {self.value})"
 
 

@@ -73,3 +73,23 @@ def test_the_console_script_maps_a_library_error_to_one_line_and_status_2(scratc
     done = subprocess.run([str(script), "soak", "--seconds", "0"], capture_output=True, text=True, timeout=120)
     assert done.returncode == EXIT_BAD_INPUT
     assert done.stderr.strip() == "headserve soak: error: --seconds 0.0: the soak's time budget must be positive"
+
+
+def test_the_library_names_the_config_field_and_the_command_line_names_its_flag():
+    from headserve.app.cli import error_line
+    from headserve.export.model_config import OptionsError, RuntimeOptions
+
+    with pytest.raises(OptionsError) as caught:
+        RuntimeOptions(instances=0)
+    assert str(caught.value) == "instances 0: a model needs at least one instance"
+    assert error_line(caught.value) == "--instances 0: a model needs at least one instance"
+
+
+def test_an_error_about_the_setting_that_would_fix_it_gets_that_flag_appended():
+    from headserve.app.cli import error_line
+    from headserve.errors import ArtifactError, HeadserveError
+
+    fixable = ArtifactError("heads/old: the head names no registry encoder").about("encoder_name")
+    assert error_line(fixable) == "heads/old: the head names no registry encoder (set it with --encoder)"
+    unmapped = HeadserveError.bad_value("ood_quantile", 2.0, "must be in (0, 1)")
+    assert error_line(unmapped) == "ood_quantile 2.0: must be in (0, 1)"  # no flag sets it: the field's name stays
