@@ -6,6 +6,10 @@ message without a traceback.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_E = TypeVar("_E", bound="HeadserveError")
+
 
 class HeadserveError(Exception):
     """Base of every error headserve raises on purpose.
@@ -20,13 +24,13 @@ class HeadserveError(Exception):
     problem: str = ""  # what is wrong with it and what to do, without naming the setting
 
     @classmethod
-    def bad_value(cls, setting: str, value: object, problem: str) -> "HeadserveError":
+    def bad_value(cls: type[_E], setting: str, value: object, problem: str) -> _E:
         """``setting value: problem``, with the three parts kept for ``spelled``."""
         exc = cls(f"{setting} {value}: {problem}")
         exc.setting, exc.value, exc.problem = setting, value, problem
         return exc
 
-    def about(self, setting: str, value: object = None) -> "HeadserveError":
+    def about(self: _E, setting: str, value: object = None) -> _E:
         """Record which setting held ``value`` (None: which setting would fix it) without changing the message."""
         self.setting, self.value = setting, value
         return self
