@@ -15,8 +15,6 @@ FLAG_OF_SETTING: dict[str, str] = {
     "bg_classes": "--bg",  # TrainRequest
     "ood_holdout": "--ood-holdout",  # TrainRequest
     "workers": "--workers",  # EmbedConfig
-    "instances": "--instances",  # RuntimeOptions
-    "cpu_threads": "--cpu-threads",  # RuntimeOptions
     "grpc_port": "--grpc-port",  # ServerConfig
     "http_port": "--http-port",  # ServerConfig
     "metrics_port": "--metrics-port",  # ServerConfig

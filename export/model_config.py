@@ -82,9 +82,9 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         if self.instances < 1:
-            raise OptionsError.bad_value("instances", self.instances, "a model needs at least one instance")
+            raise OptionsError(f"--instances {self.instances}: a model needs at least one instance")
         if self.cpu_threads is not None and self.cpu_threads < 0:
-            raise OptionsError.bad_value("cpu_threads", self.cpu_threads, "use 0 for the machine's cores, or a count")
+            raise OptionsError(f"--cpu-threads {self.cpu_threads}: use 0 for the machine's cores, or a count")
 
     def kind_for(self, runtime: "Runtime") -> InstanceKind:
         if self.kind is not None:

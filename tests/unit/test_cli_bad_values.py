@@ -77,12 +77,13 @@ def test_the_console_script_maps_a_library_error_to_one_line_and_status_2(scratc
 
 def test_the_library_names_the_config_field_and_the_command_line_names_its_flag():
     from headserve.app.cli import error_line
-    from headserve.export.model_config import OptionsError, RuntimeOptions
+    from headserve.errors import ConfigError
+    from headserve.soak import SoakConfig
 
-    with pytest.raises(OptionsError) as caught:
-        RuntimeOptions(instances=0)
-    assert str(caught.value) == "instances 0: a model needs at least one instance"
-    assert error_line(caught.value) == "--instances 0: a model needs at least one instance"
+    with pytest.raises(ConfigError) as caught:
+        SoakConfig(clients=0)
+    assert str(caught.value) == "clients 0: a soak needs at least one client"
+    assert error_line(caught.value) == "--clients 0: a soak needs at least one client"
 
 
 def test_an_error_about_the_setting_that_would_fix_it_gets_that_flag_appended():
