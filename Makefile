@@ -39,16 +39,16 @@ test-integration: $(STAMP)
 # Real-size encoder architectures with random weights (tens of minutes on 2 cores); bench-smoke runs the
 # tiny twins in minutes and only shows that every benchmark runs.
 bench: $(STAMP)
-	$(PY) -m headserve.bench --out bench-out
+	$(PY) -m headserve.app.bench --out bench-out
 
 bench-smoke: $(STAMP)
-	$(PY) -m headserve.bench --smoke --out bench-out-smoke
+	$(PY) -m headserve.app.bench --smoke --out bench-out-smoke
 
 # A bounded soak on loopback: 16 clients, two heads, SOAK_SECONDS (default 60), then it stops by itself
 # and prints requests, errors, p50/p99 latency and the server's RSS at start and end.
 SOAK_SECONDS ?= 60
 soak: $(STAMP)
-	$(PY) -m headserve.soak --clients 16 --seconds $(SOAK_SECONDS)
+	$(VENV)/bin/headserve soak --clients 16 --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf demo-out bench-out bench-out-smoke .pytest_cache

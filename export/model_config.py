@@ -22,7 +22,7 @@ from typing import Mapping
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from headserve.errors import HeadserveError
+from headserve.errors import ConfigError, HeadserveError
 
 
 class DataType(enum.Enum):
@@ -58,7 +58,7 @@ class TensorRTOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in ("FP32", "FP16"):
-            raise ValueError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
+            raise ConfigError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
 
 
 class OptionsError(HeadserveError, ValueError):

@@ -40,8 +40,8 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
     if not name:
         raise ArtifactError(
             f"{artifact}: the head names no registry encoder (encoder_model {meta.encoder_model!r}); "
-            "pass --encoder NAME to say which encoder its embeddings came from"
-        )
+            "name the registry encoder its embeddings came from (encoder_name)"
+        ).about("encoder_name")
     written: list[WrittenModel] = []
     model = encoder_model_name(name)
     config_path = repo / model / "config.pbtxt"

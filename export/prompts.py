@@ -85,8 +85,8 @@ def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt
     fp = fingerprint(encoder_graph(loaded), loaded.spec.preprocess)
     if served.encoder.fingerprint and served.encoder.fingerprint != fp:
         raise EncoderMismatchError(f"head {head!r} was trained on encoder fingerprint {served.encoder.fingerprint}, "
-                                   f"but {spec.name} loaded here has {fp}; pass --encoder-weights with the weights "
-                                   "the head was trained on")
+                                   f"but {spec.name} loaded here has {fp}; give the weights the head was trained "
+                                   "on (encoder_weights)").about("encoder_weights")
     module = PromptSimilarity(clip_text_embeddings(loaded, list(prompts))).eval()
     dim = served.embedding_dim
 

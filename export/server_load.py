@@ -68,21 +68,21 @@ def expand_endpoint(endpoint: str, resolver: Resolver = resolve_dns) -> list[str
     """``HOST:PORT`` as it is; ``dns:///NAME:PORT`` as one ``ADDRESS:PORT`` per address of NAME."""
     if not endpoint.startswith(DNS_SCHEME):
         if not endpoint.rpartition(":")[2].isdigit():
-            raise RolloutError(f"--server {endpoint!r} has no port: write HOST:PORT (the gRPC port, 8001 in "
+            raise RolloutError(f"server address {endpoint!r} has no port: write HOST:PORT (the gRPC port, 8001 in "
                                f"deploy/), or {DNS_SCHEME}SERVICE:PORT for every replica behind a headless Service")
         return [endpoint]
     name, _, port = endpoint[len(DNS_SCHEME):].rpartition(":")
     if not name or not port.isdigit():
-        raise RolloutError(f"--server {endpoint!r} must be {DNS_SCHEME}NAME:PORT, e.g. "
+        raise RolloutError(f"server address {endpoint!r} must be {DNS_SCHEME}NAME:PORT, e.g. "
                            f"{DNS_SCHEME}headserve-triton-grpc.headserve.svc.cluster.local:8001")
     try:
         addresses = resolver(name, int(port))
     except OSError as exc:
-        raise RolloutError(f"--server {endpoint!r}: {name} does not resolve ({exc}); check the Service name and "
+        raise RolloutError(f"server address {endpoint!r}: {name} does not resolve ({exc}); check the Service name and "
                            "namespace, and run the exporter where cluster DNS answers (a Job in the cluster, or "
-                           "list the pods with --server POD_IP:PORT)") from exc
+                           "give each pod's POD_IP:PORT instead)") from exc
     if not addresses:
-        raise RolloutError(f"--server {endpoint!r}: {name} resolves to no address, so no replica is ready; "
+        raise RolloutError(f"server address {endpoint!r}: {name} resolves to no address, so no replica is ready; "
                            "check `kubectl get endpointslices` for the Service")
     return [_host_port(a, int(port)) for a in addresses]
 
@@ -113,7 +113,7 @@ def load_on_server(url: str, models: Sequence[str], timeout_s: float = 120.0) ->
             meta = client.get_model_metadata(name, client_timeout=timeout_s)
             done.append(LoadedModel(name, max(meta.versions, key=int) if meta.versions else "", time.monotonic() - t0))
     except InferenceServerException as exc:
-        raise RepositoryError(f"Triton at {url} is unreachable ({exc.message()}); check the --server address "
+        raise RepositoryError(f"Triton at {url} is unreachable ({exc.message()}); check the server address "
                               "(host:gRPC port).") from exc
     finally:
         client.close()

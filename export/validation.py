@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from headserve.contract import MATCH_KEYS, PIXELS, EncoderIdentity, MalformedParameterError, ServedHead
+from headserve.errors import RepositoryError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
 from headserve.export.model_config import parameters_of
 
@@ -403,6 +404,9 @@ def describe(problems: list[Problem]) -> str:
 def list_models(repo: str | Path) -> list[dict[str, str]]:
     """One row per model: name, kind, versions, runtime and (for ensembles) encoder and classes."""
     repo = Path(repo)
+    if not repo.is_dir():
+        raise RepositoryError(f"model repository {repo} is not a directory; pass the model repository directory "
+                              "(with one folder per model)")
     problems: list[Problem] = []
     rows = []
     for entry in load_models(repo, problems).values():

@@ -320,7 +320,8 @@ def get_encoder(name: str) -> EncoderSpec:
         known = ", ".join(sorted(REGISTRY))
         raise UnknownEncoderError(
             f"unknown encoder {name!r}; registered encoders are: {known}. "
-            "Use one of these names (e.g. --encoder dinov3:vitb16), or pass --encoder-weights DIR for a local copy."
+            "Use one of these names (e.g. dinov3:vitb16); local weights go with a registered name "
+            "(EncoderSpec.with_weights)."
         ) from None
 
 

@@ -6,9 +6,44 @@ message without a traceback.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_E = TypeVar("_E", bound="HeadserveError")
+
 
 class HeadserveError(Exception):
-    """Base of every error headserve raises on purpose."""
+    """Base of every error headserve raises on purpose.
+
+    An error about one setting's value is made with ``bad_value``: it keeps the setting's name (the config
+    field), the value and the problem apart, so the message names the field here and an application can
+    name its own spelling of that setting instead (the command line names its flag).
+    """
+
+    setting: str | None = None  # the config field whose value is bad; None when no single setting is
+    value: object = None  # that field's bad value
+    problem: str = ""  # what is wrong with it and what to do, without naming the setting
+
+    @classmethod
+    def bad_value(cls: type[_E], setting: str, value: object, problem: str) -> _E:
+        """``setting value: problem``, with the three parts kept for ``spelled``."""
+        exc = cls(f"{setting} {value}: {problem}")
+        exc.setting, exc.value, exc.problem = setting, value, problem
+        return exc
+
+    def about(self: _E, setting: str, value: object = None) -> _E:
+        """Record which setting held ``value`` (None: which setting would fix it) without changing the message."""
+        self.setting, self.value = setting, value
+        return self
+
+    def spelled(self, name: str) -> str:
+        """This error's message with the setting spelled ``name`` (e.g. a flag); as is when no setting is known."""
+        if self.setting is None:
+            return str(self)
+        if self.problem:
+            return f"{name} {self.value}: {self.problem}"
+        if self.value is None:
+            return f"{self} (set it with {name})"
+        return f"{self} ({name} {self.value})"
 
 
 class UnknownEncoderError(HeadserveError, KeyError):
@@ -20,6 +55,10 @@ class UnknownEncoderError(HeadserveError, KeyError):
 
 class EncoderLoadError(HeadserveError):
     """Weights could not be loaded: gated hub model, no network, or a broken local directory."""
+
+
+class ConfigError(HeadserveError, ValueError):
+    """A config field set to a value it cannot take (raised by the config's ``__post_init__``)."""
 
 
 class DatasetError(HeadserveError):

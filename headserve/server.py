@@ -8,7 +8,6 @@ version is linked into a private backend directory, the way pytriton prepares it
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import signal
@@ -23,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
-from headserve.errors import PortInUseError, ServerError, ServerExitedError, StubUnhealthyError
+from headserve.errors import ConfigError, PortInUseError, ServerError, ServerExitedError, StubUnhealthyError
 from headserve.processes import listening_inodes, session_members, socket_inodes, stub_processes
+
+
+MODEL_CONTROL_MODES: tuple[str, ...] = ("none", "poll", "explicit")  # tritonserver's --model-control-mode values
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,15 @@ class ServerConfig:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     pass_env: tuple[str, ...] = ()  # extra environment variable names tritonserver and its stubs may see
+
+    def __post_init__(self) -> None:
+        for setting in ("grpc_port", "http_port", "metrics_port"):
+            port = getattr(self, setting)
+            if not 0 <= port <= 65535:
+                raise ConfigError.bad_value(setting, port, "a port is 1 to 65535, or 0 for a free one")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ConfigError.bad_value("model_control", repr(self.model_control),
+                                        f"use one of {', '.join(MODEL_CONTROL_MODES)}")
 
 
 def _pytriton_root() -> Path:
@@ -110,6 +121,9 @@ def server_env(root: Path, extra: tuple[str, ...] = ()) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
+
+# ServerConfig's field for each port, as ``ports`` names them: errors about a port name its setting.
+_PORT_SETTINGS: dict[str, str] = {"gRPC": "grpc_port", "HTTP": "http_port", "metrics": "metrics_port"}
 
 SUPERVISE_EVERY_S = 0.5  # how often `serve` checks that tritonserver runs and its stubs live
 
@@ -187,7 +201,7 @@ class LocalTriton:
                 except OSError as exc:
                     raise PortInUseError(
                         f"{kind} port {port} on {self.config.host} is already in use ({exc.strerror}); stop the "
-                        f"process listening there or pick another port (--{kind.lower()}-port)") from None
+                        f"process listening there or pick another port").about(_PORT_SETTINGS[kind], port) from None
 
     def _foreign_listeners(self, port: int) -> set[int]:
         """Sockets listening on ``port`` that our tritonserver does not hold."""
@@ -229,7 +243,7 @@ class LocalTriton:
                 raise PortInUseError(
                     f"{kind} port {port} on {self.config.host} is also held by another process (socket inodes "
                     f"{sorted(foreign)}), so readiness answers may not come from this tritonserver (pid "
-                    f"{self.process.pid}); stop that process or pick another port (--{kind.lower()}-port)")
+                    f"{self.process.pid}); stop that process or pick another port").about(_PORT_SETTINGS[kind], port)
         return bool(listening_inodes(self.grpc_port, self.config.host) & socket_inodes(self.process.pid))
 
     def log_tail(self, lines: int = 40) -> str:
@@ -308,9 +322,9 @@ class LocalTriton:
         if self.config.model_control != "explicit":
             raise StubUnhealthyError(
                 f"the python-backend stub of {instances} (model {', '.join(models)}) died: Triton still says READY "
-                f"but fails every request to it. In --model-control-mode={self.config.model_control} it cannot be "
-                "reloaded, so the server stops; restart `headserve serve` (or run it with "
-                "--model-control-mode explicit, which reloads such a model)")
+                f"but fails every request to it. In model control mode {self.config.model_control} it cannot be "
+                "reloaded, so the server stops; restart `headserve serve` (or serve in model control mode "
+                "explicit, which reloads such a model)")
         from tritonclient.utils import InferenceServerException
 
         for model in models:
@@ -399,45 +413,3 @@ class _LogPump(threading.Thread):
     def tail(self, lines: int) -> list[str]:
         with self._lock:
             return list(self._lines)[-lines:]
-
-
-# ---------------------------------------------------------------------------------------------
-# `headserve serve REPO`
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a model repository with the local tritonserver until Ctrl-C")
-    p.add_argument("repository", type=Path, help="model repository (local variant)")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--model-control-mode", default="none", choices=("none", "poll", "explicit"))
-    p.set_defaults(func=_serve)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM (then drain and stop, exit 0), or until the server fails (exit 2, with why)."""
-    config = ServerConfig(repository=args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
-                          metrics_port=args.metrics_port, model_control=args.model_control_mode)
-    server = LocalTriton(config, log=sys.stderr)
-    received: list[int] = []
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        received.append(signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with server:
-            assert server.process is not None
-            print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url} (pid {server.process.pid}; "
-                  "Ctrl-C or SIGTERM stops it)", flush=True)
-            while not stop.wait(SUPERVISE_EVERY_S):
-                server.supervise(lambda message: print(f"headserve serve: {message}", file=sys.stderr, flush=True))
-            print(f"{signal.Signals(received[0]).name}: stopping tritonserver, draining in-flight requests ...",
-                  flush=True)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0

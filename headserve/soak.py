@@ -1,18 +1,16 @@
 """A bounded soak on loopback: many clients, two heads, a fixed budget; it stops by itself.
 
-``make soak`` (or ``python -m headserve.soak``) builds a repository of two untrained example heads
-on the tiny encoder twins, serves it with the local tritonserver, and drives it with ``--clients``
-threads, each with its own ``HeadClient``, alternating heads, until ``--seconds`` pass or
-``--requests`` are sent. It prints requests, errors (by type), p50/p99 latency, and the server's
-resident memory (tritonserver plus its python stubs) at start and end, and fails (exit 1) on any
-error or when the server or a stub died. Figures are reported, never asserted as speeds.
+``run_soak`` (``make soak``, ``headserve soak``) builds a repository of two untrained example heads
+on the tiny encoder twins, serves it with the local tritonserver, and drives it with ``clients``
+threads, each with its own ``HeadClient``, alternating heads, until ``seconds`` pass or
+``requests`` are sent. Its result holds requests, errors (by type), p50/p99 latency, and the server's
+resident memory (tritonserver plus its python stubs) at start and end; the soak fails on any error or
+when the server or a stub died. Figures are reported, never asserted as speeds.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import sys
 import tempfile
 import threading
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headserve.errors import ConfigError
 from headserve.processes import PROC, session_members
 
 
@@ -33,6 +32,18 @@ class SoakConfig:
     requests: int = 0  # ... or after this many requests in all (0: no count limit)
     batch: int = 4  # crops per request
     timeout_s: float = 30.0  # per-request deadline
+
+    def __post_init__(self) -> None:
+        if self.clients < 1:
+            raise ConfigError.bad_value("clients", self.clients, "a soak needs at least one client")
+        if not self.seconds > 0:
+            raise ConfigError.bad_value("seconds", self.seconds, "the soak's time budget must be positive")
+        if self.requests < 0:
+            raise ConfigError.bad_value("requests", self.requests, "use 0 for no count limit, or a count")
+        if self.batch < 1:
+            raise ConfigError.bad_value("batch", self.batch, "a request needs at least one crop")
+        if not self.timeout_s > 0:
+            raise ConfigError.bad_value("timeout_s", self.timeout_s, "the per-request deadline must be positive")
 
 
 @dataclass
@@ -135,14 +146,8 @@ def drive(url: str, heads: list[str], config: SoakConfig, server_pid: int) -> So
     return SoakResult(sent[0], dict(errors), latencies, elapsed, rss_start, session_rss_mib(server_pid), False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m headserve.soak", description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, default=SoakConfig.clients)
-    p.add_argument("--seconds", type=float, default=SoakConfig.seconds)
-    p.add_argument("--requests", type=int, default=SoakConfig.requests)
-    p.add_argument("--batch", type=int, default=SoakConfig.batch)
-    args = p.parse_args(argv)
-    config = SoakConfig(clients=args.clients, seconds=args.seconds, requests=args.requests, batch=args.batch)
+def run_soak(config: SoakConfig) -> SoakResult:
+    """Build the two-head repository in a temporary directory, serve it, drive it, and report."""
     from headserve.server import LocalTriton, ServerConfig
 
     with tempfile.TemporaryDirectory(prefix="headserve-soak-") as tmp:
@@ -151,9 +156,4 @@ def main(argv: list[str] | None = None) -> int:
             assert server.process is not None
             result = drive(server.grpc_url, heads, config, server.process.pid)
             result.healthy_at_end = server.is_healthy()
-    print("\n".join(result.lines(config)))
-    return 0 if not result.errors and result.healthy_at_end else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result

@@ -52,7 +52,7 @@ class DataReport:
     def skip(self, kind: str, where: str, message: str) -> None:
         text = f"{where}: {message}"
         if self.strict:
-            raise DatasetError(text + " (strict mode: fix the line or drop --strict to skip it)")
+            raise DatasetError(text + " (strict mode: fix the line, or leave strict mode off to skip it)")
         self.problems.append(text)
         self.counts[kind] += 1
 

@@ -28,7 +28,7 @@ from PIL import Image
 from headserve.backbones import EncoderGraph
 from headserve.device import autocast, check_precision, check_supported, get_precision, resolve_device
 from headserve.encoders import PreprocessSpec
-from headserve.errors import HeadserveError
+from headserve.errors import ConfigError, HeadserveError
 from headserve.preprocess import crop_box, load_image, resize_for_encoder
 from headserve.train.cache import EmbeddingCache
 
@@ -45,9 +45,10 @@ class EmbedConfig:
 
     def __post_init__(self) -> None:
         get_precision(self.precision)  # unknown precisions fail here, with the known ones
-        if self.batch_size < 1 or self.workers < 0 or self.check_sample < 1:
-            raise ValueError(f"batch_size {self.batch_size} and check_sample {self.check_sample} must be >= 1, "
-                             f"workers {self.workers} >= 0")
+        if self.workers < 0:
+            raise ConfigError.bad_value("workers", self.workers, "must be 0 (this machine's cores) or more")
+        if self.batch_size < 1 or self.check_sample < 1:
+            raise ConfigError(f"batch_size {self.batch_size} and check_sample {self.check_sample} must be >= 1")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.drift import reference_from_validation
 from headserve.encoders import EncoderSpec
-from headserve.errors import DatasetError
+from headserve.errors import ConfigError, DatasetError
 from headserve.head import SERVING_OUTPUTS
 from headserve.head_file import save_head
 from headserve.train.cache import EmbeddingCache
@@ -59,9 +59,11 @@ class TrainRequest:
 
     def __post_init__(self) -> None:
         if self.bg_classes < 1:
-            raise DatasetError(f"--bg {self.bg_classes}: the number of background classes must be at least 1")
+            raise DatasetError.bad_value("bg_classes", self.bg_classes,
+                                         "the number of background classes must be at least 1")
         if not 0.0 < self.ood_quantile < 1.0:
-            raise ValueError(f"ood_quantile {self.ood_quantile} must be in (0, 1)")
+            raise ConfigError.bad_value("ood_quantile", self.ood_quantile,
+                                        "the share of known crops below the OOD threshold must be in (0, 1)")
 
 
 @dataclass
@@ -257,7 +259,8 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
 def _hold_out(data: YoloDataset, name: str) -> tuple[list[str], list[LabelledObject], list[LabelledObject]]:
     """Drop class ``name`` from training (re-indexing the rest); its objects become OOD examples."""
     if name not in data.names:
-        raise DatasetError(f"--ood-holdout {name!r} is not a class of {data.root}; classes: {data.names}")
+        raise DatasetError.bad_value("ood_holdout", repr(name),
+                                     f"not a class of {data.root}; hold out one of {data.names}")
     gone = data.names.index(name)
     classes = [n for n in data.names if n != name]
     kept = [LabelledObject(o.image, o.class_id - (o.class_id > gone), o.box, o.source)

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from headserve.errors import ConfigError
 from headserve.train.metrics import macro_f1_fg
 
 # absent classes get this bias, so they are never predicted and their probability underflows to 0
@@ -38,10 +39,10 @@ class LogregGrid:
 
     def __post_init__(self) -> None:
         if not self.c or min(self.c) <= 0:
-            raise ValueError(f"logistic regression C grid {self.c} must be non-empty and positive")
+            raise ConfigError(f"logistic regression C grid {self.c} must be non-empty and positive")
         bad = [w for w in self.class_weight if w not in (None, "balanced")]
         if bad:
-            raise ValueError(f"class_weight values {bad} are not None or 'balanced'")
+            raise ConfigError(f"class_weight values {bad} are not None or 'balanced'")
 
 
 LOGREG_GRID = LogregGrid()
@@ -190,7 +191,7 @@ class SelectionGrid:
 
     def __post_init__(self) -> None:
         if not (self.hidden and self.weight_decay and self.label_smoothing):
-            raise ValueError(f"selection grid {self} has an empty axis; each axis needs at least one value")
+            raise ConfigError(f"selection grid {self} has an empty axis; each axis needs at least one value")
 
     def points(self, base: Any) -> list[tuple[tuple[int, ...], Any]]:
         """(hidden, TrainConfig) of every grid point, in a fixed order."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from headserve.encoders import get_encoder
+from headserve.errors import ConfigError
 from headserve.fsutil import write_text_atomic
 import numpy as np
 
@@ -52,7 +53,7 @@ class SweepConfig:
         if unknown:
             raise UnknownProfileError(f"sweep profiles {unknown} are not among {', '.join(PROFILES)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"sweep seeds {self.seeds} must be distinct and at least one (three for a sd)")
+            raise ConfigError(f"sweep seeds {self.seeds} must be distinct and at least one (three for a sd)")
 
 
 def _fmt(v: float) -> str:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headserve.errors import ConfigError
 from headserve.head import CLASSIFIERS, HeadConfig, MLPHead, ServingHead
 
 CLASS_WEIGHTINGS = ("none", "balanced", "effective")
@@ -75,27 +76,27 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be positive")
+            raise ConfigError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be positive")
         if self.class_weights not in CLASS_WEIGHTINGS:
-            raise ValueError(f"class_weights {self.class_weights!r} is not one of {CLASS_WEIGHTINGS}")
+            raise ConfigError(f"class_weights {self.class_weights!r} is not one of {CLASS_WEIGHTINGS}")
         if self.logit_adjust not in LOGIT_ADJUSTMENTS:
-            raise ValueError(f"logit_adjust {self.logit_adjust!r} is not one of {LOGIT_ADJUSTMENTS}")
+            raise ConfigError(f"logit_adjust {self.logit_adjust!r} is not one of {LOGIT_ADJUSTMENTS}")
         if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}")
+            raise ConfigError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}")
         if self.linear_fit not in LINEAR_FITS:
-            raise ValueError(f"linear_fit {self.linear_fit!r} is not one of {LINEAR_FITS}")
+            raise ConfigError(f"linear_fit {self.linear_fit!r} is not one of {LINEAR_FITS}")
         if not 0.0 <= self.arcface_margin < 90.0:
-            raise ValueError(f"arcface_margin {self.arcface_margin} must be in [0, 90) degrees")
+            raise ConfigError(f"arcface_margin {self.arcface_margin} must be in [0, 90) degrees")
         if not self.arcface_scale > 0:
-            raise ValueError(f"arcface_scale {self.arcface_scale} must be positive")
+            raise ConfigError(f"arcface_scale {self.arcface_scale} must be positive")
         if not 0.0 < self.effective_beta < 1.0:
-            raise ValueError(f"effective_beta {self.effective_beta} must be in (0, 1)")
+            raise ConfigError(f"effective_beta {self.effective_beta} must be in (0, 1)")
         negative = [k for k in ("mixup", "hardmine_epochs", "supcon_weight", "feature_noise",
                                 "feature_scale", "center_weight", "crt_epochs") if getattr(self, k) < 0]
         if negative:
-            raise ValueError(f"{', '.join(negative)} must not be negative")
+            raise ConfigError(f"{', '.join(negative)} must not be negative")
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def class_weights(counts: np.ndarray, kind: str, beta: float = 0.9999) -> np.nda
     elif kind == "effective":  # Cui et al., 2019: weight 1 / effective number of samples
         w[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
     else:
-        raise ValueError(f"class weighting {kind!r} is not one of {CLASS_WEIGHTINGS}")
+        raise ConfigError(f"class weighting {kind!r} is not one of {CLASS_WEIGHTINGS}")
     return w * len(counts) / w.sum()
 
 

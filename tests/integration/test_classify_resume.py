@@ -35,7 +35,7 @@ def crop_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def _classify(url: str, output: Path, crops: list[Path], *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "headserve.cli", "classify", "--head", HEAD, "--url", url, "--timeout", "5",
+    cmd = [sys.executable, "-m", "headserve.app", "classify", "--head", HEAD, "--url", url, "--timeout", "5",
            "--output", str(output), *extra, *map(str, crops)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

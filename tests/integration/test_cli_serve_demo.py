@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def _headserve(*args: str) -> list[str]:
-    return [sys.executable, "-m", "headserve.cli", *args]
+    return [sys.executable, "-m", "headserve.app", *args]
 
 
 def test_serve_answers_until_ctrl_c_then_exits_cleanly(local_repo):

@@ -180,7 +180,7 @@ def test_server_that_is_down_raises_unavailable_within_the_deadline_without_hang
 
 
 def test_cli_classify_writes_one_json_object_per_crop(trained_heads, crops, triton, tmp_path, capsys):
-    from headserve.cli import main
+    from headserve.app.cli import main
 
     files = []
     for i, im in enumerate(crops["clip:tiny"][0][:3]):
@@ -194,7 +194,7 @@ def test_cli_classify_writes_one_json_object_per_crop(trained_heads, crops, trit
 
 
 def test_cli_gate_over_a_yolo_dataset_reports_each_box(trained_heads, digits_dataset, triton, capsys):
-    from headserve.cli import main
+    from headserve.app.cli import main
     from headserve.client.crops import crops_from_yolo
 
     head = trained_heads["dinov3:tiny"]
@@ -212,7 +212,7 @@ def test_cli_gate_over_a_yolo_dataset_reports_each_box(trained_heads, digits_dat
 
 
 def test_cli_reports_an_unknown_head_as_one_line_and_status_2(triton, tmp_path, capsys):
-    from headserve.cli import main
+    from headserve.app.cli import main
 
     img = tmp_path / "a.png"
     Image.new("RGB", (16, 16)).save(img)

@@ -26,7 +26,7 @@ ADDRESSES = ("127.0.0.1", "127.0.0.2")
 
 def run_cli(*argv: str) -> tuple[int | None, str, HeadserveError | None]:
     """The export CLI's own parser, as `headserve` registers it: exit code (None when it raised), stdout, error."""
-    from headserve.export import cli as export_cli
+    from headserve.app import export as export_cli
 
     parser = argparse.ArgumentParser(prog="headserve")
     export_cli.register(parser.add_subparsers(dest="command", required=True))

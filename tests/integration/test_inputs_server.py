@@ -157,7 +157,7 @@ def test_a_rotated_jpeg_sent_to_the_decoder_is_classified_as_displayed_like_the_
 
 
 def test_classify_reports_a_decompression_bomb_as_one_line_without_a_traceback(served, tmp_path, capsys):
-    from headserve.cli import main
+    from headserve.app.cli import main
 
     bomb = tmp_path / "bomb.png"
     Image.new("L", (8000, 7000)).save(bomb)

@@ -20,7 +20,7 @@ HEAD = "swap"
 
 def run_cli(*argv: str) -> int:
     """The export CLI's own parser, as `headserve` registers it."""
-    from headserve.export import cli as export_cli
+    from headserve.app import export as export_cli
 
     parser = argparse.ArgumentParser(prog="headserve")
     export_cli.register(parser.add_subparsers(dest="command", required=True))

@@ -22,11 +22,11 @@ SECRET = "hf_not_for_the_stubs_0123456789"
 
 
 class Serve:
-    """`python -m headserve.cli serve REPO` on free ports, with the tritonserver pid from its ready line."""
+    """`python -m headserve.app serve REPO` on free ports, with the tritonserver pid from its ready line."""
 
     def __init__(self, repo: Path, *args: str, grpc_port: int | None = None, env: dict | None = None) -> None:
         self.grpc_port = grpc_port or free_port()
-        cmd = [sys.executable, "-m", "headserve.cli", "serve", str(repo), "--grpc-port", str(self.grpc_port),
+        cmd = [sys.executable, "-m", "headserve.app", "serve", str(repo), "--grpc-port", str(self.grpc_port),
                "--http-port", str(free_port()), "--metrics-port", str(free_port()), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env or os.environ.copy())

@@ -56,7 +56,7 @@ def test_second_run_hits_the_cache_for_every_crop(prepared):
 
 
 def test_train_command_writes_artifact_report_and_background_classes(digits_dataset: Path, tmp_path: Path, capsys):
-    from headserve.cli import main
+    from headserve.app.cli import main
 
     out = tmp_path / "head"
     rc = main(["train", str(digits_dataset), "--out", str(out), "--profile", "full", "--epochs", "5", "--bg", "3",

@@ -15,7 +15,7 @@ from headserve.train.selection import SELECTION_GRID
 def test_train_select_records_grid_and_choice_and_meta_alone_reproduces_the_head(digits_dataset: Path,
                                                                                   tmp_path: Path, capsys):
     from headserve.artifact import load_meta, load_tensors
-    from headserve.cli import main
+    from headserve.app.cli import main
     from headserve.train.pipeline import TrainRequest, train_from_yolo
     from headserve.train.trainer import TrainConfig
 
@@ -47,7 +47,7 @@ def test_train_select_records_grid_and_choice_and_meta_alone_reproduces_the_head
 
 
 def test_linear_head_report_says_how_it_was_fitted(digits_dataset: Path, tmp_path: Path):
-    from headserve.cli import main
+    from headserve.app.cli import main
 
     out = tmp_path / "lin"
     assert main(["train", str(digits_dataset), "--out", str(out), "--encoder", "dinov3:tiny", "--hidden", "logreg",

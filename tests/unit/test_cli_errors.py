@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headserve.cli import main
+from headserve.app.cli import main
 from headserve.errors import ImageDecodeError
 from headserve.preprocess import load_image
 

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from headserve.cli import main
+from headserve.app.cli import main
 
 
 @pytest.mark.parametrize("argv, message", [

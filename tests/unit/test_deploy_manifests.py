@@ -358,7 +358,7 @@ def test_the_local_server_builds_its_command_from_the_same_flags(tmp_path):
 def test_ports_agree_across_container_services_probes_policy_and_the_client(overlay):
     import argparse
 
-    from headserve.client.cli import register  # the client's default --url names the gRPC port
+    from headserve.app.classify import register  # the client's default --url names the gRPC port
 
     docs = rendered(overlay)
     container = triton_container(docs)
@@ -524,7 +524,7 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_tolerates_gpu_nodes():
 def test_the_cpu_overlay_requests_no_gpu_and_exactly_the_cores_its_exported_models_use():
     import argparse
 
-    from headserve.export.cli import production_options, register
+    from headserve.app.export import production_options, register
     from headserve.export.model_config import DataType, InstanceKind, ModelDesc, Runtime, TensorSpec, render
 
     docs = rendered("overlays/cpu")

@@ -63,7 +63,7 @@ def test_tiny_twin_refuses_external_weights():
 def _offline_cli(*args: str, home) -> subprocess.CompletedProcess:
     """Run the CLI with the hub switched off from the start (huggingface_hub reads it at import)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "headserve.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "headserve.app", *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
 

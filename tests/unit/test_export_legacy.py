@@ -1,8 +1,7 @@
-"""`headserve export legacy`: a scikit-learn pickle becomes a pickle-free artifact and, with --repo, a served head."""
+"""`headserve import-legacy`: a scikit-learn pickle becomes a pickle-free artifact and, with --repo, a served head."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 from pathlib import Path
@@ -11,15 +10,13 @@ import numpy as np
 import pytest
 
 from headserve.errors import ArtifactError
-from headserve.export import cli as export_cli
+from headserve.app.cli import build_parser
 from headserve.export.model_config import parse
 from headserve.export.validation import validate_repository
 
 
 def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="headserve")
-    export_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
+    args = build_parser().parse_args(list(argv))
     return args.func(args)
 
 
@@ -42,13 +39,13 @@ def legacy_pickle(tmp_path: Path) -> Path:
 def test_export_legacy_refuses_to_unpickle_without_trust_pickle(tmp_path):
     pkl = legacy_pickle(tmp_path)
     with pytest.raises(ArtifactError, match="--trust-pickle"):
-        run_cli("export", "legacy", str(pkl), "--out", str(tmp_path / "art"), "--repo", str(tmp_path / "repo"))
+        run_cli("import-legacy", str(pkl), "--out", str(tmp_path / "art"), "--repo", str(tmp_path / "repo"))
     assert not (tmp_path / "art").exists() and not (tmp_path / "repo").exists()
 
 
 def test_export_legacy_with_a_repo_writes_a_valid_head_ensemble(tmp_path, capsys):
     pkl = legacy_pickle(tmp_path)
-    assert run_cli("export", "legacy", str(pkl), "--out", str(tmp_path / "art"), "--trust-pickle",
+    assert run_cli("import-legacy", str(pkl), "--out", str(tmp_path / "art"), "--trust-pickle",
                    "--repo", str(tmp_path / "repo"), "--encoder", "clip:tiny") == 0
     assert not list((tmp_path / "art").glob("*.pkl"))
     name = json.loads((tmp_path / "art" / "meta.json").read_text())["name"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from headserve.artifact import WEIGHTS_FILE
-from headserve.cli import main
+from headserve.app.cli import main
 from headserve.encoders import get_encoder
 from headserve.export.example import ExampleHead, write_example_head
 from headserve.export.pipeline import export_head

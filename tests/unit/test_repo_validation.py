@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from headserve.errors import RepositoryError
-from headserve.export import cli as export_cli
+from headserve.app import export as export_cli
 from headserve.export.validation import list_models, validate_repository
 
 REPOS = Path(__file__).parents[1] / "assets" / "repos"

@@ -75,7 +75,7 @@ def test_missing_sidecar_names_the_file_it_expected(tmp_path: Path):
 
 
 def test_cli_import_legacy_requires_the_flag(tmp_path: Path, capsys):
-    from headserve.cli import main
+    from headserve.app.cli import main
 
     pkl, _, _ = legacy_head(tmp_path)
     assert main(["import-legacy", str(pkl), "--out", str(tmp_path / "out")]) == 2

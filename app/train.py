@@ -1,4 +1,4 @@
-"""`headserve train`, `headserve sweep` and `headserve import-legacy`: argument parsing only."""
+"""`headserve train` and `headserve sweep`: flags to TrainRequest and SweepConfig."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from headserve.cli_args import add_device_args, add_encoder_args, embed_config_from_args, encoder_from_args, parse_hidden
+from headserve.app.arguments import (
+    add_device_args,
+    add_encoder_args,
+    add_later,
+    embed_config_from_args,
+    encoder_from_args,
+    parse_hidden,
+)
 
 PROFILE_HELP = "recipe profile: base, center_std, effective, hardmine, gelu_ln, calib, full, logit_train, " \
                "logit_infer, logit_both, arcface, supcon, feataug, center, crt"
@@ -66,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "macro F1, early stopping in each fit) from the grid hidden {logreg, 256, 512,256} x weight "
                         "decay {1e-4, 1e-2} x label smoothing {0, 0.1} on top of the profile; the grid, every "
                         "score and the choice go into meta.json and the report")
-    _add_recipe_args(p)
+    add_later(p, _add_recipe_args)  # TrainConfig's module imports torch: only when `train` is parsed
     p.set_defaults(func=_train)
 
     s = sub.add_parser("sweep", help="train profiles x encoders x MLP sizes x label smoothing on cached embeddings")
@@ -86,13 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--select", action="store_true",
                    help="add a row per encoder for the head that `train --select` would choose")
     s.set_defaults(func=_sweep)
-
-    g = sub.add_parser("import-legacy", help="convert a scikit-learn .pkl head (+ .meta.pkl) into an artifact")
-    g.add_argument("pkl", type=Path, help="legacy head NAME.pkl; NAME.meta.pkl must sit beside it")
-    g.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    g.add_argument("--trust-pickle", action="store_true",
-                   help="required: unpickling runs code from the file; only for files you trust")
-    g.set_defaults(func=_import_legacy)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -146,13 +146,4 @@ def _sweep(args: argparse.Namespace) -> int:
                          cache_dir=args.cache, seeds=args.seeds, select=args.select)
     table = run_sweep(config)
     print(table.read_text())
-    return 0
-
-
-def _import_legacy(args: argparse.Namespace) -> int:
-    from headserve.train.legacy import TRUST_NOTICE, import_legacy
-
-    if args.trust_pickle:
-        print(f"note: {TRUST_NOTICE}")
-    print(f"artifact: {import_legacy(args.pkl, args.out, trust_pickle=args.trust_pickle)}")
     return 0

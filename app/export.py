@@ -1,11 +1,18 @@
-"""`headserve export encoder|head|legacy` and `headserve repo validate|list`: write and check a Triton repository."""
+"""`headserve export encoder|head|multi-head|prompts|example|encoded` and `headserve repo validate|list`.
+
+Flags to the exporter's typed options (RuntimeOptions); writing and checking the repository is headserve.export's.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
-from headserve.cli_args import add_encoder_args
+from headserve.app.arguments import add_encoder_args
+
+if TYPE_CHECKING:
+    from headserve.export.model_config import RuntimeOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,32 +22,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     enc = what.add_parser("encoder", help="export an encoder (preprocessing in the graph)")
     enc.add_argument("name", help="encoder registry name, e.g. clip:ViT-B-32")
     enc.add_argument("--encoder-weights", default=None, metavar="PATH")
-    _repo_args(enc)
+    add_repo_args(enc)
     enc.set_defaults(func=_export_encoder, encoder=None)
 
     head = what.add_parser("head", help="export a head artifact and its ensemble (and its encoder if missing)")
     head.add_argument("artifact", type=Path, help="directory with meta.json and head.safetensors")
-    _repo_args(head)
+    add_repo_args(head)
     add_encoder_args(head, default="")
-    _server_arg(head)
+    add_server_arg(head)
     head.set_defaults(func=_export_head)
-
-    legacy = what.add_parser("legacy", help="import a scikit-learn .pkl head (pickle: only with --trust-pickle)")
-    legacy.add_argument("pkl", type=Path, help="the legacy pickle file")
-    legacy.add_argument("--out", type=Path, required=True, help="directory for the converted head artifact")
-    _repo_args(legacy, required=False)
-    legacy.add_argument("--trust-pickle", action="store_true",
-                        help="allow unpickling; pickle runs code, so only for files you made yourself")
-    add_encoder_args(legacy, default="")
-    _server_arg(legacy)
-    legacy.set_defaults(func=_export_legacy)
 
     multi = what.add_parser("multi-head", help="one ensemble running an encoder once for several of its heads")
     multi.add_argument("heads", nargs="+", help="per-head ensemble names already in the repository (same encoder)")
     multi.add_argument("--repo", type=Path, required=True, help="model repository directory")
     multi.add_argument("--runtime", choices=("local", "production"), default="local")
     multi.add_argument("--name", default=None, help="ensemble name (default heads_<encoder>)")
-    _server_arg(multi)
+    add_server_arg(multi)
     multi.set_defaults(func=_export_multi_head)
 
     prompts = what.add_parser("prompts", help="CLIP heads: bake prompt embeddings into a similarity model for the "
@@ -48,20 +45,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     prompts.add_argument("head", help="per-head ensemble name already in the repository")
     prompts.add_argument("--prompt", action="append", required=True, metavar="CLASS:TEXT",
                          help='class name, a colon, the prompt text, e.g. "cat:a photo of a cat"; repeat')
-    _repo_args(prompts)
+    add_repo_args(prompts)
     prompts.add_argument("--encoder-weights", default=None, metavar="PATH")
     prompts.set_defaults(func=_export_prompts)
 
     example = what.add_parser("example", help="the example repository (untrained heads on the tiny encoder twins) "
                                               "whose configs model_repository/ commits")
-    _repo_args(example)
+    add_repo_args(example)
     example.set_defaults(func=_export_example, runtime="production")
 
     encoded = what.add_parser("encoded", help="the <head>_encoded ensemble: JPEG/PNG bytes in, decoded and resized "
                                               "on the server exactly as training did")
     encoded.add_argument("head", help="per-head ensemble name already in the repository")
-    _repo_args(encoded)
-    _server_arg(encoded)
+    add_repo_args(encoded)
+    add_server_arg(encoded)
     encoded.set_defaults(func=_export_encoded)
 
     repo = sub.add_parser("repo", help="check or list a Triton model repository")
@@ -75,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=_repo_list)
 
 
-def _server_arg(p: argparse.ArgumentParser) -> None:
+def add_server_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", action="append", default=None, metavar="HOST:PORT|dns:///SERVICE:PORT",
                    help="gRPC address of a Triton in --model-control-mode=explicit: load the new versions there "
                         "and wait until they are ready. Repeat for several replicas, or give dns:///SERVICE:PORT "
@@ -83,7 +80,7 @@ def _server_arg(p: argparse.ArgumentParser) -> None:
                         "non-zero if any replica failed")
 
 
-def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--repo", type=Path, required=required, default=None,
                    help="model repository directory" + ("" if required else ": also export the head into it"))
     p.add_argument("--runtime", choices=("local", "production"), default="local",
@@ -107,7 +104,7 @@ def _repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="encoder compute precision; fp16 is refused when it gives NaN or leaves its tolerance")
 
 
-def production_options(args: argparse.Namespace):
+def production_options(args: argparse.Namespace) -> RuntimeOptions:
     """The runtime knobs of the command line as a typed config (OptionsError names a bad count)."""
     from headserve.export.model_config import InstanceKind, RuntimeOptions, TensorRTOptions
 
@@ -123,10 +120,11 @@ def _export_encoder(args: argparse.Namespace) -> int:
     from headserve.export.model_config import Runtime
     from headserve.export.repository import add_encoder
 
+    options = production_options(args)  # a bad count is refused before the encoder loads
     spec = get_encoder(args.name)
     if args.encoder_weights:
         spec = spec.with_weights(args.encoder_weights)
-    written = add_encoder(args.repo, load_encoder(spec), Runtime(args.runtime), options=production_options(args),
+    written = add_encoder(args.repo, load_encoder(spec), Runtime(args.runtime), options=options,
                           precision=args.precision)
     print(f"{written.name} version {written.version}: {written.path} (max |ONNX - torch| {_fmt(written.max_abs_diff)})")
     return 0
@@ -138,32 +136,14 @@ def _export_head(args: argparse.Namespace) -> int:
     written = export_head(args.artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
                           encoder_weights=args.encoder_weights, options=production_options(args),
                           precision=args.precision, log=print)
-    _report(written, args.server)
-    return 0
-
-
-def _export_legacy(args: argparse.Namespace) -> int:
-    from headserve.errors import HeadserveError
-
-    try:
-        from headserve.train.legacy import import_legacy
-    except ImportError:
-        raise HeadserveError("this headserve has no legacy importer (headserve.train.legacy); "
-                             "upgrade headserve, or retrain the head with `headserve train`") from None
-    artifact = import_legacy(args.pkl, args.out, args.trust_pickle)
-    print(f"head artifact: {artifact}")
-    if args.repo is not None:
-        from headserve.export.pipeline import export_head
-
-        _report(export_head(artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
-                            encoder_weights=args.encoder_weights, options=production_options(args)), args.server)
+    report_written(written, args.server)
     return 0
 
 
 def _export_multi_head(args: argparse.Namespace) -> int:
     from headserve.export.multi_head import write_multi_head_ensemble
 
-    _report([write_multi_head_ensemble(args.repo, args.heads, args.runtime, args.name)], args.server)
+    report_written([write_multi_head_ensemble(args.repo, args.heads, args.runtime, args.name)], args.server)
     return 0
 
 
@@ -180,25 +160,25 @@ def _export_prompts(args: argparse.Namespace) -> int:
         indices.append(index)
     written = add_prompt_model(args.repo, args.head, texts, indices, args.runtime, args.encoder_weights,
                                production_options(args))
-    _report([written], None)
+    report_written([written], None)
     return 0
 
 
 def _export_example(args: argparse.Namespace) -> int:
     from headserve.export.example import write_example_repository
 
-    _report(write_example_repository(args.repo, args.runtime, production_options(args)), None)
+    report_written(write_example_repository(args.repo, args.runtime, production_options(args)), None)
     return 0
 
 
 def _export_encoded(args: argparse.Namespace) -> int:
     from headserve.export.encoded_input import add_encoded_input
 
-    _report(add_encoded_input(args.repo, args.head, args.runtime, production_options(args)), args.server)
+    report_written(add_encoded_input(args.repo, args.head, args.runtime, production_options(args)), args.server)
     return 0
 
 
-def _report(written: list, servers: list[str] | None) -> None:
+def report_written(written: Sequence[Any], servers: list[str] | None) -> None:
     """Print what was written; with servers, roll it out to every replica and report each one."""
     for w in written:
         print(f"{w.name} version {w.version}: {w.path}"
@@ -241,5 +221,5 @@ def _repo_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(diffs: dict) -> str:
+def _fmt(diffs: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2g}" for k, v in diffs.items())

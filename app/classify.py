@@ -1,4 +1,4 @@
-"""`headserve classify` and `headserve gate`: crops in, one JSON object per crop out.
+"""`headserve classify` and `headserve gate`: crops in, one JSON object per crop out (no torch is imported).
 
 Crops come from image files (each file is one crop) or from a YOLO dataset's boxes and polygons
 (``--yolo DIR``). Work goes in chunks so a progress bar on a terminal (stderr, only when it is a
@@ -14,9 +14,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from headserve.client.results_file import ResultsFile
+
+if TYPE_CHECKING:
+    from headserve.client import HeadClient, Thresholds
 
 CHUNK = 64  # crops per client call: results stream out at this granularity
 
@@ -58,11 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=_gate)
 
 
-def _thresholds(args: argparse.Namespace):
+def _thresholds(args: argparse.Namespace) -> Thresholds:
     from headserve.client.decision import Thresholds
     from headserve.client.errors import BadInputError
 
-    per_class = {}
+    per_class: dict[str, float] = {}
     for item in args.class_confidence:
         name, sep, value = item.rpartition("=")
         try:
@@ -90,9 +93,8 @@ def _notices() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _client(args: argparse.Namespace):
+def _client(args: argparse.Namespace) -> HeadClient:
     from headserve.client import ConnectionOptions, HeadClient
-
 
     return HeadClient(args.url, ConnectionOptions(timeout_s=args.timeout, root_certificates=args.root_certificates,
                                                   private_key=args.private_key,
@@ -100,7 +102,7 @@ def _client(args: argparse.Namespace):
                                                   compression=args.compression))
 
 
-def _sources(args: argparse.Namespace) -> tuple[list[dict], Callable[[Sequence[int]], list]]:
+def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[Sequence[int]], list[Any]]]:
     """Row descriptions and a loader of the crops at given positions."""
     from headserve.client.crops import crops_from_yolo
     from headserve.client.errors import BadInputError
@@ -126,7 +128,7 @@ def _chunks(todo: Sequence[int]) -> Iterator[Sequence[int]]:
 
 
 @contextlib.contextmanager
-def _results(args: argparse.Namespace, rows: list[dict]) -> Iterator[tuple[ResultsFile, list[int]]]:
+def _results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Iterator[tuple[ResultsFile, list[int]]]:
     """The output and the positions of the crops still to do; the file is completed only on success."""
     out = ResultsFile(args.output, args.resume)
     todo = out.pending(rows)
@@ -166,7 +168,7 @@ def _gate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit(row: dict) -> None:
+def _emit(row: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(row) + "\n")
     sys.stdout.flush()
 

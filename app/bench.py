@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark of the project, with the machine it ran on.
+"""`make bench` (``python -m headserve.app.bench``): every benchmark of the project, with the machine it ran on.
 
 Each area keeps its benchmark next to its code (``headserve.<area>.bench``) with a function
 ``run(out: Path) -> list[str]`` that measures and returns Markdown lines. Numbers are reported, never
@@ -45,13 +45,13 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m headserve.bench")
+    parser = argparse.ArgumentParser(prog="python -m headserve.app.bench")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--only", action="append", help="run only these modules (e.g. headserve.client.bench)")
     parser.add_argument("--smoke", action="store_true", help="tiny twins and short runs (SMOKE_MODULES)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# headserve benchmarks", "", f"- machine: {machine()}",
+    lines = ["# headserve benchmarks", "", f"- machine: {machine()}",
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", f"- command: {' '.join(sys.argv)}", ""]
     for entry in args.only or (SMOKE_MODULES if args.smoke else BENCH_MODULES):
         name, _, function = entry.partition(":")

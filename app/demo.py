@@ -14,12 +14,40 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from headserve.cli_args import add_device_args, embed_config_from_args, parse_hidden
+from headserve.app.arguments import add_device_args, embed_config_from_args, parse_hidden
+from headserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from headserve.train.embed import EmbedConfig
 
 DEFAULT_ENCODERS = ("clip:tiny", "dinov3:tiny")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """One run of the demo: what to generate, which encoders to train on, and where everything goes."""
+
+    out: Path = Path("demo-out")  # working directory for the dataset, heads, repository and report
+    encoders: tuple[str, ...] = DEFAULT_ENCODERS  # encoder registry names; one head each
+    encoder_weights: str | None = None  # local weights for the single encoder (DINOv3 directory or CLIP file)
+    images: int = 240  # images in the generated dataset
+    hidden: tuple[int, ...] = (256,)  # MLP widths of every head; () is a linear head
+    profile: str = "full"  # training recipe profile
+    embed: EmbedConfig | None = None  # device, precision and decoding threads; None: the defaults
+
+    def __post_init__(self) -> None:
+        if self.images < 1:
+            raise ConfigError.bad_value("images", self.images, "the demo dataset needs at least one image")
+        if not self.encoders:
+            raise ConfigError.bad_value("encoders", "()", "name at least one encoder")
+        if self.encoder_weights and len(self.encoders) != 1:
+            raise ConfigError.bad_value("encoder_weights", self.encoder_weights,
+                                        f"local weights belong to one encoder, but {len(self.encoders)} are named "
+                                        f"({', '.join(self.encoders)}); name only the one the weights belong to")
 
 
 @dataclass
@@ -40,43 +68,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths")
     p.add_argument("--profile", default="full", help="training recipe profile (see `headserve train --help`)")
     add_device_args(p)
-    p.set_defaults(func=run_demo)
+    p.set_defaults(func=_demo)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo(DemoConfig(out=args.out, encoders=tuple(args.encoder or DEFAULT_ENCODERS),
+                               encoder_weights=args.encoder_weights, images=args.images, hidden=args.hidden,
+                               profile=args.profile, embed=embed_config_from_args(args)))
+
+
+def run_demo(config: DemoConfig) -> int:
     from headserve.encoders import get_encoder
     from headserve.export.pipeline import export_head
+    from headserve.train.embed import EmbedConfig
     from headserve.train.pipeline import TrainRequest, train_from_yolo
     from headserve.train.recipe import profile_config
     from headserve.train.synth import SynthConfig, build_digits_dataset
 
-    out: Path = args.out
-    encoders = args.encoder or list(DEFAULT_ENCODERS)
-    if args.encoder_weights and len(encoders) != 1:
-        from headserve.errors import HeadserveError
-
-        raise HeadserveError("--encoder-weights needs exactly one --encoder (the one the weights belong to)")
+    out = config.out
+    encoders = config.encoders
+    for name in encoders:  # every name and the profile are checked before minutes of work on the first
+        get_encoder(name)
+    profile_config(config.profile)
     t_start = time.perf_counter()
     print(f"[1/5] dataset: digits from sklearn load_digits on scikit-image textures -> {out / 'dataset'}")
-    dataset = build_digits_dataset(out / "dataset", SynthConfig(num_images=args.images))
+    dataset = build_digits_dataset(out / "dataset", SynthConfig(num_images=config.images))
 
     runs: list[HeadRun] = []
     for name in encoders:
         spec = get_encoder(name)
-        if args.encoder_weights:
-            spec = spec.with_weights(args.encoder_weights)
+        if config.encoder_weights:
+            spec = spec.with_weights(config.encoder_weights)
         head = "digits_" + name.replace(":", "_").replace("-", "_").lower()
         print(f"[2/5] train: head {head} on {spec.display_name}")
         outcome = train_from_yolo(TrainRequest(dataset=dataset, encoder=spec, out=out / "heads" / head, name=head,
-                                               hidden=args.hidden, train=profile_config(args.profile),
-                                               embed=embed_config_from_args(args),
-                                               profile=args.profile))
+                                               hidden=config.hidden, train=profile_config(config.profile),
+                                               embed=config.embed or EmbedConfig(),
+                                               profile=config.profile))
         runs.append(HeadRun(name, head, outcome))
 
     repo = out / "model_repository"
     print(f"[3/5] export: ONNX (checked against PyTorch) into {repo}")
     for run in runs:
-        for written in export_head(run.outcome.artifact, repo, "local", encoder_weights=args.encoder_weights):
+        for written in export_head(run.outcome.artifact, repo, "local", encoder_weights=config.encoder_weights):
             diff = max(written.max_abs_diff.values(), default=0.0)
             print(f"      {written.name} v{written.version}" + (f"  max |ONNX - torch| = {diff:.1e}" if diff else ""))
 

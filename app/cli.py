@@ -1,0 +1,63 @@
+"""The `headserve` console script: argument parsing only; each group of commands has its module in headserve.app.
+
+A command module exposes ``register(subparsers)``, which adds its parsers and sets ``func`` to a handler
+taking the parsed namespace; the handler turns flags into the library's typed configs. Every error the
+library raises on purpose (``HeadserveError``, which covers the configs' own validation) prints as one
+line naming the bad value, with the flag that set it, and exits with status 2: no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from headserve.app.arguments import CommandParser, flag_for
+from headserve.errors import HeadserveError
+
+# Order is the order of `headserve --help`. Modules import lazily so `classify` never loads torch.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "headserve.app.demo",
+    "headserve.app.train",
+    "headserve.app.legacy",
+    "headserve.app.export",
+    "headserve.app.serve",
+    "headserve.app.soak",
+    "headserve.app.classify",
+)
+EXIT_BAD_INPUT = 2  # what argparse returns for a bad flag; every refused value exits the same way
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headserve",
+        description="Train calibrated classifier heads on frozen CLIP and DINOv3 encoders and serve them with Triton.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def error_line(exc: HeadserveError) -> str:
+    """The error as the command line says it: the setting spelled as its flag where one flag sets it."""
+    flag = flag_for(exc.setting) if exc.setting is not None else None
+    return exc.spelled(flag) if flag else str(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HeadserveError as exc:
+        print(f"headserve {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"headserve {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
