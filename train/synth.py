@@ -15,6 +15,9 @@ import numpy as np
 from PIL import Image
 
 
+TEXTURES: tuple[str, ...] = ("brick", "grass", "gravel")  # scikit-image photographs the datasets draw on
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Shape of the generated dataset."""
@@ -25,10 +28,10 @@ class SynthConfig:
     max_objects: int = 3  # digits per image, 1..max_objects
     seed: int = 42  # fixes textures, digits, positions and colours
     tail: float = 0.0  # > 0 subsamples classes exponentially: class k keeps exp(-tail * k) of its digits
-    textures: tuple[str, ...] = ("brick", "grass", "gravel")  # scikit-image photographs drawn on, in turn
+    textures: tuple[str, ...] = TEXTURES  # scikit-image photographs drawn on, in turn
 
 
-def _textures(names: tuple[str, ...]) -> list[np.ndarray]:
+def _textures(names: tuple[str, ...] = TEXTURES) -> list[np.ndarray]:
     """Grey texture photographs by scikit-image name; another set draws the same digits on another world
     (how the drift tests make a window that training never saw)."""
     import skimage.data as data
