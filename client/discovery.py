@@ -51,6 +51,7 @@ class HeadInfo:
     head_type: str = ""  # "mlp" or "logreg"
     classifier: str = ""  # last layer: "linear" or "arcface" (cosine classifier); "" when not published
     ood_threshold: float | None = None  # ood_score above this is out of distribution; None: not published
+    ood_quantile: float | None = None  # the validation quantile the threshold was set at; None: not published
     prompt_model: str | None = None  # CLIP only: model mapping embedding -> prompt similarity
     prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
     version: str = ""  # the ensemble version these facts were read from; requests are pinned to it ("": any)
@@ -75,6 +76,7 @@ class HeadInfo:
             head_type=served.head_type,
             classifier=served.classifier,
             ood_threshold=served.ood_threshold,
+            ood_quantile=served.ood_quantile,
             prompt_model=served.prompt_model,
             prompt_classes=served.prompt_classes,
             version=str(version),
@@ -125,7 +127,7 @@ def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any])
               EMBEDDING: info.embedding_dim or None}
     for name, array in outputs.items():
         want = widths.get(name)
-        shape = getattr(array, "shape", ())
+        shape: tuple[int, ...] = tuple(getattr(array, "shape", ()))
         if want is not None and (len(shape) != 2 or shape[1] != want):
             raise StaleAnswer(f"output {name!r} of {info.name!r} has shape {tuple(shape)}, but version "
                               f"{info.version or '?'} publishes width {want}")

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from headserve.client.decision import Prediction
 from headserve.client.discovery import HeadInfo
 from headserve.client.errors import ClientError
+from headserve.errors import ConfigError
 
 NAMESPACE = "headserve_client"
 OTHER_CLASS = "__other__"  # the class label of every class beyond the first max_class_labels of a head
@@ -56,16 +57,18 @@ class MetricsConfig:
     """How much ``DecisionMetrics`` records; the defaults suit a fleet of a few heads."""
 
     max_class_labels: int = 50  # distinct top-1 class labels per head before the rest count as __other__
-    ood_quantiles: Mapping[str, float] = field(default_factory=dict)  # head -> quantile its OOD threshold was set at
+    # head -> quantile its OOD threshold was set at; overrides what the head publishes (exports before
+    # headserve published ood_quantile publish none, and their expected-OOD-rate gauge stays unset without this)
+    ood_quantiles: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_class_labels < 1:
-            raise ValueError(f"max_class_labels={self.max_class_labels} must be at least 1; every head needs "
-                             "one class label before the rest count as __other__")
+            raise ConfigError(f"max_class_labels={self.max_class_labels} must be at least 1; every head needs "
+                              "one class label before the rest count as __other__")
         for head, q in self.ood_quantiles.items():
             if not 0.0 < float(q) < 1.0:
-                raise ValueError(f"ood_quantiles[{head!r}]={q} is outside (0, 1); pass the quantile the head's "
-                                 "OOD threshold was set at (meta.json ood.quantile, 0.95 by default)")
+                raise ConfigError(f"ood_quantiles[{head!r}]={q} is outside (0, 1); pass the quantile the head's "
+                                  "OOD threshold was set at (meta.json ood.quantile, 0.95 by default)")
 
 
 def ood_buckets(threshold: float | None) -> tuple[float, ...]:
@@ -231,7 +234,7 @@ class DecisionMetrics:
     def _set_gauges(self, info: HeadInfo) -> None:
         if info.ood_threshold is not None:
             self.ood_threshold.labels(info.name, info.version).set(info.ood_threshold)
-        quantile = self.config.ood_quantiles.get(info.name)
+        quantile = self.config.ood_quantiles.get(info.name, info.ood_quantile)
         if quantile is not None:
             self.expected_ood_rate.labels(info.name, info.version).set(1.0 - float(quantile))
         self._gauges_set.add((info.name, info.version))

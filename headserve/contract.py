@@ -266,7 +266,8 @@ class EncoderIdentity:
 
 # Parameter keys the ServedHead record reads beyond its encoder identity; any other key is kept verbatim.
 HEAD_KEYS: tuple[str, ...] = ("classes", "background_indices", "temperature", "head_type", "classifier",
-                              "ood_threshold", "prompt_model", "prompt_classes", "encoded_model", "input")
+                              "ood_threshold", "ood_quantile", "prompt_model", "prompt_classes", "encoded_model",
+                              "input")
 ENCODED_INPUT = "encoded"  # the "input" parameter of an `_encoded` ensemble
 
 
@@ -286,6 +287,8 @@ class ServedHead:
     head_type: str = ""  # "mlp" or "logreg"; "" when not published
     classifier: str = ""  # last layer: "linear" or "arcface"; "" when not published
     ood_threshold: float | None = None  # ood_score above this is out of distribution; None: no OOD detector
+    # the quantile of known validation crops the threshold was set at: by design about 1 - this share is flagged
+    ood_quantile: float | None = None
     prompt_model: str | None = None  # CLIP heads: the model mapping embedding -> prompt similarity
     prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
     encoded_model: str | None = None  # the head's `_encoded` ensemble, once exported
@@ -331,6 +334,8 @@ class ServedHead:
         }
         if self.ood_threshold is not None:
             params["ood_threshold"] = repr(float(self.ood_threshold))
+        if self.ood_quantile is not None:
+            params["ood_quantile"] = repr(float(self.ood_quantile))
         if self.prompt_model:
             params["prompt_model"] = self.prompt_model
             params["prompt_classes"] = json.dumps(list(self.prompt_classes))
@@ -378,6 +383,7 @@ class ServedHead:
             head_type=params.get("head_type", ""),
             classifier=params.get("classifier", ""),
             ood_threshold=_read(params, "ood_threshold", _finite, where) if ood else None,
+            ood_quantile=_read(params, "ood_quantile", _finite, where) if params.get("ood_quantile") else None,
             prompt_model=params.get("prompt_model") or None,
             prompt_classes=indices["prompt_classes"],
             encoded_model=params.get("encoded_model") or None,
