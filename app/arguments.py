@@ -25,6 +25,11 @@ FLAG_OF_SETTING: dict[str, str] = {
     "encoder_name": "--encoder",  # export_head: the registry encoder of a head whose meta names none
     "images": "--images",  # DemoConfig
     "encoder_weights": "--encoder-weights",  # DemoConfig, add_prompt_model
+    "class_psi": "--class-psi",  # DriftThresholds
+    "confidence_psi": "--confidence-psi",  # DriftThresholds
+    "ood_rate_p_value": "--p-value",  # DriftThresholds: one flag sets both tests' p-value
+    "ks_p_value": "--p-value",  # DriftThresholds
+    "min_window": "--min-window",  # DriftThresholds
 }
 
 

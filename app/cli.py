@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "headserve.app.serve",
     "headserve.app.soak",
     "headserve.app.classify",
+    "headserve.app.drift",
 )
 EXIT_BAD_INPUT = 2  # what argparse returns for a bad flag; every refused value exits the same way
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C

@@ -36,6 +36,7 @@ from headserve.errors import HeadserveError
 from headserve.fsutil import write_text_atomic
 
 if TYPE_CHECKING:  # the client's types, for hints only: the core does not import the client at run time
+    from headserve.artifact import HeadMeta
     from headserve.client.decision import Prediction
     from headserve.client.discovery import HeadInfo
 
@@ -416,14 +417,17 @@ class DriftThresholds:
     def __post_init__(self) -> None:
         for name in ("class_psi", "confidence_psi", "ks_statistic"):
             if getattr(self, name) <= 0:
-                raise DriftError(f"drift threshold {name}={getattr(self, name)} must be positive")
+                raise DriftError(f"drift threshold {name}={getattr(self, name)} must be positive").about(
+                    name, getattr(self, name))
         for name in ("ood_rate_p_value", "ks_p_value"):
             if not 0.0 < getattr(self, name) < 1.0:
-                raise DriftError(f"drift threshold {name}={getattr(self, name)} must be a p-value in (0, 1)")
+                raise DriftError(f"drift threshold {name}={getattr(self, name)} must be a p-value in (0, 1)").about(
+                    name, getattr(self, name))
         if self.ood_rate_ratio < 1.0:
             raise DriftError(f"drift threshold ood_rate_ratio={self.ood_rate_ratio} must be at least 1")
         if self.min_window < 1:
-            raise DriftError(f"drift threshold min_window={self.min_window} must be at least 1")
+            raise DriftError(f"drift threshold min_window={self.min_window} must be at least 1").about(
+                "min_window", self.min_window)
 
 
 @dataclass(frozen=True)
@@ -552,3 +556,12 @@ def _ks_check(reference: np.ndarray, scores: np.ndarray, thresholds: DriftThresh
     return Check("ood_scores_ks", p_value, thresholds.ks_p_value, passed,
                  f"two-sample KS of OOD scores: D={d:.3f}, p={p_value:.3g} against {len(reference)} validation "
                  f"scores (fails below {thresholds.ks_p_value:g} with D of {thresholds.ks_statistic:g} or more)")
+
+
+def reference_of(meta: HeadMeta) -> DriftReference:
+    """The reference a head's artifact keeps (meta.json ``extra.drift_reference``, written by training)."""
+    data = meta.extra.get("drift_reference")
+    if data is None:
+        raise DriftError(f"head {meta.name!r} keeps no drift reference in its meta.json: it was trained before "
+                         "headserve kept one; retrain it (the cached embeddings make that quick) to compare windows")
+    return DriftReference.from_dict(data, origin=f"head {meta.name!r} meta.json drift_reference")

@@ -29,6 +29,8 @@ from headserve.fsutil import publish_dir, staging_dir
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from headserve.artifact import HeadMeta
+
 REPORT_FILE = "drift.md"
 RESULT_FILE = "drift.json"
 # The training metrics shown, in this order, when the head has them (meta.json "metrics").
@@ -59,14 +61,25 @@ class HeadSummary:
                                        "accuracy, count) with both in [0, 1]; pass reliability() of the test split")
 
 
-def write_drift_report(directory: str | Path, result: DriftResult, reference: DriftReference,
+def summary_of(meta: HeadMeta) -> HeadSummary:
+    """What a head's artifact says about its training: held-out metrics and the reliability diagram."""
+    points = meta.extra.get("reliability_test") or ()
+    return HeadSummary(name=meta.name, metrics=dict(meta.metrics),
+                       reliability=tuple((float(c), float(a), int(n)) for c, a, n in points))
+
+
+def write_drift_report(directory: str | Path, result: DriftResult | None, reference: DriftReference,
                        head: HeadSummary) -> Path:
-    """Write drift.md, drift.json and the figures into ``directory`` (replaced whole); returns drift.md's path."""
+    """Write drift.md, drift.json and the figures into ``directory`` (replaced whole); returns drift.md's path.
+
+    ``result`` None: no production window yet; the report shows training and validation alone.
+    """
     tmp = staging_dir(directory)
     try:
-        figures = _plot_all(tmp, result, reference, head)
+        figures = _plot_all(tmp, result or _NO_WINDOW, reference, head)
+        verdict = result.to_dict() if result is not None else {"drifted": None, "window_size": 0}
         (tmp / RESULT_FILE).write_text(json.dumps({"head": head.name, "version": head.version,
-                                                   **result.to_dict()}, indent=1) + "\n")
+                                                   **verdict}, indent=1) + "\n")
         (tmp / REPORT_FILE).write_text(markdown(result, reference, head, figures))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -74,22 +87,29 @@ def write_drift_report(directory: str | Path, result: DriftResult, reference: Dr
     return publish_dir(tmp, directory) / REPORT_FILE
 
 
-def markdown(result: DriftResult, reference: DriftReference, head: HeadSummary,
+def markdown(result: DriftResult | None, reference: DriftReference, head: HeadSummary,
              figures: Mapping[str, str] | None = None) -> str:
     """The report's text: verdict, one row per check, notes, training metrics, figures."""
     version = f" version {head.version}" if head.version else ""
-    verdict = "**drifted**: at least one check failed" if result.drifted else "no drift: every check passed"
+    if result is None:
+        verdict = "no production window given: training and validation only"
+        window = "- window: none (pass one to compare it)"
+    else:
+        verdict = "**drifted**: at least one check failed" if result.drifted else "no drift: every check passed"
+        window = (f"- window: {result.window_size} decided crops from `{result.source}`"
+                  f" ({result.skipped} errors or skips not compared)")
     lines = [f"# Drift report: head `{head.name}`{version}", "",
              f"- verdict: {verdict}",
-             (f"- window: {result.window_size} decided crops from `{result.source}`"
-              f" ({result.skipped} errors or skips not compared)"),
+             window,
              (f"- reference: {reference.n} validation crops, {len(reference.classes)} classes"
               + (f", OOD threshold {reference.ood_threshold:.4g} set at the {reference.ood_quantile:g} quantile"
                  if reference.ood_threshold is not None and reference.ood_quantile is not None else "")),
-             "", "## Checks", "", "| check | value | threshold | verdict | detail |", "|---|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.value:.4g} | {c.threshold:g} | {VERDICTS[c.passed]} | {c.detail} |"
-              for c in result.checks]
-    if result.notes:
+             ""]
+    if result is not None:
+        lines += ["## Checks", "", "| check | value | threshold | verdict | detail |", "|---|---|---|---|---|"]
+        lines += [f"| {c.name} | {c.value:.4g} | {c.threshold:g} | {VERDICTS[c.passed]} | {c.detail} |"
+                  for c in result.checks]
+    if result is not None and result.notes:
         lines += ["", *[f"- {note}" for note in result.notes]]
     lines += ["", "## Training (held-out test split)", ""]
     shown = [k for k in TRAINING_KEYS if k in head.metrics]
@@ -121,7 +141,7 @@ def _plot_all(directory: Path, result: DriftResult, reference: DriftReference,
 
     panels: list[tuple[str, str]] = [("classes", "top-1 class mix: validation vs window"),
                                      ("confidence", "top-1 confidence: validation vs window")]
-    if reference.ood is not None and result.window_ood is not None:
+    if reference.ood is not None and (result.window_ood is not None or result is _NO_WINDOW):
         panels.append(("ood", "OOD scores: validation vs window"))
     if head.reliability:
         panels.append(("reliability", "reliability diagram (training, held-out)"))
@@ -129,7 +149,8 @@ def _plot_all(directory: Path, result: DriftResult, reference: DriftReference,
     for ax, (kind, title) in zip(axes[0], panels):
         PLOTS[kind](ax, result, reference, head)
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{head.name}: {'DRIFT' if result.drifted else 'no drift'}", fontsize=11)
+    title = "training only" if result is _NO_WINDOW else ("DRIFT" if result.drifted else "no drift")
+    fig.suptitle(f"{head.name}: {title}", fontsize=11)
     fig.tight_layout()
     fig.savefig(directory / "drift.png", dpi=100)
     plt.close(fig)
@@ -138,7 +159,8 @@ def _plot_all(directory: Path, result: DriftResult, reference: DriftReference,
 
 def _bars(ax: Axes, positions: np.ndarray, reference: np.ndarray, window: np.ndarray) -> None:
     ax.bar(positions - 0.2, reference, 0.4, label="validation")
-    ax.bar(positions + 0.2, window, 0.4, label="window")
+    if window.any():  # no window yet: validation alone
+        ax.bar(positions + 0.2, window, 0.4, label="window")
     ax.set_ylabel("share of crops")
     ax.legend(fontsize=7)
 
@@ -182,6 +204,9 @@ def _plot_reliability(ax: Axes, result: DriftResult, reference: DriftReference, 
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=7)
 
+
+# What the figures draw when no window was given: validation's bars alone.
+_NO_WINDOW = DriftResult(checks=(), window_size=0, skipped=0, source="")
 
 # Panel kind -> how it is drawn (one figure, one panel per kind with data).
 PLOTS = {"classes": _plot_classes, "confidence": _plot_confidence, "ood": _plot_ood,

@@ -30,6 +30,8 @@ CASES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("soak",), ("--clients", "0"), "--clients 0: a soak needs at least one client"),
     (("classify",), ("--head", "h", "--min-confidence", "2", "crop.png"), "min_confidence=2.0 is outside [0, 1]"),
     (("gate",), ("--head", "h", "--target", "t", "--timeout", "0", "crop.png"), "timeout_s=0.0 must be positive"),
+    (("drift",), ("gone", "w.jsonl", "--out", "o", "--class-psi", "0"), "class_psi=0.0 must be positive (--class-psi 0.0)"),
+    (("report",), ("gone", "--out", "o", "--p-value", "1.5"), "must be a p-value in (0, 1) (--p-value 1.5)"),
 ]
 
 
