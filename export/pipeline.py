@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from headserve.artifact import check_encoder_match, load_meta, load_tensors, trained_encoder
+from headserve.artifact import check_encoder_match, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import HEAD_FEED, EncoderIdentity, ServedHead, encoder_model_name
 from headserve.errors import ArtifactError, RepositoryError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
 from headserve.export.repository import WrittenModel, add_encoder, add_head, encoder_parameters
+from headserve.head_file import load_head
 from headserve.lockfile import check_repository_path, repository_lock
 
 
@@ -34,8 +35,7 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
 def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_name: str | None,
                  encoder_weights: str | None, options: ProductionOptions | None, precision: str,
                  log: Callable[[str], None]) -> list[WrittenModel]:
-    meta = load_meta(artifact)
-    tensors = load_tensors(artifact)  # a broken weights file is refused before the repository is touched
+    meta, module = load_head(artifact)  # broken or contradicting weights are refused before the repository is touched
     name = encoder_name or meta.encoder_name
     if not name:
         raise ArtifactError(
@@ -65,7 +65,7 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
                                   f"`headserve export encoder {name}`")
         meta.preprocess = served_preprocess.to_dict()
     meta.encoder_name = meta.encoder_name or name
-    written.extend(add_head(repo, meta, tensors, model, runtime, encoder_params=params,
+    written.extend(add_head(repo, meta, module, model, runtime, encoder_params=params,
                             options=options))
     written.extend(_refresh_dependents(repo, meta.name, runtime, options))
     return written

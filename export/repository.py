@@ -17,8 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
 from headserve.contract import (
@@ -63,8 +61,8 @@ from headserve.export.onnx_export import (
     head_graph_spec,
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
+from headserve.head import ServingHead
 from headserve.lockfile import repository_lock
-from headserve.head_file import serving_head
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
 # LABELS_FILE, PROBS, encoder_model_name and head_model_name are re-exported from headserve.contract.
@@ -172,7 +170,7 @@ def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
     return {**EncoderIdentity.from_spec(loaded.spec, fp).to_parameters(), "untrained": json.dumps(loaded.spec.is_tiny)}
 
 
-def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], encoder: WrittenModel | str,
+def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenModel | str,
              runtime: Runtime, encoder_params: Mapping[str, str] | None = None,
              max_batch_size: int = 64, options: ProductionOptions | None = None) -> tuple[WrittenModel, WrittenModel]:
     """Export a head and (re)write its ensemble; refuses a head trained on another encoder."""
@@ -180,7 +178,6 @@ def add_head(repo: Path, meta: HeadMeta, tensors: Mapping[str, np.ndarray], enco
     if encoder_params is not None:
         check_encoder_match(meta, EncoderIdentity.from_parameters(encoder_params, f"encoder {encoder_name}"),
                             where=f"repository encoder {encoder_name}")
-    module = serving_head(meta, tensors)
     head_name = head_model_name(meta.name)
     head_dir = Path(repo) / head_name
     n = len(meta.classes)
@@ -222,7 +219,14 @@ def served_head(meta: HeadMeta) -> ServedHead:
         head_type=meta.head_type,
         classifier=meta.head_config.get("classifier", "linear"),  # heads saved before ArcFace are linear
         ood_threshold=float(ood_threshold) if ood_threshold is not None else None,
+        ood_quantile=_ood_quantile(meta) if ood_threshold is not None else None,
     )
+
+
+def _ood_quantile(meta: HeadMeta) -> float | None:
+    """The quantile training set the OOD threshold at (meta.json extra.ood.quantile); None for older heads."""
+    quantile = meta.extra.get("ood", {}).get("quantile") if isinstance(meta.extra.get("ood"), dict) else None
+    return float(quantile) if quantile is not None else None
 
 
 def head_parameters(meta: HeadMeta) -> dict[str, str]:
