@@ -22,6 +22,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "headserve.train.bench_scale",
     "headserve.export.bench_scale",
     "headserve.client.bench",
+    "headserve.client.bench:metrics",
 )
 # `make bench-smoke`: tiny twins and short runs, minutes not tens of minutes; checks that every benchmark
 # runs, and its serving numbers say nothing about real encoders.
