@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo example-repository test test-unit test-integration bench bench-smoke soak clean
+.PHONY: venv demo example-repository test lint test-unit test-integration bench bench-smoke soak clean
 
 venv: $(STAMP)
 
@@ -27,8 +27,20 @@ example-repository: $(STAMP)
 	cd build/example-repository && for v in */[0-9]*; do \
 		rm -rf ../../model_repository/$$v && cp -r $$v ../../model_repository/$$v; done
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q tests
+
+# Types are checked on the torch-free packages: what the client and the drift job run, and the contract.
+TYPED := -p headserve.client -m headserve.contract -m headserve.artifact -m headserve.class_names \
+	-m headserve.drift -m headserve.drift_report -m headserve.encoders -m headserve.errors -m headserve.fsutil \
+	-m headserve.lockfile -m headserve.preprocess -m headserve.processes -m headserve.server -m headserve.soak \
+	-m headserve.triton_flags -m headserve.yolo -m headserve.app.classify -m headserve.app.drift -m headserve.app.cli
+lint: $(STAMP)
+	$(VENV)/bin/ruff check headserve train export client app tests
+	rm -rf build/typecheck && mkdir -p build/typecheck/headserve
+	ln -s $(CURDIR)/headserve/*.py build/typecheck/headserve/
+	for p in train export client app; do ln -s $(CURDIR)/$$p build/typecheck/headserve/$$p; done
+	cd build/typecheck && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml $(TYPED)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

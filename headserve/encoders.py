@@ -88,14 +88,18 @@ class PreprocessSpec:
         if unknown:
             raise ValueError(f"preprocess spec has fields this headserve does not know: {', '.join(unknown)}; "
                              "upgrade headserve to the version that exported the model")
+        optional: dict[str, Any] = {}  # absent fields keep the dataclass defaults
+        if data.get("resize_size") is not None:
+            optional["resize_size"] = int(data["resize_size"])
+        if "crop_offset" in data:
+            optional["crop_offset"] = str(data["crop_offset"])
         return cls(
             input_size=int(data["input_size"]),
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             resize=str(data["resize"]),
             interpolation=str(data["interpolation"]),
-            **({"resize_size": int(data["resize_size"])} if data.get("resize_size") is not None else {}),
-            **({"crop_offset": str(data["crop_offset"])} if "crop_offset" in data else {}),
+            **optional,
         )
 
     def to_json(self) -> str:

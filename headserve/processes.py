@@ -133,7 +133,7 @@ def _proc_address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Add
 
 def socket_inodes(pid: int) -> set[int]:
     """Socket inodes open in process ``pid``."""
-    inodes = set()
+    inodes: set[int] = set()
     fd_dir = PROC / str(pid) / "fd"
     try:
         fds = os.listdir(fd_dir)

@@ -20,11 +20,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 from headserve.errors import ConfigError, PortInUseError, ServerError, ServerExitedError, StubUnhealthyError
 from headserve.processes import listening_inodes, session_members, socket_inodes, stub_processes
-
 
 MODEL_CONTROL_MODES: tuple[str, ...] = ("none", "poll", "explicit")  # tritonserver's --model-control-mode values
 
@@ -147,7 +146,7 @@ class LocalTriton:
         self.process: subprocess.Popen | None = None
         self._instances: dict[str, str] = {}  # python-backend instance name -> model, as seen alive
         self._suspects: set[tuple[str, str]] = set()  # (model, instance) found dead at the last check
-        self._health_client = None  # gRPC client for the repository index, made on first use
+        self._health_client: Any = None  # tritonclient gRPC client for the repository index, made on first use
 
     @property
     def grpc_url(self) -> str:
@@ -177,6 +176,7 @@ class LocalTriton:
         self._check_ports_free()
         self.process = subprocess.Popen(self.command(), env=server_env(root, self.config.pass_env),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        assert self.process.stdout is not None  # stdout=PIPE above
         self._pump = _LogPump(self.process.stdout, self._log)
         self._pump.start()
         try:

@@ -30,8 +30,16 @@ import torch
 from headserve.head import HeadConfig
 from headserve.train.dataset import load_crop
 from headserve.train.embed import pixels_of
-from headserve.train.metrics import (BOOTSTRAP_REPS, Interval, bootstrap_interval, classification_metrics, comparison,
-                                     expected_calibration_error, macro_f1_fg, paired_f1_difference)
+from headserve.train.metrics import (
+    BOOTSTRAP_REPS,
+    Interval,
+    bootstrap_interval,
+    classification_metrics,
+    comparison,
+    expected_calibration_error,
+    macro_f1_fg,
+    paired_f1_difference,
+)
 from headserve.train.recipe import profile_config
 from headserve.train.trainer import FitResult, fit_head, head_config_for
 
@@ -229,7 +237,7 @@ def _quality_table(name: str, ds: Path, built: str, config: BenchConfig, work: P
              "| embeddings | head | macro F1 (fg) | delta vs baseline [95%] | verdict | ECE before | ECE after "
              "| T served | selected | fit s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    ood = [f"", f"OOD AUROC ({name.lower()}): each foreground class in turn left out of the Mahalanobis statistics "
+    ood = ["", f"OOD AUROC ({name.lower()}): each foreground class in turn left out of the Mahalanobis statistics "
            "and told apart from known foreground test crops (fg) or from every known test crop, background "
            "included (all); mean (min-max) over the held-out classes.", "",
            "| embeddings | OOD AUROC vs known fg | OOD AUROC vs all known |", "|---|---|---|"]

@@ -144,7 +144,7 @@ def _tune_logreg(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val:
 
     fg = foreground_classes(n_classes, background)
     scaler = StandardScaler().fit(x_fit)
-    xs_fit, xs_val = scaler.transform(x_fit), scaler.transform(x_val)
+    xs_fit = scaler.transform(x_fit)  # validation goes through TunedLogreg, which scales it itself
     fitted: list[tuple[Candidate, Any]] = []
     for c, weight in itertools.product(grid.c, grid.class_weight):
         with warnings.catch_warnings():

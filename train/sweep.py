@@ -19,11 +19,11 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from headserve.encoders import get_encoder
 from headserve.errors import ConfigError
 from headserve.fsutil import write_text_atomic
-import numpy as np
-
 from headserve.train.metrics import comparison, macro_f1_fg, paired_f1_difference
 from headserve.train.pipeline import PreparedData, TrainOutcome, TrainRequest, prepare, train_from_yolo
 from headserve.train.recipe import PROFILES, UnknownProfileError, profile_config

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
 TEXTURES: tuple[str, ...] = ("brick", "grass", "gravel")  # scikit-image photographs the datasets draw on
 
 

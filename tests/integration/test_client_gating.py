@@ -62,7 +62,9 @@ def _add_model(repo: Path, name: str, module: nn.Module, dim: int, output: str, 
     from headserve.export.onnx_export import GraphSpec, export_onnx
     from headserve.export.repository import RUNNER_SOURCE
 
-    make = lambda b, rng: (_unit(rng.standard_normal((b, dim))),)
+    def make(b: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        return (_unit(rng.standard_normal((b, dim))),)
+
     export_onnx(module, GraphSpec(name, ("embedding",), (output,), make), repo / name / "1" / "model.onnx")
     shutil.copyfile(RUNNER_SOURCE, repo / name / "1" / "model.py")
     desc = ModelDesc(name, (TensorSpec("embedding", DataType.TYPE_FP32, (dim,)),),
@@ -119,7 +121,9 @@ def gate_server(trained_heads, local_repo, tmp_path_factory):
     # between it and the held-out crop nearest a prototype.
     candidates = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(8)]
     candidates += [Image.new("RGB", (40, 40), c) for c in ((255, 0, 255), (0, 0, 0), (255, 255, 255))]
-    score = lambda e: 1.0 - (e @ protos.T).max(axis=1)
+    def score(e: np.ndarray) -> np.ndarray:
+        return 1.0 - (e @ protos.T).max(axis=1)
+
     cand_scores = score(embed_pixels(graph, prepare(candidates, _info_like(meta, spec))))
     far, near = float(cand_scores.max()), float(score(emb).min())
     assert far > near, f"no crafted crop is farther from the prototypes ({far}) than a held-out crop ({near})"

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import io
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

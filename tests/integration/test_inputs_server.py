@@ -92,7 +92,8 @@ def test_a_non_finite_request_batched_with_good_ones_fails_alone(served):
         def send(tag: str, x: np.ndarray):
             inp = grpcclient.InferInput("embedding", list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
-            return client.async_infer(f"{HEAD}_head", [inp], callback=lambda result, error: results.__setitem__(tag, error or result),
+            return client.async_infer(f"{HEAD}_head", [inp],
+                                      callback=lambda result, error: results.__setitem__(tag, error or result),
                                       outputs=[grpcclient.InferRequestedOutput("probs")])
 
         for i in range(8):  # sent together so dynamic batching can put them in one execute()

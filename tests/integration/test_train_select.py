@@ -14,8 +14,8 @@ from headserve.train.selection import SELECTION_GRID
 
 def test_train_select_records_grid_and_choice_and_meta_alone_reproduces_the_head(digits_dataset: Path,
                                                                                   tmp_path: Path, capsys):
-    from headserve.artifact import load_meta, load_tensors
     from headserve.app.cli import main
+    from headserve.artifact import load_meta, load_tensors
     from headserve.train.pipeline import TrainRequest, train_from_yolo
     from headserve.train.trainer import TrainConfig
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headserve.errors import ArtifactError
 from headserve.app.cli import build_parser
+from headserve.errors import ArtifactError
 from headserve.export.model_config import parse
 from headserve.export.validation import validate_repository
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from headserve.artifact import WEIGHTS_FILE
 from headserve.app.cli import main
+from headserve.artifact import WEIGHTS_FILE
 from headserve.encoders import get_encoder
 from headserve.export.example import ExampleHead, write_example_head
 from headserve.export.pipeline import export_head

@@ -69,8 +69,8 @@ CONTAINER = DEPLOY.parent / "container" / "Dockerfile"
 
 def test_the_encoded_overlay_runs_the_official_image_plus_pillow_and_nothing_else():
     import re
-    import tomllib
 
+    import tomllib
     from packaging.requirements import Requirement
 
     (deployment,) = by_kind("Deployment")

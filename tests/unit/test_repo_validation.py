@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from headserve.errors import RepositoryError
 from headserve.app import export as export_cli
+from headserve.errors import RepositoryError
 from headserve.export.validation import list_models, validate_repository
 
 REPOS = Path(__file__).parents[1] / "assets" / "repos"
 
 # fixture directory -> (file at fault, pattern its message must match)
 DEFECTS = {
-    "wrong_tensor_name": ("toy_head/config.pbtxt", r"input 'embedding' is not in 1/model.onnx \(its inputs are \['input.1'\]\).*Fix: rename"),
+    "wrong_tensor_name": ("toy_head/config.pbtxt",
+                          r"input 'embedding' is not in 1/model.onnx \(its inputs are \['input.1'\]\).*Fix: rename"),
     "wrong_dims": ("toy_head/config.pbtxt", r"input 'embedding' has dims \[5\] in the config but \[3\].*Fix: set dims: \[3\]"),
     "dangling_ensemble_map": ("toy/config.pbtxt", r"ensemble tensor 'features', which no step outputs.*Fix: map it"),
     "label_count_mismatch": ("toy/labels.txt", r"1 labels for output 'probs' of 2 classes.*Fix: write exactly 2 class names"),

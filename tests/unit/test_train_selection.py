@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from headserve.head import HeadConfig, build_serving_head
+from headserve.head import build_serving_head
 from headserve.train.metrics import comparison, macro_f1_fg, paired_f1_difference
 from headserve.train.recipe import profile_config
 from headserve.train.selection import SelectionGrid, linear_head_weights, select_head, tune_logreg
-from headserve.train.trainer import (TEMPERATURE_BOUNDS, TrainConfig, calibrate_temperature, fit_head,
-                                     head_config_for)
+from headserve.train.trainer import TEMPERATURE_BOUNDS, TrainConfig, calibrate_temperature, fit_head, head_config_for
 
 
 def sparse_signal(n: int, dim: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
