@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from headserve.contract import EMBEDDING, HEAD_FEED, LOGITS, PIXELS, PROBS
+
 ENCODERS = ("clip:tiny", "dinov3:tiny", "dinov2:tiny")
 BATCHES = (1, 8, 32)
 REQUESTS = 60  # measured requests per configuration
@@ -81,10 +83,10 @@ def _write_split_variant(repo: Path, artifact: Path) -> None:
 
     fp32 = lambda name, width: TensorSpec(name, DataType.TYPE_FP32, (width,))  # noqa: E731
     for name, module, spec, desc in (
-        ("bench_logits", Logits(), head_graph_spec("bench_logits", dim, ("logits",)),
-         ModelDesc("bench_logits", (fp32("embedding", dim),), (fp32("logits", n),), light=True)),
-        ("bench_softmax", Softmax(), GraphSpec("bench_softmax", ("logits",), ("probs",), logit_inputs),
-         ModelDesc("bench_softmax", (fp32("logits", n),), (fp32("probs", n),), light=True)),
+        ("bench_logits", Logits(), head_graph_spec("bench_logits", dim, (LOGITS,)),
+         ModelDesc("bench_logits", (fp32(EMBEDDING, dim),), (fp32(LOGITS, n),), light=True)),
+        ("bench_softmax", Softmax(), GraphSpec("bench_softmax", (LOGITS,), (PROBS,), logit_inputs),
+         ModelDesc("bench_softmax", (fp32(LOGITS, n),), (fp32(PROBS, n),), light=True)),
     ):
         tmp = repo / f".{name}.onnx.d"
         tmp.mkdir()
@@ -94,10 +96,10 @@ def _write_split_variant(repo: Path, artifact: Path) -> None:
         tmp.rmdir()
     size = meta.preprocess_spec.input_size
     split = ModelDesc(
-        "bench_clip_split", (TensorSpec("pixels", DataType.TYPE_UINT8, (size, size, 3)),), (fp32("probs", n),),
-        steps=(EnsembleStep("encoder_clip_tiny", {"pixels": "pixels"}, {"head_input": "head_input"}),
-               EnsembleStep("bench_logits", {"embedding": "head_input"}, {"logits": "logits"}),
-               EnsembleStep("bench_softmax", {"logits": "logits"}, {"probs": "probs"})))
+        "bench_clip_split", (TensorSpec(PIXELS, DataType.TYPE_UINT8, (size, size, 3)),), (fp32(PROBS, n),),
+        steps=(EnsembleStep("encoder_clip_tiny", {PIXELS: PIXELS}, {HEAD_FEED: HEAD_FEED}),
+               EnsembleStep("bench_logits", {EMBEDDING: HEAD_FEED}, {LOGITS: LOGITS}),
+               EnsembleStep("bench_softmax", {LOGITS: LOGITS}, {PROBS: PROBS})))
     publish_version(repo / "bench_clip_split", split, Runtime.LOCAL, {})
 
 
@@ -127,7 +129,7 @@ def _softmax_lines(url: str) -> list[str]:
              "| batch | fused p50 ms | fused crops/s | split p50 ms | split crops/s |", "|---|---|---|---|---|"]
     for batch in BATCHES:
         pixels = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-        fused, split = _measure(url, ["bench_clip", "bench_clip_split"], "pixels", pixels, ["probs"])
+        fused, split = _measure(url, ["bench_clip", "bench_clip_split"], PIXELS, pixels, [PROBS])
         lines.append(f"| {batch} | {fused[0]:.2f} | {fused[1]:.0f} | {split[0]:.2f} | {split[1]:.0f} |")
     return lines + ["", "The exporter keeps the fused graph: the split variant adds one more model execution "
                         "(a python-backend stub round trip locally, a scheduler hop in production) per request.",
@@ -147,6 +149,6 @@ def _encoder_lines(url: str) -> list[str]:
         size = get_encoder(enc).preprocess.input_size
         for batch in BATCHES:
             pixels = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-            ((p50, rate),) = _measure(url, [encoder_model_name(enc)], "pixels", pixels, ["embedding"])
+            ((p50, rate),) = _measure(url, [encoder_model_name(enc)], PIXELS, pixels, [EMBEDDING])
             lines.append(f"| {enc} | {batch} | {p50:.2f} | {rate:.0f} |")
     return lines + [""]

@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from headserve.contract import PIXELS
+
 SERVE_MODES = ("served b32 c1", "served b32 c2", "served b1 c16 batching on", "served b1 c16 batching off",
                "served 4 heads b32 c1", "encoder uint8 b32", "encoder fp32 b32",
                "served instance per core b32 c2", "served instance per core b1 c16")
@@ -206,10 +208,10 @@ def _ort_session(version_dir: Path, threads: int):
 
 
 def _ort_rate(session, pixels: np.ndarray, requests: int) -> float:
-    session.run(None, {"pixels": pixels[:1]})  # warm
+    session.run(None, {PIXELS: pixels[:1]})  # warm
     t0 = time.perf_counter()
     for _ in range(requests):
-        session.run(None, {"pixels": pixels})
+        session.run(None, {PIXELS: pixels})
     return requests * len(pixels) / (time.perf_counter() - t0)
 
 
@@ -251,7 +253,7 @@ class _Server:
         own = client is None
         client = client or grpcclient.InferenceServerClient(self.url)
         try:
-            inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8" if pixels.dtype == np.uint8 else "FP32")
+            inp = grpcclient.InferInput(PIXELS, list(pixels.shape), "UINT8" if pixels.dtype == np.uint8 else "FP32")
             inp.set_data_from_numpy(pixels)
             t0 = time.perf_counter()
             client.infer(model, [inp])

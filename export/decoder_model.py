@@ -27,13 +27,15 @@ class TritonPythonModel:
                 f"{args['model_name']}: the encoded-image decoder needs Pillow in the Triton container's "
                 f"Python ({exc}). Serve with the image built from deploy/container/Dockerfile (the official "
                 "tritonserver image plus Pillow), or send pixels to the head's own ensemble instead") from None
+        from headserve.contract import IMAGE, PIXELS
         from headserve.encoders import PreprocessSpec
         from headserve.errors import ImageDecodeError
         from headserve.preprocess import DEFAULT_MAX_PIXELS, load_image, resize_for_encoder
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.spec = PreprocessSpec.from_dict(json.loads(params["preprocess"]))
+        self.spec = PreprocessSpec.from_json(params["preprocess"])
+        self.input_name, self.output_name = IMAGE, PIXELS
         # Decoded pixels allowed per image: a small PNG can decode to gigabytes. A "max_pixels" config
         # parameter overrides headserve's default cap; the cap is stated in the error of a refused image.
         self.max_pixels = int(params.get("max_pixels") or DEFAULT_MAX_PIXELS)
@@ -44,7 +46,7 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+            images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
             try:
                 pixels = np.stack([self.resize(self.load_image(bytes(data), origin=f"{i} of the request",
                                                                max_pixels=self.max_pixels),
@@ -55,5 +57,5 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pixels", pixels)]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pixels)]))
         return responses

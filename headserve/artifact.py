@@ -169,8 +169,10 @@ def trained_encoder(meta: HeadMeta, name: str | None = None, weights: str | None
         return spec.with_weights(weights), f"{weights} (--encoder-weights)"
     if spec.is_tiny:
         return spec, "random tiny twin"
-    hub = spec.pretrained if spec.encoder_type == "clip" else spec.model_id
-    recorded = meta.encoder_pretrained if spec.encoder_type == "clip" else meta.encoder_model
+    # The family says which field names its weights: an open_clip pretrained tag, or a hub id / local path.
+    by_tag = spec.family.weights_field == "pretrained"
+    hub = spec.pretrained if by_tag else spec.model_id
+    recorded = meta.encoder_pretrained if by_tag else meta.encoder_model
     if not recorded or recorded == hub:
         return spec, f"{hub} from the model hub"
     if not Path(recorded).exists():

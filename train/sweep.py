@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headserve.contract import PROBS
 from headserve.encoders import get_encoder
 from headserve.errors import ConfigError
 from headserve.fsutil import write_text_atomic
@@ -77,7 +78,7 @@ def _row(name: str, enc: str, profile: str, hidden: tuple[int, ...], ls: float, 
     labels = prepared.labels[prepared.test_idx]
     n_cls = len(prepared.classes)
     fg = [c for c in range(n_cls) if c not in set(prepared.background)]
-    preds = [o.test_outputs["probs"].argmax(1) for o in outcomes]
+    preds = [o.test_outputs[PROBS].argmax(1) for o in outcomes]
     delta = paired_f1_difference(labels, preds, [baseline_pred], fg, n_cls)
     f1 = np.array([float(o.metrics["macro_f1_fg"]) for o in outcomes])
     return {"run": name, "encoder": enc, "profile": profile, "hidden": hidden, "ls": ls,
