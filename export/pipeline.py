@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from headserve.artifact import check_encoder_match, trained_encoder
+from headserve.artifact import WEIGHTS_FILE, check_encoder_match, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import HEAD_FEED, EncoderIdentity, ServedHead, encoder_model_name
 from headserve.errors import ArtifactError, RepositoryError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
 from headserve.export.repository import WrittenModel, add_encoder, add_head, encoder_parameters
-from headserve.head_file import load_head
+from headserve.head_file import serving_head
 from headserve.lockfile import check_repository_path, repository_lock
 
 
@@ -35,7 +35,8 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
 def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_name: str | None,
                  encoder_weights: str | None, options: ProductionOptions | None, precision: str,
                  log: Callable[[str], None]) -> list[WrittenModel]:
-    meta, module = load_head(artifact)  # broken or contradicting weights are refused before the repository is touched
+    meta = load_meta(artifact)
+    tensors = load_tensors(artifact)  # a broken weights file is refused before the repository is touched
     name = encoder_name or meta.encoder_name
     if not name:
         raise ArtifactError(
@@ -46,6 +47,7 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
     model = encoder_model_name(name)
     config_path = repo / model / "config.pbtxt"
     has_version = any(p.is_dir() and p.name.isdigit() for p in (repo / model).glob("*"))
+    loaded = None
     if config_path.is_file() and has_version:  # the repository serves this encoder already
         _check_served_encoder(repo / model, name)
         params = parameters_of(parse(config_path.read_text()))
@@ -54,8 +56,11 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
         log(f"encoder {name}: weights {source}")
         loaded = load_encoder(spec)
         params = encoder_parameters(loaded, fingerprint(encoder_graph(loaded), loaded.spec.preprocess))
-        # Refuse a mismatched head before anything is written.
-        check_encoder_match(meta, EncoderIdentity.from_parameters(params, f"encoder {name}"), where=f"encoder {name}")
+    # Refuse, before anything is written: a head trained on another encoder (naming both), then weights
+    # that contradict meta.json (a temperature or a shape of their own).
+    check_encoder_match(meta, EncoderIdentity.from_parameters(params, f"encoder {name}"), where=f"encoder {name}")
+    module = serving_head(meta, tensors, origin=str(Path(artifact) / WEIGHTS_FILE))
+    if loaded is not None:
         written.append(add_encoder(repo, loaded, runtime, options=options, precision=precision))
     if meta.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
         served_preprocess = EncoderIdentity.from_parameters(params, str(config_path)).preprocess

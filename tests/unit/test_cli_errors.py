@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from headserve.app.cli import main
@@ -102,3 +103,21 @@ def test_an_instance_count_of_zero_is_one_line_naming_the_option(capsys, tmp_pat
     assert code == 2
     assert "--instances 0: a model needs at least one instance" in err
     assert not (tmp_path / "repo").exists()
+
+
+def test_weights_whose_temperature_contradicts_meta_are_refused_before_the_encoder_is_written(
+        capsys, trained_heads, tmp_path):
+    """An artifact from before the temperature lived only in meta.json, edited on one side: neither is trusted."""
+    from safetensors.numpy import load_file, save_file
+
+    artifact = tmp_path / "two_temperatures"
+    shutil.copytree(trained_heads["clip:tiny"].artifact, artifact)
+    tensors = load_file(str(artifact / "head.safetensors"))
+    meta = json.loads((artifact / "meta.json").read_text())
+    save_file({**tensors, "temperature": np.array([meta["temperature"] * 2], np.float32)},
+              str(artifact / "head.safetensors"))
+    repo = tmp_path / "repo"
+    code, err = _run(capsys, "export", "head", str(artifact), "--repo", str(repo))
+    assert code == 2
+    assert "head.safetensors stores temperature" in err and "meta.json says" in err, err
+    assert not any(repo.glob("*/[0-9]*")), "no model version was written"
