@@ -135,7 +135,7 @@ def _median(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-METRICS_ROUNDS = 9  # interleaved off/on rounds; the spread across rounds is reported
+METRICS_ROUNDS = 15  # interleaved off/on rounds; the spread across rounds is reported
 METRICS_CALLS = 20  # classify calls per side per round
 
 
