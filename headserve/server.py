@@ -9,6 +9,7 @@ version is linked into a private backend directory, the way pytriton prepares it
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Sequence
 
 from headserve.errors import ConfigError, PortInUseError, ServerError, ServerExitedError, StubUnhealthyError
 from headserve.processes import listening_inodes, session_members, socket_inodes, stub_processes
@@ -128,9 +129,22 @@ SUPERVISE_EVERY_S = 0.5  # how often `serve` checks that tritonserver runs and i
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", taken: Sequence[int] = ()) -> list[int]:
+    """``count`` distinct free ports, none in ``taken``. All sockets stay bound until every port is picked:
+    asked one at a time, the kernel may hand back a port it just released, and two endpoints of one server
+    would then collide (seen as "HTTP and metrics at the same address and port")."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = stack.enter_context(socket.socket())
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if port not in taken:
+                ports.append(port)
+        return ports
 
 
 class LocalTriton:
@@ -138,9 +152,9 @@ class LocalTriton:
 
     def __init__(self, config: ServerConfig, log: IO[str] | None = None) -> None:
         self.config = config
-        self.grpc_port = config.grpc_port or free_port(config.host)
-        self.http_port = config.http_port or free_port(config.host)
-        self.metrics_port = config.metrics_port or free_port(config.host)
+        given = (config.grpc_port, config.http_port, config.metrics_port)
+        spare = iter(free_ports(sum(1 for p in given if not p), config.host, taken=[p for p in given if p]))
+        self.grpc_port, self.http_port, self.metrics_port = (p or next(spare) for p in given)
         self._log = log
         self._pump: _LogPump | None = None
         self.process: subprocess.Popen | None = None
