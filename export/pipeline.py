@@ -27,6 +27,7 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     version nor both export the encoder.
     """
     check_repository_path(Path(repo))
+    load_meta(artifact)  # a missing or unreadable artifact fails before the lock creates the repository
     with repository_lock(Path(repo)):
         return _export_head(artifact, Path(repo), Runtime(runtime), encoder_name, encoder_weights, options,
                             precision, log)

@@ -68,6 +68,7 @@ def test_a_bad_value_is_one_line_naming_it_and_exit_status_2(words, rest, named,
     assert len(more) == (1 if words == ("repo", "validate") else 0), err
     assert named in (more[0] if more else first), err
     assert not (scratch / "o").exists(), "a refused command writes no output"
+    assert not (scratch / "r").exists(), "a refused command creates no repository"
 
 
 def test_the_console_script_maps_a_library_error_to_one_line_and_status_2(scratch):
