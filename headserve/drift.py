@@ -268,8 +268,14 @@ class RollingWindow:
         with self._lock:
             return tuple(self._crops)
 
-    def window(self, head: str) -> ServedWindow:
-        """A snapshot of ``head``'s last crops; its failed requests are counted in ``skipped``."""
+    def window(self, head: str, version: str | None = None) -> ServedWindow:
+        """A snapshot of ``head``'s last crops (of ``version`` only, when given); its failed requests are
+        counted in ``skipped``.
+
+        A window that spans a hot swap holds answers of two heads under one name; compared with one
+        artifact's reference it would blame (or hide) drift on the swap. Such a window is refused unless
+        ``version`` picks one.
+        """
         with self._lock:
             rows = list(self._crops.get(head, ()))
             errors = self._errors[head]
@@ -277,6 +283,15 @@ class RollingWindow:
             seen = ", ".join(self._crops) or "none"
             raise DriftError(f"the rolling window holds no crops of head {head!r} (heads seen: {seen}); "
                              "classify with this window as the client's observer first")
+        versions = sorted({r[3] for r in rows})
+        if version is not None:
+            rows = [r for r in rows if r[3] == version]
+            if not rows:
+                raise DriftError(f"the rolling window holds no crops of head {head!r} version {version!r} "
+                                 f"(versions seen: {', '.join(versions)})")
+        elif len(versions) > 1:
+            raise DriftError(f"the rolling window of head {head!r} spans versions {', '.join(versions)} (a hot "
+                             "swap); pass version= the one whose artifact you compare against")
         scores = [r[2] for r in rows]
         return ServedWindow(labels=tuple(r[0] for r in rows), confidence=np.array([r[1] for r in rows]),
                             ood_scores=None if any(s is None for s in scores) else np.array(scores, np.float64),

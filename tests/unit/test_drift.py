@@ -203,6 +203,21 @@ def test_the_rolling_window_keeps_the_last_crops_per_head_and_counts_errors():
         window.window("other")
 
 
+def test_a_rolling_window_across_a_hot_swap_is_refused_unless_a_version_is_picked():
+    from dataclasses import replace
+
+    old, new = _info(), replace(_info(), version="4")
+    window = RollingWindow(capacity=100)
+    probs, scores = _answers(60, 6)
+    window.observe_batch(old, decide(old, probs[:20], ood_scores=scores[:20]), 0.01)
+    window.observe_batch(new, decide(new, probs[20:], ood_scores=scores[20:]), 0.01)
+    with pytest.raises(DriftError, match=r"spans versions 3, 4 \(a hot swap\); pass version="):
+        window.window("h")
+    assert len(window.window("h", version="4")) == 40 and window.window("h", version="4").versions == ("4",)
+    with pytest.raises(DriftError, match="no crops of head 'h' version '5'"):
+        window.window("h", version="5")
+
+
 def test_the_rolling_window_is_safe_to_fill_from_many_threads():
     info = _info()
     window = RollingWindow(capacity=5000)
