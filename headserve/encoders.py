@@ -260,13 +260,15 @@ def _dinov3_timm(name: str, timm_name: str, dim: int, mean: tuple[float, float, 
 
 
 def _vjepa2(name: str, hub_id: str, dim: int, size: int = 256) -> EncoderSpec:
-    # The video processor's short side is int(crop * 256 / 224): 292 for 256 px, 438 for 384 px.
+    # The video processor's short side is int(crop * 256 / 224): 292 for 256 px, 438 for 384 px; its centre
+    # crop truncates the offset, as the transformers image processors do.
     return EncoderSpec(
         name=f"vjepa2:{name}",
         encoder_type="vjepa2",
         model_id=hub_id,
         embedding_dim=dim,
-        preprocess=_family_preprocess("vjepa2", size, IMAGENET_MEAN, IMAGENET_STD, resize_size=int(size * 256 / 224)),
+        preprocess=_family_preprocess("vjepa2", size, IMAGENET_MEAN, IMAGENET_STD, resize_size=int(size * 256 / 224),
+                                      crop_offset="floor"),
         description=f"V-JEPA 2 {hub_id} through transformers VJEPA2Model, one frame, mean of the last layer's tokens",
     )
 
@@ -382,7 +384,7 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
         embedding_dim=32,
         # the real processors' 256 / 292 ratio at the twin's size, so the resize-then-crop path is tested
         preprocess=_family_preprocess("vjepa2", _TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD,
-                                      resize_size=int(_TINY_SIZE * 256 / 224)),
+                                      resize_size=int(_TINY_SIZE * 256 / 224), crop_offset="floor"),
         tiny={
             "seed": 0,
             "config": {
