@@ -373,7 +373,11 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
         preprocess=_family_preprocess("dinov3-timm", _TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD),
         tiny={
             "seed": 0,
-            "config": {"img_size": _TINY_SIZE, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+            # init_values: layer scale starts at 1 (timm's DINOv3 starts it at 1e-5, for training), as the
+            # transformers twin's layerscale_value does; at 1e-5 the random blocks add almost nothing and the
+            # CLS embedding is the same for every image to 1e-7, which no head can be trained on.
+            "config": {"img_size": _TINY_SIZE, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                       "init_values": 1.0},
         },
         description="timm vit_small_patch16_dinov3 (Eva), 2 layers, random weights",
     ),

@@ -50,6 +50,18 @@ def test_tiny_twin_embeds_uint8_pixels_to_unit_vectors_of_its_registered_dim(nam
 
 
 @pytest.mark.parametrize("name", TINY_TWINS)
+def test_tiny_twin_embeds_different_images_differently_in_every_dimension(name):
+    # A twin whose embedding hardly depends on the image trains heads that standardise float noise into
+    # their answers; served and in-process probabilities then disagree.
+    spec = get_encoder(name)
+    size = spec.preprocess.input_size
+    pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (16, size, size, 3), dtype=np.uint8))
+    with torch.no_grad():
+        emb = encoder_graph(load_encoder(spec))(pixels)
+    assert emb.std(dim=0).min() > 1e-3, f"{name}: some embedding dimension is the same for every image"
+
+
+@pytest.mark.parametrize("name", TINY_TWINS)
 def test_tiny_twin_is_the_same_network_every_time_it_is_built(name):
     spec = get_encoder(name)
     first, second = (encoder_graph(load_encoder(spec)) for _ in range(2))
