@@ -200,3 +200,19 @@ def test_vjepa2_loads_a_model_directory_with_its_video_processors_settings(tmp_p
         "input_size": 256, "mean": [0.5, 0.5, 0.5], "std": list(spec.preprocess.std),
         "resize": "shortest_side_center_crop", "interpolation": "bicubic", "resize_size": 292, "crop_offset": "floor"}
     assert encoder_graph(loaded)(_pixels(256, batch=1)).shape == (1, 1024)
+
+
+def test_the_same_weights_give_the_same_dinov3_embedding_in_transformers_and_timm():
+    # The two loaders run one architecture: mapped across (q/v biases zeroed, as in the released distilled
+    # checkpoints), the CLS embeddings agree to float rounding. Their identities differ because their
+    # published weights and preprocessing do, not their arithmetic.
+    from dinov3_weight_map import cls_embeddings, twin_pair
+
+    hf, tm = twin_pair("vit_small_patch16_dinov3", {"hidden_size": 32, "intermediate_size": 64,
+                                                    "num_hidden_layers": 2, "num_attention_heads": 2},
+                       image_size=32, patch_size=8)
+    a, b = cls_embeddings(hf, tm, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    assert (a - b).abs().max() < 1e-5
+    tm.blocks[0].gamma_1.data.mul_(1.5)  # and the comparison can tell networks apart
+    a, b = cls_embeddings(hf, tm, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    assert (a - b).abs().max() > 1e-3
