@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from headserve.errors import UnknownEncoderError
+from headserve.errors import ConfigError, UnknownEncoderError
 
 # open_clip's OPENAI_DATASET_MEAN/STD; the LAION-trained CLIP checkpoints use the same values.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -130,6 +130,9 @@ class EncoderFamily:
     # as its "pretrained" tag, timm a file or directory in place of its hub id (the architecture stays);
     # transformers loads a directory in place of the hub id.
     weights_field: str
+    # Why the family's graph cannot be exported in float16, or "" when it can (the export's parity check
+    # then decides per model).
+    no_fp16_export: str = ""
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
@@ -155,7 +158,9 @@ FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (
     # V-JEPA 2 video encoders embedding one image: the video processor resizes the short side to
     # crop * 256 / 224 and centre-crops, bilinear.
     EncoderFamily("vjepa2", text_tower=False, resize="shortest_side_center_crop", interpolation="bilinear",
-                  weights_field="model_id"),
+                  weights_field="model_id",
+                  no_fp16_export="its 3D RoPE builds token positions with arange in the compute dtype, and "
+                                 "ONNX's Range operator has no float16"),
 )}
 
 
@@ -166,6 +171,14 @@ def get_family(encoder_type: str) -> EncoderFamily:
     except KeyError:
         raise UnknownEncoderError(f"unknown encoder family {encoder_type!r}; known families are: "
                                   f"{', '.join(sorted(FAMILIES))}") from None
+
+
+def require_export_precision(spec: "EncoderSpec", precision: str) -> None:
+    """Refuse, before any work, an export precision the encoder's family cannot be exported in."""
+    reason = spec.family.no_fp16_export if precision == "fp16" else ""
+    if reason:
+        raise ConfigError(f"{spec.name} cannot be exported with --precision fp16: {reason}. "
+                          "Export it with --precision fp32")
 
 
 def has_text_tower(encoder_type: str) -> bool:
@@ -443,6 +456,7 @@ __all__ = [
     "FAMILIES",
     "get_family",
     "has_text_tower",
+    "require_export_precision",
     "PreprocessSpec",
     "REGISTRY",
     "DEFAULT_ENCODER_TYPE",
