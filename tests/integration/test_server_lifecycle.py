@@ -186,8 +186,9 @@ def test_a_killed_stub_is_reloaded_in_explicit_mode_so_requests_succeed_again(lo
     assert "model t_clip_tiny_head reloaded" in err
 
 
-def test_a_killed_stub_without_explicit_mode_stops_serve_naming_the_model(local_repo):
-    serve = Serve(local_repo)
+@pytest.mark.parametrize("mode", ["none", "poll"])
+def test_a_killed_stub_without_explicit_mode_stops_serve_naming_the_model(local_repo, mode):
+    serve = Serve(local_repo, "--model-control-mode", mode)
     try:
         pid = serve.wait_ready()
         victim = next(s for s in stub_processes(pid) if s.model == "t_dinov3_tiny_head")
