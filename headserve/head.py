@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headserve.contract import HEAD_OUTPUT_WIDTHS, HEAD_OUTPUTS
+from headserve.contract import HEAD_OUTPUT_WIDTHS, SCORE_OUTPUTS
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
-# ServingHead.forward returns its outputs in the contract's order (headserve.contract.HEAD_OUTPUTS), which
-# export uses to name the ONNX outputs, the Triton config and the ensemble wiring.
-SERVING_OUTPUTS: tuple[str, ...] = HEAD_OUTPUTS
+# ServingHead.forward returns its outputs in the contract's order (headserve.contract.SCORE_OUTPUTS), which
+# export uses to name the ONNX outputs, the Triton config and the ensemble wiring; the exported graph adds
+# the head's id after them (export.repository.IdentifiedHead).
+SERVING_OUTPUTS: tuple[str, ...] = SCORE_OUTPUTS
 SERVING_OUTPUT_WIDTHS: Mapping[str, int] = HEAD_OUTPUT_WIDTHS
 
 
