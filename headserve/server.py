@@ -352,9 +352,9 @@ class LocalTriton:
         for model, instance in sorted(confirmed):
             lost[model].append(instance)
         if self.config.model_control != "explicit":
-            instances = ", ".join(i for names in lost.values() for i in names)
+            every = ", ".join(i for names in lost.values() for i in names)
             raise StubUnhealthyError(
-                f"the python-backend stub of {instances} (model {', '.join(lost)}) died: Triton still says READY "
+                f"the python-backend stub of {every} (model {', '.join(lost)}) died: Triton still says READY "
                 f"but fails every request to it. In model control mode {self.config.model_control} it cannot be "
                 "reloaded, so the server stops; restart `headserve serve` (or serve in model control mode "
                 "explicit, which reloads such a model)")
