@@ -116,7 +116,25 @@ def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[
         return [r.to_json() for r in refs], lambda idx: [refs[i].load() for i in idx]
     if not args.images:
         raise BadInputError("no crops given; pass image files or --yolo DIR")
+    for path in args.images:  # before anything is sent or written: a bad path must not stop a run half-way
+        _check_crop_path(path)
     return [{"image": str(p)} for p in args.images], lambda idx: [str(args.images[i]) for i in idx]
+
+
+def _check_crop_path(path: Path) -> None:
+    """Refuse a crop argument that is not a file, saying what it is and what to pass instead."""
+    from headserve.client.errors import BadInputError
+
+    if path.is_dir():
+        if (path / "images").is_dir() and (path / "labels").is_dir():
+            raise BadInputError(f"crop image {path} is a directory holding a YOLO dataset (images/ + labels/); "
+                                f"pass --yolo {path} to classify its boxes")
+        raise BadInputError(f"crop image {path} is a directory, not an image file; pass the image files in it "
+                            f"(e.g. {path / '*.png'}), or --yolo DIR for a YOLO dataset")
+    if not path.exists():
+        raise BadInputError(f"crop image {path} does not exist; check the path")
+    if not path.is_file():
+        raise BadInputError(f"crop image {path} is not a regular file (a device, pipe or socket); pass an image file")
 
 
 def _chunks(todo: Sequence[int]) -> Iterator[Sequence[int]]:
@@ -134,8 +152,8 @@ def _results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Iterator[t
     todo = out.pending(rows)
     try:
         yield out, todo
-    except BaseException:
-        hint = out.abandon()
+    except BaseException as exc:
+        hint = out.abandon(exc)
         if hint:
             logging.getLogger("headserve.client").warning(hint)
         raise
