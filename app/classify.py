@@ -40,6 +40,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private-key", default=None, help="client key PEM (mutual TLS)")
     p.add_argument("--certificate-chain", default=None, help="client certificate PEM (mutual TLS)")
     p.add_argument("--compression", default=None, choices=("gzip", "deflate"), help="gRPC compression")
+    p.add_argument("--round-robin", action="store_true",
+                   help="spread requests over every address --url resolves to (a headless Service: "
+                        "dns:///SERVICE:8001), instead of sending all of them to the first")
     p.add_argument("--output", type=Path, default=None, metavar="FILE",
                    help="write the JSON Lines to FILE (FILE.partial until every crop is in) instead of stdout")
     p.add_argument("--resume", action="store_true",
@@ -95,11 +98,13 @@ def _notices() -> Iterator[None]:
 
 def _client(args: argparse.Namespace) -> HeadClient:
     from headserve.client import ConnectionOptions, HeadClient
+    from headserve.client.options import ROUND_ROBIN
 
     return HeadClient(args.url, ConnectionOptions(timeout_s=args.timeout, root_certificates=args.root_certificates,
                                                   private_key=args.private_key,
                                                   certificate_chain=args.certificate_chain,
-                                                  compression=args.compression))
+                                                  compression=args.compression,
+                                                  channel_options=ROUND_ROBIN if args.round_robin else ()))
 
 
 def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[Sequence[int]], list[Any]]]:
