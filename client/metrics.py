@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from headserve.client.decision import Prediction
@@ -130,7 +131,7 @@ class _WithoutCreated(Collector):
     library's metrics in the caller's process; this filters only the metrics it wraps.
     """
 
-    def __init__(self, metrics: Sequence[Collector]) -> None:
+    def __init__(self, metrics: Sequence[MetricWrapperBase]) -> None:
         self.metrics = tuple(metrics)  # made with registry=None: exposed only through this collector
 
     def collect(self) -> Iterator[Metric]:
