@@ -503,6 +503,7 @@ class DriftResult:
     window_class_counts: Mapping[str, int] = field(default_factory=dict)  # for the report's plots
     window_confidence: Histogram | None = None  # the window on the reference's confidence bins
     window_ood: Histogram | None = None  # the window on the reference's OOD bins
+    versions: tuple[str, ...] = ()  # served head versions whose answers were compared; () when not recorded
 
     @property
     def drifted(self) -> bool:
@@ -516,7 +517,7 @@ class DriftResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"drifted": self.drifted, "window_size": self.window_size, "skipped": self.skipped,
-                "source": self.source, "notes": list(self.notes),
+                "source": self.source, "versions": list(self.versions), "notes": list(self.notes),
                 "checks": [{"name": c.name, "value": c.value, "threshold": c.threshold, "passed": c.passed,
                             "detail": c.detail} for c in self.checks]}
 
@@ -561,7 +562,7 @@ def compare(reference: DriftReference, window: ServedWindow,
     return DriftResult(checks=tuple(checks), window_size=n, skipped=window.skipped, source=window.source,
                        notes=tuple(notes),
                        window_class_counts={c: int(k) for c, k in zip(reference.classes, counts)},
-                       window_confidence=confidence, window_ood=window_ood)
+                       window_confidence=confidence, window_ood=window_ood, versions=window.versions)
 
 
 def _psi_check(name: str, reference: Iterable[int], window: Iterable[int], limit: float, what: str) -> Check:

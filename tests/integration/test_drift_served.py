@@ -187,6 +187,8 @@ def test_drift_refuses_a_classify_window_written_across_a_hot_swap_unless_a_vers
     assert own.returncode == 0, own.stdout + own.stderr
     assert "window: 120 decided crops of head version 1" in own.stdout
     assert "left out 120 of other versions" in own.stdout and "no drift" in own.stdout
+    assert json.loads((tmp_path / "v1" / "drift.json").read_text())["versions"] == ["1"]
+    assert "- window: 120 decided crops of served version 1 from" in (tmp_path / "v1" / "drift.md").read_text()
     swapped = _headserve(*drift, "--version", "2", "--out", str(tmp_path / "v2"))
     assert swapped.returncode == 1 and "DRIFT" in swapped.stdout, swapped.stdout + swapped.stderr
 
