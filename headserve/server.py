@@ -196,6 +196,7 @@ class LocalTriton:
         self._pump.start()
         try:
             self._wait_ready()
+            self._probe_models()
             self._remember_stubs()
         except BaseException:
             self.stop()
@@ -248,6 +249,43 @@ class LocalTriton:
         finally:
             client.close()
         raise ServerError(f"tritonserver was not ready after {self.config.startup_timeout_s:.0f}s:\n" + self.log_tail())
+
+    def _probe_models(self) -> None:
+        """Send every READY model one request and check each declared output comes back in its declared shape.
+
+        Triton's READY means the model loaded, not that it answers: python stubs running with a numpy the
+        backend does not support answer every request with empty tensors, which a client would otherwise
+        blame on its crops. Models that take encoded bytes (decoders) need a real image and are left to
+        their own tests.
+        """
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            index = client.get_model_repository_index(client_timeout=10.0)
+            for name, version in sorted({(m.name, m.version) for m in index.models if m.state == "READY"}):
+                config = client.get_model_config(name, version, as_json=True, client_timeout=10.0)["config"]
+                batch = [1] if int(config.get("max_batch_size", 0)) > 0 else []
+                inputs = _probe_inputs(config.get("input", []), batch)
+                if inputs is None:
+                    continue
+                outputs = config.get("output", [])
+                try:
+                    answer = client.infer(name, inputs, model_version=version, client_timeout=120.0,
+                                          outputs=[grpcclient.InferRequestedOutput(o["name"]) for o in outputs])
+                except InferenceServerException as exc:
+                    raise ServerError(f"model {name} (version {version}) is READY but failed a probe request: "
+                                      f"{exc.message()}. See the server log:\n{self.log_tail()}") from exc
+                for spec in outputs:
+                    want = batch + [int(d) for d in spec.get("dims", [])]
+                    got = answer.as_numpy(spec["name"])
+                    shape = list(got.shape) if got is not None else None
+                    if shape is None or len(shape) != len(want) or any(w not in (-1, g) for w, g in zip(want, shape)):
+                        raise ServerError(
+                            f"model {name} (version {version}) is READY but answered {spec['name']!r} with shape "
+                            f"{shape} where its config declares {want}: it cannot serve. Python-backend stubs "
+                            "answer empty tensors when their numpy is one the backend does not support "
+                            "(nvidia-pytriton needs numpy<2: reinstall with `make venv`); see the server log")
 
     def _owns_ports(self) -> bool:
         """True once our process listens on the gRPC port; a foreign listener there is an error, not a wait."""
@@ -401,6 +439,27 @@ class LocalTriton:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _probe_inputs(specs: list[dict[str, Any]], batch: list[int]) -> list[Any] | None:
+    """One request's inputs for a model's declared ``specs``: zero pixels, L2-normalised float rows (heads and
+    prompt models refuse NaN, and a zero embedding has no direction); None for a model that takes bytes."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import triton_to_np_dtype
+
+    inputs = []
+    for spec in specs:
+        kind = spec["data_type"].removeprefix("TYPE_")
+        dtype = triton_to_np_dtype(kind)
+        if dtype is None or np.dtype(dtype) == np.object_:
+            return None
+        shape = batch + [max(1, int(d)) for d in spec.get("dims", [])]
+        array = np.full(shape, shape[-1] ** -0.5, dtype) if np.dtype(dtype).kind == "f" else np.zeros(shape, dtype)
+        tensor = grpcclient.InferInput(spec["name"], shape, kind)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
 
 
 def _ports_text(ports: dict[str, int]) -> str:
