@@ -9,7 +9,8 @@ from typing import Callable
 from headserve.artifact import WEIGHTS_FILE, HeadMeta, check_encoder_match, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import HEAD_FEED, EncoderIdentity, ServedHead, encoder_model_name
-from headserve.errors import ArtifactError, RepositoryError
+from headserve.encoders import get_encoder
+from headserve.errors import ArtifactError, EncoderMismatchError, RepositoryError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
 from headserve.export.repository import (
     HeadGraph,
@@ -45,13 +46,14 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     # the module they build, and its ONNX graph against PyTorch. A refused head leaves the repository as it was.
     meta = load_meta(artifact)
     tensors = load_tensors(artifact, meta)
-    module = serving_head(meta, tensors, origin=str(Path(artifact) / WEIGHTS_FILE))
     name = encoder_name or meta.encoder_name
     if not name:
         raise ArtifactError(
             f"{artifact}: the head names no registry encoder (encoder_model {meta.encoder_model!r}); "
             "name the registry encoder its embeddings came from (encoder_name)"
         ).about("encoder_name")
+    _check_width(meta, name)
+    module = serving_head(meta, tensors, origin=str(Path(artifact) / WEIGHTS_FILE))
     with tempfile.TemporaryDirectory(prefix="headserve-export-") as scratch:
         graph = export_head_graph(meta, module, Path(scratch))
         with repository_lock(Path(repo)):
@@ -91,6 +93,17 @@ def _export_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, name: st
                             options=options, graph=graph))
     written.extend(_refresh_dependents(repo, meta.name, runtime, options))
     return written
+
+
+def _check_width(meta: HeadMeta, name: str) -> None:
+    """The registry gives the encoder's width without loading it, so a head of another width is refused first,
+    naming both widths (the full identity, fingerprint included, is compared once the encoder is at hand)."""
+    width = get_encoder(name).embedding_dim
+    if width != meta.embedding_dim:
+        raise EncoderMismatchError(
+            f"head {meta.name!r} was trained on embeddings of embedding_dim {meta.embedding_dim} (its meta.json), "
+            f"but encoder {name} gives embedding_dim {width}. Retrain the head on this encoder's embeddings or "
+            "serve it with the encoder it was trained on.")
 
 
 def _refresh_dependents(repo: Path, head: str, runtime: Runtime, options: ProductionOptions | None,
