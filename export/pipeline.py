@@ -10,7 +10,7 @@ from headserve.artifact import WEIGHTS_FILE, HeadMeta, check_encoder_match, load
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import HEAD_FEED, EncoderIdentity, ServedHead, encoder_model_name
 from headserve.encoders import get_encoder
-from headserve.errors import ArtifactError, EncoderMismatchError, RepositoryError
+from headserve.errors import ArtifactError, EncoderMismatchError, RepositoryError, UnknownEncoderError
 from headserve.export.model_config import ProductionOptions, Runtime, parameters_of, parse
 from headserve.export.repository import (
     HeadGraph,
@@ -98,7 +98,10 @@ def _export_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, name: st
 def _check_width(meta: HeadMeta, name: str) -> None:
     """The registry gives the encoder's width without loading it, so a head of another width is refused first,
     naming both widths (the full identity, fingerprint included, is compared once the encoder is at hand)."""
-    width = get_encoder(name).embedding_dim
+    try:
+        width = get_encoder(name).embedding_dim
+    except UnknownEncoderError:  # a repository may serve an encoder this registry lacks: compared under the lock
+        return
     if width != meta.embedding_dim:
         raise EncoderMismatchError(
             f"head {meta.name!r} was trained on embeddings of embedding_dim {meta.embedding_dim} (its meta.json), "
