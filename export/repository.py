@@ -11,10 +11,12 @@ are replaced atomically, so a polling Triton never reads half a model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import py_compile
 import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -150,6 +152,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     graph = encoder_graph(loaded)
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name
+    new_model = not model_dir.exists()
     tmp = staging_dir(model_dir / "export")
     try:
         graph_spec = replace(encoder_graph_spec(spec.name, spec.preprocess.input_size), atol=PRECISION_ATOL[precision],
@@ -164,6 +167,12 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
         if (tmp / "model.onnx.data").is_file():  # external weights travel with the graph
             files["model.onnx.data"] = tmp / "model.onnx.data"
         version, path = publish_version(model_dir, desc, runtime, files, options=options)
+    except BaseException:
+        if new_model:  # the staging made the model's directory: a refused encoder leaves none behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()  # only while empty: another writer's files keep it
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
@@ -192,10 +201,34 @@ def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
     return {**EncoderIdentity.from_spec(loaded.spec, fp).to_parameters(), "untrained": json.dumps(loaded.spec.is_tiny)}
 
 
+@dataclass(frozen=True)
+class HeadGraph:
+    """A head's ONNX graph, exported and checked against PyTorch, not yet in any repository."""
+
+    path: Path  # model.onnx in a scratch directory
+    max_abs_diff: Mapping[str, float]  # per output, max |ONNX - PyTorch| of the parity check
+
+
+def export_head_graph(meta: HeadMeta, module: ServingHead, directory: Path) -> HeadGraph:
+    """The head's graph as ``directory/model.onnx``; ``ExportParityError`` (nothing written) when it is not exact.
+
+    Kept apart from ``add_head`` so that ``export head`` can check the graph before it creates or locks the
+    repository: a head whose graph fails leaves the repository as it was.
+    """
+    path = Path(directory) / "model.onnx"
+    head_id = served_head(meta, module).head_id
+    assert head_id is not None  # served_head computes it from the module
+    diffs = export_onnx(IdentifiedHead(module, head_id), head_graph_spec(meta.name, meta.embedding_dim, HEAD_OUTPUTS),
+                        path)
+    return HeadGraph(path, diffs)
+
+
 def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenModel | str,
              runtime: Runtime, encoder_params: Mapping[str, str] | None = None,
-             max_batch_size: int = 64, options: ProductionOptions | None = None) -> tuple[WrittenModel, WrittenModel]:
-    """Export a head and (re)write its ensemble; refuses a head trained on another encoder."""
+             max_batch_size: int = 64, options: ProductionOptions | None = None,
+             graph: HeadGraph | None = None) -> tuple[WrittenModel, WrittenModel]:
+    """Export a head (or publish its ``graph`` exported already) and (re)write its ensemble; refuses a head
+    trained on another encoder."""
     encoder_name = encoder if isinstance(encoder, str) else encoder.name
     if encoder_params is not None:
         check_encoder_match(meta, EncoderIdentity.from_parameters(encoder_params, f"encoder {encoder_name}"),
@@ -205,11 +238,9 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
     head_dir = Path(repo) / head_name
     served = served_head(meta, module)
     outputs = tuple(_head_output_spec(o, len(meta.classes)) for o in HEAD_OUTPUTS)
-    tmp = staging_dir(head_dir / "export")
-    try:
-        assert served.head_id is not None  # served_head computes it from the module
-        diffs = export_onnx(IdentifiedHead(module, served.head_id),
-                            head_graph_spec(meta.name, meta.embedding_dim, HEAD_OUTPUTS), tmp / "model.onnx")
+    # Scratch outside the repository: the head's directory is created only by the publish below.
+    with tempfile.TemporaryDirectory(prefix=f"headserve-{head_name}-") as scratch:
+        graph = graph or export_head_graph(meta, module, Path(scratch))
         desc = ModelDesc(
             name=head_name,
             inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
@@ -219,13 +250,11 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
             keep_versions=2,
         )
         with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
-            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"},
+            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path},
                                              meta.classes, options)
-            written_head = WrittenModel(head_name, version, path, diffs)
+            written_head = WrittenModel(head_name, version, path, graph.max_abs_diff)
             ensemble = write_ensemble(Path(repo), served, encoder_name, head_name, runtime, max_batch_size,
                                       head_version=version)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return written_head, ensemble
 
 
@@ -245,6 +274,10 @@ class IdentifiedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (*self.head(x), self.head_id.expand(x.shape[0], 1))  # ..., (B, 1)
+
+    def logit_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """The serving head's, for the parity check's logit tolerance (export.onnx_export.head_graph_spec)."""
+        return self.head.logit_magnitude(x)
 
 
 def head_id(meta: HeadMeta, module: ServingHead, record: ServedHead) -> int:
