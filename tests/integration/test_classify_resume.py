@@ -81,6 +81,7 @@ def test_killed_server_leaves_whole_unique_lines_and_resume_classifies_only_the_
     assert session_members(pid) == []
 
     with LocalTriton(ServerConfig(repository=local_repo)) as server:
+        before = _inferences(server, HEAD)  # the start-up probe's one request per model
         run = _classify(server.grpc_url, output, crop_files, "--resume")
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-2000:]
@@ -88,9 +89,9 @@ def test_killed_server_leaves_whole_unique_lines_and_resume_classifies_only_the_
         # The restarted server saw exactly the missing crops, no more (the ensemble counts requests only;
         # its steps also count warm-up). Ensemble statistics land just after the response: wait for them.
         deadline = time.monotonic() + 10
-        while _inferences(server, HEAD) < missing and time.monotonic() < deadline:
+        while _inferences(server, HEAD) - before < missing and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _inferences(server, HEAD) == missing
+        assert _inferences(server, HEAD) - before == missing
     assert not partial.exists()
     rows = _lines(output)
     assert len(rows) == CROPS
@@ -126,3 +127,32 @@ def test_a_leftover_partial_file_without_resume_is_refused_and_kept(crop_files, 
     assert run.returncode == 2
     assert f"{partial} holds the results of an interrupted run; pass --resume" in err
     assert partial.read_text() == '{"image": "x"}\n'
+
+
+def test_after_a_refused_crop_the_hint_says_to_fix_it_before_resume_and_resume_then_finishes(
+        triton, crop_files, tmp_path):
+    """A crop that does not decode stops the run past the first chunk; rerunning unchanged would stop there again."""
+    import shutil
+
+    crops = []
+    for i, path in enumerate(crop_files[:70]):  # two chunks of the command's 64 crops: the first is written
+        crops.append(tmp_path / "crops" / path.name)
+        crops[-1].parent.mkdir(exist_ok=True)
+        shutil.copy(path, crops[-1])
+    bad = crops[66]
+    bad.write_bytes(b"not an image")
+    output = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+    run = _classify(triton.grpc_url, output, crops)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2, err[-2000:]
+    assert f"image {bad} does not decode" in err
+    assert (f"64 results are in {partial}; rerunning as is would stop at the same crop: fix the input named above "
+            "(replace the file, or leave that crop out), then run again with --resume") in err
+    assert "run the same command again" not in err
+    assert len(_lines(partial)) == 64
+    shutil.copy(crop_files[66], bad)  # the fix: a decodable crop in its place
+    run = _classify(triton.grpc_url, output, crops, "--resume")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err[-2000:]
+    assert [r["image"] for r in _lines(output)] == [str(p) for p in crops] and not partial.exists()
