@@ -44,7 +44,7 @@ from headserve.contract import (
     head_id_of,
     head_model_name,
 )
-from headserve.encoders import EncoderSpec
+from headserve.encoders import EncoderSpec, require_export_precision
 from headserve.errors import ExportParityError, RepositoryError
 from headserve.export.errors import Fp16ParityError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
@@ -149,6 +149,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     written) when it yields NaN or leaves the fp16 tolerance of the fp32 encoder.
     """
     spec = loaded.spec
+    require_export_precision(spec, precision)
     graph = encoder_graph(loaded)
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name
