@@ -70,8 +70,9 @@ def test_a_new_head_version_goes_live_while_requests_keep_succeeding(tmp_path):
             out = [grpcclient.InferRequestedOutput("probs")]
             while not stop.is_set():
                 try:
-                    result = client.infer(HEAD, [inp], outputs=out)
-                    answers.append((time.monotonic(), result.as_numpy("probs")))
+                    started = time.monotonic()  # a call sent before the swap ended may be answered by version 1
+                    result = client.infer(HEAD, [inp], outputs=out, client_timeout=60.0)
+                    answers.append((started, result.as_numpy("probs")))
                 except BaseException as exc:  # every failure is a test failure, collected for the message
                     failures.append(exc)
                 time.sleep(0.01)
