@@ -15,6 +15,8 @@ FLAG_OF_SETTING: dict[str, str] = {
     "bg_classes": "--bg",  # TrainRequest
     "ood_holdout": "--ood-holdout",  # TrainRequest
     "workers": "--workers",  # EmbedConfig
+    "engine": "--engine",  # EmbedConfig, EngineChoice (export)
+    "precision": "--precision",  # EmbedConfig, EngineChoice (export)
     "grpc_port": "--grpc-port",  # ServerConfig
     "http_port": "--http-port",  # ServerConfig
     "metrics_port": "--metrics-port",  # ServerConfig

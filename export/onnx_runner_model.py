@@ -105,7 +105,8 @@ class _OpenVino:
         self.request = self.compiled.create_infer_request()  # an instance runs one batch at a time
 
     def describe(self):
-        return (f"precision {self.compiled.get_property('INFERENCE_PRECISION_HINT')}, "
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an element type, e.g. bf16
+        return (f"precision {getattr(precision, 'get_type_name', lambda: precision)()}, "
                 f"{self.compiled.get_property('INFERENCE_NUM_THREADS')} thread(s), "
                 f"{self.compiled.get_property('NUM_STREAMS')} stream(s)")
 
