@@ -41,8 +41,8 @@ def _infer(url: str, model: str, pixels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_the_served_openvino_encoder_answers_what_the_same_compiled_model_answers_in_process(served):
-    from headserve.export.engine import OpenVinoEncoder, sample_pixels
     from headserve.encoders import get_encoder
+    from headserve.export.engine import OpenVinoEncoder, sample_pixels
 
     server, repo, precision, lines = served
     version = repo / "encoder_clip_tiny" / "1"
