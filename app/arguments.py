@@ -90,6 +90,10 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", dest="embed_precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="encoder precision while embedding; bf16/fp16 are checked against fp32 on a sample first "
                         "and refused beyond tolerance")
+    p.add_argument("--engine", dest="embed_engine", choices=("torch", "openvino"), default="torch",
+                   help="what computes the embeddings: torch (eager, any --device) or openvino (the CPU model "
+                        "`export head` then serves, at --precision fp32 or bf16; checked against fp32 on the "
+                        "first batch)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="image decoding threads feeding the encoder (default 0: this machine's cores)")
 
@@ -97,7 +101,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 def embed_config_from_args(args: argparse.Namespace) -> EmbedConfig:
     from headserve.train.embed import EmbedConfig
 
-    return EmbedConfig(device=args.device, precision=args.embed_precision, workers=args.workers)
+    return EmbedConfig(device=args.device, precision=args.embed_precision, workers=args.workers,
+                       engine=getattr(args, "embed_engine", "torch"))
 
 
 def encoder_from_args(args: argparse.Namespace) -> EncoderSpec:

@@ -4,6 +4,8 @@ in-process, and the head on top decides as it does on those embeddings."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,3 +58,45 @@ def test_the_served_openvino_encoder_answers_what_the_same_compiled_model_answer
     assert record["engine"] == "openvino" and record["precision"] == precision
     assert record["engine_check"]["min_cosine"] >= 0.999 and record["engine_check"]["top1_agreement"] is not None
     assert any("engine openvino" in line and "min cosine" in line for line in lines)
+
+
+def _headserve(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "headserve.app", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_a_head_trained_on_the_openvino_engine_is_served_on_it_and_answers_as_trained(digits_dataset, tmp_path):
+    import torch
+
+    from headserve.backbones import encoder_graph, load_encoder
+    from headserve.encoders import get_encoder
+    from headserve.export.engine import compile_graph, cpu_capabilities
+    from headserve.head_file import load_head
+    from headserve.server import LocalTriton, ServerConfig
+    from headserve.train.dataset import load_crop, read_yolo
+    from headserve.train.embed import pixels_of
+
+    pytest.importorskip("openvino")
+    precision = "bf16" if "BF16" in cpu_capabilities() else "fp32"
+    out, repo = tmp_path / "head", tmp_path / "repo"
+    _headserve("train", str(digits_dataset), "--out", str(out), "--epochs", "5", "--hidden", "32", "--encoder",
+               "clip:tiny", "--engine", "openvino", "--precision", precision, "--cache", str(tmp_path / "cache"))
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["extra"]["embedding"]["engine"], meta["extra"]["embedding"]["precision"]) == ("openvino", precision)
+    assert any(p.name.endswith(f"_openvino_{precision}") for p in (tmp_path / "cache").rglob("*") if p.is_dir())
+    printed = _headserve("export", "head", str(out), "--repo", str(repo)).stdout  # auto: the head's own engine
+    assert f"engine openvino {precision}: the engine the head's embeddings were computed with" in printed
+    assert "top-1 agreement" in printed
+
+    spec = get_encoder("clip:tiny")
+    pixels = pixels_of([load_crop(o) for o in read_yolo(digits_dataset).objects[:12]], spec.preprocess)
+    trained_engine = compile_graph(encoder_graph(load_encoder(spec)), spec.name, spec.preprocess.input_size,
+                                   "openvino", precision)
+    _, module = load_head(out)
+    with torch.inference_mode():
+        want = module(torch.from_numpy(trained_engine(pixels)))[1].numpy()
+    with LocalTriton(ServerConfig(repository=repo)) as server:
+        got = _infer(server.grpc_url, meta["name"], pixels)["probs"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # same engine and precision on both sides
