@@ -112,6 +112,12 @@ def choose_engine(engine: str = "auto", precision: str = "auto", gpu: bool = Fal
     served with before. ``capabilities`` defaults to this machine's (``cpu_capabilities``); tests pass
     another CPU's answer.
     """
+    if engine == "openvino" and precision == "bf16":
+        caps = cpu_capabilities() if capabilities is None else capabilities
+        if "BF16" not in caps:  # OpenVINO would quietly compute f32 and the repository would say bf16
+            raise EngineChoiceError.bad_value("precision", precision, f"this CPU has no bf16 arithmetic (OpenVINO "
+                                              f"capabilities {', '.join(sorted(caps)) or 'none'}); export fp32 here "
+                                              "(--precision fp32)")
     if engine != "auto":
         why = "asked for"
     elif gpu:

@@ -33,7 +33,7 @@ from headserve.backbones import EncoderGraph
 from headserve.device import autocast, check_precision, check_supported, get_precision, resolve_device
 from headserve.encoders import PreprocessSpec
 from headserve.errors import ConfigError, HeadserveError
-from headserve.export.engine import ENGINES, check_parity, compile_graph
+from headserve.export.engine import ENGINES, check_parity, choose_engine, compile_graph
 from headserve.preprocess import crop_box, load_image, resize_for_encoder
 from headserve.train.cache import EmbeddingCache
 
@@ -145,6 +145,7 @@ class _Encoder:
         self.min_cosine: float | None = None
         self.compiled: Callable[[np.ndarray], np.ndarray] | None = None
         if config.engine == "openvino":
+            choose_engine("openvino", config.precision)  # bf16 on a CPU without it is refused, not computed in f32
             self.compiled = compile_graph(self.graph, "training's encoder", input_size, "openvino", config.precision)
 
     @torch.inference_mode()

@@ -54,8 +54,9 @@ def test_a_cpu_without_bf16_gets_openvino_fp32_and_the_message_names_what_it_lac
     choice = choose_engine(capabilities=WITHOUT_BF16)
     assert (choice.engine, choice.precision, choice.fallback) == ("openvino", "fp32", False)
     assert "no bf16 arithmetic" in choice.reason and "AVX-512 BF16 or AMX" in choice.reason
-    with pytest.raises(EngineChoiceError, match=r"precision bf16: this CPU has no bf16 arithmetic.*--precision fp32"):
-        choose_engine(precision="bf16", capabilities=WITHOUT_BF16)
+    for engine in ("auto", "openvino"):  # OpenVINO would quietly compute f32 under a bf16 label
+        with pytest.raises(EngineChoiceError, match=r"precision bf16: this CPU has no bf16 arithmetic.*--precision fp32"):
+            choose_engine(engine, "bf16", capabilities=WITHOUT_BF16)
 
 
 def test_fp32_is_one_flag_away_and_gpus_keep_onnx_runtime():
