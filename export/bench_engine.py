@@ -170,8 +170,15 @@ def gflop_per_image(graph, size: int) -> float:
 
     x = torch.zeros((1, size, size, 3), dtype=torch.uint8)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        graph(x)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's fused inference path (open_clip) is one op the counter does not see; the
+    # regular path is what the exported graph computes, projections included
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.inference_mode(), counter:
+            graph(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops() / 1e9
 
 
@@ -321,8 +328,11 @@ def _extraction_rate(spec, graph, dataset: Path, config: EngineBenchConfig, engi
 
 
 def _ceiling_lines(ceilings: dict[str, Rates], config: EngineBenchConfig) -> list[str]:
-    return [f"Matrix-multiply ceilings ({config.gemm_size}x{config.gemm_size}, GFLOP/s): fp32 (ONNX Runtime MLAS) "
-            f"{ceilings['fp32'].cell()}, bf16 (OpenVINO oneDNN) {ceilings['bf16'].cell()}.", ""]
+    return [f"Matrix-multiply ceilings ({config.gemm_size}x{config.gemm_size}, GFLOP/s, best round [each round's "
+            f"median, min]): fp32 (ONNX Runtime MLAS) {max(ceilings['fp32'].values):.0f} [{ceilings['fp32'].median:.0f}, "
+            f"{min(ceilings['fp32'].values):.0f}], bf16 (OpenVINO oneDNN) {max(ceilings['bf16'].values):.0f} "
+            f"[{ceilings['bf16'].median:.0f}, {min(ceilings['bf16'].values):.0f}]. % of ceiling is against the best "
+            "round.", ""]
 
 
 def _encoder_lines(encoder: str, measured: dict, ceilings: dict[str, Rates], pairs: list[tuple[str, str]]) -> list[str]:
@@ -333,7 +343,7 @@ def _encoder_lines(encoder: str, measured: dict, ceilings: dict[str, Rates], pai
     for engine, precision in pairs:
         name = f"{engine} {precision}"
         fig = figures[name]
-        ceiling = ceilings[precision].median
+        ceiling = max(ceilings[precision].values)  # a ceiling: the best round, the least disturbed
         for what in ("in-process b32", "served b32 c2", "served b1 c16", "extraction"):
             r = rates[f"{name} {what}"]
             label = what if what != "extraction" else ("extraction (eager PyTorch fp32 feeds it)"
