@@ -40,6 +40,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private-key", default=None, help="client key PEM (mutual TLS)")
     p.add_argument("--certificate-chain", default=None, help="client certificate PEM (mutual TLS)")
     p.add_argument("--compression", default=None, choices=("gzip", "deflate"), help="gRPC compression")
+    p.add_argument("--round-robin", action="store_true",
+                   help="spread requests over every address --url resolves to (a headless Service: "
+                        "dns:///SERVICE:8001), instead of sending all of them to the first")
     p.add_argument("--output", type=Path, default=None, metavar="FILE",
                    help="write the JSON Lines to FILE (FILE.partial until every crop is in) instead of stdout")
     p.add_argument("--resume", action="store_true",
@@ -95,11 +98,13 @@ def _notices() -> Iterator[None]:
 
 def _client(args: argparse.Namespace) -> HeadClient:
     from headserve.client import ConnectionOptions, HeadClient
+    from headserve.client.options import ROUND_ROBIN
 
     return HeadClient(args.url, ConnectionOptions(timeout_s=args.timeout, root_certificates=args.root_certificates,
                                                   private_key=args.private_key,
                                                   certificate_chain=args.certificate_chain,
-                                                  compression=args.compression))
+                                                  compression=args.compression,
+                                                  channel_options=ROUND_ROBIN if args.round_robin else ()))
 
 
 def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[Sequence[int]], list[Any]]]:
@@ -116,7 +121,25 @@ def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[
         return [r.to_json() for r in refs], lambda idx: [refs[i].load() for i in idx]
     if not args.images:
         raise BadInputError("no crops given; pass image files or --yolo DIR")
+    for path in args.images:  # before anything is sent or written: a bad path must not stop a run half-way
+        _check_crop_path(path)
     return [{"image": str(p)} for p in args.images], lambda idx: [str(args.images[i]) for i in idx]
+
+
+def _check_crop_path(path: Path) -> None:
+    """Refuse a crop argument that is not a file, saying what it is and what to pass instead."""
+    from headserve.client.errors import BadInputError
+
+    if path.is_dir():
+        if (path / "images").is_dir() and (path / "labels").is_dir():
+            raise BadInputError(f"crop image {path} is a directory holding a YOLO dataset (images/ + labels/); "
+                                f"pass --yolo {path} to classify its boxes")
+        raise BadInputError(f"crop image {path} is a directory, not an image file; pass the image files in it "
+                            f"(e.g. {path / '*.png'}), or --yolo DIR for a YOLO dataset")
+    if not path.exists():
+        raise BadInputError(f"crop image {path} does not exist; check the path")
+    if not path.is_file():
+        raise BadInputError(f"crop image {path} is not a regular file (a device, pipe or socket); pass an image file")
 
 
 def _chunks(todo: Sequence[int]) -> Iterator[Sequence[int]]:
@@ -134,8 +157,8 @@ def _results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Iterator[t
     todo = out.pending(rows)
     try:
         yield out, todo
-    except BaseException:
-        hint = out.abandon()
+    except BaseException as exc:
+        hint = out.abandon(exc)
         if hint:
             logging.getLogger("headserve.client").warning(hint)
         raise

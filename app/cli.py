@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
 from headserve.app.arguments import CommandParser, flag_for
-from headserve.errors import HeadserveError
+from headserve.errors import HeadserveError, HeadserveWarning
 
 # Order is the order of `headserve --help`. Modules import lazily so `classify` never loads torch.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -48,10 +49,26 @@ def error_line(exc: HeadserveError) -> str:
     return exc.spelled(flag) if flag else str(exc)
 
 
+def _warning_lines(command: str) -> Any:
+    """``warnings.showwarning`` that prints headserve's own warnings as one line; others as Python does."""
+    default = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, HeadserveWarning):
+            print(f"headserve {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_lines(args.command)
+            return int(args.func(args) or 0)
     except HeadserveError as exc:
         print(f"headserve {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -31,6 +31,9 @@ def _window_args(p: argparse.ArgumentParser) -> None:
                    help=f"fail the OOD-rate and OOD-score tests below this p-value (default {d.ood_rate_p_value})")
     p.add_argument("--min-window", type=int, default=d.min_window,
                    help=f"refuse windows of fewer decided crops (default {d.min_window})")
+    p.add_argument("--version", default=None, metavar="N",
+                   help="compare only the rows head version N answered (the served version of HEAD's artifact); "
+                        "needed when the window spans a hot swap")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +68,12 @@ def _write(args: argparse.Namespace, window: Path | None) -> bool | None:
     thresholds = _thresholds(args)
     meta = load_meta(args.head)
     reference = reference_of(meta)
-    result = compare(reference, read_window(window), thresholds) if window is not None else None
+    served = read_window(window, args.version) if window is not None else None
+    result = compare(reference, served, thresholds) if served is not None else None
     path = write_drift_report(args.out, result, reference, summary_of(meta))
+    if served is not None:
+        print(f"window: {len(served)} decided crops of head version "
+              f"{', '.join(served.versions) or 'unknown (not recorded)'}")
     for check in result.checks if result is not None else ():
         print(f"{check.name}: {VERDICTS[check.passed]} ({check.detail})")
     for note in result.notes if result is not None else ():

@@ -15,6 +15,7 @@ from headserve.client.errors import (
     DeadlineExceededError,
     HeadChangedError,
     HeadNotFoundError,
+    MessageTooLargeError,
     ModelNotReadyError,
     ServerSideError,
     ServerUnavailableError,
@@ -30,5 +31,5 @@ __all__ = [
     "GateConfig", "GateReason", "GateResult", "ComputeEstimate", "gate",
     "CropRef", "crops_from_yolo", "polygon_to_xyxy", "yolo_box_to_xyxy",
     "ClientError", "ServerUnavailableError", "DeadlineExceededError", "ModelNotReadyError", "HeadNotFoundError",
-    "BadInputError", "ServerSideError", "HeadChangedError",
+    "BadInputError", "MessageTooLargeError", "ServerSideError", "HeadChangedError",
 ]

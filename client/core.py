@@ -21,6 +21,7 @@ from headserve.client.batching import BatchPlan
 from headserve.client.decision import Prediction, Thresholds, decide
 from headserve.client.discovery import (
     EMBEDDING,
+    HEAD_ID,
     INPUT,
     OOD_SCORE,
     PROBS,
@@ -76,6 +77,8 @@ def head_outputs(info: HeadInfo, embedding: bool) -> tuple[str, ...]:
     names = [PROBS]
     if info.has_ood_score:
         names.append(OOD_SCORE)
+    if info.head_id is not None:
+        names.append(HEAD_ID)  # checked on every answer: see headserve.contract.HEAD_ID
     if embedding:
         names.append(EMBEDDING)
     return tuple(names)

@@ -16,7 +16,15 @@ from PIL import Image
 from headserve.client.errors import BadInputError
 from headserve.errors import ImageDecodeError
 from headserve.preprocess import crop_box, load_image, oriented_size
-from headserve.yolo import IMAGE_SUFFIXES, LabelProblem, images_under, label_path_for, read_label_file
+from headserve.yolo import (
+    IMAGE_SUFFIXES,
+    LabelProblem,
+    images_under,
+    label_path_for,
+    read_label_file,
+    shared_label_files,
+    shared_label_message,
+)
 
 __all__ = ["IMAGE_SUFFIXES", "CropRef", "crop", "crops_from_yolo", "polygon_to_xyxy", "yolo_box_to_xyxy"]
 
@@ -75,7 +83,10 @@ def crops_from_yolo(root: str | Path) -> Iterator[CropRef]:
     image_dir = root / "images"
     if not image_dir.is_dir():
         raise BadInputError(f"{image_dir} does not exist; a YOLO dataset keeps its images under images/")
-    for image_path in images_under(image_dir):
+    images = images_under(image_dir)
+    for label_path, group in shared_label_files(root, image_dir, images).items():  # training skips these images
+        raise BadInputError(f"{label_path}:1: {shared_label_message(label_path, group)}")
+    for image_path in images:
         label_path = label_path_for(root, image_dir, image_path)
         if not label_path.is_file():
             continue

@@ -60,6 +60,10 @@ class Prediction:
     reason: Reason = Reason.ACCEPTED  # why it was accepted or rejected
     margin: float = 1.0  # top-1 minus top-2 probability
     ood_score: float | None = None  # the head's ood_score output, when it has one
+    # the served head version that answered (the one the request was pinned to and the answer checked
+    # against); "" when decided in-process. Written into every output row so a window that spans a hot
+    # swap can be told apart (``headserve drift --version``).
+    version: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -71,6 +75,8 @@ class Prediction:
                "top_k": [[c, round(p, 6)] for c, p in self.top_k]}
         if self.ood_score is not None:
             row["ood_score"] = round(self.ood_score, 6)
+        if self.version:
+            row["version"] = self.version
         return row
 
 
@@ -100,5 +106,5 @@ def decide(info: HeadInfo, probs: np.ndarray, thresholds: Thresholds = Threshold
             reason = Reason.ACCEPTED
         out.append(Prediction(label=label, confidence=float(row[best]), probs=row.astype(np.float32),
                               top_k=tuple((info.classes[j], float(row[j])) for j in order[:k]),
-                              reason=reason, margin=margin, ood_score=score))
+                              reason=reason, margin=margin, ood_score=score, version=info.version))
     return out

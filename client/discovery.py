@@ -16,6 +16,7 @@ import numpy as np
 from headserve.client.errors import ServerSideError
 from headserve.contract import (
     EMBEDDING,
+    HEAD_ID,
     LOGITS,
     OOD_SCORE,
     PROBS,
@@ -27,8 +28,8 @@ from headserve.contract import (
 from headserve.contract import PIXELS as INPUT
 from headserve.encoders import FAMILIES, PreprocessSpec, has_text_tower
 
-# INPUT, PROBS, LOGITS, EMBEDDING, OOD_SCORE, PROMPT_INPUT and PROMPT_OUTPUT are re-exported from headserve.contract.
-__all__ = ["INPUT", "PROBS", "LOGITS", "EMBEDDING", "OOD_SCORE", "PROMPT_INPUT", "PROMPT_OUTPUT", "PREFILTER_FAMILIES",
+# INPUT, PROBS, LOGITS, EMBEDDING, OOD_SCORE, HEAD_ID, PROMPT_INPUT and PROMPT_OUTPUT are re-exported from headserve.contract.
+__all__ = ["INPUT", "PROBS", "LOGITS", "EMBEDDING", "OOD_SCORE", "HEAD_ID", "PROMPT_INPUT", "PROMPT_OUTPUT", "PREFILTER_FAMILIES",
            "HeadInfo", "StaleAnswer", "latest_version", "check_answer", "head_info_from_config"]
 # Encoder families whose heads may carry a prompt prefilter (those with a text tower), from the family registry.
 PREFILTER_FAMILIES: Mapping[str, bool] = {name: family.text_tower for name, family in FAMILIES.items()}
@@ -55,6 +56,7 @@ class HeadInfo:
     prompt_model: str | None = None  # CLIP only: model mapping embedding -> prompt similarity
     prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
     version: str = ""  # the ensemble version these facts were read from; requests are pinned to it ("": any)
+    head_id: int | None = None  # id of the head these facts describe, on every answer it computes; None: not published
     # the record these facts were decoded from; None for a HeadInfo built by hand
     served: ServedHead | None = field(default=None, compare=False, repr=False)
 
@@ -80,6 +82,7 @@ class HeadInfo:
             prompt_model=served.prompt_model,
             prompt_classes=served.prompt_classes,
             version=str(version),
+            head_id=served.head_id if HEAD_ID in outputs else None,
             served=served,
         )
 
@@ -123,7 +126,7 @@ def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any])
     """
     if info.version and model_version and model_version != info.version:
         raise StaleAnswer(f"answered by version {model_version} of {info.name!r}, read as version {info.version}")
-    widths = {PROBS: len(info.classes), LOGITS: len(info.classes), OOD_SCORE: 1,
+    widths = {PROBS: len(info.classes), LOGITS: len(info.classes), OOD_SCORE: 1, HEAD_ID: 1,
               EMBEDDING: info.embedding_dim or None}
     for name, array in outputs.items():
         want = widths.get(name)
@@ -131,6 +134,11 @@ def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any])
         if want is not None and (len(shape) != 2 or shape[1] != want):
             raise StaleAnswer(f"output {name!r} of {info.name!r} has shape {tuple(shape)}, but version "
                               f"{info.version or '?'} publishes width {want}")
+    if info.head_id is not None and HEAD_ID in outputs:
+        ids = {int(i) for i in np.asarray(outputs[HEAD_ID]).ravel()}
+        if ids != {info.head_id}:
+            raise StaleAnswer(f"answered by head id {', '.join(map(str, sorted(ids)))}, but version "
+                              f"{info.version or '?'} of {info.name!r} publishes head id {info.head_id}")
     for name in (PROBS, LOGITS):  # a graph that overflowed (an fp16/TensorRT encoder) answers NaN, silently
         if name in outputs:
             bad = ~np.isfinite(np.asarray(outputs[name])).all(axis=1)

@@ -7,6 +7,8 @@ Callers catch ``ClientError`` for everything, or one subclass to react to one ca
 
 from __future__ import annotations
 
+import re
+
 from headserve.errors import HeadserveError
 
 
@@ -31,6 +33,14 @@ HeadNotFoundError = ModelNotReadyError  # the skeleton's name, kept for callers 
 
 class BadInputError(ClientError):
     """The request was refused for its content: no crops, an undecodable image, a box outside its image."""
+
+
+class MessageTooLargeError(BadInputError):
+    """A request or answer over this client's own gRPC message size limit (a channel option).
+
+    gRPC reports it as RESOURCE_EXHAUSTED, as it would a server's limit; the client's own limit is fixed
+    on the client side (raise it, or send fewer crops per call), so it is not a server error.
+    """
 
 
 class ServerSideError(ClientError):
@@ -64,6 +74,30 @@ ADVICE: dict[type[ClientError], str] = {
 }
 
 
+# gRPC core's text when the client's own channel refused a message: "CLIENT: Sent message larger than max
+# (24631 vs. 64)"; a server's limit reaches the client without the CLIENT prefix.
+CLIENT_LIMIT = re.compile(r"CLIENT: (Sent|Received) message larger than max \((\d+) vs\. (\d+)\)")
+# direction in gRPC's text -> (the channel option that sets the limit, what to do besides raising it)
+CLIENT_LIMIT_OPTIONS: dict[str, tuple[str, str]] = {
+    "Sent": ("grpc.max_send_message_length", "send fewer crops per call"),
+    "Received": ("grpc.max_receive_message_length", "ask for fewer crops per call"),
+}
+
+
+def client_limit_error(message: str, what: str) -> MessageTooLargeError | None:
+    """The error for a message over this client's own size limit, or None when ``message`` is not one."""
+    found = CLIENT_LIMIT.search(message)
+    if found is None:
+        return None
+    direction, size, limit = found.group(1), int(found.group(2)), int(found.group(3))
+    option, smaller = CLIENT_LIMIT_OPTIONS[direction]
+    kind = "request" if direction == "Sent" else "answer"
+    return MessageTooLargeError(
+        f"{what} failed: the {kind} is {size} bytes, over this client's own limit of {limit} bytes "
+        f"(gRPC channel option {option!r}; RESOURCE_EXHAUSTED raised by the client, not the server). Raise it "
+        f"with ConnectionOptions(channel_options=(({option!r}, N),)), or {smaller}")
+
+
 def from_triton(exc: Exception, what: str) -> ClientError:
     """Translate a tritonclient error into the client's hierarchy; ``what`` says which call failed.
 
@@ -71,6 +105,10 @@ def from_triton(exc: Exception, what: str) -> ClientError:
     """
     status = str(getattr(exc, "status", lambda: None)() or "")
     message = exc.message() if hasattr(exc, "message") else str(exc)
+    if status == "StatusCode.RESOURCE_EXHAUSTED":
+        limited = client_limit_error(message or "", what)
+        if limited is not None:
+            return limited
     cls = STATUS_ERRORS.get(status, ServerSideError)
     if cls is ServerSideError and "failed to connect" in (message or "").lower():
         cls = ServerUnavailableError

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from headserve.client.decision import Prediction
@@ -121,6 +122,29 @@ class _BatchHistograms(Collector):
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
 
+class _WithoutCreated(Collector):
+    """prometheus-client metrics exposed without their ``*_created`` samples.
+
+    Every counter and histogram series carries a ``_created`` timestamp twin, which doubles the decision
+    metrics' series count in Prometheus for a value no dashboard or alert here reads. prometheus-client's
+    own switch (``disable_created_metrics``) is process-wide and would change the exposition of every other
+    library's metrics in the caller's process; this filters only the metrics it wraps.
+    """
+
+    def __init__(self, metrics: Sequence[MetricWrapperBase]) -> None:
+        self.metrics = tuple(metrics)  # made with registry=None: exposed only through this collector
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.metrics:
+            for family in metric.collect():  # a fresh family per collect: filtering it changes nothing else
+                family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+                yield family
+
+    def describe(self) -> Iterator[Metric]:  # the names, so a registry still refuses a second copy
+        for metric in self.metrics:
+            yield from metric.describe()
+
+
 def _bound(value: float) -> str:
     """A bucket bound as Prometheus writes it (shortest float text, so 0.1 stays 0.1)."""
     return repr(float(value))
@@ -144,7 +168,7 @@ class DecisionMetrics:
         self._gauges_set: set[tuple[str, str]] = set()
         self._failures = 0
         self._children: dict[tuple[object, ...], Any] = {}  # (metric, *labels) -> child; labels() costs a lock
-        r, ns = self.registry, NAMESPACE
+        r, ns = None, NAMESPACE  # registered below, through _WithoutCreated
         self.decisions = Counter("decisions_total", "Crops decided, by reason (accepted or why not).",
                                  ["head", "version", "reason"], namespace=ns, registry=r)
         self.predicted_class = Counter("predicted_class_total", "Crops by top-1 class (bounded; the rest __other__).",
@@ -157,6 +181,8 @@ class DecisionMetrics:
                                    ["head", "version"], namespace=ns, registry=r)
         self.expected_ood_rate = Gauge("expected_ood_rate", "1 - the quantile the OOD threshold was set at.",
                                        ["head", "version"], namespace=ns, registry=r)
+        self.registry.register(_WithoutCreated((self.decisions, self.predicted_class, self.errors,
+                                                self.request_seconds, self.ood_threshold, self.expected_ood_rate)))
         self.confidence = _BatchHistograms(f"{ns}_confidence", "Calibrated top-1 probability per crop.",
                                            ["head", "version"])
         self.margin = _BatchHistograms(f"{ns}_margin", "Top-1 minus top-2 probability per crop.",
@@ -164,7 +190,7 @@ class DecisionMetrics:
         self.ood_score = _BatchHistograms(f"{ns}_ood_score", "The head's OOD score per crop (heads that have one).",
                                           ["head", "version"])
         for collector in (self.confidence, self.margin, self.ood_score):
-            r.register(collector)
+            self.registry.register(collector)
 
     # -- the Observer protocol -------------------------------------------------------------------
 

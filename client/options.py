@@ -9,6 +9,11 @@ from headserve.client.errors import BadInputError, ClientError, ServerUnavailabl
 from headserve.preprocess import DEFAULT_MAX_PIXELS
 
 COMPRESSIONS = (None, "gzip", "deflate")
+# Client-side load balancing over every address a target resolves to (a Kubernetes headless Service's pods,
+# "dns:///headserve-triton-grpc.headserve.svc.cluster.local:8001"): gRPC's default, pick_first, sends every
+# request of a channel to one of them. New addresses are seen when gRPC resolves the name again, which it
+# does when a connection closes (a pod that leaves or restarts), not on a timer.
+ROUND_ROBIN: tuple[tuple[str, str | int], ...] = (("grpc.lb_policy_name", "round_robin"),)
 
 
 @dataclass(frozen=True)

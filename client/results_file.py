@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 from headserve.client.errors import BadInputError
+from headserve.errors import ImageDecodeError
 
 PARTIAL_SUFFIX = ".partial"
+# Failures caused by the crops themselves: the same command would stop at the same crop again, so the
+# hint after them says to fix the input first. Any other failure (server gone, deadline, swap) may pass.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (BadInputError, ImageDecodeError)
 
 
 def row_key(description: dict, keys: Sequence[str]) -> str:
@@ -104,11 +108,24 @@ class ResultsFile:
         assert self.path is not None and self.partial is not None
         os.replace(self.partial, self.path)
 
-    def abandon(self) -> str | None:
-        """Close after a failure; a line telling the user how to complete the run, when there is a file."""
+    def abandon(self, error: BaseException | None = None) -> str | None:
+        """Close after ``error``; a line telling the user how to complete the run, when results were kept.
+
+        A ``FILE.partial`` that holds no result is removed, so the next run needs no ``--resume``. After a
+        refused input, rerunning unchanged would stop at the same crop: the hint says to fix it first.
+        """
         if self._fd is None:
             return None
         os.close(self._fd)
         self._fd = None
-        return (f"{self.kept + self.written} results are in {self.partial}; run the same command again with "
+        assert self.partial is not None
+        done = self.kept + self.written
+        if done == 0:
+            self.partial.unlink(missing_ok=True)
+            return None
+        if isinstance(error, INPUT_ERRORS):
+            return (f"{done} results are in {self.partial}; rerunning as is would stop at the same crop: fix the "
+                    "input named above (replace the file, or leave that crop out), then run again with --resume "
+                    "to classify only the missing crops")
+        return (f"{done} results are in {self.partial}; run the same command again with "
                 "--resume to classify only the missing crops")

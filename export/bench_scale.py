@@ -135,13 +135,18 @@ def _bench_encoder(encoder: str, config: ScaleConfig) -> dict[str, Measured]:
 def _repository(root: Path, spec, graph, config: ScaleConfig) -> tuple[Path, dict[str, str]]:
     """The encoder, ``config.heads`` heads with their ensembles and a multi-head ensemble, plus the
     encoder's variants (no dynamic batching, fp32 pixels, one instance per core) each with a head."""
-    from headserve.artifact import load_meta
     from headserve.export.example import ExampleHead, write_example_head
     from headserve.export.model_config import DataType, Runtime, RuntimeOptions, parameters_of, parse
     from headserve.export.multi_head import write_multi_head_ensemble
     from headserve.export.onnx_export import EncoderExport, encoder_graph_spec, export_onnx
     from headserve.export.pipeline import export_head
-    from headserve.export.repository import encoder_desc, encoder_model_name, publish_version, write_ensemble
+    from headserve.export.repository import (
+        encoder_desc,
+        encoder_model_name,
+        publish_version,
+        read_served_head,
+        write_ensemble,
+    )
 
     repo = root / "repo"
     heads = [f"h{i}" for i in range(config.heads)]
@@ -151,7 +156,7 @@ def _repository(root: Path, spec, graph, config: ScaleConfig) -> tuple[Path, dic
     base = encoder_model_name(spec.name)
     version = repo / base / "1"
     params = parameters_of(parse((repo / base / "config.pbtxt").read_text()))
-    files = {p.name: p for p in version.iterdir() if p.name != "model.py"}  # graph, external weights, fingerprint
+    files = {p.name: p for p in version.iterdir() if p.is_file() and p.name != "model.py"}  # graph, weights, fingerprint
     variants = {
         "nobatch": (encoder_desc(f"{base}_nobatch", spec, params, dynamic_batching=False), files, None),
         "percore": (encoder_desc(f"{base}_percore", spec, params), files,
@@ -164,11 +169,11 @@ def _repository(root: Path, spec, graph, config: ScaleConfig) -> tuple[Path, dic
     export_onnx(EncoderExport(graph).eval(), float_spec, fp32_dir / "model.onnx")
     variants["fp32in"] = (encoder_desc(f"{base}_fp32in", spec, params, input_dtype=DataType.TYPE_FP32),
                           {p.name: p for p in fp32_dir.iterdir()}, None)
-    meta = load_meta(root / heads[0])
     for suffix, (desc, variant_files, options) in variants.items():
         publish_version(repo / desc.name, desc, Runtime.LOCAL, variant_files, options=options)
     for suffix in ("nobatch", "percore"):
-        write_ensemble(repo, replace(meta, name=f"h0_{suffix}"), f"{base}_{suffix}", "h0_head", Runtime.LOCAL)
+        write_ensemble(repo, replace(read_served_head(repo, "h0", "a benchmark variant")[0], name=f"h0_{suffix}"),
+                       f"{base}_{suffix}", "h0_head", Runtime.LOCAL)
     names = {"encoder": base, "head": "h0", "multi": multi, "nobatch": "h0_nobatch", "percore": "h0_percore",
              "fp32in": f"{base}_fp32in"}
     return repo, names

@@ -20,6 +20,7 @@ class TritonPythonModel:
     def initialize(self, args):
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         sys.path.insert(0, version_dir)  # the vendored headserve preprocessing wins over any installed one
+        sys.dont_write_bytecode = True  # serving never writes into the repository (export precompiled them)
         try:
             import PIL  # noqa: F401  (decoding needs it; the official Triton image does not ship it)
         except ImportError as exc:

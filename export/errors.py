@@ -8,8 +8,9 @@ from headserve.errors import ExportParityError, RepositoryError
 class Fp16ParityError(ExportParityError):
     """An fp16 encoder export that produced NaN/inf or left the fp16 tolerance; nothing was written."""
 
-    def __init__(self, model: str, diffs: dict[str, float], atol: float) -> None:
-        super().__init__(model, diffs, atol)
+    def __init__(self, model: str, diffs: dict[str, float], atol: float,
+                 failed: dict[str, str] | None = None) -> None:
+        super().__init__(model, diffs, atol, failed)
         nan = any(d != d or d == float("inf") for d in diffs.values())
         reason = "produces NaN or inf in float16" if nan else "exceeds the fp16 tolerance"
         self.args = (

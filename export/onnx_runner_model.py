@@ -47,15 +47,18 @@ class TritonPythonModel:
             pb_utils.Logger.log_info(
                 f"{args['model_instance_name']}: ONNX Runtime on {self.session.get_providers()[0]}, "
                 f"{options.intra_op_num_threads} intra-op thread(s)")
+        self.name = args["model_name"]
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
 
     def execute(self, requests):
         # A float input holding NaN or Inf would come back as NaN probabilities with no error, so each such
         # request is refused here, at the boundary, naming the input; the others in the batch still run.
+        # Finite inputs can still overflow (an embedding of 3e38 gives infinite logits, then NaN probabilities),
+        # so every answer is checked too: a request whose outputs are not finite is refused, never answered.
         responses = [None] * len(requests)
         feeds = {name: [] for name in self.inputs}
-        sizes, kept = [], []
+        sizes, kept, inputs = [], [], []
         for i, request in enumerate(requests):
             arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
             problem = _non_finite(arrays)
@@ -68,14 +71,20 @@ class TritonPythonModel:
                 feeds[name].append(array)
             sizes.append(arrays[self.inputs[0]].shape[0])
             kept.append(i)
+            inputs.append(arrays)
         if kept:
             batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
             results = self.session.run(self.outputs, batch)
             start = 0
-            for i, size in zip(kept, sizes):
-                tensors = [pb_utils.Tensor(name, r[start:start + size]) for name, r in zip(self.outputs, results)]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            for i, size, arrays in zip(kept, sizes, inputs):
+                parts = {name: r[start:start + size] for name, r in zip(self.outputs, results)}
                 start += size
+                problem = _non_finite_outputs(self.name, parts, arrays)
+                if problem:
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=problem)
+                    continue
+                tensors = [pb_utils.Tensor(name, part) for name, part in parts.items()]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 
     def finalize(self):
@@ -146,6 +155,39 @@ def _non_finite(arrays):
             row = int(np.argwhere(bad)[0][0])
             return f"input {name!r} holds {int(bad.sum())} NaN or infinite value(s) (first in row {row})"
     return ""
+
+
+def _non_finite_outputs(model, outputs, inputs):
+    """The error for a request whose finite inputs gave NaN or infinite outputs, else None.
+
+    With float inputs (embeddings) the request carried values large enough to overflow the graph: a bad
+    request, INVALID_ARGUMENT naming the largest one. With pixels only, no input can be to blame: the graph
+    itself overflows (an fp16 export, say), an internal error.
+    """
+    bad_rows, names = set(), []
+    for name, array in outputs.items():
+        if array.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if bad.any():
+            names.append(name)
+            bad_rows.update(int(r) for r in np.flatnonzero(bad))
+    if not bad_rows:
+        return None
+    rows = sorted(bad_rows)
+    where = (f"model {model!r} computed NaN or infinite {', '.join(map(repr, names))} for {len(rows)} row(s) of "
+             f"this request (rows {', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}) from finite "
+             "inputs, so it is refused rather than answered")
+    floats = {name: array for name, array in inputs.items() if array.dtype.kind == "f"}
+    if floats:
+        name, array = max(floats.items(), key=lambda item: float(np.abs(item[1]).max(initial=0.0)))
+        flat = np.abs(array.reshape(len(array), -1))
+        row = int(flat.max(axis=1).argmax())
+        return _invalid_argument(f"{where}: input {name!r} reaches {float(flat[row].max()):.3g} in row {row}, "
+                                 "which overflows the computation; send embeddings as the encoder makes them "
+                                 "(L2-normalised, every value in [-1, 1])")
+    return pb_utils.TritonError(f"{where}: the graph overflows on these inputs (an fp16 export?); re-export it "
+                                "in fp32, and see the server log")
 
 
 def _invalid_argument(message):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from headserve.artifact import WEIGHTS_FILE, check_encoder_match, load_meta, load_tensors, trained_encoder
+from headserve.artifact import WEIGHTS_FILE, HeadMeta, check_encoder_match, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import HEAD_FEED, EncoderIdentity, ServedHead, encoder_model_name
-from headserve.errors import ArtifactError, RepositoryError
+from headserve.encoders import get_encoder
+from headserve.errors import ArtifactError, EncoderMismatchError, RepositoryError, UnknownEncoderError
 from headserve.export.engine import (
     DEFAULT_ENGINE,
     MIN_COSINE,
@@ -23,7 +25,15 @@ from headserve.export.engine import (
 from headserve.export.errors import EngineMismatchError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
 from headserve.export.model_config import InstanceKind, ProductionOptions, Runtime, RuntimeOptions, parameters_of, parse
-from headserve.export.repository import WrittenModel, add_encoder, add_head, encoder_parameters
+from headserve.export.repository import (
+    HeadGraph,
+    WrittenModel,
+    add_encoder,
+    add_head,
+    encoder_parameters,
+    export_head_graph,
+)
+from headserve.head import ServingHead
 from headserve.head_file import serving_head
 from headserve.lockfile import check_repository_path, repository_lock
 
@@ -39,28 +49,38 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     were computed with (meta.json), so the served head sees what it was trained on. A head whose training
     engine and the repository's encoder disagree beyond the parity check is refused, naming both.
 
+    The artifact is read and its graph checked before the repository is created or locked; a failure
+    after that (an encoder that does not match, a refused encoder export) leaves no new directory
+    behind (``repository_lock`` removes a repository it created).
+
     The export is the repository's only writer: the check for its encoder, the encoder's export and
     the head's publish happen under the repository's lock, so two exports at once neither take one
     version nor both export the encoder.
     """
     check_repository_path(Path(repo))
-    load_meta(artifact)  # a missing or unreadable artifact fails before the lock creates the repository
-    with repository_lock(Path(repo)):
-        return _export_head(artifact, Path(repo), Runtime(runtime), encoder_name, encoder_weights, options,
-                            precision, engine, log)
-
-
-def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_name: str | None,
-                 encoder_weights: str | None, options: ProductionOptions | None, precision: str, engine: str,
-                 log: Callable[[str], None]) -> list[WrittenModel]:
+    # Everything that depends on the artifact alone is read and checked before the repository is created or
+    # locked: meta.json (its preprocessing spec included), the weights against the digest meta.json recorded,
+    # the module they build, and its ONNX graph against PyTorch. A refused head leaves the repository as it was.
     meta = load_meta(artifact)
-    tensors = load_tensors(artifact)  # a broken weights file is refused before the repository is touched
+    tensors = load_tensors(artifact, meta)
     name = encoder_name or meta.encoder_name
     if not name:
         raise ArtifactError(
             f"{artifact}: the head names no registry encoder (encoder_model {meta.encoder_model!r}); "
             "name the registry encoder its embeddings came from (encoder_name)"
         ).about("encoder_name")
+    _check_width(meta, name)
+    module = serving_head(meta, tensors, origin=str(Path(artifact) / WEIGHTS_FILE))
+    with tempfile.TemporaryDirectory(prefix="headserve-export-") as scratch:
+        graph = export_head_graph(meta, module, Path(scratch))
+        with repository_lock(Path(repo)):
+            return _export_head(meta, module, graph, name, Path(repo), Runtime(runtime), encoder_weights, options,
+                                precision, engine, log)
+
+
+def _export_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, name: str, repo: Path, runtime: Runtime,
+                 encoder_weights: str | None, options: ProductionOptions | None, precision: str, engine: str,
+                 log: Callable[[str], None]) -> list[WrittenModel]:
     written: list[WrittenModel] = []
     model = encoder_model_name(name)
     config_path = repo / model / "config.pbtxt"
@@ -79,11 +99,9 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
         log(f"encoder {name}: weights {source}")
         loaded = load_encoder(spec)
         params = encoder_parameters(loaded, fingerprint(encoder_graph(loaded), loaded.spec.preprocess))
-    # Refuse, before anything is written: a head trained on another encoder (naming both), then weights
-    # that contradict meta.json (a temperature or a shape of their own).
+    # Refuse, before anything is written: a head trained on another encoder (naming both).
     check_encoder_match(meta, EncoderIdentity.from_parameters(params, f"encoder {name}"), where=f"encoder {name}")
     check_training_engine(meta.name, trained_engine(meta.extra), served, where=str(config_path))
-    module = serving_head(meta, tensors, origin=str(Path(artifact) / WEIGHTS_FILE))
     if loaded is not None:
         written.append(add_encoder(repo, loaded, runtime, options=options, choice=choice, decide=_decide(module),
                                    log=log))
@@ -96,7 +114,7 @@ def _export_head(artifact: str | Path, repo: Path, runtime: Runtime, encoder_nam
         meta.preprocess = served_preprocess.to_dict()
     meta.encoder_name = meta.encoder_name or name
     written.extend(add_head(repo, meta, module, model, runtime, encoder_params=params,
-                            options=options))
+                            options=options, graph=graph))
     written.extend(_refresh_dependents(repo, meta.name, runtime, options))
     return written
 
@@ -155,6 +173,20 @@ def _decide(module: Any) -> Callable[[np.ndarray], np.ndarray]:
             return module(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)))[1].numpy()
 
     return decide
+
+
+def _check_width(meta: HeadMeta, name: str) -> None:
+    """The registry gives the encoder's width without loading it, so a head of another width is refused first,
+    naming both widths (the full identity, fingerprint included, is compared once the encoder is at hand)."""
+    try:
+        width = get_encoder(name).embedding_dim
+    except UnknownEncoderError:  # a repository may serve an encoder this registry lacks: compared under the lock
+        return
+    if width != meta.embedding_dim:
+        raise EncoderMismatchError(
+            f"head {meta.name!r} was trained on embeddings of embedding_dim {meta.embedding_dim} (its meta.json), "
+            f"but encoder {name} gives embedding_dim {width}. Retrain the head on this encoder's embeddings or "
+            "serve it with the encoder it was trained on.")
 
 
 def _refresh_dependents(repo: Path, head: str, runtime: Runtime, options: ProductionOptions | None,

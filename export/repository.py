@@ -11,13 +11,19 @@ are replaced atomically, so a polling Triton never reads half a model.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import py_compile
 import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
+from torch import nn
 
 from headserve.artifact import HeadMeta, check_encoder_match
 from headserve.backbones import EncoderGraph, LoadedEncoder, encoder_graph, fingerprint
@@ -25,8 +31,10 @@ from headserve.contract import (
     EMBEDDING,
     HEAD_FEED,
     HEAD_INPUT,
+    HEAD_OUTPUT_TYPES,
     HEAD_OUTPUT_WIDTHS,
     HEAD_OUTPUTS,
+    IDENTITY_KEYS,
     LABELS_FILE,
     PIXELS,
     PROBS,
@@ -34,6 +42,7 @@ from headserve.contract import (
     ParameterError,
     ServedHead,
     encoder_model_name,
+    head_id_of,
     head_model_name,
 )
 from headserve.encoders import EncoderSpec
@@ -119,6 +128,7 @@ def _publish_version_locked(model_dir: Path, desc: ModelDesc, runtime: Runtime, 
                 (staged / name).write_bytes(content)
         if runtime is Runtime.LOCAL and desc.is_onnx:
             shutil.copyfile(RUNNER_SOURCE, staged / "model.py")
+        precompile_sources(staged)
         if labels is not None:
             write_text_atomic(model_dir / LABELS_FILE, "\n".join(labels) + "\n")
         write_text_atomic(model_dir / "config.pbtxt", to_text(render(desc, runtime, options)))
@@ -126,6 +136,19 @@ def _publish_version_locked(model_dir: Path, desc: ModelDesc, runtime: Runtime, 
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+def precompile_sources(version_dir: Path) -> None:
+    """Write the bytecode of every Python file in a version directory now, while it is staged.
+
+    The python backend's stub runs its interpreter isolated (PYTHONDONTWRITEBYTECODE is ignored there) and
+    would otherwise write ``__pycache__/`` into the served version on first import; a polling Triton takes that
+    for a changed model and reloads it. Hash-checked pycs stay valid when the repository is copied (mtimes
+    change) and are rebuilt, not trusted, if a source is edited. A stub of another Python version still
+    writes its own pyc beside these: serve a production repository from a read-only volume.
+    """
+    for source in sorted(version_dir.rglob("*.py")):
+        py_compile.compile(str(source), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
 
 
 def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_size: int = 64,
@@ -149,6 +172,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     model_dir = Path(repo) / name
     choice = choice or EngineChoice(DEFAULT_ENGINE, precision, f"{DEFAULT_ENGINE} {precision}: asked for")
     graph_precision = choice.precision if choice.engine == DEFAULT_ENGINE else "fp32"  # OpenVINO reads the fp32 graph
+    new_model = not model_dir.exists()
     tmp = staging_dir(model_dir / "export")
     try:
         graph_spec = replace(encoder_graph_spec(spec.name, spec.preprocess.input_size),
@@ -169,6 +193,12 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
         if (tmp / "model.onnx.data").is_file():  # external weights travel with the graph
             files["model.onnx.data"] = tmp / "model.onnx.data"
         version, path = publish_version(model_dir, desc, runtime, files, options=options)
+    except BaseException:
+        if new_model:  # the staging made the model's directory: a refused encoder leaves none behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()  # only while empty: another writer's files keep it
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
@@ -182,8 +212,6 @@ def check_engine(graph: EncoderGraph, spec: EncoderSpec, onnx_path: Path, choice
     Raises ``EngineParityError`` below the precision's minimum cosine. An automatic bf16 choice
     (``choice.fallback``) falls back to the same engine in fp32 instead, and says why.
     """
-    import torch
-
     pixels, source = sample_pixels(spec.preprocess)
     with torch.inference_mode():  # the exporter's graph is on the CPU, in fp32
         reference = graph.eval()(torch.from_numpy(pixels)).float().numpy()
@@ -224,24 +252,46 @@ def encoder_parameters(loaded: LoadedEncoder, fp: str) -> dict[str, str]:
     return {**EncoderIdentity.from_spec(loaded.spec, fp).to_parameters(), "untrained": json.dumps(loaded.spec.is_tiny)}
 
 
+@dataclass(frozen=True)
+class HeadGraph:
+    """A head's ONNX graph, exported and checked against PyTorch, not yet in any repository."""
+
+    path: Path  # model.onnx in a scratch directory
+    max_abs_diff: Mapping[str, float]  # per output, max |ONNX - PyTorch| of the parity check
+
+
+def export_head_graph(meta: HeadMeta, module: ServingHead, directory: Path) -> HeadGraph:
+    """The head's graph as ``directory/model.onnx``; ``ExportParityError`` (nothing written) when it is not exact.
+
+    Kept apart from ``add_head`` so that ``export head`` can check the graph before it creates or locks the
+    repository: a head whose graph fails leaves the repository as it was.
+    """
+    path = Path(directory) / "model.onnx"
+    head_id = served_head(meta, module).head_id
+    assert head_id is not None  # served_head computes it from the module
+    diffs = export_onnx(IdentifiedHead(module, head_id), head_graph_spec(meta.name, meta.embedding_dim, HEAD_OUTPUTS),
+                        path)
+    return HeadGraph(path, diffs)
+
+
 def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenModel | str,
              runtime: Runtime, encoder_params: Mapping[str, str] | None = None,
-             max_batch_size: int = 64, options: ProductionOptions | None = None) -> tuple[WrittenModel, WrittenModel]:
-    """Export a head and (re)write its ensemble; refuses a head trained on another encoder."""
+             max_batch_size: int = 64, options: ProductionOptions | None = None,
+             graph: HeadGraph | None = None) -> tuple[WrittenModel, WrittenModel]:
+    """Export a head (or publish its ``graph`` exported already) and (re)write its ensemble; refuses a head
+    trained on another encoder."""
     encoder_name = encoder if isinstance(encoder, str) else encoder.name
     if encoder_params is not None:
         check_encoder_match(meta, EncoderIdentity.from_parameters(encoder_params, f"encoder {encoder_name}"),
                             where=f"repository encoder {encoder_name}")
+    _ = meta.preprocess_spec  # a head without its preprocessing cannot be served: ArtifactError before writing
     head_name = head_model_name(meta.name)
     head_dir = Path(repo) / head_name
-    n = len(meta.classes)
-    outputs = tuple(
-        TensorSpec(o, DataType.TYPE_FP32, (HEAD_OUTPUT_WIDTHS.get(o, n),), LABELS_FILE if o == PROBS else None)
-        for o in HEAD_OUTPUTS
-    )
-    tmp = staging_dir(head_dir / "export")
-    try:
-        diffs = export_onnx(module, head_graph_spec(meta.name, meta.embedding_dim, HEAD_OUTPUTS), tmp / "model.onnx")
+    served = served_head(meta, module)
+    outputs = tuple(_head_output_spec(o, len(meta.classes)) for o in HEAD_OUTPUTS)
+    # Scratch outside the repository: the head's directory is created only by the publish below.
+    with tempfile.TemporaryDirectory(prefix=f"headserve-{head_name}-") as scratch:
+        graph = graph or export_head_graph(meta, module, Path(scratch))
         desc = ModelDesc(
             name=head_name,
             inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
@@ -251,18 +301,64 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
             keep_versions=2,
         )
         with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
-            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": tmp / "model.onnx"},
+            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path},
                                              meta.classes, options)
-            written_head = WrittenModel(head_name, version, path, diffs)
-            ensemble = write_ensemble(Path(repo), meta, encoder_name, head_name, runtime, max_batch_size,
+            written_head = WrittenModel(head_name, version, path, graph.max_abs_diff)
+            ensemble = write_ensemble(Path(repo), served, encoder_name, head_name, runtime, max_batch_size,
                                       head_version=version)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return written_head, ensemble
 
 
-def served_head(meta: HeadMeta) -> ServedHead:
-    """The record a head's ensemble publishes, from the head's meta.json."""
+def _head_output_spec(output: str, classes: int, labels: str | None = LABELS_FILE, name: str | None = None) -> TensorSpec:
+    """A head output as a model or an ensemble declares it: its type, its width, and the labels of ``probs``."""
+    return TensorSpec(name or output, DataType[f"TYPE_{HEAD_OUTPUT_TYPES.get(output, 'FP32')}"],
+                      (HEAD_OUTPUT_WIDTHS.get(output, classes),), labels if output == PROBS else None)
+
+
+class IdentifiedHead(nn.Module):
+    """The head graph as exported: the serving head's outputs, then its id on every row (``HEAD_ID``)."""
+
+    def __init__(self, head: ServingHead, head_id: int) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("head_id", torch.tensor([[head_id]], dtype=torch.int64), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (*self.head(x), self.head_id.expand(x.shape[0], 1))  # ..., (B, 1)
+
+    def logit_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """The serving head's, for the parity check's logit tolerance (export.onnx_export.head_graph_spec)."""
+        return self.head.logit_magnitude(x)
+
+
+def head_id(meta: HeadMeta, module: ServingHead, record: ServedHead) -> int:
+    """What identifies the head a served answer came from: its weights and the record's decoding fields.
+
+    Equal for the same artifact exported twice (so a long-lived client still decodes it), different for
+    any change a client must notice: another class order, temperature, threshold, or any weight.
+    """
+    digest = hashlib.sha256()
+    decoding = {k: v for k, v in record.to_parameters().items() if k in DECODING_KEYS}
+    digest.update(json.dumps(decoding, sort_keys=True).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return head_id_of(digest.digest())
+
+
+# The record's fields that change how an answer is read; prompt and encoded-variant links are added later
+# without re-exporting the head, so they are not part of its id.
+DECODING_KEYS: tuple[str, ...] = ("classes", "background_indices", "temperature", "head_type", "classifier",
+                                  "ood_threshold", "ood_quantile", *IDENTITY_KEYS)
+
+
+def served_head(meta: HeadMeta, module: ServingHead | None = None) -> ServedHead:
+    """The record a head's ensemble publishes, from the head's meta.json (and its id, given the module)."""
+    record = _served_head(meta)
+    return replace(record, head_id=head_id(meta, module, record)) if module is not None else record
+
+
+def _served_head(meta: HeadMeta) -> ServedHead:
     ood_threshold = getattr(meta, "ood_threshold", None)  # heads trained with an OOD detector publish it
     return ServedHead(
         name=meta.name,
@@ -319,25 +415,22 @@ def head_ensemble_desc(served: ServedHead, wiring: EnsembleWiring) -> ModelDesc:
 def head_outputs(served: ServedHead, wiring: EnsembleWiring,
                   rename: Callable[[str], tuple[str, str]] | None = None) -> tuple[TensorSpec, ...]:
     """The head's outputs as an ensemble publishes them (``rename``: output -> published name, label file)."""
-    n = len(served.classes)
     specs = []
     for o in wiring.head_outputs:
         name, labels = rename(o) if rename else (o, LABELS_FILE)
-        specs.append(TensorSpec(name, DataType.TYPE_FP32, (HEAD_OUTPUT_WIDTHS.get(o, n),),
-                                labels if o == PROBS else None))
+        specs.append(_head_output_spec(o, len(served.classes), labels, name))
     return tuple(specs)
 
 
-def write_ensemble(repo: Path, meta: HeadMeta, encoder_name: str, head_name: str, runtime: Runtime,
+def write_ensemble(repo: Path, served: ServedHead, encoder_name: str, head_name: str, runtime: Runtime,
                    max_batch_size: int = 64, head_version: int = -1) -> WrittenModel:
-    """The ensemble clients call: encoder (newest version) -> ``head_version`` of the head, whose classes it
-    publishes. A head export pins the version it wrote, so no request is ever answered by another head
-    version under these classes."""
-    _ = meta.preprocess_spec  # a head without its preprocessing cannot be served: ArtifactError before writing
-    served = _keep_dependents(repo, served_head(meta))
+    """The ensemble clients call: encoder (newest version) -> ``head_version`` of the head, whose record it
+    publishes. A head export pins the version it wrote; the head's id on every answer lets a client refuse
+    an answer that Triton computed with another head version anyway (see ``HEAD_ID``)."""
+    served = _keep_dependents(repo, served)
     desc = head_ensemble_desc(served, EnsembleWiring(encoder_name, head_name, head_version, max_batch_size))
-    version, path = publish_version(repo / meta.name, desc, runtime, {}, meta.classes)
-    return WrittenModel(meta.name, version, path, {})
+    version, path = publish_version(repo / served.name, desc, runtime, {}, list(served.classes))
+    return WrittenModel(served.name, version, path, {})
 
 
 def read_served_head(repo: Path, head: str, purpose: str) -> tuple[ServedHead, EnsembleWiring]:

@@ -9,10 +9,12 @@ into place, so a crash never leaves half an artifact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +22,13 @@ import numpy as np
 
 from headserve.contract import EncoderIdentity
 from headserve.encoders import DEFAULT_ENCODER_TYPE, EncoderSpec, PreprocessSpec, get_encoder
-from headserve.errors import ArtifactError, EncoderLoadError
+from headserve.errors import (
+    ArtifactError,
+    EncoderLoadError,
+    PreprocessSpecError,
+    UnverifiedWeightsWarning,
+    WeightsMismatchError,
+)
 from headserve.fsutil import publish_dir, staging_dir
 
 META_FILE = "meta.json"
@@ -49,6 +57,9 @@ class HeadMeta:
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics at training time
     extra: dict[str, Any] = field(default_factory=dict)  # recipe details (profile, ood, priors, ...)
     ood_threshold: float | None = None  # ood_score above this flags a crop as no known class; None: no OOD
+    # sha256 of head.safetensors as saved beside this meta.json, checked on every load; None in artifacts
+    # saved before it existed (they load with a warning that the pair cannot be verified)
+    weights_sha256: str | None = None
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -100,19 +111,30 @@ class HeadMeta:
             if key not in values:
                 raise ArtifactError(f"{origin}: field {key!r} is missing; the artifact is incomplete or not a head")
         meta = cls(**{k: v for k, v in values.items() if k in known})
+        if meta.preprocess is not None:  # read now, so a spec this headserve cannot apply fails where it is stored
+            try:
+                PreprocessSpec.from_dict(meta.preprocess)
+            except PreprocessSpecError as exc:
+                raise ArtifactError(f"{origin}: field 'preprocess': {exc}; export the head with the headserve "
+                                    "that trained it, or retrain it with this one") from None
         if unknown:
             meta.extra.setdefault("unread_fields", unknown)
         return meta
 
 
 def save_artifact(directory: str | os.PathLike, meta: HeadMeta, tensors: Mapping[str, np.ndarray]) -> Path:
-    """Write meta.json + head.safetensors atomically into ``directory`` (replacing an older one)."""
+    """Write meta.json + head.safetensors atomically into ``directory`` (replacing an older one).
+
+    meta.json records the sha256 of the weights file written beside it (``weights_sha256``; ``meta``
+    itself is not changed), so that weights copied in from another artifact are refused when it is loaded.
+    """
     from safetensors.numpy import save_file
 
     tmp = staging_dir(directory)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
-        (tmp / META_FILE).write_text(meta.to_json() + "\n")
+        digest = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
+        (tmp / META_FILE).write_text(replace(meta, weights_sha256=digest).to_json() + "\n")
         return publish_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -124,26 +146,60 @@ def load_meta(directory: str | os.PathLike) -> HeadMeta:
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist; pass the directory that `headserve train` wrote")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); meta.json is written "
+                            "by `headserve train`: copy the artifact again or retrain it") from None
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, Mapping):
+        raise ArtifactError(f"{path}: not a JSON object of head fields; pass the directory that `headserve train` "
+                            "wrote")
     return HeadMeta.from_dict(data, origin=str(path))
 
 
-def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_tensors(directory: str | os.PathLike, meta: HeadMeta | None = None) -> dict[str, np.ndarray]:
+    """The weights file's tensors; with ``meta`` (that artifact's meta.json), only if they are the ones it recorded.
+
+    A weights file whose sha256 is not ``meta.weights_sha256`` is a ``WeightsMismatchError`` naming both
+    files: serving it would publish one head's numbers under another head's classes and name. An artifact
+    saved before the digest existed loads with an ``UnverifiedWeightsWarning``.
+    """
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist; the artifact has metadata but no weights")
     try:
-        return load_file(str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read ({exc.strerror}); check its permissions") from None
+    try:
+        tensors = load(data)
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(
             f"{path} is not a readable safetensors file ({str(exc)[:120]}); it may be "
             "truncated or not a head's weights: copy the artifact again or retrain it with `headserve train`"
         ) from None
+    if meta is not None:  # after parsing: a truncated file is said to be one, not to be another head's
+        _check_digest(meta, path, hashlib.sha256(data).hexdigest())
+    return tensors
+
+
+def _check_digest(meta: HeadMeta, path: Path, digest: str) -> None:
+    meta_path = path.with_name(META_FILE)
+    if meta.weights_sha256 is None:
+        warnings.warn(f"{meta_path} records no digest of {path.name} (the artifact was saved by an older "
+                      "headserve), so whether these weights belong to this head cannot be checked; retrain or "
+                      "re-save the head to record one", UnverifiedWeightsWarning, stacklevel=3)
+        return
+    if digest != meta.weights_sha256:
+        raise WeightsMismatchError(
+            f"{path} (sha256 {digest[:12]}...) is not the weights file that {meta_path} was saved with "
+            f"(sha256 {meta.weights_sha256[:12]}...): the weights come from another artifact or were changed "
+            "since; copy meta.json and head.safetensors of one artifact together, or retrain the head with "
+            "`headserve train`")
 
 
 def check_encoder_match(meta: HeadMeta, encoder_type: str | EncoderIdentity, encoder_model: str = "",

@@ -38,8 +38,16 @@ HEAD_INPUT = EMBEDDING  # the head model's input, fed from HEAD_FEED inside an e
 LOGITS = "logits"  # FP32 (B, C)
 PROBS = "probs"  # FP32 (B, C): softmax(logits / temperature), labelled by the labels file
 OOD_SCORE = "ood_score"  # FP32 (B, 1): above the published ood_threshold, a crop is no known class
-HEAD_OUTPUTS: tuple[str, ...] = (LOGITS, PROBS, OOD_SCORE)  # a head model's outputs, in this order
-HEAD_OUTPUT_WIDTHS: Mapping[str, int] = {OOD_SCORE: 1}  # widths that are not the class count
+# INT64 (B, 1): which head computed an answer, the `head_id` its ensemble publishes. Triton can answer
+# through an ensemble whose published parameters belong to another head version than the one its step ran
+# (a polling server reloads models one by one from a repository it reads file by file), so the client
+# checks this on every answer rather than trusting that the classes it read describe the head that answered.
+HEAD_ID = "head_id"
+SCORE_OUTPUTS: tuple[str, ...] = (LOGITS, PROBS, OOD_SCORE)  # what a head computes from an embedding, in order
+HEAD_OUTPUTS: tuple[str, ...] = (*SCORE_OUTPUTS, HEAD_ID)  # a head model's outputs, in this order
+HEAD_OUTPUT_WIDTHS: Mapping[str, int] = {OOD_SCORE: 1, HEAD_ID: 1}  # widths that are not the class count
+HEAD_OUTPUT_TYPES: Mapping[str, str] = {HEAD_ID: "INT64"}  # Triton data types that are not FP32
+HEAD_ID_BITS = 52  # ids fit a float64 exactly, so parity checks and JSON carry them unchanged
 PROMPT_INPUT = EMBEDDING  # the prompt model: embedding FP32 [D] -> similarity FP32 [P]
 PROMPT_OUTPUT = "similarity"
 IMAGE = "image"  # BYTES [1]: encoded JPEG/PNG, the input of a decoder and of an `_encoded` ensemble
@@ -147,6 +155,18 @@ def _width(text: str) -> int:
     if number < 0:
         raise ValueError("a width is not negative")
     return number
+
+
+def _head_id(text: str) -> int:
+    number = int(text)
+    if not 0 <= number < 2 ** HEAD_ID_BITS:
+        raise ValueError(f"a head id is a whole number from 0 to 2**{HEAD_ID_BITS} - 1")
+    return number
+
+
+def head_id_of(digest: bytes) -> int:
+    """A head id from a digest (sha256 of what the head computes with): its first ``HEAD_ID_BITS`` bits."""
+    return int.from_bytes(digest[:8], "big") >> (64 - HEAD_ID_BITS)
 
 
 def _finite(text: str) -> float:
@@ -267,7 +287,7 @@ class EncoderIdentity:
 # Parameter keys the ServedHead record reads beyond its encoder identity; any other key is kept verbatim.
 HEAD_KEYS: tuple[str, ...] = ("classes", "background_indices", "temperature", "head_type", "classifier",
                               "ood_threshold", "ood_quantile", "prompt_model", "prompt_classes", "encoded_model",
-                              "input")
+                              "input", "head_id")
 ENCODED_INPUT = "encoded"  # the "input" parameter of an `_encoded` ensemble
 
 
@@ -293,6 +313,9 @@ class ServedHead:
     prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
     encoded_model: str | None = None  # the head's `_encoded` ensemble, once exported
     encoded_input: bool = False  # True on the `_encoded` ensemble itself: it takes image bytes, not pixels
+    # the value of the head graph's `head_id` output (a digest of its weights and of this record's decoding
+    # fields); None for heads exported before it existed, whose answers cannot be checked this way
+    head_id: int | None = None
     # parameters this headserve does not read (a newer exporter's), kept verbatim when the ensemble is rendered again
     extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -343,6 +366,8 @@ class ServedHead:
             params["encoded_model"] = self.encoded_model
         if self.encoded_input:
             params["input"] = ENCODED_INPUT
+        if self.head_id is not None:
+            params["head_id"] = str(self.head_id)
         params.update(self.extra)
         return params
 
@@ -388,12 +413,14 @@ class ServedHead:
             prompt_classes=indices["prompt_classes"],
             encoded_model=params.get("encoded_model") or None,
             encoded_input=input_kind == ENCODED_INPUT,
+            head_id=_read(params, "head_id", _head_id, where) if params.get("head_id") else None,
             extra={k: v for k, v in params.items() if k not in HEAD_KEYS and k not in IDENTITY_KEYS},
         )
 
 
 __all__ = [
-    "EMBEDDING", "HEAD_FEED", "HEAD_INPUT", "HEAD_OUTPUTS", "HEAD_OUTPUT_WIDTHS", "IMAGE", "LABELS_FILE", "LOGITS",
+    "EMBEDDING", "HEAD_FEED", "HEAD_INPUT", "HEAD_OUTPUTS", "HEAD_OUTPUT_WIDTHS", "HEAD_OUTPUT_TYPES", "HEAD_ID",
+    "HEAD_ID_BITS", "SCORE_OUTPUTS", "head_id_of", "IMAGE", "LABELS_FILE", "LOGITS",
     "MULTI_HEAD_SEPARATOR", "OOD_SCORE", "PIXELS", "PROBS", "PROMPT_INPUT", "PROMPT_OUTPUT",
     "encoder_model_name", "head_model_name", "prompt_model_name", "encoded_model_name", "decoder_model_name",
     "multi_head_model_name", "multi_head_output_name",

@@ -221,6 +221,7 @@ class ServedWindow:
     skipped: int = 0  # rows that were errors or skips: counted, not compared
     source: str = "served window"  # where it came from, for messages
     versions: tuple[str, ...] = ()  # head versions that answered, when known
+    notes: tuple[str, ...] = ()  # what could not be checked about the window (e.g. rows without a version)
 
     def __post_init__(self) -> None:
         if len(self.confidence) != len(self.labels) or (
@@ -299,11 +300,17 @@ class RollingWindow:
                             versions=tuple(sorted({r[3] for r in rows})))
 
 
-def read_window(path: str | Path) -> ServedWindow:
+def read_window(path: str | Path, version: str | None = None) -> ServedWindow:
     """The window in a ``headserve classify --output`` file (JSON Lines of ``Prediction.to_json`` rows).
 
     Rows without a label (errors, skips) are counted in ``skipped``. A line that is not JSON is an error
     naming file:line; so is a file whose rows carry OOD scores only in part (two heads in one file).
+
+    Every row names the head version that answered it. A file that spans a hot swap (a long run, or one
+    completed with ``--resume`` after the swap) holds the answers of two heads under one name, and held
+    against one artifact's reference it would call the swap drift; it is refused unless ``version`` picks
+    the version whose artifact is compared, as ``RollingWindow.window`` does. Files written before rows
+    carried a version are read as they were, with a note saying their version could not be checked.
     """
     path = Path(path)
     try:
@@ -311,9 +318,7 @@ def read_window(path: str | Path) -> ServedWindow:
     except OSError as exc:
         raise DriftError(f"served window {path} cannot be read ({exc.strerror or exc}); pass the file that "
                          "`headserve classify --output` wrote") from exc
-    labels: list[str] = []
-    confidence: list[float] = []
-    scores: list[float | None] = []
+    rows: list[tuple[str, float, float | None, str]] = []  # (label, confidence, ood score, version) per decided row
     skipped = 0
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -326,17 +331,47 @@ def read_window(path: str | Path) -> ServedWindow:
         if not isinstance(row, dict) or "error" in row or "label" not in row or "confidence" not in row:
             skipped += 1
             continue
-        labels.append(str(row["label"]))
-        confidence.append(float(row["confidence"]))
-        scores.append(None if row.get("ood_score") is None else float(row["ood_score"]))
+        rows.append((str(row["label"]), float(row["confidence"]),
+                     None if row.get("ood_score") is None else float(row["ood_score"]), str(row.get("version") or "")))
+    rows, notes = _one_version(rows, version, path)
+    scores = [r[2] for r in rows]
     have = [s is not None for s in scores]
     if any(have) and not all(have):
         first = have.index(False) if have[0] else have.index(True)
         raise DriftError(f"{path}: some rows carry an ood_score and some do not (first differing decided row "
                          f"{first + 1}); one file must hold the answers of one head")
-    return ServedWindow(labels=tuple(labels), confidence=np.array(confidence, np.float64),
-                        ood_scores=np.array(scores, np.float64) if labels and all(have) else None,
-                        skipped=skipped, source=str(path))
+    return ServedWindow(labels=tuple(r[0] for r in rows), confidence=np.array([r[1] for r in rows], np.float64),
+                        ood_scores=np.array(scores, np.float64) if rows and all(have) else None,
+                        skipped=skipped, source=str(path), versions=tuple(sorted({r[3] for r in rows} - {""})),
+                        notes=notes)
+
+
+def _one_version(rows: list[tuple[str, float, float | None, str]], version: str | None,
+                 path: Path) -> tuple[list[tuple[str, float, float | None, str]], tuple[str, ...]]:
+    """The decided rows of one head version, and notes on what could not be checked; refuses a mixed file."""
+    unversioned = sum(1 for r in rows if not r[3])
+    versions = sorted({r[3] for r in rows} - {""}, key=lambda v: (len(v), v))  # numeric order for Triton's versions
+    if version is not None:
+        if not versions:
+            raise DriftError(f"{path} records no head version (written before `headserve classify` recorded one), "
+                             f"so version {version!r} cannot be picked from it; drop --version, or classify again")
+        kept = [r for r in rows if r[3] == version]
+        if not kept:
+            raise DriftError(f"{path} holds no answers of head version {version!r} (versions in it: "
+                             f"{', '.join(versions)}); pass one of those to --version")
+        notes = (f"compared the {len(kept)} answers of head version {version}; left out "
+                 f"{len(rows) - len(kept)} of other versions" + (f" ({unversioned} recording none)" if unversioned
+                                                                  else ""),) if len(kept) < len(rows) else ()
+        return kept, notes
+    if len(versions) > 1 or (versions and unversioned):
+        spans = ", ".join(versions) + (f" and {unversioned} rows recording no version" if unversioned else "")
+        raise DriftError(f"{path} holds answers of head versions {spans} (a hot swap during the run, or a run "
+                         "completed with --resume after one); held against one artifact's reference, the swap "
+                         "would read as drift. Pass --version N, the served version of the artifact you compare")
+    if unversioned:
+        return rows, ("the rows record no head version (written before `headserve classify` recorded one): "
+                      "the window is taken as one version's answers, which could not be checked",)
+    return rows, ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,6 +503,7 @@ class DriftResult:
     window_class_counts: Mapping[str, int] = field(default_factory=dict)  # for the report's plots
     window_confidence: Histogram | None = None  # the window on the reference's confidence bins
     window_ood: Histogram | None = None  # the window on the reference's OOD bins
+    versions: tuple[str, ...] = ()  # served head versions whose answers were compared; () when not recorded
 
     @property
     def drifted(self) -> bool:
@@ -481,7 +517,7 @@ class DriftResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"drifted": self.drifted, "window_size": self.window_size, "skipped": self.skipped,
-                "source": self.source, "notes": list(self.notes),
+                "source": self.source, "versions": list(self.versions), "notes": list(self.notes),
                 "checks": [{"name": c.name, "value": c.value, "threshold": c.threshold, "passed": c.passed,
                             "detail": c.detail} for c in self.checks]}
 
@@ -507,7 +543,7 @@ def compare(reference: DriftReference, window: ServedWindow,
     confidence = Histogram.of(window.confidence, reference.confidence.edges)
     checks.append(_psi_check("confidence_psi", reference.confidence.counts, confidence.counts,
                              thresholds.confidence_psi, "top-1 confidence"))
-    notes: list[str] = []
+    notes: list[str] = list(window.notes)
     window_ood = None
     if reference.ood is None:
         notes.append("the reference has no OOD scores (a head without an OOD model): OOD checks not run")
@@ -526,7 +562,7 @@ def compare(reference: DriftReference, window: ServedWindow,
     return DriftResult(checks=tuple(checks), window_size=n, skipped=window.skipped, source=window.source,
                        notes=tuple(notes),
                        window_class_counts={c: int(k) for c, k in zip(reference.classes, counts)},
-                       window_confidence=confidence, window_ood=window_ood)
+                       window_confidence=confidence, window_ood=window_ood, versions=window.versions)
 
 
 def _psi_check(name: str, reference: Iterable[int], window: Iterable[int], limit: float, what: str) -> Check:

@@ -96,7 +96,9 @@ def markdown(result: DriftResult | None, reference: DriftReference, head: HeadSu
         window = "- window: none (pass one to compare it)"
     else:
         verdict = "**drifted**: at least one check failed" if result.drifted else "no drift: every check passed"
-        window = (f"- window: {result.window_size} decided crops from `{result.source}`"
+        served = (f" of served version {', '.join(result.versions)}" if result.versions
+                  else " (served version not recorded)")
+        window = (f"- window: {result.window_size} decided crops{served} from `{result.source}`"
                   f" ({result.skipped} errors or skips not compared)")
     lines = [f"# Drift report: head `{head.name}`{version}", "",
              f"- verdict: {verdict}",

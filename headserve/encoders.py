@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from headserve.errors import UnknownEncoderError
+from headserve.errors import PreprocessSpecError, UnknownEncoderError
 
 # open_clip's OPENAI_DATASET_MEAN/STD; the LAION-trained CLIP checkpoints use the same values.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -82,25 +82,37 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
-        # A field this version does not know changes how crops are resized; ignoring it would give
-        # quietly different embeddings, so it is refused.
+        """Read ``to_dict``'s form; anything else raises ``PreprocessSpecError`` (a ValueError) naming the field.
+
+        A field this version does not know changes how crops are resized; ignoring it would give quietly
+        different embeddings, so it is refused, as are missing fields and values of the wrong kind.
+        """
+        if not isinstance(data, Mapping):
+            raise PreprocessSpecError(f"preprocess spec {data!r} is not a mapping of spec fields")
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"preprocess spec has fields this headserve does not know: {', '.join(unknown)}; "
-                             "upgrade headserve to the version that exported the model")
+            raise PreprocessSpecError(f"preprocess spec has fields this headserve does not know: "
+                                      f"{', '.join(map(str, unknown))}; upgrade headserve to the version that "
+                                      "exported the model")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
+        if missing:
+            raise PreprocessSpecError(f"preprocess spec lacks the field(s) {', '.join(missing)}")
         optional: dict[str, Any] = {}  # absent fields keep the dataclass defaults
-        if data.get("resize_size") is not None:
-            optional["resize_size"] = int(data["resize_size"])
-        if "crop_offset" in data:
-            optional["crop_offset"] = str(data["crop_offset"])
-        return cls(
-            input_size=int(data["input_size"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
-            resize=str(data["resize"]),
-            interpolation=str(data["interpolation"]),
-            **optional,
-        )
+        try:
+            if data.get("resize_size") is not None:
+                optional["resize_size"] = int(data["resize_size"])
+            if "crop_offset" in data:
+                optional["crop_offset"] = str(data["crop_offset"])
+            return cls(
+                input_size=int(data["input_size"]),
+                mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+                resize=str(data["resize"]),
+                interpolation=str(data["interpolation"]),
+                **optional,
+            )
+        except (TypeError, ValueError) as exc:
+            raise PreprocessSpecError(f"preprocess spec {dict(data)} does not read: {exc}") from None
 
     def to_json(self) -> str:
         """The one text form of a spec (ensemble and decoder parameters, fingerprint files, encoder fingerprints).

@@ -61,6 +61,11 @@ class ConfigError(HeadserveError, ValueError):
     """A config field set to a value it cannot take (raised by the config's ``__post_init__``)."""
 
 
+class PreprocessSpecError(ConfigError):
+    """A stored preprocessing spec (meta.json, a model's parameters) that this headserve cannot read exactly:
+    a field it does not know, a missing field, or a value of the wrong kind."""
+
+
 class DatasetError(HeadserveError):
     """A dataset path or file that cannot be used."""
 
@@ -81,6 +86,18 @@ class ArtifactError(HeadserveError):
     """A head artifact (meta.json + safetensors) that is missing or inconsistent."""
 
 
+class WeightsMismatchError(ArtifactError):
+    """An artifact's weights file whose digest is not the one its meta.json recorded: the two do not belong together."""
+
+
+class HeadserveWarning(UserWarning):
+    """Base of the warnings headserve gives on purpose; the CLI prints each as one line, as it does errors."""
+
+
+class UnverifiedWeightsWarning(HeadserveWarning):
+    """An artifact saved before meta.json recorded its weights' digest: it loads, but unchecked."""
+
+
 class EncoderMismatchError(ArtifactError):
     """A head trained on one encoder paired with another (type, model, dim or fingerprint)."""
 
@@ -88,16 +105,22 @@ class EncoderMismatchError(ArtifactError):
 class ExportParityError(HeadserveError):
     """An exported ONNX graph disagrees with PyTorch beyond tolerance.
 
-    ``diffs`` maps each output name to its maximum absolute difference.
+    ``diffs`` maps each output name to its maximum absolute difference; ``failed`` maps each output that
+    broke its tolerance to how (by default: its max |diff| against ``atol``).
     """
 
-    def __init__(self, model: str, diffs: dict[str, float], atol: float) -> None:
+    def __init__(self, model: str, diffs: dict[str, float], atol: float,
+                 failed: dict[str, str] | None = None) -> None:
         self.model = model
         self.diffs = diffs
         self.atol = atol
+        if failed is None:
+            failed = {name: f"max |diff| {d:.3g} > atol {atol:g}" for name, d in diffs.items() if not d <= atol}
+        self.failed = failed
+        broken = "; ".join(f"{name}: {why}" for name, why in failed.items())
         lines = ", ".join(f"{name}: max |diff| {d:.3g}" for name, d in diffs.items())
         super().__init__(
-            f"ONNX export of {model} differs from PyTorch beyond atol={atol:g} ({lines}). "
+            f"ONNX export of {model} differs from PyTorch beyond its tolerance ({broken}; every output: {lines}). "
             "The ONNX file was not written; check the opset and any data-dependent ops."
         )
 

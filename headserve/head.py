@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headserve.contract import HEAD_OUTPUT_WIDTHS, HEAD_OUTPUTS
+from headserve.contract import HEAD_OUTPUT_WIDTHS, SCORE_OUTPUTS
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
-# ServingHead.forward returns its outputs in the contract's order (headserve.contract.HEAD_OUTPUTS), which
-# export uses to name the ONNX outputs, the Triton config and the ensemble wiring.
-SERVING_OUTPUTS: tuple[str, ...] = HEAD_OUTPUTS
+# ServingHead.forward returns its outputs in the contract's order (headserve.contract.SCORE_OUTPUTS), which
+# export uses to name the ONNX outputs, the Triton config and the ensemble wiring; the exported graph adds
+# the head's id after them (export.repository.IdentifiedHead).
+SERVING_OUTPUTS: tuple[str, ...] = SCORE_OUTPUTS
 SERVING_OUTPUT_WIDTHS: Mapping[str, int] = HEAD_OUTPUT_WIDTHS
 
 
@@ -74,6 +75,10 @@ class LinearClassifier(nn.Linear):
     def train_logits(self, feats: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
         return self(feats)
 
+    def magnitude(self, feats: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
+        """``sum_i |w_ci f_i| + |b_c|``: the size of what each logit adds up, which its rounding grows with."""
+        return feats.abs() @ self.weight.abs().t() + self.bias.abs()
+
 
 class CosineClassifier(nn.Module):
     """ArcFace's classifier: ``s * cos(theta_c)`` between the feature and class weight ``c``.
@@ -95,6 +100,10 @@ class CosineClassifier(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
         return self.scale * self.cosine(feats)
+
+    def magnitude(self, feats: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
+        """``s * sum_i |f_i w_ci|`` of the unit vectors: the size of what each logit adds up (at most ``s``)."""
+        return self.scale * (F.normalize(feats, dim=1).abs() @ F.normalize(self.weight, dim=1).abs().t())
 
     def train_logits(self, feats: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
         """Logits with the additive angular margin ``margin`` (radians) on the target mass.
@@ -144,6 +153,11 @@ class MLPHead(nn.Module):
     def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
         return self.out(self.features(emb))
 
+    def logit_magnitude(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+        """Per logit, the size of the terms its last layer sums (``magnitude`` of the classifier): float32
+        rounding of a logit grows with this, not with the logit, which can be small by cancellation."""
+        return self.out.magnitude(self.features(emb))
+
     def train_logits(self, emb: torch.Tensor, target: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
         """Logits for the training loss: ``forward`` plus the classifier's margin on ``target`` (B, C)."""
         return self.out.train_logits(self.features(emb), target, margin)
@@ -174,6 +188,10 @@ class ServingHead(nn.Module):
         z = emb @ self.ood_whiten  # (B, D)
         d2 = (z[:, None, :] - self.ood_protos[None, :, :]).pow(2).sum(-1)  # (B, C)
         return torch.log1p(d2.min(dim=1, keepdim=True).values / emb.shape[1])
+
+    def logit_magnitude(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+        """The served logits' rounding scale: the head's ``logit_magnitude`` plus the logit bias added to it."""
+        return self.head.logit_magnitude(emb) + self.logit_bias.abs()
 
     def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.head(emb) + self.logit_bias  # (B, C)

@@ -6,6 +6,9 @@ the client side and for validation; this module is the one place that turns them
 rebuild the same module: its classifier kind and shape from ``meta.head_config``, its weights and OOD
 statistics from the safetensors file, the temperature from meta.json, in eval mode.
 
+meta.json records the sha256 of the weights file saved with it, and loading checks it, so the two
+files of one artifact cannot be paired with another's (artifacts saved before load with a warning).
+
 The temperature is stored once, in meta.json, because that is where the ensemble config and the
 report read it. Artifacts written before carry it a second time as a ``temperature`` tensor; they
 keep loading, and where the two copies disagree loading fails naming both values, since picking one
@@ -48,9 +51,13 @@ def save_head(directory: str | os.PathLike, meta: HeadMeta, head: ServingHead) -
 
 
 def load_head(directory: str | os.PathLike) -> tuple[HeadMeta, ServingHead]:
-    """The artifact at ``directory`` as its metadata and its serving module (eval mode, on the CPU)."""
+    """The artifact at ``directory`` as its metadata and its serving module (eval mode, on the CPU).
+
+    The weights must be the file meta.json was saved with (its recorded sha256): weights copied in from
+    another artifact of the same shape would load and serve another head's numbers under this one's name.
+    """
     meta = load_meta(directory)
-    return meta, serving_head(meta, load_tensors(directory), origin=str(Path(directory) / WEIGHTS_FILE))
+    return meta, serving_head(meta, load_tensors(directory, meta), origin=str(Path(directory) / WEIGHTS_FILE))
 
 
 def serving_head(meta: HeadMeta, tensors: Mapping[str, np.ndarray], origin: str | None = None) -> ServingHead:

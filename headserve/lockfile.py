@@ -3,8 +3,11 @@
 Two exports into one repository at the same moment would otherwise both read the highest version
 N and both publish N+1 (one silently replacing the other, or failing half-way on a rename). The
 kernel releases a ``flock`` when its holder dies, so a crashed export never leaves the repository
-locked, and no stale-lock clean-up is needed. The lock file itself is left in place: removing it
-would let a waiter lock an unlinked inode while a newcomer locks a fresh one.
+locked, and no stale-lock clean-up is needed. The lock file is left in place, with one exception: a
+writer that created the repository directory and fails leaves nothing, so it removes the lock file
+and the directories it created, if they hold nothing else. A waiter may then hold a lock on the
+removed file; after locking, every writer checks that its file is still the one at the path, and
+locks again where it is now otherwise.
 
 The lock is re-entrant within one thread (an export holds it while the publish steps inside it take
 it again); other threads and processes wait. Triton ignores the file: it reads only subdirectories
@@ -57,19 +60,20 @@ def check_repository_path(repo: Path) -> None:
             return
 
 
-def _repository_dir(repo: Path) -> Path:
-    """The repository directory, created if missing (group-readable, as everything headserve writes there)."""
-    check_repository_path(repo)
-    return ensure_dir(repo)
-
-
 @contextlib.contextmanager
 def repository_lock(repo: str | os.PathLike, config: LockConfig = LockConfig()) -> Iterator[Path]:
-    """Hold the repository's writer lock for the block; yields the lock file's path."""
-    path = _repository_dir(Path(repo))
-    key = str(path.resolve())
-    depths = _depths()
+    """Hold the repository's writer lock for the block; yields the lock file's path.
+
+    The repository directory is created when missing (group-readable, as everything headserve writes
+    there); if the block then fails and nothing but the lock file is in it, it is removed again, so a
+    refused export into a new ``--repo`` leaves no directory behind.
+    """
+    path = Path(repo)
+    check_repository_path(path)
+    created = _missing_dirs(path)
     lock_path = path / LOCK_FILE
+    depths = _depths()
+    key = str(path.resolve())
     if depths.get(key, 0) > 0:  # this thread holds it already
         depths[key] += 1
         try:
@@ -77,15 +81,17 @@ def repository_lock(repo: str | os.PathLike, config: LockConfig = LockConfig()) 
         finally:
             depths[key] -= 1
         return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    fd = _lock(path, lock_path, config)
     try:
-        os.fchmod(fd, FILE_MODE)  # the umask narrows O_CREAT's mode; the server's group reads the repository
-        _acquire(fd, lock_path, config)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for a waiter's message only
         depths[key] = 1
         try:
             yield lock_path
+        except BaseException:
+            if created:
+                _remove_created(created, lock_path)
+            raise
         finally:
             depths.pop(key, None)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -93,8 +99,55 @@ def repository_lock(repo: str | os.PathLike, config: LockConfig = LockConfig()) 
         os.close(fd)
 
 
-def _acquire(fd: int, lock_path: Path, config: LockConfig) -> None:
+def _missing_dirs(path: Path) -> list[Path]:
+    """The directories ``ensure_dir(path)`` would create, deepest first."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.is_dir():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_created(created: list[Path], lock_path: Path) -> None:
+    """Remove the lock file and the directories this writer created (deepest first) while it still holds the
+    lock, but only where nothing else was written: a directory that holds anything more stays as it is."""
+    if any(p.name != LOCK_FILE for p in created[0].iterdir()):
+        return
+    with contextlib.suppress(OSError):
+        lock_path.unlink()
+        for directory in created:
+            directory.rmdir()
+
+
+def _lock(path: Path, lock_path: Path, config: LockConfig) -> int:
+    """An open descriptor of the lock file at ``lock_path``, locked: the file that is there once locked."""
     deadline = time.monotonic() + config.timeout_s
+    while True:
+        ensure_dir(path)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # the umask narrows O_CREAT's mode; the server's group reads the repository
+            _acquire(fd, lock_path, config, deadline)
+            if _is_at(fd, lock_path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # its holder removed the repository it had created: lock the file there now
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is the file now at ``path`` (not one removed since it was opened)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _acquire(fd: int, lock_path: Path, config: LockConfig, deadline: float) -> None:
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -80,6 +80,9 @@ def _open(source: Union[str, PathLike, bytes], where: str, max_pixels: int) -> I
             image = Image.open(io.BytesIO(source))
         else:
             path = Path(source)
+            if path.is_dir():
+                raise ImageDecodeError(f"image {where} is a directory, not an image file; pass the image files "
+                                       "in it, one path each")
             if not path.is_file():
                 raise ImageDecodeError(f"image {where} does not exist or is not a file; check the path")
             image = Image.open(path)

@@ -18,8 +18,8 @@ from pathlib import Path
 PROC = Path("/proc")
 STUB_BINARY = "triton_python_backend_stub"
 TCP_LISTEN = "0A"  # st column of /proc/net/tcp for a listening socket
-# argv of the stub, as the python backend launches it: the model's model.py is argv[1] and the
-# instance name (e.g. "cats_head_0_0") argv[8].
+# argv of the stub, as the python backend launches it: the model's <model>/<version>/model.py is argv[1]
+# and the instance name (e.g. "cats_head_0_0") argv[8].
 STUB_MODEL_ARG = 1
 STUB_INSTANCE_ARG = 8
 
@@ -32,10 +32,18 @@ class StubProcess:
     model: str  # Triton model name (the directory above the version that holds model.py)
     instance: str  # Triton instance name, e.g. "cats_head_0_0"
     state: str  # /proc state letter: "Z" is a zombie (dead, not yet reaped)
+    version: str = ""  # the version directory that holds model.py, e.g. "2"
 
     @property
     def alive(self) -> bool:
         return self.state not in ("Z", "X")
+
+    @property
+    def serves_requests(self) -> bool:
+        """False for the short-lived stub the python backend starts while a model loads, to complete its config
+        (``auto_complete_config``): it is named after the model itself, not ``<model>_<group>_<index>``, and
+        exits by design about a second later. Taken for an instance, its exit looked like a death."""
+        return self.instance != self.model
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -67,7 +75,7 @@ def stub_processes(server_pid: int) -> list[StubProcess]:
             continue
         model_py = Path(argv[STUB_MODEL_ARG].decode(errors="replace"))
         stubs.append(StubProcess(pid, model_py.parent.parent.name, argv[STUB_INSTANCE_ARG].decode(errors="replace"),
-                                 stat[0]))
+                                 stat[0], model_py.parent.name))
     return stubs
 
 

@@ -126,6 +126,7 @@ def server_env(root: Path, extra: tuple[str, ...] = ()) -> dict[str, str]:
 _PORT_SETTINGS: dict[str, str] = {"gRPC": "grpc_port", "HTTP": "http_port", "metrics": "metrics_port"}
 
 SUPERVISE_EVERY_S = 0.5  # how often `serve` checks that tritonserver runs and its stubs live
+StubKey = tuple[str, str, str]  # (model, version, instance) of a python-backend stub
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -158,7 +159,7 @@ class LocalTriton:
         self._log = log
         self._pump: _LogPump | None = None
         self.process: subprocess.Popen | None = None
-        self._instances: dict[str, str] = {}  # python-backend instance name -> model, as seen alive
+        self._stubs: dict[StubKey, frozenset[int]] = {}  # every model instance's stub seen alive -> its pids
         self._suspects: set[tuple[str, str]] = set()  # (model, instance) found dead at the last check
         self._health_client: Any = None  # tritonclient gRPC client for the repository index, made on first use
 
@@ -195,6 +196,7 @@ class LocalTriton:
         self._pump.start()
         try:
             self._wait_ready()
+            self._probe_models()
             self._remember_stubs()
         except BaseException:
             self.stop()
@@ -248,6 +250,43 @@ class LocalTriton:
             client.close()
         raise ServerError(f"tritonserver was not ready after {self.config.startup_timeout_s:.0f}s:\n" + self.log_tail())
 
+    def _probe_models(self) -> None:
+        """Send every READY model one request and check each declared output comes back in its declared shape.
+
+        Triton's READY means the model loaded, not that it answers: python stubs running with a numpy the
+        backend does not support answer every request with empty tensors, which a client would otherwise
+        blame on its crops. Models that take encoded bytes (decoders) need a real image and are left to
+        their own tests.
+        """
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            index = client.get_model_repository_index(client_timeout=10.0)
+            for name, version in sorted({(m.name, m.version) for m in index.models if m.state == "READY"}):
+                config = client.get_model_config(name, version, as_json=True, client_timeout=10.0)["config"]
+                batch = [1] if int(config.get("max_batch_size", 0)) > 0 else []
+                inputs = _probe_inputs(config.get("input", []), batch)
+                if inputs is None:
+                    continue
+                outputs = config.get("output", [])
+                try:
+                    answer = client.infer(name, inputs, model_version=version, client_timeout=120.0,
+                                          outputs=[grpcclient.InferRequestedOutput(o["name"]) for o in outputs])
+                except InferenceServerException as exc:
+                    raise ServerError(f"model {name} (version {version}) is READY but failed a probe request: "
+                                      f"{exc.message()}. See the server log:\n{self.log_tail()}") from exc
+                for spec in outputs:
+                    want = batch + [int(d) for d in spec.get("dims", [])]
+                    got = answer.as_numpy(spec["name"])
+                    shape = list(got.shape) if got is not None else None
+                    if shape is None or len(shape) != len(want) or any(w not in (-1, g) for w, g in zip(want, shape)):
+                        raise ServerError(
+                            f"model {name} (version {version}) is READY but answered {spec['name']!r} with shape "
+                            f"{shape} where its config declares {want}: it cannot serve. Python-backend stubs "
+                            "answer empty tensors when their numpy is one the backend does not support "
+                            "(nvidia-pytriton needs numpy<2: reinstall with `make venv`); see the server log")
+
     def _owns_ports(self) -> bool:
         """True once our process listens on the gRPC port; a foreign listener there is an error, not a wait."""
         assert self.process is not None
@@ -277,35 +316,52 @@ class LocalTriton:
         raise ServerExitedError(f"tritonserver (pid {proc.pid}) {how} while serving {self.config.repository}; "
                                 f"restart `headserve serve`. Its last log lines:\n{self.log_tail()}")
 
-    def _ready_models(self) -> set[str]:
+    def _ready_versions(self) -> set[tuple[str, str]]:
+        """(model, version) of every version Triton reports READY in its repository index."""
         import tritonclient.grpc as grpcclient
 
         if self._health_client is None:
             self._health_client = grpcclient.InferenceServerClient(self.grpc_url)
         index = self._health_client.get_model_repository_index(client_timeout=5.0)
-        return {m.name for m in index.models if m.state == "READY"}
+        return {(m.name, m.version) for m in index.models if m.state == "READY"}
 
-    def _remember_stubs(self) -> dict[str, list[int]]:
-        """Record the live stub of every python-backend instance; returns instance -> live pids."""
+    def _live_stubs(self) -> dict[StubKey, frozenset[int]]:
+        """The live stub pids of every model instance, by (model, version, instance)."""
         assert self.process is not None
-        live: dict[str, list[int]] = collections.defaultdict(list)
+        live: dict[StubKey, set[int]] = collections.defaultdict(set)
         for stub in stub_processes(self.process.pid):
-            if stub.alive:
-                live[stub.instance].append(stub.pid)
-                self._instances[stub.instance] = stub.model
-        return live
+            if stub.alive and stub.serves_requests:
+                live[(stub.model, stub.version, stub.instance)].add(stub.pid)
+        return {key: frozenset(pids) for key, pids in live.items()}
+
+    def _remember_stubs(self) -> None:
+        self._stubs.update(self._live_stubs())
 
     def dead_stubs(self) -> list[tuple[str, str]]:
-        """(model, instance) of every READY model instance whose python stub process is gone.
+        """(model, instance) of every READY model version whose python stub process is gone.
 
-        Triton keeps such a model READY and fails each of its requests, so this is the only signal.
+        Triton keeps such a model READY and fails each of its requests, so this is the only signal. Stubs
+        that Triton replaces on purpose are not deaths: a version it unloads or retires (``version_policy``)
+        is no longer READY; a model it reloads (a changed config or labels file, an ensemble reloading its
+        steps) gets new stubs, keyed by model, version and instance like the old ones, or, when the reload
+        changed the instance count, at least one stub of that version with a pid never seen before.
         """
-        live = self._remember_stubs()
-        ready = self._ready_models()
-        for instance, model in list(self._instances.items()):
-            if model not in ready:  # unloaded on purpose: its stubs exit with it
-                del self._instances[instance]
-        return sorted((model, inst) for inst, model in self._instances.items() if not live.get(inst))
+        live = self._live_stubs()
+        ready = self._ready_versions()
+        dead: set[tuple[str, str]] = set()
+        for key in list(self._stubs):
+            model, version, instance = key
+            if (model, version) not in ready:  # unloaded or retired on purpose: its stubs exit with it
+                del self._stubs[key]
+            elif key not in live:
+                reloaded = any(other[:2] == key[:2] and not pids <= self._stubs.get(other, frozenset())
+                               for other, pids in live.items())
+                if reloaded:
+                    del self._stubs[key]
+                else:
+                    dead.add((model, instance))
+        self._stubs.update(live)
+        return sorted(dead)
 
     def is_healthy(self) -> bool:
         """Running, and every READY python-backend model has a live stub per instance: what a probe should ask."""
@@ -318,10 +374,9 @@ class LocalTriton:
     def supervise(self, notify: Callable[[str], None] = lambda message: None) -> None:
         """One supervision pass: raise if the server exited; reload models whose stubs died.
 
-        A stub found dead twice in a row (so not one caught mid-reload) is reloaded in ``explicit`` mode
-        (unload, then load: loading an unchanged model alone restarts nothing); in ``none``/``poll``
-        mode Triton cannot reload a model by request, so ``StubUnhealthyError`` says which model is lost
-        and the caller stops, for a supervisor to restart the server.
+        A stub found dead twice in a row (so not one caught mid-reload) is reloaded in ``explicit`` mode; in
+        ``none``/``poll`` mode Triton cannot reload a model by request, so ``StubUnhealthyError`` says which
+        model is lost and the caller stops, for a supervisor to restart the server.
         """
         self.check_alive()
         try:
@@ -331,26 +386,34 @@ class LocalTriton:
         confirmed, self._suspects = dead & self._suspects, dead - self._suspects
         if not confirmed:
             return
-        models = sorted({model for model, _ in confirmed})
-        instances = ", ".join(inst for _, inst in sorted(confirmed))
+        lost: dict[str, list[str]] = collections.defaultdict(list)
+        for model, instance in sorted(confirmed):
+            lost[model].append(instance)
         if self.config.model_control != "explicit":
+            every = ", ".join(i for names in lost.values() for i in names)
             raise StubUnhealthyError(
-                f"the python-backend stub of {instances} (model {', '.join(models)}) died: Triton still says READY "
+                f"the python-backend stub of {every} (model {', '.join(lost)}) died: Triton still says READY "
                 f"but fails every request to it. In model control mode {self.config.model_control} it cannot be "
                 "reloaded, so the server stops; restart `headserve serve` (or serve in model control mode "
                 "explicit, which reloads such a model)")
-        from tritonclient.utils import InferenceServerException
-
-        for model in models:
-            notify(f"python-backend stub of {instances} died; reloading model {model}")
-            try:
-                self._health_client.unload_model(model, client_timeout=60.0)
-                self._health_client.load_model(model, client_timeout=120.0)
-            except InferenceServerException as exc:
-                raise StubUnhealthyError(f"model {model} lost its python-backend stub and could not be reloaded "
-                                         f"({exc.message()}); restart `headserve serve`") from exc
+        for model, instances in lost.items():
+            notify(f"python-backend stub of {', '.join(instances)} died; reloading model {model}")
+            self._reload(model)
             notify(f"model {model} reloaded")
         self._remember_stubs()
+
+    def _reload(self, model: str) -> None:
+        """Unload ``model``, then load it: new instances, new stubs. A plain load of an unchanged model (or one
+        with its own config passed again) keeps the broken instance, so the model is unavailable for the
+        reload's seconds; its requests were failing since the stub died anyway."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            self._health_client.unload_model(model, client_timeout=60.0)
+            self._health_client.load_model(model, client_timeout=120.0)
+        except InferenceServerException as exc:
+            raise StubUnhealthyError(f"model {model} lost its python-backend stub and could not be reloaded "
+                                     f"({exc.message()}); restart `headserve serve`") from exc
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop tritonserver gracefully (SIGINT: it drains in-flight requests), then anything left in its session."""
@@ -376,6 +439,27 @@ class LocalTriton:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _probe_inputs(specs: list[dict[str, Any]], batch: list[int]) -> list[Any] | None:
+    """One request's inputs for a model's declared ``specs``: zero pixels, L2-normalised float rows (heads and
+    prompt models refuse NaN, and a zero embedding has no direction); None for a model that takes bytes."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import triton_to_np_dtype
+
+    inputs = []
+    for spec in specs:
+        kind = spec["data_type"].removeprefix("TYPE_")
+        dtype = triton_to_np_dtype(kind)
+        if dtype is None or np.dtype(dtype) == np.object_:
+            return None
+        shape = batch + [max(1, int(d)) for d in spec.get("dims", [])]
+        array = np.full(shape, shape[-1] ** -0.5, dtype) if np.dtype(dtype).kind == "f" else np.zeros(shape, dtype)
+        tensor = grpcclient.InferInput(spec["name"], shape, kind)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
 
 
 def _ports_text(ports: dict[str, int]) -> str:

@@ -50,6 +50,22 @@ def label_path_for(root: Path, image_dir: Path, image: Path) -> Path:
     return root / "labels" / image.relative_to(image_dir).with_suffix(".txt")
 
 
+def shared_label_files(root: Path, image_dir: Path, images: list[Path]) -> dict[Path, list[Path]]:
+    """Label files that several images take (``img_0.png`` and ``img_0.jpg`` both read ``labels/img_0.txt``),
+    each with those images; only label files that exist. Their boxes cannot be tied to one picture, so
+    training skips such images and the client refuses them."""
+    takers: dict[Path, list[Path]] = {}
+    for image in images:
+        takers.setdefault(label_path_for(root, image_dir, image), []).append(image)
+    return {label: group for label, group in takers.items() if len(group) > 1 and label.is_file()}
+
+
+def shared_label_message(label: Path, images: list[Path]) -> str:
+    """What is wrong with a label file several images take, and what to do: one text for training and client."""
+    return (f"images {', '.join(p.name for p in images)} all take this label file, so its boxes cannot be tied "
+            "to one picture; rename the images so that each has its own label file")
+
+
 def read_label_file(path: Path, width: int, height: int, num_classes: Optional[int] = None,
                     reject_outside: bool = False) -> Iterator[LabelItem]:
     """Every box and every problem of one label file, in line order.

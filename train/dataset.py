@@ -22,7 +22,16 @@ from PIL import Image
 from headserve.class_names import check_class_names
 from headserve.errors import DatasetError, ImageDecodeError
 from headserve.preprocess import MIN_SIDE, crop_box, load_image, oriented_size
-from headserve.yolo import COORD_SLACK, IMAGE_SUFFIXES, LabelProblem, images_under, label_path_for, read_label_file
+from headserve.yolo import (
+    COORD_SLACK,
+    IMAGE_SUFFIXES,
+    LabelProblem,
+    images_under,
+    label_path_for,
+    read_label_file,
+    shared_label_files,
+    shared_label_message,
+)
 
 __all__ = ["COORD_SLACK", "IMAGE_SUFFIXES", "DataReport", "LabelledObject", "YoloDataset", "background_objects",
            "load_crop", "read_class_names", "read_yolo"]
@@ -78,21 +87,47 @@ def read_class_names(root: Path) -> list[str]:
         import yaml
 
         try:
-            data = yaml.safe_load(yaml_path.read_text()) or {}
+            data = yaml.safe_load(_utf8_text(yaml_path)) or {}
         except yaml.YAMLError as exc:
             raise DatasetError(f"{yaml_path}: not valid YAML ({exc})") from None
-        names = data.get("names")
+        names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
-            names = [names[k] for k in sorted(names, key=int)]
+            names = _names_by_id(names, yaml_path)
         if not isinstance(names, list) or not names:
             raise DatasetError(f"{yaml_path}: 'names' must be a non-empty list or an index->name mapping")
         return check_class_names(names, f"{yaml_path} 'names'")
     if txt_path.is_file():
-        names = [line.strip() for line in txt_path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        names = [line.strip() for line in _utf8_text(txt_path).splitlines() if line.strip()]
         if names:
             return check_class_names(names, str(txt_path))
         raise DatasetError(f"{txt_path}: no class names in it; write one name per line")
     raise DatasetError(f"{root}: neither data.yaml nor classes.txt found; add one that lists the class names")
+
+
+def _utf8_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark allowed), as label files are read; anything else is refused."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: does not read as UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                           f"{exc.start}: {exc.reason}); save it as UTF-8") from None
+
+
+def _names_by_id(names: dict, where: Path) -> list:
+    """``names: {0: a, 1: b}`` as a list in id order. The ids must be exactly 0..N-1: a label line's class id
+    indexes the head's outputs, so a gap would shift every name after it onto another class's id."""
+    try:
+        ids = {int(k): v for k, v in names.items()}
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: 'names' has keys {sorted(map(str, names))}, which are not all class ids "
+                           "(integers 0..N-1); write 'names' as a list or as id: name pairs") from None
+    missing = sorted(set(range(len(ids))) - set(ids))
+    if missing or len(ids) != len(names):
+        raise DatasetError(
+            f"{where}: 'names' has class ids {sorted(ids)}, which are not 0..{len(names) - 1} without gaps "
+            f"(missing {', '.join(map(str, missing)) or 'none: an id is written twice'}); a head's classes are numbered "
+            "from 0 without gaps: renumber the classes and the class ids of the label lines to match")
+    return [ids[i] for i in range(len(ids))]
 
 
 def read_yolo(root: str | Path, strict: bool = False, reject_outside: bool = False) -> YoloDataset:
@@ -109,9 +144,16 @@ def read_yolo(root: str | Path, strict: bool = False, reject_outside: bool = Fal
         raise DatasetError(f"{image_dir} does not exist; a YOLO dataset keeps its images under images/")
     report = DataReport(strict=strict)
     images = images_under(image_dir)
+    ambiguous: set[Path] = set()
+    for label_path, group in shared_label_files(root, image_dir, images).items():
+        report.skip("label file shared by several images", f"{label_path}:1",
+                    shared_label_message(label_path, group) + f"; the {len(group)} images are skipped")
+        ambiguous.update(group)
     objects: list[LabelledObject] = []
     usable: list[Path] = []
     for image_path in images:
+        if image_path in ambiguous:
+            continue
         label_path = label_path_for(root, image_dir, image_path)
         try:
             width, height = oriented_size(image_path)  # labels refer to the displayed (EXIF-rotated) image

@@ -112,6 +112,7 @@ def prepare(req: TrainRequest) -> PreparedData:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = read_yolo(req.dataset, strict=req.strict, reject_outside=req.reject_outside)
+    _check_labelled(data)  # before background crops, which every image gives, make a dataset look labelled
     classes = list(data.names)
     objects = list(data.objects)
     holdout: list[LabelledObject] = []
@@ -280,6 +281,19 @@ def _assign_background(emb: np.ndarray, labels: np.ndarray, background: list[int
         clusters = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(emb[idx])
         labels[idx] = np.asarray(background)[clusters]
     return labels
+
+
+def _check_labelled(data: YoloDataset) -> None:
+    """A dataset whose label files give no box at all is refused here, for every head kind alike."""
+    if data.objects:
+        return
+    labels = data.root / "labels"
+    files = len(list(labels.rglob("*.txt"))) if labels.is_dir() else 0
+    kinds = {k: n for k, n in data.report.counts.items() if k != "empty class"}  # every class is empty here
+    skipped = "; skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) if kinds else ""
+    raise DatasetError(f"{data.root}: no labelled objects: {len(data.images)} image(s) under images/ but no label "
+                       f"line gives a box ({files} label file(s) under labels/{skipped}); label the images: "
+                       "labels/<image name>.txt with one 'class cx cy w h' line per object")
 
 
 def _check_usable(data: YoloDataset, objects: list[LabelledObject]) -> None:

@@ -126,3 +126,32 @@ def test_a_leftover_partial_file_without_resume_is_refused_and_kept(crop_files, 
     assert run.returncode == 2
     assert f"{partial} holds the results of an interrupted run; pass --resume" in err
     assert partial.read_text() == '{"image": "x"}\n'
+
+
+def test_after_a_refused_crop_the_hint_says_to_fix_it_before_resume_and_resume_then_finishes(
+        triton, crop_files, tmp_path):
+    """A crop that does not decode stops the run past the first chunk; rerunning unchanged would stop there again."""
+    import shutil
+
+    crops = []
+    for i, path in enumerate(crop_files[:70]):  # two chunks of the command's 64 crops: the first is written
+        crops.append(tmp_path / "crops" / path.name)
+        crops[-1].parent.mkdir(exist_ok=True)
+        shutil.copy(path, crops[-1])
+    bad = crops[66]
+    bad.write_bytes(b"not an image")
+    output = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+    run = _classify(triton.grpc_url, output, crops)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2, err[-2000:]
+    assert f"image {bad} does not decode" in err
+    assert (f"64 results are in {partial}; rerunning as is would stop at the same crop: fix the input named above "
+            "(replace the file, or leave that crop out), then run again with --resume") in err
+    assert "run the same command again" not in err
+    assert len(_lines(partial)) == 64
+    shutil.copy(crop_files[66], bad)  # the fix: a decodable crop in its place
+    run = _classify(triton.grpc_url, output, crops, "--resume")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err[-2000:]
+    assert [r["image"] for r in _lines(output)] == [str(p) for p in crops] and not partial.exists()

@@ -10,6 +10,9 @@ not, and the metrics must count exactly what the client decided.
 from __future__ import annotations
 
 import collections
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +133,68 @@ def test_drift_command_exits_1_on_the_shifted_window_of_classify_output_and_repo
     text = (tmp_path / "training" / "drift.md").read_text()
     assert "training and validation only" in text and "## Checks" not in text
     assert (tmp_path / "training" / "drift.png").stat().st_size > 0
+
+
+def _headserve(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """A headserve command as a user runs it: its own process, its exit status and output."""
+    return subprocess.run([sys.executable, "-m", "headserve.app", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_drift_refuses_a_classify_window_written_across_a_hot_swap_unless_a_version_is_picked(
+        served_head, worlds, tmp_path):
+    """`classify --output` before a swap, the swap by `export head --server`, `classify --resume` after it: the
+    file holds the answers of two heads under one name, and `drift` must not hold both against one reference."""
+    from headserve.artifact import load_meta
+    from headserve.encoders import get_encoder
+    from headserve.export.example import ExampleHead, write_example_head
+    from headserve.export.pipeline import export_head
+    from headserve.server import LocalTriton, ServerConfig
+
+    meta, artifact, _ = served_head
+    assert list(meta.background_indices) == [len(meta.classes) - 1]  # the example head puts background last
+    # Version 2: an untrained head of the same name and classes, so its answers differ from what training saw.
+    other = write_example_head(get_encoder(meta.encoder_name),
+                               ExampleHead(meta.name, seed=5, classes=tuple(meta.classes)), tmp_path / "other")
+    assert load_meta(other).classes == meta.classes
+    files = []
+    for i, ref in enumerate(crops_from_yolo(worlds["familiar"])):
+        files.append(tmp_path / "crops" / f"crop_{i:04d}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        ref.load().save(files[-1])
+    assert len(files) >= 240, len(files)
+    before, after = [str(p) for p in files[:120]], [str(p) for p in files[120:240]]
+    repo, window = tmp_path / "repo", tmp_path / "window.jsonl"
+    export_head(artifact, repo, "local")
+    with LocalTriton(ServerConfig(repository=repo, model_control="explicit")) as server:
+        classify = ("classify", "--head", meta.name, "--url", server.grpc_url, "--output", str(window))
+        run = _headserve(*classify, *before)
+        assert run.returncode == 0, run.stderr[-2000:]
+        swap = _headserve("export", "head", str(other), "--repo", str(repo), "--server", server.grpc_url)
+        assert swap.returncode == 0, swap.stderr[-2000:]
+        run = _headserve(*classify, "--resume", *before, *after)
+        assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in window.read_text().splitlines()]
+    assert [r["image"] for r in rows] == before + after
+    assert [r["version"] for r in rows] == ["1"] * 120 + ["2"] * 120  # each row names the version that answered
+
+    drift = ("drift", str(artifact), str(window), "--min-window", "100")
+    mixed = _headserve(*drift, "--out", str(tmp_path / "mixed"))
+    assert mixed.returncode == 2, mixed.stdout + mixed.stderr
+    assert "holds answers of head versions 1, 2 (a hot swap" in mixed.stderr and "Pass --version N" in mixed.stderr
+    assert "Traceback" not in mixed.stderr and len(mixed.stderr.strip().splitlines()) == 1
+    own = _headserve(*drift, "--version", "1", "--out", str(tmp_path / "v1"))
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "window: 120 decided crops of head version 1" in own.stdout
+    assert "left out 120 of other versions" in own.stdout and "no drift" in own.stdout
+    assert json.loads((tmp_path / "v1" / "drift.json").read_text())["versions"] == ["1"]
+    assert "- window: 120 decided crops of served version 1 from" in (tmp_path / "v1" / "drift.md").read_text()
+    swapped = _headserve(*drift, "--version", "2", "--out", str(tmp_path / "v2"))
+    assert swapped.returncode == 1 and "DRIFT" in swapped.stdout, swapped.stdout + swapped.stderr
+
+    # A file written before rows carried a version is still compared, and the output says what was not checked.
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "version"}) + "\n" for r in rows[:120]))
+    legacy = _headserve("drift", str(artifact), str(old), "--min-window", "100", "--out", str(tmp_path / "old"))
+    assert legacy.returncode == 0, legacy.stdout + legacy.stderr
+    assert "note: the rows record no head version" in legacy.stdout and "version unknown" in legacy.stdout

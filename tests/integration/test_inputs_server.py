@@ -81,6 +81,24 @@ def test_a_non_finite_embedding_is_refused_at_the_server_naming_the_input_and_ro
     assert good.shape[0] == 3 and np.isfinite(good).all()
 
 
+def test_a_finite_but_huge_embedding_is_refused_at_the_server_instead_of_answered_with_nan(served):
+    """-3e38 is finite, so the input check passes it, but this head's first layer overflows to infinity and
+    softmax gives NaN (the issue's 3e38 did the same to its head; which sign overflows depends on the weights):
+    the answer is checked too, and refused naming the model, the rows and the input."""
+    from tritonclient.utils import InferenceServerException
+
+    x = _embeddings(3)
+    x[1] = -3e38
+    with pytest.raises(InferenceServerException) as caught:
+        _infer(served.grpc_url, f"{HEAD}_head", "embedding", x, "FP32", "probs")
+    message = caught.value.message()
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT", message
+    assert f"model '{HEAD}_head' computed NaN or infinite " in message and "for 1 row(s) of this request (rows 1)" in message
+    assert "input 'embedding' reaches 3e+38 in row 1" in message and "L2-normalised" in message
+    good = _infer(served.grpc_url, f"{HEAD}_head", "embedding", _embeddings(3), "FP32", "probs")
+    assert good.shape == (3, 4) and np.isfinite(good).all()  # the model still serves
+
+
 def test_a_non_finite_request_batched_with_good_ones_fails_alone(served):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException

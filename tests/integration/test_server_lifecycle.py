@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,8 +187,9 @@ def test_a_killed_stub_is_reloaded_in_explicit_mode_so_requests_succeed_again(lo
     assert "model t_clip_tiny_head reloaded" in err
 
 
-def test_a_killed_stub_without_explicit_mode_stops_serve_naming_the_model(local_repo):
-    serve = Serve(local_repo)
+@pytest.mark.parametrize("mode", ["none", "poll"])
+def test_a_killed_stub_without_explicit_mode_stops_serve_naming_the_model(local_repo, mode):
+    serve = Serve(local_repo, "--model-control-mode", mode)
     try:
         pid = serve.wait_ready()
         victim = next(s for s in stub_processes(pid) if s.model == "t_dinov3_tiny_head")
@@ -216,3 +218,40 @@ def test_local_triton_reports_unhealthy_while_triton_says_ready_after_a_stub_die
         finally:
             client.close()
         assert "is not healthy" in _infer(server.grpc_url, "t_clip_tiny", 32)
+
+
+# A python-backend model that loads (Triton says READY) and answers every request with an empty tensor, as
+# stubs running with a numpy the backend does not support do: a real model producing the real fault.
+EMPTY_ANSWER_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("probs", np.zeros((0,), np.float32))])
+                for _ in requests]
+'''
+EMPTY_ANSWER_CONFIG = '''name: "hollow"
+backend: "python"
+max_batch_size: 8
+input { name: "pixels" data_type: TYPE_UINT8 dims: [ 4, 4, 3 ] }
+output { name: "probs" data_type: TYPE_FP32 dims: [ 3 ] }
+instance_group { kind: KIND_CPU count: 1 }
+'''
+
+
+def test_serve_is_not_ready_while_a_ready_model_answers_empty_tensors_and_names_it(local_repo, tmp_path):
+    repo = shutil.copytree(local_repo, tmp_path / "repo")
+    (repo / "hollow" / "1").mkdir(parents=True)
+    (repo / "hollow" / "1" / "model.py").write_text(EMPTY_ANSWER_MODEL)
+    (repo / "hollow" / "config.pbtxt").write_text(EMPTY_ANSWER_CONFIG)
+    serve = Serve(repo)
+    try:
+        code, out, err = serve.finish(timeout=180)
+    finally:
+        serve.kill()
+    assert code == 2 and "tritonserver ready" not in out
+    assert ("model hollow (version 1) is READY but answered 'probs' with shape [0] where its config declares [1, 3]: "
+            "it cannot serve") in err
+    assert "numpy" in err.splitlines()[-1] and "Traceback" not in err

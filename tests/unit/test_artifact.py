@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +23,8 @@ def _meta(**over) -> HeadMeta:
 def test_artifact_round_trips_meta_and_weights(tmp_path):
     tensors = {"w": np.arange(8, dtype=np.float32).reshape(2, 4)}
     save_artifact(tmp_path / "a", _meta(), tensors)
-    assert load_meta(tmp_path / "a") == _meta()
+    digest = hashlib.sha256((tmp_path / "a" / "head.safetensors").read_bytes()).hexdigest()
+    assert load_meta(tmp_path / "a") == replace(_meta(), weights_sha256=digest)  # meta.json records its weights
     np.testing.assert_array_equal(load_tensors(tmp_path / "a")["w"], tensors["w"])
     assert not list(tmp_path.glob(".*")), "no staging directories are left behind"
 

@@ -116,6 +116,8 @@ def test_weights_whose_temperature_contradicts_meta_are_refused_before_the_encod
     meta = json.loads((artifact / "meta.json").read_text())
     save_file({**tensors, "temperature": np.array([meta["temperature"] * 2], np.float32)},
               str(artifact / "head.safetensors"))
+    del meta["weights_sha256"]  # such an artifact predates the weights digest too
+    (artifact / "meta.json").write_text(json.dumps(meta))
     repo = tmp_path / "repo"
     code, err = _run(capsys, "export", "head", str(artifact), "--repo", str(repo))
     assert code == 2

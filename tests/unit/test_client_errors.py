@@ -22,6 +22,7 @@ from headserve.client.errors import from_triton
     ("StatusCode.NOT_FOUND", ModelNotReadyError),
     ("StatusCode.INVALID_ARGUMENT", BadInputError),
     ("StatusCode.INTERNAL", ServerSideError),
+    ("StatusCode.RESOURCE_EXHAUSTED", ServerSideError),  # the server's own limit: not the client's to raise
 ])
 def test_grpc_status_maps_to_its_client_error(status, cls):
     err = from_triton(InferenceServerException("boom", status=status), "inference on 'h'")

@@ -178,10 +178,12 @@ def test_model_names_follow_one_rule_each():
 
 
 def test_the_head_graph_publishes_the_outputs_the_contract_names():
-    from headserve.contract import HEAD_OUTPUT_WIDTHS
+    from headserve.contract import HEAD_ID, HEAD_OUTPUT_WIDTHS, SCORE_OUTPUTS
     from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS
 
-    assert SERVING_OUTPUTS == HEAD_OUTPUTS and dict(SERVING_OUTPUT_WIDTHS) == dict(HEAD_OUTPUT_WIDTHS)
+    # The serving head computes the scores; the exported graph adds the head's id after them.
+    assert SERVING_OUTPUTS == SCORE_OUTPUTS and HEAD_OUTPUTS == (*SCORE_OUTPUTS, HEAD_ID)
+    assert dict(SERVING_OUTPUT_WIDTHS) == dict(HEAD_OUTPUT_WIDTHS)
 
 
 def test_the_contract_imports_without_torch():

@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from headserve.client.discovery import head_info_from_config
@@ -94,3 +95,47 @@ def test_validate_reports_labels_in_another_order_than_the_published_classes(tmp
     problems = [str(p) for p in validate_repository(repo) if p.path == repo / "toy" / "labels.txt"]
     assert len(problems) == 1 and "labels ['background', 'cat'] differ from the classes ['cat', 'background']" \
         in problems[0]
+
+
+def test_an_answer_computed_by_another_head_than_the_record_describes_is_stale():
+    from headserve.client.discovery import StaleAnswer, check_answer
+
+    wiring = EnsembleWiring("encoder_dinov3_tiny", "pets_head", head_version=3)
+    info = head_info_from_config("pets", render(head_ensemble_desc(record(head_id=41), wiring), Runtime.LOCAL), "3")
+    assert info.head_id == 41
+    probs = np.full((2, 3), 1 / 3, dtype=np.float32)
+    check_answer(info, "3", {"probs": probs, "head_id": np.array([[41], [41]])})  # its own head: decoded
+    with pytest.raises(StaleAnswer, match=r"answered by head id 41, 42, but version 3 of 'pets' publishes head id 41"):
+        check_answer(info, "3", {"probs": probs, "head_id": np.array([[41], [42]])})
+
+
+def test_an_ensemble_without_the_head_id_output_is_read_as_before_and_a_malformed_id_is_refused():
+    old = render(head_ensemble_desc(record(head_id=41), EnsembleWiring("e", "pets_head", head_outputs=("logits",
+                                                                                                       "probs"))),
+                 Runtime.LOCAL)
+    assert head_info_from_config("pets", old).head_id is None  # no output to check it on: not requested
+    config = render(head_ensemble_desc(record(head_id=41), EnsembleWiring("e", "pets_head")), Runtime.LOCAL)
+    config.parameters["head_id"].string_value = "-3"
+    with pytest.raises(ServerSideError, match=r"head 'pets' publishes a malformed 'head_id' parameter '-3'"):
+        head_info_from_config("pets", config)
+
+
+def test_an_exported_head_graph_answers_the_id_its_ensemble_publishes(tmp_path):
+    import onnxruntime as ort
+
+    from headserve.export.example import ExampleHead, write_example_head
+    from headserve.export.pipeline import export_head
+
+    artifact = write_example_head(get_encoder("clip:tiny"), ExampleHead("cats", seed=4), tmp_path / "a")
+    other = write_example_head(get_encoder("clip:tiny"), ExampleHead("cats", seed=5), tmp_path / "b")
+    repo = tmp_path / "repo"
+    for path in (artifact, artifact, other):  # the same artifact twice, then other weights
+        export_head(path, repo, "local")
+    ids = []
+    for version in (1, 2, 3):
+        session = ort.InferenceSession(str(repo / "cats_head" / str(version) / "model.onnx"))
+        x = np.random.default_rng(0).standard_normal((3, 32)).astype(np.float32)
+        ids.append({int(i) for i in session.run(["head_id"], {"embedding": x})[0].ravel()})
+    published = read_served_head(repo, "cats", "this test")[0].head_id
+    assert ids[2] == {published}
+    assert ids[0] == ids[1] != ids[2]  # the same artifact keeps its id; other weights get another

@@ -187,6 +187,58 @@ def test_a_classify_file_that_is_not_json_lines_names_the_line(tmp_path: Path):
         read_window(path)
 
 
+def test_every_classify_row_records_the_head_version_that_answered_it():
+    row = decide(_info(), _answers(1, 2)[0])[0].to_json()
+    assert row["version"] == "3"
+    in_process = HeadInfo(**{**_info().__dict__, "version": ""})  # decided locally: no served version to record
+    assert "version" not in decide(in_process, _answers(1, 2)[0])[0].to_json()
+
+
+def _rows(version: str | None, n: int, seed: int) -> list[dict]:
+    """Rows as `classify --output` writes them, answered by head ``version`` (None: an older headserve's rows)."""
+    probs, scores = _answers(n, seed)
+    rows = [{"image": f"{seed}_{i}.png", **p.to_json()} for i, p in enumerate(decide(_info(), probs, ood_scores=scores))]
+    for row in rows:
+        row.pop("version")
+        if version is not None:
+            row["version"] = version
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_classify_file_spanning_a_hot_swap_is_refused_unless_a_version_is_picked(tmp_path: Path):
+    path = _write(tmp_path / "swap.jsonl", _rows("3", 120, 1) + _rows("10", 130, 2))
+    with pytest.raises(DriftError, match=r"swap.jsonl holds answers of head versions 3, 10 \(a hot swap.*"
+                                         r"Pass --version N"):
+        read_window(path)
+    window = read_window(path, version="10")
+    assert len(window) == 130 and window.versions == ("10",)
+    assert window.notes == ("compared the 130 answers of head version 10; left out 120 of other versions",)
+    assert "left out 120 of other versions" in compare(_reference(), window).notes[0]
+    with pytest.raises(DriftError, match=r"no answers of head version '4' \(versions in it: 3, 10\)"):
+        read_window(path, version="4")
+    # Rows of an older headserve (no version) beside versioned rows: which version answered them is unknown.
+    mixed = _write(tmp_path / "mixed.jsonl", _rows(None, 120, 1) + _rows("3", 130, 2))
+    with pytest.raises(DriftError, match=r"head versions 3 and 120 rows recording no version"):
+        read_window(mixed)
+    assert len(read_window(mixed, version="3")) == 130
+
+
+def test_a_classify_file_written_before_rows_carried_a_version_still_compares_and_says_so(tmp_path: Path):
+    path = _write(tmp_path / "old.jsonl", _rows(None, 150, 1))
+    window = read_window(path)
+    assert len(window) == 150 and window.versions == ()
+    result = compare(_reference(), window)
+    assert len(result.checks) == 4
+    assert any("record no head version" in note for note in result.notes), result.notes
+    with pytest.raises(DriftError, match=r"old.jsonl records no head version .* drop --version"):
+        read_window(path, version="3")
+
+
 def test_the_rolling_window_keeps_the_last_crops_per_head_and_counts_errors():
     info = _info()
     window = RollingWindow(capacity=100)

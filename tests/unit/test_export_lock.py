@@ -126,3 +126,50 @@ def test_a_repository_path_that_is_a_file_is_refused_naming_it(tmp_path):
         with repository_lock(path):
             pass
     assert path.read_text() == "not a directory"
+
+
+def test_a_writer_that_created_the_repository_and_fails_removes_it_and_one_waiting_locks_it_afresh(tmp_path):
+    """The waiter opened the lock file before the failing writer removed it; it must not hold a lock on a file
+    that is no longer at the path (a newcomer would lock a fresh one beside it)."""
+    import threading
+
+    repo = tmp_path / "new" / "repo"
+    inside, waiting, seen = threading.Event(), threading.Event(), {}
+
+    def failing() -> None:
+        with pytest.raises(RuntimeError):
+            with repository_lock(repo):
+                inside.set()
+                assert waiting.wait(timeout=30)
+                time.sleep(0.3)  # the waiter is polling on its open lock file by now
+                raise RuntimeError("refused export")
+
+    def waiter() -> None:
+        assert inside.wait(timeout=30)
+        waiting.set()
+        with repository_lock(repo, LockConfig(timeout_s=30)) as lock:
+            seen["lock at path"] = lock.is_file()
+            seen["pid"] = lock.read_text().strip()
+
+    threads = [threading.Thread(target=failing), threading.Thread(target=waiter)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert seen == {"lock at path": True, "pid": str(os.getpid())}
+    assert [p.name for p in repo.iterdir()] == [LOCK_FILE]  # the waiter's own (successful) block keeps it
+
+
+def test_a_refused_block_in_an_existing_repository_keeps_its_directory_and_lock_file(tmp_path):
+    with repository_lock(tmp_path):
+        pass
+    with pytest.raises(RuntimeError):
+        with repository_lock(tmp_path):
+            raise RuntimeError("refused export")
+    assert (tmp_path / LOCK_FILE).is_file()
+    new = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        with repository_lock(new):
+            (new / "m").mkdir()  # something was written after all: nothing is removed
+            raise RuntimeError("failed half-way")
+    assert sorted(p.name for p in new.iterdir()) == [LOCK_FILE, "m"]

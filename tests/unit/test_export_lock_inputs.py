@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -77,3 +78,49 @@ def test_an_encoder_model_onnx_that_is_not_onnx_is_refused_as_the_base_of_a_new_
     assert f"{onnx_file} is not" in err[0]
     assert "export again" in err[0] and "headserve export encoder clip:tiny" in err[0]
     assert snapshot(repo) == before
+
+
+def test_weights_copied_in_from_another_artifact_are_refused_naming_both_files_and_nothing_is_written(
+        clip_head, tmp_path, capsys):
+    other = write_example_head(get_encoder("clip:tiny"), ExampleHead("cats", seed=1), tmp_path / "other")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(clip_head, mixed)
+    shutil.copyfile(other / WEIGHTS_FILE, mixed / WEIGHTS_FILE)  # same shape, another head's numbers
+    repo = tmp_path / "repo"
+    export_head(clip_head, repo, "local")
+    before = snapshot(repo)
+    status, err = export_cli(capsys, mixed, repo)
+    assert status == 2 and len(err) == 1, err
+    assert f"{mixed / WEIGHTS_FILE} (sha256 " in err[0] and f"is not the weights file that {mixed / 'meta.json'}" in err[0]
+    assert "copy meta.json and head.safetensors of one artifact together, or retrain" in err[0]
+    assert snapshot(repo) == before
+    status, err = export_cli(capsys, mixed, tmp_path / "fresh")
+    assert status == 2 and not (tmp_path / "fresh").exists()
+
+
+def test_an_artifact_saved_before_the_weights_digest_exports_with_one_warning_line(clip_head, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(clip_head, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["weights_sha256"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    status, err = export_cli(capsys, old, tmp_path / "repo")
+    assert status == 0
+    assert err == [f"headserve export: warning: {old / 'meta.json'} records no digest of head.safetensors (the "
+                   "artifact was saved by an older headserve), so whether these weights belong to this head cannot "
+                   "be checked; retrain or re-save the head to record one"]
+
+
+def test_an_unknown_field_in_the_preprocess_spec_is_one_line_naming_meta_json_and_creates_nothing(
+        clip_head, tmp_path, capsys):
+    odd = tmp_path / "odd"
+    shutil.copytree(clip_head, odd)
+    meta = json.loads((odd / "meta.json").read_text())
+    meta["preprocess"]["pad_to_square"] = True
+    (odd / "meta.json").write_text(json.dumps(meta))
+    status, err = export_cli(capsys, odd, tmp_path / "repo")
+    assert status == 2
+    assert err == [f"headserve export: error: {odd / 'meta.json'}: field 'preprocess': preprocess spec has fields this "
+                   "headserve does not know: pad_to_square; upgrade headserve to the version that exported the model; "
+                   "export the head with the headserve that trained it, or retrain it with this one"]
+    assert not (tmp_path / "repo").exists(), "no repository, no lock file"

@@ -56,9 +56,7 @@ def test_a_new_head_version_writes_new_versions_of_its_multi_head_and_encoded_en
 
 def test_validate_reports_a_step_pinned_to_a_version_triton_will_not_load(repo):
     shutil.rmtree(repo / "cats_head" / "1")
-    (new := repo / "cats_head" / "2").mkdir()
-    for f in (repo / "dogs_head" / "1").iterdir():  # any loadable version 2 (the check is about the pin)
-        shutil.copy(f, new / f.name)
+    shutil.copytree(repo / "dogs_head" / "1", repo / "cats_head" / "2")  # any loadable version 2 (the pin matters)
     problems = [p for p in validate_repository(repo) if "pinned" in p.message]
     assert len(problems) == 1 and "'cats_head' is pinned to version 1" in problems[0].message
     assert "export the head again" in problems[0].fix

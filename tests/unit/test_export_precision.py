@@ -67,7 +67,7 @@ def test_weights_over_the_threshold_are_written_as_external_data_in_the_version_
     loaded = load_encoder(get_encoder("clip:tiny"))
     written = add_encoder(tmp_path, loaded, Runtime.LOCAL, external_data_bytes=0)
     files = sorted(p.name for p in written.path.iterdir())
-    assert files == ["fingerprint.json", "model.onnx", "model.onnx.data", "model.py"]
+    assert files == ["__pycache__", "fingerprint.json", "model.onnx", "model.onnx.data", "model.py"]  # bytecode: precompiled
     assert (written.path / "model.onnx").stat().st_size < (written.path / "model.onnx.data").stat().st_size
     pixels = np.zeros((1, 32, 32, 3), dtype=np.uint8)
     with torch.no_grad():

@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import load_file
 
 from headserve.artifact import WEIGHTS_FILE, HeadMeta, load_meta, save_artifact
-from headserve.errors import ArtifactError
+from headserve.errors import ArtifactError, UnverifiedWeightsWarning, WeightsMismatchError
 from headserve.head import HeadConfig, MLPHead, ServingHead
 from headserve.head_file import load_head, save_head
 
@@ -136,3 +136,30 @@ def test_saving_a_module_whose_temperature_differs_from_meta_is_refused_and_writ
     with pytest.raises(ArtifactError, match=r"meta\.temperature 1\.7 disagrees with the module's temperature 1\.0"):
         save_head(tmp_path / "h", meta, head)
     assert not list(tmp_path.iterdir())
+
+
+def test_weights_from_another_artifact_of_the_same_shape_are_refused_naming_both_files(tmp_path: Path):
+    meta, head = _head()
+    save_head(tmp_path / "h", meta, head)
+    other_meta, other = _head()
+    with torch.no_grad():
+        other.head.out.weight.mul_(-1.0)  # same shape and classes, other numbers
+    save_head(tmp_path / "other", other_meta, other)
+    (tmp_path / "h" / WEIGHTS_FILE).write_bytes((tmp_path / "other" / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(WeightsMismatchError, match=rf"{tmp_path / 'h' / WEIGHTS_FILE} \(sha256 \w{{12}}\.\.\.\) is not "
+                                                   rf"the weights file that {tmp_path / 'h' / 'meta.json'} was saved "
+                                                   r"with .*copy meta\.json and head\.safetensors of one artifact"):
+        load_head(tmp_path / "h")
+
+
+def test_an_artifact_saved_before_the_weights_digest_loads_with_a_warning_naming_it(tmp_path: Path):
+    meta, head = _head()
+    save_head(tmp_path / "h", meta, head)
+    path = tmp_path / "h" / "meta.json"
+    data = json.loads(path.read_text())
+    assert len(data.pop("weights_sha256")) == 64
+    path.write_text(json.dumps(data))
+    with pytest.warns(UnverifiedWeightsWarning, match=rf"{path} records no digest of head\.safetensors"):
+        _, loaded = load_head(tmp_path / "h")
+    for got, want in zip(_outputs(loaded), _outputs(head)):
+        assert torch.equal(got, want)

@@ -147,6 +147,26 @@ def test_two_metrics_in_one_process_do_not_collide_and_a_caller_may_share_a_regi
         DecisionMetrics(registry=registry)
 
 
+def test_the_exposition_has_no_created_series_and_other_metrics_in_the_process_keep_theirs():
+    from prometheus_client import Counter, generate_latest
+
+    metrics = DecisionMetrics()
+    info = _info()
+    metrics.observe_batch(info, decide(info, PROBS, ood_scores=SCORES), 0.02)
+    metrics.observe_error("h", BadInputError("x"))
+    text = generate_latest(metrics.registry).decode()
+    assert "_created" not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert len(families["headserve_client_decisions"].samples) == 5  # one series per reason decided, no twin
+    assert len(families["headserve_client_errors"].samples) == 1
+    assert {s.name for s in families["headserve_client_request_seconds"].samples} == {
+        "headserve_client_request_seconds_bucket", "headserve_client_request_seconds_count",
+        "headserve_client_request_seconds_sum"}
+    other = CollectorRegistry()  # another library's metrics in the same process: prometheus-client's default
+    Counter("other_total", "Not headserve's.", registry=other).inc()
+    assert "other_created" in generate_latest(other).decode()
+
+
 def test_a_failure_inside_the_metrics_is_logged_and_never_reaches_the_client(caplog):
     metrics = DecisionMetrics()
     broken = decide(_info(), PROBS[:1])
@@ -177,6 +197,7 @@ def test_the_exporter_endpoint_serves_the_metrics_over_http():
                     (("head", "h"), ("reason", "out_of_distribution"), ("version", "1")))] == 1
     assert samples[("headserve_client_ood_score_bucket", (("head", "h"), ("le", "+Inf"), ("version", "1")))] == 5
     assert ("headserve_client_confidence_bucket", (("head", "h"), ("le", "0.05"), ("version", "1"))) in samples
+    assert "_created" not in text  # what Prometheus scrapes holds no timestamp twin of each series
 
 
 def test_a_taken_port_is_a_typed_error_naming_it():

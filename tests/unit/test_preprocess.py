@@ -146,3 +146,20 @@ def test_a_spec_from_a_newer_headserve_is_refused_rather_than_resized_differentl
     data = {**get_encoder("clip:ViT-B-32").preprocess.to_dict(), "pad_to_square": True}
     with pytest.raises(ValueError, match="fields this headserve does not know: pad_to_square; upgrade headserve"):
         type(get_encoder("clip:ViT-B-32").preprocess).from_dict(data)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"pad_to_square": True}, "fields this headserve does not know: pad_to_square"),
+    ({"input_size": None}, "does not read"),
+    ({"mean": 0.5}, "does not read"),
+], ids=["unknown field", "no size", "mean not a list"])
+def test_a_stored_spec_that_does_not_read_is_a_typed_error_naming_what_is_wrong(change, named):
+    from headserve.encoders import PreprocessSpec
+    from headserve.errors import PreprocessSpecError
+
+    data = {**get_encoder("clip:ViT-B-32").preprocess.to_dict(), **change}
+    with pytest.raises(PreprocessSpecError, match=named):
+        PreprocessSpec.from_dict(data)
+    without = {k: v for k, v in get_encoder("clip:ViT-B-32").preprocess.to_dict().items() if k != "resize"}
+    with pytest.raises(PreprocessSpecError, match="lacks the field.s. resize"):
+        PreprocessSpec.from_dict(without)
