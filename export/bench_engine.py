@@ -251,11 +251,16 @@ def _embed_engine(pair: tuple[str, str]) -> tuple[str, str]:
 def _repository(root: Path, spec, pairs: list[tuple[str, str]]) -> tuple[Path, dict, Path, Path]:
     """One head exported per engine x precision: the first on the encoder's own model, the others on variants
     of the same ``model.onnx`` rendered for their engine, each with its ensemble."""
-    from headserve.artifact import load_meta
     from headserve.export.example import ExampleHead, write_example_head
     from headserve.export.model_config import Runtime, parameters_of, parse
     from headserve.export.pipeline import export_head
-    from headserve.export.repository import encoder_desc, encoder_model_name, publish_version, write_ensemble
+    from headserve.export.repository import (
+        encoder_desc,
+        encoder_model_name,
+        publish_version,
+        read_served_head,
+        write_ensemble,
+    )
 
     repo = root / "repo"
     artifact = write_example_head(spec, ExampleHead("h"), root / "h")
@@ -263,15 +268,15 @@ def _repository(root: Path, spec, pairs: list[tuple[str, str]]) -> tuple[Path, d
     base = encoder_model_name(spec.name)
     version = repo / base / "1"
     params = parameters_of(parse((repo / base / "config.pbtxt").read_text()))
-    files = {p.name: p for p in version.iterdir() if p.name != "model.py"}
-    meta = load_meta(artifact)
+    files = {p.name: p for p in version.iterdir() if p.is_file() and p.name != "model.py"}  # graph, weights, fingerprint
+    served = read_served_head(repo, "h", "a benchmark variant")[0]
     heads = {pairs[0]: "h"}
     for engine, precision in pairs[1:]:
         suffix = f"{engine}_{precision}"
         desc = encoder_desc(f"{base}_{suffix}", spec, {**params, "engine": engine, "precision": precision},
                             engine=engine, engine_precision=precision)
         publish_version(repo / desc.name, desc, Runtime.LOCAL, files)
-        write_ensemble(repo, replace(meta, name=f"h_{suffix}"), desc.name, "h_head", Runtime.LOCAL)
+        write_ensemble(repo, replace(served, name=f"h_{suffix}"), desc.name, "h_head", Runtime.LOCAL)
         heads[(engine, precision)] = f"h_{suffix}"
     return repo, heads, version / "model.onnx", artifact
 
