@@ -238,14 +238,10 @@ def _bench_encoder(encoder: str, pairs: list[tuple[str, str]], config: EngineBen
                 rates.setdefault(f"{name} served b1 c16", Rates()).values.append(
                     _load(server.grpc_url, heads[pair], pixels[:1], config.concurrency,
                           max(1, config.single_requests // config.concurrency)))
-                rates.setdefault(f"{name} extraction", Rates()).values.append(
-                    _extraction_rate(spec, graph, dataset, config, *_embed_engine(pair)))
+                if pair[0] != "onnxruntime":  # ONNX Runtime serves what eager PyTorch fp32 trains on, measured above
+                    rates.setdefault(f"{name} extraction", Rates()).values.append(
+                        _extraction_rate(spec, graph, dataset, config, *pair))
     return {"gflop": gflop_per_image(graph, size), "figures": figures, "rates": rates}
-
-
-def _embed_engine(pair: tuple[str, str]) -> tuple[str, str]:
-    """Training's engine for a serving pair: ONNX Runtime fp32 serves what eager PyTorch fp32 trains on."""
-    return ("torch", "fp32") if pair[0] == "onnxruntime" else pair
 
 
 def _repository(root: Path, spec, pairs: list[tuple[str, str]]) -> tuple[Path, dict, Path, Path]:
@@ -350,11 +346,9 @@ def _encoder_lines(encoder: str, measured: dict, ceilings: dict[str, Rates], pai
         fig = figures[name]
         ceiling = max(ceilings[precision].values)  # a ceiling: the best round, the least disturbed
         for what in ("in-process b32", "served b32 c2", "served b1 c16", "extraction"):
-            r = rates[f"{name} {what}"]
-            label = what if what != "extraction" else ("extraction (eager PyTorch fp32 feeds it)"
-                                                       if engine == "onnxruntime" else "extraction")
-            if engine == "onnxruntime" and what == "extraction":
-                r = rates["torch eager fp32 extraction"]
+            torch_side = engine == "onnxruntime" and what == "extraction"  # training before engines
+            r = rates["torch eager fp32 extraction" if torch_side else f"{name} {what}"]
+            label = "extraction (eager PyTorch fp32, what it serves)" if torch_side else what
             lines.append(f"| {name} | {label} | {r.cell()} | {r.median * gflop:.0f} | "
                          f"{100 * r.median * gflop / ceiling:.0f}% | {fig['min_cosine']:.5f} | "
                          f"{fig['top1_agreement']:.3f} |")
