@@ -80,7 +80,8 @@ def add_encoder_args(p: argparse.ArgumentParser, default: str = "clip:tiny") -> 
     p.add_argument("--encoder", default=default,
                    help=f"registry name, e.g. clip:ViT-B-32 or dinov3:vitb16 (default {default}, an untrained twin)")
     p.add_argument("--encoder-weights", default=None, metavar="PATH",
-                   help="local DINOv3 weights directory or CLIP checkpoint file instead of the hub")
+                   help="local weights instead of the hub: a transformers model directory (DINOv3, DINOv2, "
+                        "V-JEPA 2), a CLIP checkpoint file, or a timm DINOv3 file or directory")
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:

@@ -45,7 +45,7 @@ from headserve.contract import (
     head_id_of,
     head_model_name,
 )
-from headserve.encoders import EncoderSpec
+from headserve.encoders import EncoderSpec, require_export_precision
 from headserve.errors import ExportParityError, RepositoryError
 from headserve.export.engine import (
     DEFAULT_ENGINE,
@@ -167,6 +167,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     served, embeddings -> scores) adds its top-1 agreement to the figures. ``log`` says what was chosen.
     """
     spec = loaded.spec
+    require_export_precision(spec, precision)
     graph = encoder_graph(loaded)
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name

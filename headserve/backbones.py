@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import socket
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headserve.encoders import EncoderSpec, PreprocessSpec, has_text_tower
+from headserve.encoders import INTERPOLATIONS, EncoderSpec, PreprocessSpec, has_text_tower
 from headserve.errors import EncoderLoadError
 
 
@@ -56,6 +62,25 @@ class Dinov3Pooled(nn.Module):
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
 
+class Vjepa2MeanPooled(nn.Module):
+    """transformers V-JEPA 2 on one image: the mean of the last layer's tokens.
+
+    The image goes in as a one-frame clip; VJEPA2Embeddings repeats it to the tubelet size (2 frames),
+    so one image gives one tubelet of (S / 16)^2 tokens. The model has no CLS token and no pooled output;
+    its attentive pooler belongs to the task heads trained on top of it (VJEPA2ForVideoClassification), so
+    a frozen, task-free embedding averages the tokens, which are already layer-normalised. The predictor
+    is skipped: it serves the training objective, not the representation.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, D)
+        out = self.model(pixel_values_videos=x.unsqueeze(1), skip_predictor=True)  # (B, 1, 3, S, S) in
+        return out.last_hidden_state.mean(dim=1)  # (B, N, D) -> (B, D)
+
+
 class EncoderGraph(nn.Module):
     """uint8 NHWC pixels at the encoder's input size -> L2-normalised embedding.
 
@@ -77,6 +102,47 @@ class EncoderGraph(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# The model hub's route. huggingface_hub retries a failed connection five times with backoff (about
+# 25 s per file, several files per model); a machine with no route to the hub would wait minutes for
+# the error that says so. One short probe first: when the hub does not answer, the load runs offline,
+# so cached weights load at once and missing ones fail in seconds.
+
+HUB_PROBE_TIMEOUT_S = 3.0  # a TCP connect to the hub's endpoint; a reachable hub answers in well under this
+
+
+def _hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``endpoint`` (huggingface_hub's ENDPOINT) opens within ``timeout``."""
+    url = urllib.parse.urlsplit(endpoint)
+    if not url.hostname:
+        return True  # not a URL this probe understands: leave the judgement to huggingface_hub
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def hub_route() -> Iterator[None]:
+    """Load inside this: offline (huggingface_hub's own switch, read at call time) when the hub cannot be reached.
+
+    With a proxy configured the direct probe proves nothing, so the library is left to find its way.
+    Loading is single-threaded (one encoder per command), so flipping the module flag is not raced.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or urllib.request.getproxies() or _hub_reachable(constants.ENDPOINT):
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+# ---------------------------------------------------------------------------------------------
 # Loaders, one per family. Real weights and tiny twins share the same classes and code path
 # past construction.
 
@@ -94,7 +160,8 @@ def _load_clip(spec: EncoderSpec) -> LoadedEncoder:
         )
     else:
         try:
-            model, _, _ = open_clip.create_model_and_transforms(spec.model_id, pretrained=spec.pretrained)
+            with hub_route():
+                model, _, _ = open_clip.create_model_and_transforms(spec.model_id, pretrained=spec.pretrained)
         except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors alike
             raise EncoderLoadError(
                 f"could not load CLIP {spec.model_id} with pretrained={spec.pretrained!r} "
@@ -125,26 +192,146 @@ def _load_dinov2(spec: EncoderSpec) -> LoadedEncoder:
     return _load_hub(spec, "DINOv2")
 
 
-def _load_hub(spec: EncoderSpec, family: str) -> LoadedEncoder:
-    """A transformers vision model and its processor (whose preprocessing wins) from the hub or a directory."""
+def _load_vjepa2(spec: EncoderSpec) -> LoadedEncoder:
+    """V-JEPA 2 (transformers VJEPA2Model): one image as a one-frame clip, tokens mean-pooled."""
+    from transformers import AutoVideoProcessor, VJEPA2Config, VJEPA2Model
+
+    if spec.tiny is not None:
+        torch.manual_seed(int(spec.tiny["seed"]))
+        model = VJEPA2Model(VJEPA2Config(**spec.tiny["config"]))
+        return LoadedEncoder(spec=spec, backbone=Vjepa2MeanPooled(model), full_model=model)
+    return _load_hub(spec, "V-JEPA 2", processor_class=AutoVideoProcessor, wrap=Vjepa2MeanPooled)
+
+
+def _load_hub(spec: EncoderSpec, family: str, processor_class: Any = None,
+              wrap: Callable[[nn.Module], nn.Module] = Dinov3Pooled) -> LoadedEncoder:
+    """A transformers vision model and its processor (whose preprocessing wins) from the hub or a directory.
+
+    ``processor_class`` defaults to ``AutoImageProcessor``; video models (V-JEPA 2) ship a video processor.
+    """
     from transformers import AutoImageProcessor, AutoModel
 
     try:
-        processor = AutoImageProcessor.from_pretrained(spec.model_id)
-        model = AutoModel.from_pretrained(spec.model_id)
+        with hub_route():
+            processor = (processor_class or AutoImageProcessor).from_pretrained(spec.model_id)
+            model = AutoModel.from_pretrained(spec.model_id)
     except Exception as exc:  # GatedRepoError, LocalEntryNotFoundError, OSError, ...
-        gated = "gated" in str(exc).lower() or "401" in str(exc) or "403" in str(exc)
-        action = (
-            f"accept the licence on the model page of {spec.model_id} and log in with `hf auth login`"
-            if gated
-            else "check the network route to the model hub, or accept the licence and log in with `hf auth login`"
-        )
-        raise EncoderLoadError(
-            f"could not load {family} {spec.model_id} ({exc.__class__.__name__}: {_first_line(exc)}). "
-            f"To fix: {action}; or download the weights elsewhere and pass the directory with --encoder-weights DIR."
-        ) from None
+        raise EncoderLoadError(_hub_failure(family, spec.model_id, exc, "--encoder-weights DIR")) from None
     spec = replace(spec, preprocess=_preprocess_from_processor(processor, spec.preprocess))
-    return LoadedEncoder(spec=spec, backbone=Dinov3Pooled(model), full_model=model)
+    return LoadedEncoder(spec=spec, backbone=wrap(model), full_model=model)
+
+
+def _hub_failure(family: str, source: str, exc: BaseException, local: str) -> str:
+    """The one message for weights the hub would not give: the model, the cause, and both ways out."""
+    gated = "gated" in str(exc).lower() or "401" in str(exc) or "403" in str(exc)
+    action = (
+        f"accept the licence on the model page of {source} and log in with `hf auth login`"
+        if gated
+        else "check the network route to the model hub, or accept the licence and log in with `hf auth login`"
+    )
+    return (f"could not load {family} {source} ({exc.__class__.__name__}: {_first_line(exc)}). "
+            f"To fix: {action}; or download the weights elsewhere and pass them with {local}.")
+
+
+# timm's DINOv3 pools by averaging the patch tokens unless told otherwise; upstream DINOv3 (and the
+# transformers family's pooler_output) takes the CLS token after the final norm, and so does headserve.
+# num_classes=0 leaves out the classifier, so the model's output is the pooled feature.
+TIMM_OPTIONS: Mapping[str, Any] = {"num_classes": 0, "global_pool": "token"}
+_TIMM_LOCAL = "--encoder-weights FILE_OR_DIR (a .safetensors/.pth file, or the directory " \
+              "`hf download timm/<model> --local-dir DIR` writes)"
+
+
+def _load_dinov3_timm(spec: EncoderSpec) -> LoadedEncoder:
+    """DINOv3 through timm: the hub id in ``pretrained``, or a local file or directory in its place.
+
+    The model's own pretrained config (input size, mean, std, interpolation, crop) replaces the registry's.
+    """
+    import timm
+
+    if spec.tiny is not None:
+        torch.manual_seed(int(spec.tiny["seed"]))
+        model = timm.create_model(spec.model_id, pretrained=False, **{**TIMM_OPTIONS, **spec.tiny["config"]})
+        return LoadedEncoder(spec=spec, backbone=model, full_model=model)
+    source = spec.pretrained or f"timm/{spec.model_id}"
+    path = Path(source)
+    try:
+        if path.is_dir():
+            model = _timm_from_directory(spec, path)
+        elif path.is_file():  # timm's own way to point a registered model at a local checkpoint
+            model = timm.create_model(spec.model_id, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                                      **TIMM_OPTIONS)
+        elif _is_hub_id(source):
+            with hub_route():
+                model = timm.create_model(spec.model_id, pretrained=True, pretrained_cfg_overlay={"hf_hub_id": source},
+                                          **TIMM_OPTIONS)
+        else:
+            raise EncoderLoadError(f"DINOv3 (timm) weights {source} do not exist; pass {_TIMM_LOCAL}")
+    except EncoderLoadError:
+        raise
+    except Exception as exc:  # huggingface_hub's offline/gated errors, OSError, a state dict that does not fit
+        if path.exists():
+            raise EncoderLoadError(
+                f"could not load DINOv3 (timm) {spec.model_id} from {source} ({exc.__class__.__name__}: "
+                f"{_first_line(exc)}); the weights must be those of {spec.model_id}. Pass {_TIMM_LOCAL}"
+            ) from None
+        raise EncoderLoadError(_hub_failure("DINOv3 (timm)", source, exc, _TIMM_LOCAL)) from None
+    cfg = timm.data.resolve_model_data_config(model)
+    spec = replace(spec, preprocess=_preprocess_from_timm(cfg, f"{spec.model_id} ({source})"))
+    return LoadedEncoder(spec=spec, backbone=model, full_model=model)
+
+
+def _is_hub_id(source: str) -> bool:
+    """``owner/name`` as the hub spells repositories; anything else that does not exist is a missing path."""
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~")) and "\\" not in source
+
+
+def _timm_from_directory(spec: EncoderSpec, directory: Path) -> nn.Module:
+    """A timm model directory (config.json + weights); its architecture must be the registry entry's."""
+    import timm
+
+    config = directory / "config.json"
+    if not config.is_file():
+        raise EncoderLoadError(f"{directory} has no config.json, so it is not a timm model directory; pass "
+                               f"{_TIMM_LOCAL}")
+    try:
+        architecture = json.loads(config.read_text()).get("architecture")
+    except (ValueError, AttributeError, OSError) as exc:
+        raise EncoderLoadError(f"{config} is not a timm model config ({exc}); pass {_TIMM_LOCAL}") from None
+    expected = spec.model_id.split(".", 1)[0]
+    if architecture != expected:
+        raise EncoderLoadError(f"{directory} holds timm architecture {architecture!r} (its config.json), but "
+                               f"{spec.name} is {expected}; pass the weights of {spec.model_id} or pick the "
+                               "registry name of that architecture")
+    return timm.create_model(f"local-dir:{directory}", pretrained=True, **TIMM_OPTIONS)
+
+
+def _preprocess_from_timm(cfg: Mapping[str, Any], where: str) -> PreprocessSpec:
+    """timm's eval transform as a spec: short side to floor(size / crop_pct), centre crop (torchvision's rounding).
+
+    A transform headserve does not mirror (a non-square input, the "border" crop mode, an interpolation
+    PIL does not name alike) is refused: serving it approximately would change every embedding quietly.
+    """
+    _, height, width = cfg["input_size"]
+    crop_pct = float(cfg.get("crop_pct") or 0.875)  # timm's DEFAULT_CROP_PCT when a config names none
+    mode = cfg.get("crop_mode") or "center"
+    interpolation = str(cfg.get("interpolation", ""))
+    scale = math.floor(height / crop_pct)
+    if height != width or interpolation not in INTERPOLATIONS or mode not in ("center", "squash") or (
+            mode == "squash" and scale != height):
+        raise EncoderLoadError(
+            f"{where}: timm's eval transform (input {height}x{width}, crop_mode {mode!r}, crop_pct {crop_pct}, "
+            f"interpolation {interpolation!r}) is not one headserve can mirror on the client; square inputs with "
+            "crop_mode center (or squash at crop_pct 1.0) and bicubic/bilinear/nearest are")
+    return PreprocessSpec(
+        input_size=int(height),
+        mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
+        resize="squash" if mode == "squash" else "shortest_side_center_crop",
+        interpolation=interpolation,
+        resize_size=scale if mode == "center" and scale != height else None,
+        crop_offset="round",  # torchvision's CenterCrop
+    )
 
 
 def _preprocess_from_processor(processor: object, default: PreprocessSpec) -> PreprocessSpec:
@@ -178,6 +365,8 @@ LOADERS: dict[str, Callable[[EncoderSpec], LoadedEncoder]] = {
     "clip": _load_clip,
     "dinov3": _load_dinov3,
     "dinov2": _load_dinov2,
+    "dinov3-timm": _load_dinov3_timm,
+    "vjepa2": _load_vjepa2,
 }
 
 

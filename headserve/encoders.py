@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from headserve.errors import PreprocessSpecError, UnknownEncoderError
+from headserve.errors import ConfigError, PreprocessSpecError, UnknownEncoderError
 
 # open_clip's OPENAI_DATASET_MEAN/STD; the LAION-trained CLIP checkpoints use the same values.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -139,8 +139,12 @@ class EncoderFamily:
     resize: str  # resize rule of the family's own image processors, one of RESIZE_RULES
     interpolation: str  # resampling filter of the family's own image processors, one of INTERPOLATIONS
     # The EncoderSpec field that a local copy of the weights replaces: open_clip takes a checkpoint file
-    # as its "pretrained" tag; transformers loads a directory in place of the hub id.
+    # as its "pretrained" tag, timm a file or directory in place of its hub id (the architecture stays);
+    # transformers loads a directory in place of the hub id.
     weights_field: str
+    # Why the family's graph cannot be exported in float16, or "" when it can (the export's parity check
+    # then decides per model).
+    no_fp16_export: str = ""
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
@@ -158,6 +162,17 @@ FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (
     EncoderFamily("dinov3", text_tower=False, resize="squash", interpolation="bilinear", weights_field="model_id"),
     EncoderFamily("dinov2", text_tower=False, resize="shortest_side_center_crop", interpolation="bicubic",
                   weights_field="model_id"),
+    # DINOv3 weights as timm republishes them (not gated). timm drops the all-zero QKV bias and keeps the
+    # RoPE periods in fp32, so its embeddings are not bit-for-bit the transformers ones: another identity.
+    # Its pretrained configs resize the short side to 256 and crop 256 (crop_pct 1.0), bicubic.
+    EncoderFamily("dinov3-timm", text_tower=False, resize="shortest_side_center_crop", interpolation="bicubic",
+                  weights_field="pretrained"),
+    # V-JEPA 2 video encoders embedding one image: the video processor resizes the short side to
+    # crop * 256 / 224 and centre-crops, bilinear.
+    EncoderFamily("vjepa2", text_tower=False, resize="shortest_side_center_crop", interpolation="bilinear",
+                  weights_field="model_id",
+                  no_fp16_export="its 3D RoPE builds token positions with arange in the compute dtype, and "
+                                 "ONNX's Range operator has no float16"),
 )}
 
 
@@ -168,6 +183,14 @@ def get_family(encoder_type: str) -> EncoderFamily:
     except KeyError:
         raise UnknownEncoderError(f"unknown encoder family {encoder_type!r}; known families are: "
                                   f"{', '.join(sorted(FAMILIES))}") from None
+
+
+def require_export_precision(spec: "EncoderSpec", precision: str) -> None:
+    """Refuse, before any work, an export precision the encoder's family cannot be exported in."""
+    reason = spec.family.no_fp16_export if precision == "fp16" else ""
+    if reason:
+        raise ConfigError(f"{spec.name} cannot be exported with --precision fp16: {reason}. "
+                          "Export it with --precision fp32")
 
 
 def has_text_tower(encoder_type: str) -> bool:
@@ -181,11 +204,14 @@ class EncoderSpec:
     """One registered encoder."""
 
     name: str  # registry key, "<encoder_type>:<short name>"
-    encoder_type: str  # "clip", "dinov3" or "dinov2": selects the loader
-    model_id: str  # open_clip architecture name, or Hugging Face hub id / local directory
+    encoder_type: str  # a FAMILIES key ("clip", "dinov3", "dinov2", "dinov3-timm", "vjepa2"): selects the loader
+    # open_clip architecture name; timm model name with its pretrained tag; or Hugging Face hub id / local directory
+    model_id: str
     embedding_dim: int  # width of the L2-normalised embedding
     preprocess: PreprocessSpec
-    pretrained: str | None = None  # open_clip pretrained tag (or checkpoint file); None for hub models
+    # open_clip pretrained tag (or checkpoint file); timm hub id (or local file / directory); None for
+    # transformers models, whose model_id says where the weights are
+    pretrained: str | None = None
     tiny: Mapping[str, Any] | None = None  # config of a randomly initialised twin; None for real weights
     description: str = ""
 
@@ -243,6 +269,35 @@ def _dinov3(name: str, hub_id: str, dim: int, mean: tuple[float, float, float] =
     )
 
 
+def _dinov3_timm(name: str, timm_name: str, dim: int, mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 std: tuple[float, float, float] = IMAGENET_STD) -> EncoderSpec:
+    # The registry's spec is the pretrained config's (256 px, crop_pct 1.0, bicubic); the loader reads the
+    # model's own config again and that wins.
+    return EncoderSpec(
+        name=f"dinov3-timm:{name}",
+        encoder_type="dinov3-timm",
+        model_id=timm_name,
+        pretrained=f"timm/{timm_name}",
+        embedding_dim=dim,
+        preprocess=_family_preprocess("dinov3-timm", 256, mean, std),
+        description=f"DINOv3 timm {timm_name} (public weights), CLS token after the final norm",
+    )
+
+
+def _vjepa2(name: str, hub_id: str, dim: int, size: int = 256) -> EncoderSpec:
+    # The video processor's short side is int(crop * 256 / 224): 292 for 256 px, 438 for 384 px; its centre
+    # crop truncates the offset, as the transformers image processors do.
+    return EncoderSpec(
+        name=f"vjepa2:{name}",
+        encoder_type="vjepa2",
+        model_id=hub_id,
+        embedding_dim=dim,
+        preprocess=_family_preprocess("vjepa2", size, IMAGENET_MEAN, IMAGENET_STD, resize_size=int(size * 256 / 224),
+                                      crop_offset="floor"),
+        description=f"V-JEPA 2 {hub_id} through transformers VJEPA2Model, one frame, mean of the last layer's tokens",
+    )
+
+
 def _dinov2(name: str, hub_id: str, dim: int) -> EncoderSpec:
     # As the DINOv2 processors do: shortest side to 256, centre crop 224 at a truncated offset,
     # bicubic, ImageNet statistics.
@@ -268,7 +323,20 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
     _dinov2("vits14", "facebook/dinov2-small", 384),
     _dinov2("vitb14", "facebook/dinov2-base", 768),
     _dinov2("vitl14", "facebook/dinov2-large", 1024),
-    # Tiny twins: the real classes (open_clip.CLIP, transformers DINOv3ViTModel, Dinov2Model) at a small config.
+    _dinov3_timm("vits16", "vit_small_patch16_dinov3.lvd1689m", 384),
+    _dinov3_timm("vits16plus", "vit_small_plus_patch16_dinov3.lvd1689m", 384),
+    _dinov3_timm("vitb16", "vit_base_patch16_dinov3.lvd1689m", 768),
+    _dinov3_timm("vitl16", "vit_large_patch16_dinov3.lvd1689m", 1024),
+    _dinov3_timm("vitl16-sat", "vit_large_patch16_dinov3.sat493m", 1024, SAT_MEAN, SAT_STD),
+    _dinov3_timm("vith16plus", "vit_huge_plus_patch16_dinov3.lvd1689m", 1280),
+    _dinov3_timm("vit7b16", "vit_7b_patch16_dinov3.lvd1689m", 4096),
+    _dinov3_timm("vit7b16-sat", "vit_7b_patch16_dinov3.sat493m", 4096, SAT_MEAN, SAT_STD),
+    _vjepa2("vitl", "facebook/vjepa2-vitl-fpc64-256", 1024),
+    _vjepa2("vith", "facebook/vjepa2-vith-fpc64-256", 1280),
+    _vjepa2("vitg", "facebook/vjepa2-vitg-fpc64-256", 1408),
+    _vjepa2("vitg-384", "facebook/vjepa2-vitg-fpc64-384", 1408, size=384),
+    # Tiny twins: the real classes (open_clip.CLIP, transformers DINOv3ViTModel, Dinov2Model, timm's Eva as
+    # vit_small_patch16_dinov3, transformers VJEPA2Model) at a small config.
     EncoderSpec(
         name="clip:tiny",
         encoder_type="clip",
@@ -322,6 +390,50 @@ _ENTRIES: tuple[EncoderSpec, ...] = (
         },
         description="transformers Dinov2Model, 2 layers, random weights",
     ),
+    EncoderSpec(
+        name="dinov3-timm:tiny",
+        encoder_type="dinov3-timm",
+        model_id="vit_small_patch16_dinov3",  # the architecture; its keyword arguments below shrink it
+        embedding_dim=32,
+        preprocess=_family_preprocess("dinov3-timm", _TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD),
+        tiny={
+            "seed": 0,
+            # init_values: layer scale starts at 1 (timm's DINOv3 starts it at 1e-5, for training), as the
+            # transformers twin's layerscale_value does; at 1e-5 the random blocks add almost nothing and the
+            # CLS embedding is the same for every image to 1e-7, which no head can be trained on.
+            "config": {"img_size": _TINY_SIZE, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                       "init_values": 1.0},
+        },
+        description="timm vit_small_patch16_dinov3 (Eva), 2 layers, random weights",
+    ),
+    EncoderSpec(
+        name="vjepa2:tiny",
+        encoder_type="vjepa2",
+        model_id="tiny-vjepa2",
+        embedding_dim=32,
+        # the real processors' 256 / 292 ratio at the twin's size, so the resize-then-crop path is tested
+        preprocess=_family_preprocess("vjepa2", _TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD,
+                                      resize_size=int(_TINY_SIZE * 256 / 224), crop_offset="floor"),
+        tiny={
+            "seed": 0,
+            "config": {
+                "crop_size": _TINY_SIZE,
+                "patch_size": 8,
+                "frames_per_clip": 2,
+                "tubelet_size": 2,
+                # 2 heads of 16: RoPE rotates 4 dims each of time, height and width and leaves 4, as the
+                # real heads of 64 rotate 20 each and leave 4
+                "hidden_size": 32,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 2,
+                "mlp_ratio": 2.0,
+                "pred_hidden_size": 16,
+                "pred_num_attention_heads": 2,
+                "pred_num_hidden_layers": 1,
+            },
+        },
+        description="transformers VJEPA2Model, 2 layers, random weights",
+    ),
 )
 
 REGISTRY: dict[str, EncoderSpec] = {spec.name: spec for spec in _ENTRIES}
@@ -356,6 +468,7 @@ __all__ = [
     "FAMILIES",
     "get_family",
     "has_text_tower",
+    "require_export_precision",
     "PreprocessSpec",
     "REGISTRY",
     "DEFAULT_ENCODER_TYPE",

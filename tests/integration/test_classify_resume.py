@@ -81,6 +81,7 @@ def test_killed_server_leaves_whole_unique_lines_and_resume_classifies_only_the_
     assert session_members(pid) == []
 
     with LocalTriton(ServerConfig(repository=local_repo)) as server:
+        before = _inferences(server, HEAD)  # the start-up probe's one request per model
         run = _classify(server.grpc_url, output, crop_files, "--resume")
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-2000:]
@@ -88,9 +89,9 @@ def test_killed_server_leaves_whole_unique_lines_and_resume_classifies_only_the_
         # The restarted server saw exactly the missing crops, no more (the ensemble counts requests only;
         # its steps also count warm-up). Ensemble statistics land just after the response: wait for them.
         deadline = time.monotonic() + 10
-        while _inferences(server, HEAD) < missing and time.monotonic() < deadline:
+        while _inferences(server, HEAD) - before < missing and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _inferences(server, HEAD) == missing
+        assert _inferences(server, HEAD) - before == missing
     assert not partial.exists()
     rows = _lines(output)
     assert len(rows) == CROPS

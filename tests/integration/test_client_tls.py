@@ -39,6 +39,9 @@ class TlsTriton(LocalTriton):
         self.stop()
         raise AssertionError("TLS tritonserver never became ready:\n" + self.log_tail())
 
+    def _probe_models(self) -> None:
+        """The start-up probe speaks plaintext gRPC; the plain `triton` fixture serves and probes the same repository."""
+
 
 @pytest.fixture(scope="module")
 def tls_triton(local_repo):

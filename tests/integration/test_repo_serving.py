@@ -13,7 +13,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ATOL = 1e-5  # fp32 end to end
 PROMPTS = ["a photo of the digit zero", "a photo of a texture"]
-HEADS = {"cats": "clip:tiny", "dogs": "clip:tiny", "birds": "dinov3:tiny", "fish": "dinov2:tiny"}
+HEADS = {"cats": "clip:tiny", "dogs": "clip:tiny", "birds": "dinov3:tiny", "fish": "dinov2:tiny",
+         "owls": "dinov3-timm:tiny", "bats": "vjepa2:tiny"}
+ENCODED = ("cats", "birds", "fish", "owls", "bats")  # heads that also get the encoded-image ensemble
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         export_head(artifacts[head], repo, "local")
     write_multi_head_ensemble(repo, ["cats", "dogs"], "local")
     add_prompt_model(repo, "cats", PROMPTS, [0, 3])
-    for head in ("cats", "birds", "fish"):  # centre crop, squash, and resize 32 then crop 28
+    for head in ENCODED:  # centre crop, squash, resize 32 then crop 28, bicubic crop, resize 36 then crop 32
         add_encoded_input(repo, head, "local")
     with LocalTriton(ServerConfig(repository=repo)) as server:
         yield repo, artifacts, server
@@ -78,9 +80,9 @@ def test_the_repository_of_every_encoder_family_validates(served):
     problems = validate_repository(repo)
     assert problems == [], describe(problems)
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(
-        [*HEADS, *(f"{h}_head" for h in HEADS), "encoder_clip_tiny", "encoder_dinov3_tiny", "encoder_dinov2_tiny",
-         "heads_clip_tiny", "cats_prompts", "cats_encoded", "birds_encoded", "fish_encoded", "decode_clip_tiny",
-         "decode_dinov3_tiny", "decode_dinov2_tiny"])
+        [*HEADS, *(f"{h}_head" for h in HEADS), "heads_clip_tiny", "cats_prompts", *(f"{h}_encoded" for h in ENCODED),
+         *(f"{kind}_{family}_tiny" for kind in ("encoder", "decode")
+           for family in ("clip", "dinov3", "dinov2", "dinov3-timm", "vjepa2"))])
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
@@ -154,7 +156,7 @@ def infer_encoded(url: str, model: str, images: list[bytes], outputs: list[str])
         return {o: result.as_numpy(o) for o in outputs}
 
 
-@pytest.mark.parametrize("head", ["cats", "birds", "fish"])
+@pytest.mark.parametrize("head", ENCODED)
 def test_the_encoded_image_variant_decodes_and_resizes_exactly_as_training_did(served, head):
     from headserve.artifact import load_meta
     from headserve.preprocess import prepare_batch

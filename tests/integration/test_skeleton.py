@@ -100,7 +100,7 @@ def test_every_exported_onnx_file_passes_the_checker_with_named_tensors(local_re
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))
         names = [t.name for t in (*model.graph.input, *model.graph.output)]
-        assert set(names) <= {"pixels", "embedding", "head_input", "logits", "probs", "ood_score"}, names
+        assert set(names) <= {"pixels", "embedding", "head_input", "logits", "probs", "ood_score", "head_id"}, names
 
 
 def test_ensemble_outputs_probabilities_logits_and_embedding(trained_heads, triton):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from headserve.backbones import LOADERS, encoder_graph, load_encoder
-from headserve.encoders import REGISTRY, encoder_types, get_encoder, tiny_twin
+from headserve.encoders import FAMILIES, REGISTRY, encoder_types, get_encoder, tiny_twin
 from headserve.export.onnx_export import EncoderExport, encoder_graph_spec, export_onnx
 
 
-@pytest.mark.parametrize("family", encoder_types())
+@pytest.mark.parametrize("family", sorted(set(encoder_types()) | set(FAMILIES)))
 def test_every_registered_encoder_family_has_a_tiny_twin_and_a_loader(family):
     twin = tiny_twin(family)
     assert twin is not None, f"encoder family {family!r} has no tiny twin; add one to headserve/encoders.py"

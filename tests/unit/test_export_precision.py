@@ -36,7 +36,7 @@ def served_embedding(version_dir, pixels: np.ndarray) -> np.ndarray:
     return session.run(["embedding"], {"pixels": pixels})[0]
 
 
-@pytest.mark.parametrize("name", ["clip:tiny", "dinov3:tiny"])
+@pytest.mark.parametrize("name", ["clip:tiny", "dinov3:tiny", "dinov3-timm:tiny"])
 def test_an_fp16_encoder_within_tolerance_is_kept_and_still_emits_fp32(name, tmp_path):
     loaded = load_encoder(get_encoder(name))
     written = add_encoder(tmp_path, loaded, Runtime.LOCAL, precision="fp16")
@@ -61,6 +61,17 @@ def test_an_fp16_encoder_that_overflows_is_refused_and_nothing_is_written(tmp_pa
     assert not (tmp_path / "encoder_dinov3_tiny").exists() or not any(
         p.name.isdigit() for p in (tmp_path / "encoder_dinov3_tiny").iterdir())
     add_encoder(tmp_path, loaded, Runtime.LOCAL, precision="fp32")  # the same encoder is exact in fp32
+
+
+def test_a_vjepa2_encoder_is_refused_in_fp16_before_any_work_naming_why_and_the_fix(tmp_path):
+    from headserve.errors import ConfigError
+
+    loaded = load_encoder(get_encoder("vjepa2:tiny"))
+    with pytest.raises(ConfigError, match=r"vjepa2:tiny cannot be exported with --precision fp16: its 3D RoPE .*"
+                                          r"Range operator has no float16\. Export it with --precision fp32"):
+        add_encoder(tmp_path, loaded, Runtime.LOCAL, precision="fp16")
+    assert list(tmp_path.iterdir()) == []
+    add_encoder(tmp_path, loaded, Runtime.LOCAL, precision="fp32")
 
 
 def test_weights_over_the_threshold_are_written_as_external_data_in_the_version_directory(tmp_path):

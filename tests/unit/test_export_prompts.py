@@ -23,7 +23,8 @@ PROMPTS = ["a photo of the digit zero", "a photo of the digit one", "a photo of 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("prompts")
-    for head, encoder in {"cats": "clip:tiny", "birds": "dinov3:tiny"}.items():
+    heads = {"cats": "clip:tiny", "birds": "dinov3:tiny", "owls": "dinov3-timm:tiny", "bats": "vjepa2:tiny"}
+    for head, encoder in heads.items():
         export_head(write_example_head(get_encoder(encoder), ExampleHead(head), root / "art" / head), root / "repo",
                     "local")
     return root / "repo"
@@ -60,11 +61,12 @@ def test_re_exporting_the_head_keeps_its_prompt_model_published(repo, tmp_path):
     assert ensemble_params(repo, "cats")["prompt_model"] == "cats_prompts"
 
 
-def test_a_dinov3_head_never_gets_a_prompt_model(repo):
-    with pytest.raises(RepositoryError, match="runs on a dinov3 encoder, which has no text tower"):
-        add_prompt_model(repo, "birds", PROMPTS, [0, 1, 3])
-    assert not (repo / "birds_prompts").exists()
-    assert "prompt_model" not in ensemble_params(repo, "birds")
+@pytest.mark.parametrize("head, family", [("birds", "dinov3"), ("owls", "dinov3-timm"), ("bats", "vjepa2")])
+def test_a_head_on_an_encoder_without_a_text_tower_never_gets_a_prompt_model(repo, head, family):
+    with pytest.raises(RepositoryError, match=f"runs on a {family} encoder, which has no text tower"):
+        add_prompt_model(repo, head, PROMPTS, [0, 1, 3])
+    assert not (repo / f"{head}_prompts").exists()
+    assert "prompt_model" not in ensemble_params(repo, head)
 
 
 def test_a_prompt_class_outside_the_head_is_refused(repo):
