@@ -167,11 +167,11 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     served, embeddings -> scores) adds its top-1 agreement to the figures. ``log`` says what was chosen.
     """
     spec = loaded.spec
-    require_export_precision(spec, precision)
+    choice = choice or EngineChoice(DEFAULT_ENGINE, precision, f"{DEFAULT_ENGINE} {precision}: asked for")
+    require_export_precision(spec, choice.precision)
     graph = encoder_graph(loaded)
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name
-    choice = choice or EngineChoice(DEFAULT_ENGINE, precision, f"{DEFAULT_ENGINE} {precision}: asked for")
     graph_precision = choice.precision if choice.engine == DEFAULT_ENGINE else "fp32"  # OpenVINO reads the fp32 graph
     new_model = not model_dir.exists()
     tmp = staging_dir(model_dir / "export")

@@ -180,3 +180,11 @@ def test_export_head_refuses_a_head_whose_training_engine_is_too_far_from_the_se
     with pytest.raises(EngineMismatchError, match=r"head 'cats' was trained on torch bf16 embeddings \(min cosine "
                                                   r"0.99600 to fp32\) but the encoder serves openvino bf16.*below 0.999"):
         export_head(art, repo, "local")
+
+
+def test_an_fp16_choice_is_refused_for_a_family_that_cannot_export_fp16_whichever_way_it_is_passed(tmp_path):
+    from headserve.errors import ConfigError
+
+    loaded = load_encoder(get_encoder("vjepa2:tiny"))
+    with pytest.raises(ConfigError, match=r"vjepa2:tiny cannot be exported with --precision fp16"):
+        add_encoder(tmp_path, loaded, Runtime.LOCAL, choice=choose_engine("onnxruntime", "fp16"))
