@@ -15,6 +15,8 @@ FLAG_OF_SETTING: dict[str, str] = {
     "bg_classes": "--bg",  # TrainRequest
     "ood_holdout": "--ood-holdout",  # TrainRequest
     "workers": "--workers",  # EmbedConfig
+    "engine": "--engine",  # EmbedConfig, EngineChoice (export)
+    "precision": "--precision",  # EmbedConfig, EngineChoice (export)
     "grpc_port": "--grpc-port",  # ServerConfig
     "http_port": "--http-port",  # ServerConfig
     "metrics_port": "--metrics-port",  # ServerConfig
@@ -87,8 +89,12 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto|cpu|cuda|cuda:N|mps for embedding and head training (auto: CUDA, then MPS, then CPU)")
     p.add_argument("--precision", dest="embed_precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="encoder precision while embedding; bf16/fp16 are checked against fp32 on a sample first "
-                        "and refused beyond tolerance")
+                   help="encoder precision while embedding (torch autocast, or OpenVINO's with --engine openvino); "
+                        "bf16/fp16 are checked against fp32 on a sample first and refused beyond tolerance")
+    p.add_argument("--engine", dest="embed_engine", choices=("torch", "openvino"), default="torch",
+                   help="what computes the embeddings: torch (eager, any --device) or openvino (the CPU model "
+                        "`export head` then serves, at --precision fp32 or bf16; checked against fp32 on the "
+                        "first batch)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="image decoding threads feeding the encoder (default 0: this machine's cores)")
 
@@ -96,7 +102,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 def embed_config_from_args(args: argparse.Namespace) -> EmbedConfig:
     from headserve.train.embed import EmbedConfig
 
-    return EmbedConfig(device=args.device, precision=args.embed_precision, workers=args.workers)
+    return EmbedConfig(device=args.device, precision=args.embed_precision, workers=args.workers,
+                       engine=getattr(args, "embed_engine", "torch"))
 
 
 def encoder_from_args(args: argparse.Namespace) -> EncoderSpec:

@@ -21,6 +21,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "headserve.train.bench",
     "headserve.train.bench_scale",
     "headserve.export.bench_scale",
+    "headserve.export.bench_engine",
     "headserve.client.bench",
     "headserve.client.bench:metrics",
 )
@@ -30,6 +31,7 @@ SMOKE_MODULES: tuple[str, ...] = (
     "headserve.export.bench",
     "headserve.train.bench_scale:smoke",
     "headserve.export.bench_scale:smoke",
+    "headserve.export.bench_engine:smoke",
 )
 
 

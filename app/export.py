@@ -100,8 +100,14 @@ def add_repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     prod.add_argument("--trt-cache-dir", default="/trt-cache",
                       help="where the serving container keeps TensorRT engine and timing caches")
     prod.add_argument("--no-warmup", dest="warmup", action="store_false", help="omit model_warmup")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="encoder compute precision; fp16 is refused when it gives NaN or leaves its tolerance")
+    p.add_argument("--engine", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="what runs the encoder: openvino (CPU; Triton's openvino backend in production) or "
+                        "onnxruntime (CPU or GPU). auto: export encoder picks OpenVINO bf16 on a CPU with bf16 "
+                        "arithmetic, else fp32; export head serves the engine its embeddings were computed with")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="encoder compute precision: fp32 (ONNX Runtime unless --engine openvino), bf16 (OpenVINO on "
+                        "CPUs with bf16), fp16 (ONNX Runtime, GPUs). Every CPU engine is checked against the fp32 "
+                        "PyTorch encoder on real crops and refused below its minimum cosine (bf16: 0.999)")
 
 
 def production_options(args: argparse.Namespace) -> RuntimeOptions:
@@ -117,15 +123,18 @@ def production_options(args: argparse.Namespace) -> RuntimeOptions:
 def _export_encoder(args: argparse.Namespace) -> int:
     from headserve.backbones import load_encoder
     from headserve.encoders import get_encoder
-    from headserve.export.model_config import Runtime
+    from headserve.export.engine import check_choice_usable, choose_engine
+    from headserve.export.model_config import InstanceKind, Runtime
     from headserve.export.repository import add_encoder
 
     options = production_options(args)  # a bad count is refused before the encoder loads
     spec = get_encoder(args.name)
     if args.encoder_weights:
         spec = spec.with_weights(args.encoder_weights)
-    written = add_encoder(args.repo, load_encoder(spec), Runtime(args.runtime), options=options,
-                          precision=args.precision)
+    runtime = Runtime(args.runtime)
+    choice = choose_engine(args.engine, args.precision, gpu=options.kind_for(runtime) is InstanceKind.KIND_GPU)
+    check_choice_usable(choice, options.cpu_threads)
+    written = add_encoder(args.repo, load_encoder(spec), runtime, options=options, choice=choice, log=print)
     print(f"{written.name} version {written.version}: {written.path} (max |ONNX - torch| {_fmt(written.max_abs_diff)})")
     return 0
 
@@ -135,7 +144,7 @@ def _export_head(args: argparse.Namespace) -> int:
 
     written = export_head(args.artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
                           encoder_weights=args.encoder_weights, options=production_options(args),
-                          precision=args.precision, log=print)
+                          precision=args.precision, engine=args.engine, log=print)
     report_written(written, args.server)
     return 0
 

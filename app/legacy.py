@@ -39,5 +39,5 @@ def _import_legacy(args: argparse.Namespace) -> int:
 
         report_written(export_head(artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
                                    encoder_weights=args.encoder_weights, options=options,
-                                   precision=args.precision), args.server)
+                                   precision=args.precision, engine=args.engine, log=print), args.server)
     return 0

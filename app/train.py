@@ -92,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated training seeds of every row (default 42,43,44; at least 3 for the ± sd)")
     s.add_argument("--select", action="store_true",
                    help="add a row per encoder for the head that `train --select` would choose")
+    add_device_args(s)
     s.set_defaults(func=_sweep)
 
 
@@ -143,7 +144,8 @@ def _sweep(args: argparse.Namespace) -> int:
     config = SweepConfig(dataset=args.dataset, out=args.out, profiles=tuple(args.profiles),
                          encoders=tuple(args.encoders), hidden=tuple(args.hidden),
                          label_smoothing=tuple(args.label_smoothing), epochs=args.epochs, bg_classes=args.bg,
-                         cache_dir=args.cache, seeds=args.seeds, select=args.select)
+                         cache_dir=args.cache, seeds=args.seeds, select=args.select,
+                         embed=embed_config_from_args(args))
     table = run_sweep(config)
     print(table.read_text())
     return 0

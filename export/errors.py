@@ -25,3 +25,7 @@ class Fp16ParityError(ExportParityError):
 
 class RolloutError(RepositoryError):
     """A new version that did not become ready on every replica it was sent to (or no replica was found)."""
+
+
+class EngineMismatchError(RepositoryError):
+    """A head trained on one engine's embeddings, refused on an encoder served by an engine too far from it."""

@@ -2,7 +2,8 @@
 
 ``fingerprint.json`` records the sha256 of the exported weights and preprocessing next to the ONNX
 file it describes, so a repository can be checked (``repo validate``) and a head refused
-(``export head``) without loading any weights.
+(``export head``) without loading any weights. It also records the engine and precision that serve
+the file and the figures of the check that admitted them (export/engine.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from headserve.contract import EncoderIdentity, MissingParameterError
 FINGERPRINT_FILE = "fingerprint.json"
 
 
-def fingerprint_record(params: Mapping[str, str]) -> dict[str, Any]:
-    """The fields of an encoder's parameters that identify it (its ``EncoderIdentity``)."""
+def fingerprint_record(params: Mapping[str, str], check: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fields of an encoder's parameters that identify it (its ``EncoderIdentity``), its engine and
+    precision, and ``check``: the figures of the engine's parity check (``ParityFigures``), when one ran."""
     for key in ("encoder_fingerprint", "encoder_type", "encoder_model", "embedding_dim"):
         if not params.get(key):  # an encoder model always publishes these; a fingerprint file without one is useless
             raise MissingParameterError(f"encoder parameters have no {key!r}; export the encoder with "
@@ -31,11 +33,14 @@ def fingerprint_record(params: Mapping[str, str]) -> dict[str, Any]:
         "embedding_dim": identity.embedding_dim,
         # as published, so the file records exactly the preprocessing the config declares
         "preprocess": json.loads(params.get("preprocess", "null")),
+        "engine": params.get("engine", "onnxruntime"),  # encoders exported before engines ran ONNX Runtime
+        "precision": params.get("precision", "fp32"),
+        "engine_check": dict(check) if check is not None else None,
     }
 
 
-def fingerprint_bytes(params: Mapping[str, str]) -> bytes:
-    return (json.dumps(fingerprint_record(params), indent=2, sort_keys=True) + "\n").encode()
+def fingerprint_bytes(params: Mapping[str, str], check: Mapping[str, Any] | None = None) -> bytes:
+    return (json.dumps(fingerprint_record(params, check), indent=2, sort_keys=True) + "\n").encode()
 
 
 def read_fingerprint(path: Path) -> dict[str, Any] | None:

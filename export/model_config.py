@@ -4,8 +4,10 @@ A model is described once (``ModelDesc``: tensors, batching, labels, ensemble st
 for one of two runtimes, one small step per config section:
 
 - ``production``: ``platform: "onnxruntime_onnx"`` on ``KIND_GPU``, for the official Triton containers;
-- ``local``: the python backend running the same ONNX file with ONNX Runtime, for the tritonserver
-  binary in the nvidia-pytriton wheel.
+  an encoder whose engine is OpenVINO renders ``backend: "openvino"`` on ``KIND_CPU`` (the backend the
+  official x86 containers ship), reading the same ``model.onnx``;
+- ``local``: the python backend running the same ONNX file with ONNX Runtime (or OpenVINO, with the
+  same compile properties), for the tritonserver binary in the nvidia-pytriton wheel.
 
 Both renderings declare the same inputs, outputs, shapes and ensemble wiring; only the runtime
 sections differ. ``RuntimeOptions`` (instances, threads, instance kind) apply to both: an encoder
@@ -23,6 +25,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from headserve.errors import ConfigError, HeadserveError
+from headserve.export.engine import DEFAULT_ENGINE, ENGINES, openvino_properties
 
 
 class DataType(enum.Enum):
@@ -135,6 +138,12 @@ class ModelDesc:
     keep_versions: int = 1  # versions Triton keeps loaded; heads keep 2 so a request in flight on ensemble
     # version N finishes on head version N while N + 1 is swapped in
     dynamic_batching: bool = True  # False only to measure what batching buys (benchmarks)
+    engine: str = DEFAULT_ENGINE  # what runs the ONNX graph: "onnxruntime" or "openvino" (export/engine.py)
+    engine_precision: str = "fp32"  # the engine's compute precision (OpenVINO: fp32 or bf16)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise OptionsError(f"model {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}")
 
     @property
     def is_onnx(self) -> bool:
@@ -163,7 +172,7 @@ def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None 
     _set_graph_level(config, desc, runtime)
     _set_batching(config, desc)
     _set_instance_group(config, desc, runtime, options)
-    if runtime is Runtime.PRODUCTION and options.tensorrt is not None:
+    if runtime is Runtime.PRODUCTION and options.tensorrt is not None and desc.engine == "onnxruntime":
         _set_tensorrt(config, desc, options.tensorrt)
     if options.warmup:
         # Locally the graphs run on a CPU shared with everything else: warm up at batch 1 only. The local
@@ -210,6 +219,42 @@ def _set_ensemble(config: mc.ModelConfig, desc: ModelDesc) -> None:
 
 
 def _set_runtime(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
+    RUNTIME_SETTERS[desc.engine](config, desc, runtime, options)
+
+
+def _set_openvino(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
+    """OpenVINO on the CPU: Triton's openvino backend in production, the runner's OpenVINO engine locally.
+
+    Production parameters are the backend's (triton-inference-server/openvino_backend): it reads the ONNX
+    file itself (``default_model_filename``), takes INFERENCE_NUM_THREADS, NUM_STREAMS and PERFORMANCE_HINT
+    as OpenVINO properties, and bf16 only as HINT_BF16 "YES" (it has no way to ask for f32: on CPUs with
+    AMX, OpenVINO computes bf16 by default, so fp32 there is ONNX Runtime's). Locally the same properties
+    travel as ``ov_<PROPERTY>`` parameters that the runner passes to ``compile_model``.
+    """
+    if options.kind is InstanceKind.KIND_GPU:
+        raise OptionsError(f"model {desc.name}: engine openvino runs on a CPU; use --instance-kind cpu, or "
+                           "--engine onnxruntime for GPU instances")
+    threads = 1 if desc.light else options.threads_for(runtime)
+    props = openvino_properties(desc.engine_precision, threads if runtime is Runtime.PRODUCTION else 0)
+    if runtime is Runtime.PRODUCTION:
+        config.backend = "openvino"
+        config.default_model_filename = "model.onnx"
+        props["INFERENCE_NUM_THREADS"] = str(threads or PRODUCTION_CPU_THREADS)
+        precision = props.pop("INFERENCE_PRECISION_HINT")
+        if precision == "bf16":
+            props["HINT_BF16"] = "YES"
+        for key, value in props.items():
+            config.parameters[key].string_value = value
+    else:
+        config.backend = "python"
+        config.parameters["onnx_file"].string_value = "model.onnx"
+        config.parameters["intra_op_threads"].string_value = str(threads)
+        config.parameters["engine"].string_value = "openvino"
+        for key, value in props.items():
+            config.parameters[f"ov_{key}"].string_value = value
+
+
+def _set_onnxruntime(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
     kind = options.kind_for(runtime)
     if runtime is Runtime.PRODUCTION:
         config.platform = "onnxruntime_onnx"
@@ -226,6 +271,9 @@ def _set_runtime(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, opti
         config.parameters["execution_provider"].string_value = "cuda" if kind is InstanceKind.KIND_GPU else "cpu"
 
 
+RUNTIME_SETTERS = {"onnxruntime": _set_onnxruntime, "openvino": _set_openvino}  # engine -> its runtime section
+
+
 def _set_python_model(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
     """CPU work (decoding): python backend everywhere; production runs one instance per CPU thread budget.
 
@@ -238,7 +286,7 @@ def _set_python_model(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime,
 
 
 def _set_graph_level(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime) -> None:
-    if desc.ort_level == "all":
+    if desc.ort_level == "all" or desc.engine != "onnxruntime":
         return  # both runtimes default to every optimisation
     if runtime is Runtime.PRODUCTION:
         config.optimization.graph.level = 1  # the onnxruntime backend's "basic and extended"
@@ -256,7 +304,8 @@ def _set_batching(config: mc.ModelConfig, desc: ModelDesc) -> None:
 
 def _set_instance_group(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, options: RuntimeOptions) -> None:
     if runtime is Runtime.PRODUCTION:
-        config.instance_group.add(count=options.instances, kind=options.kind_for(runtime).value)
+        kind = InstanceKind.KIND_CPU if not ENGINES[desc.engine].gpu else options.kind_for(runtime)
+        config.instance_group.add(count=options.instances, kind=kind.value)
     else:
         count = 1 if desc.light else options.instances
         config.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)

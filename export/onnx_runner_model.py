@@ -11,8 +11,13 @@ whichever machine serves it. ``execution_provider`` "cuda" runs the session on t
 with ONNX Runtime's CUDA provider; where that provider or a GPU is missing, the model still loads on
 the CPU and the log says why.
 
+``engine`` "openvino" runs the same ONNX file compiled by OpenVINO on the CPU instead, with the
+compile properties the config carries as ``ov_<PROPERTY>`` parameters (export/engine.py's
+``openvino_properties``: precision, streams, hint) and this instance's thread count; the log names
+the precision OpenVINO compiled for.
+
 This file is copied verbatim into each version directory as ``model.py``; it may import only what
-the stub's interpreter has (numpy, onnxruntime, triton_python_backend_utils).
+the stub's interpreter has (numpy, onnxruntime, openvino, triton_python_backend_utils).
 """
 
 import json
@@ -34,10 +39,14 @@ class TritonPythonModel:
         if params.get("graph_optimization_level") == "extended":  # fp16 graphs (see onnx_export.PRECISION_ORT_LEVEL)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
-        self.session = _session(path, options, params.get("execution_provider", "cpu"), args)
-        pb_utils.Logger.log_info(
-            f"{args['model_instance_name']}: ONNX Runtime on {self.session.get_providers()[0]}, "
-            f"{options.intra_op_num_threads} intra-op thread(s)")
+        if params.get("engine", "onnxruntime") == "openvino":
+            self.session = _OpenVino(path, params, options.intra_op_num_threads)
+            pb_utils.Logger.log_info(f"{args['model_instance_name']}: OpenVINO on the CPU, {self.session.describe()}")
+        else:
+            self.session = _session(path, options, params.get("execution_provider", "cpu"), args)
+            pb_utils.Logger.log_info(
+                f"{args['model_instance_name']}: ONNX Runtime on {self.session.get_providers()[0]}, "
+                f"{options.intra_op_num_threads} intra-op thread(s)")
         self.name = args["model_name"]
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
@@ -90,6 +99,29 @@ def _threads(value, config):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
     return max(1, cores // instances)
+
+
+class _OpenVino:
+    """An OpenVINO compiled model with ONNX Runtime's ``run(output_names, feeds)``."""
+
+    def __init__(self, path, params, threads):
+        import openvino as ov
+
+        props = {k[len("ov_"):]: v for k, v in params.items() if k.startswith("ov_")}
+        props["INFERENCE_NUM_THREADS"] = str(threads)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(path), "CPU", props)
+        self.request = self.compiled.create_infer_request()  # an instance runs one batch at a time
+
+    def describe(self):
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an element type, e.g. bf16
+        return (f"precision {getattr(precision, 'get_type_name', lambda: precision)()}, "
+                f"{self.compiled.get_property('INFERENCE_NUM_THREADS')} thread(s), "
+                f"{self.compiled.get_property('NUM_STREAMS')} stream(s)")
+
+    def run(self, outputs, feeds):
+        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return [np.array(result[self.compiled.output(name)], copy=True) for name in outputs]
 
 
 def _session(path, options, provider, args):

@@ -21,11 +21,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from headserve.artifact import HeadMeta, check_encoder_match
-from headserve.backbones import LoadedEncoder, encoder_graph, fingerprint
+from headserve.backbones import EncoderGraph, LoadedEncoder, encoder_graph, fingerprint
 from headserve.contract import (
     EMBEDDING,
     HEAD_FEED,
@@ -46,6 +47,16 @@ from headserve.contract import (
 )
 from headserve.encoders import EncoderSpec, require_export_precision
 from headserve.errors import ExportParityError, RepositoryError
+from headserve.export.engine import (
+    DEFAULT_ENGINE,
+    EngineChoice,
+    EngineParityError,
+    ParityFigures,
+    check_parity,
+    engine_encoder,
+    engine_parameters,
+    sample_pixels,
+)
 from headserve.export.errors import Fp16ParityError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
 from headserve.export.model_config import (
@@ -142,29 +153,44 @@ def precompile_sources(version_dir: Path) -> None:
 
 def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_size: int = 64,
                 options: ProductionOptions | None = None, precision: str = "fp32",
-                external_data_bytes: int = EXTERNAL_DATA_BYTES) -> WrittenModel:
+                external_data_bytes: int = EXTERNAL_DATA_BYTES, choice: EngineChoice | None = None,
+                decide: Callable[[np.ndarray], np.ndarray] | None = None,
+                log: Callable[[str], None] = lambda line: None) -> WrittenModel:
     """Export an encoder graph (preprocessing inside) as the next version of its model.
 
     ``precision="fp16"`` computes the encoder in float16 and is refused (``Fp16ParityError``, nothing
     written) when it yields NaN or leaves the fp16 tolerance of the fp32 encoder.
+
+    ``choice`` (default: ONNX Runtime at ``precision``) names the engine that serves the graph. Every CPU
+    engine is checked on real crops against the fp32 PyTorch encoder (``check_engine``) before anything
+    is written; the figures go into the config and ``fingerprint.json``. ``decide`` (the head about to be
+    served, embeddings -> scores) adds its top-1 agreement to the figures. ``log`` says what was chosen.
     """
     spec = loaded.spec
-    require_export_precision(spec, precision)
+    choice = choice or EngineChoice(DEFAULT_ENGINE, precision, f"{DEFAULT_ENGINE} {precision}: asked for")
+    require_export_precision(spec, choice.precision)
     graph = encoder_graph(loaded)
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name
+    graph_precision = choice.precision if choice.engine == DEFAULT_ENGINE else "fp32"  # OpenVINO reads the fp32 graph
     new_model = not model_dir.exists()
     tmp = staging_dir(model_dir / "export")
     try:
-        graph_spec = replace(encoder_graph_spec(spec.name, spec.preprocess.input_size), atol=PRECISION_ATOL[precision],
-                             ort_level=PRECISION_ORT_LEVEL[precision])
-        diffs = export_onnx(encoder_export(graph, precision), graph_spec, tmp / "model.onnx",
-                            reference=EncoderExport(graph), error=Fp16ParityError if precision == "fp16" else
+        graph_spec = replace(encoder_graph_spec(spec.name, spec.preprocess.input_size),
+                             atol=PRECISION_ATOL[graph_precision], ort_level=PRECISION_ORT_LEVEL[graph_precision])
+        diffs = export_onnx(encoder_export(graph, graph_precision), graph_spec, tmp / "model.onnx",
+                            reference=EncoderExport(graph), error=Fp16ParityError if graph_precision == "fp16" else
                             ExportParityError, external_data_bytes=external_data_bytes)
+        figures = None
+        if graph_precision != "fp16":  # fp16 graphs are GPU graphs, checked by export_onnx's fp16 tolerance
+            choice, figures = check_engine(graph, spec, tmp / "model.onnx", choice, decide, log)
+        log(f"encoder {spec.name}: engine {choice.reason}" + (f"; check: {figures.summary()}" if figures else ""))
         params = encoder_parameters(loaded, fingerprint(graph, spec.preprocess))
-        params["precision"] = precision
-        desc = encoder_desc(name, spec, params, max_batch_size, ort_level=graph_spec.ort_level)
-        files: dict[str, Path | bytes] = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(params)}
+        params.update(engine_parameters(choice))
+        desc = encoder_desc(name, spec, params, max_batch_size, ort_level=graph_spec.ort_level, engine=choice.engine,
+                            engine_precision=choice.precision)
+        files: dict[str, Path | bytes] = {"model.onnx": tmp / "model.onnx", FINGERPRINT_FILE: fingerprint_bytes(
+            params, figures.to_dict() if figures else None)}
         if (tmp / "model.onnx.data").is_file():  # external weights travel with the graph
             files["model.onnx.data"] = tmp / "model.onnx.data"
         version, path = publish_version(model_dir, desc, runtime, files, options=options)
@@ -177,6 +203,31 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return WrittenModel(name, version, path, diffs)
+
+
+def check_engine(graph: EncoderGraph, spec: EncoderSpec, onnx_path: Path, choice: EngineChoice,
+                 decide: Callable[[np.ndarray], np.ndarray] | None,
+                 log: Callable[[str], None] = lambda line: None) -> tuple[EngineChoice, ParityFigures]:
+    """Embed the check's sample with the fp32 PyTorch encoder and with ``choice``'s engine over ``onnx_path``.
+
+    Raises ``EngineParityError`` below the precision's minimum cosine. An automatic bf16 choice
+    (``choice.fallback``) falls back to the same engine in fp32 instead, and says why.
+    """
+    pixels, source = sample_pixels(spec.preprocess)
+    with torch.inference_mode():  # the exporter's graph is on the CPU, in fp32
+        reference = graph.eval()(torch.from_numpy(pixels)).float().numpy()
+    try:
+        return choice, check_parity(spec.name, reference, engine_encoder(onnx_path, choice.engine, choice.precision)(
+            pixels), choice.engine, choice.precision, source, decide)
+    except EngineParityError as exc:
+        if not choice.fallback:
+            raise
+        log(f"encoder {spec.name}: {exc.figures.precision} refused by the check ({exc.figures.summary()}); "
+            "falling back to fp32")
+        fp32 = EngineChoice(choice.engine, "fp32", f"{choice.engine} fp32: {choice.precision} failed the check "
+                                                   f"(min cosine {exc.figures.min_cosine:.5f})")
+        return fp32, check_parity(spec.name, reference, engine_encoder(onnx_path, fp32.engine, "fp32")(pixels),
+                                  fp32.engine, "fp32", source, decide)
 
 
 def encoder_desc(name: str, spec: EncoderSpec, params: Mapping[str, str], max_batch_size: int = 64,

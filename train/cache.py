@@ -1,8 +1,9 @@
 """Embeddings cached on disk, so a second run (or a sweep) computes nothing it already has.
 
-Layout: ``ROOT/<encoder_type>/<encoder_model>/<fingerprint>[_<precision>]/<key[:2]>/<key>.npy``. The
-directory names the encoder family, model, weight+preprocessing fingerprint and (below fp32) the
-compute precision, so CLIP and DINOv3 entries, and fp32 and bf16 embeddings, never mix; the key is
+Layout: ``ROOT/<encoder_type>/<encoder_model>/<fingerprint>[_<engine>][_<precision>]/<key[:2]>/<key>.npy``.
+The directory names the encoder family, model, weight+preprocessing fingerprint, the engine (other than
+eager PyTorch) and (below fp32, or on another engine) the compute precision, so CLIP and DINOv3 entries,
+fp32 and bf16 embeddings, and PyTorch's and OpenVINO's bf16 never mix; the key is
 the sha256 of the resized crop's pixels (the image content as the encoder sees it). Entries are
 written only after their whole batch was embedded, each through a temp file and a rename, so an
 interrupted run leaves whole entries only and the next run resumes from them.
@@ -44,9 +45,11 @@ class EmbeddingCache:
     """One encoder's slice of the on-disk cache."""
 
     def __init__(self, root: str | Path, encoder_type: str, encoder_model: str, fingerprint: str,
-                 precision: str = "fp32") -> None:
-        # fp32 keeps the directory it always had, so existing caches stay valid.
-        leaf = fingerprint if precision == "fp32" else f"{fingerprint}_{precision}"
+                 precision: str = "fp32", engine: str = "torch") -> None:
+        # PyTorch keeps the directories it always had, so existing caches stay valid.
+        leaf = fingerprint if engine == "torch" else f"{fingerprint}_{engine}_{precision}"
+        if engine == "torch" and precision != "fp32":
+            leaf = f"{fingerprint}_{precision}"
         self.dir = Path(root) / _safe(encoder_type) / _safe(encoder_model) / _safe(leaf)
         self.stats = CacheStats()
 

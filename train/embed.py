@@ -8,6 +8,10 @@ pixels, their ViT-B embeddings 3 GB.
 
 The crops go through ``headserve.preprocess`` (the client's own resize) and then through the same
 ``EncoderGraph`` that export writes to ONNX, so training sees exactly what serving will compute.
+With ``engine="openvino"`` that graph is exported to ONNX as ``export encoder`` writes it and
+compiled by OpenVINO at the chosen precision (export/engine.py), so a head that will be served in
+bf16 is trained on the bf16 embeddings of the very model that serves it; the first batch is checked
+against fp32 PyTorch with the export's parity check.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ from headserve.backbones import EncoderGraph
 from headserve.device import autocast, check_precision, check_supported, get_precision, resolve_device
 from headserve.encoders import PreprocessSpec
 from headserve.errors import ConfigError, HeadserveError
+from headserve.export.engine import ENGINES, check_parity, choose_engine, compile_graph
 from headserve.preprocess import crop_box, load_image, resize_for_encoder
 from headserve.train.cache import EmbeddingCache
 
@@ -39,12 +44,20 @@ class EmbedConfig:
 
     device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (auto: CUDA, then MPS, then CPU)
     precision: str = "fp32"  # fp32|bf16|fp16 autocast of the encoder; lower ones are checked against fp32
+    engine: str = "torch"  # torch: eager PyTorch on `device`; openvino: the compiled model that serves (CPU)
     batch_size: int = 64  # crops per encoder call
     workers: int = 0  # decoding threads; 0: this machine's cores
     check_sample: int = 32  # crops compared against fp32 before a lower-precision run proceeds
 
     def __post_init__(self) -> None:
         get_precision(self.precision)  # unknown precisions fail here, with the known ones
+        if self.engine not in EMBED_ENGINES:
+            raise ConfigError.bad_value("engine", self.engine, f"is not one of {', '.join(EMBED_ENGINES)}")
+        if self.engine == "openvino" and self.precision not in ENGINES["openvino"].precisions:
+            raise ConfigError.bad_value("precision", self.precision, "OpenVINO embeds in fp32 or bf16")
+        if self.engine == "openvino" and self.device not in ("auto", "cpu"):
+            raise ConfigError.bad_value("device", self.device, "--engine openvino runs on the CPU; use --device cpu "
+                                                                "or --engine torch")
         if self.workers < 0:
             raise ConfigError.bad_value("workers", self.workers, "must be 0 (this machine's cores) or more")
         if self.batch_size < 1 or self.check_sample < 1:
@@ -62,7 +75,8 @@ class Extraction:
     device: str = "cpu"  # the torch device that computed them
     precision: str = "fp32"
     min_cosine: float | None = None  # lowest cosine to fp32 on the checked sample (None: nothing computed)
-    seconds: float = 0.0  # wall time of the whole extraction
+    seconds: float = 0.0  # wall time of the extraction, decoding included, after the encoder was built
+    engine: str = "torch"  # what computed them: torch or openvino
 
 
 class _ImageFailed(HeadserveError):
@@ -115,16 +129,24 @@ def _decoded_in_order(groups: list[tuple[Path, list[int]]], boxes: Sequence[tupl
             yield path, idx, fut.result()
 
 
+EMBED_ENGINES = ("torch", "openvino")  # what may compute training's embeddings
+
+
 class _Encoder:
     """The graph on its device and precision, with the fp32 check of the first computed batch."""
 
-    def __init__(self, graph: EncoderGraph, config: EmbedConfig) -> None:
-        self.device = resolve_device(config.device)
+    def __init__(self, graph: EncoderGraph, config: EmbedConfig, input_size: int) -> None:
+        self.engine = config.engine
+        self.device = resolve_device("cpu" if config.engine == "openvino" else config.device)
         self.precision = get_precision(config.precision)
         check_supported(self.device, self.precision)
         self.graph = graph.to(self.device).eval()
         self.check_sample = config.check_sample
         self.min_cosine: float | None = None
+        self.compiled: Callable[[np.ndarray], np.ndarray] | None = None
+        if config.engine == "openvino":
+            choose_engine("openvino", config.precision)  # bf16 on a CPU without it is refused, not computed in f32
+            self.compiled = compile_graph(self.graph, "training's encoder", input_size, "openvino", config.precision)
 
     @torch.inference_mode()
     def _run(self, pixels: np.ndarray, fp32: bool = False) -> np.ndarray:  # (B, S, S, 3) uint8 -> (B, D)
@@ -135,6 +157,14 @@ class _Encoder:
             return self.graph(x).float().cpu().numpy()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self.compiled is not None:
+            emb = self.compiled(pixels)
+            if self.min_cosine is None:  # the export's check, on the first batch of the user's own crops
+                sample = pixels[:self.check_sample]
+                self.min_cosine = check_parity("training's encoder", self._run(sample, fp32=True), emb[:len(sample)],
+                                               "openvino", self.precision.name,
+                                               f"the first {len(sample)} training crops").min_cosine
+            return emb
         emb = self._run(pixels)
         if self.min_cosine is None and self.precision.name != "fp32":
             sample = pixels[:self.check_sample]
@@ -162,8 +192,8 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
             spec: PreprocessSpec, dim: int, config: EmbedConfig = EmbedConfig(),
             cache: EmbeddingCache | None = None, scratch: Path | None = None, progress: bool = False) -> Extraction:
     """Embed the crop ``boxes[i]`` of ``images[i]`` for every i, streaming; see the module docstring."""
+    encoder = _Encoder(graph, config, spec.input_size)  # OpenVINO compiles here, once, before the clock starts
     t0 = time.perf_counter()
-    encoder = _Encoder(graph, config)
     workers = config.workers or os.cpu_count() or 1
     out = scratch_array(len(images), dim, scratch)
     ok = np.zeros(len(images), dtype=bool)
@@ -213,7 +243,7 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
     if bar is not None:
         bar.close()
     return Extraction(out, ok, failures, bad_crops, str(encoder.device), encoder.precision.name,
-                      encoder.min_cosine, time.perf_counter() - t0)
+                      encoder.min_cosine, time.perf_counter() - t0, encoder.engine)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def prepare(req: TrainRequest) -> PreparedData:
     spec = loaded.spec
     graph = encoder_graph(loaded)
     fp = fingerprint(graph, spec.preprocess)
-    cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision)
+    cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision, req.embed.engine)
              if req.cache_dir else None)
     everything = objects + holdout
     run = extract([o.image for o in everything], [o.box for o in everything], graph, spec.preprocess,
@@ -161,7 +161,7 @@ def prepare(req: TrainRequest) -> PreparedData:
 
 def _described(run: Extraction) -> dict[str, object]:
     """What meta.json and the report record of how the embeddings were computed."""
-    return {"device": run.device, "precision": run.precision, "min_cosine_to_fp32": run.min_cosine,
+    return {"device": run.device, "engine": run.engine, "precision": run.precision, "min_cosine_to_fp32": run.min_cosine,
             "crops": int(run.ok.sum()), "unreadable_images": len(run.failures),
             "crops_per_s": round(float(run.ok.sum()) / run.seconds, 1) if run.seconds else None}
 

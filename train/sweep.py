@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from headserve.contract import PROBS
 from headserve.encoders import get_encoder
 from headserve.errors import ConfigError
 from headserve.fsutil import write_text_atomic
+from headserve.train.embed import EmbedConfig
 from headserve.train.metrics import comparison, macro_f1_fg, paired_f1_difference
 from headserve.train.pipeline import PreparedData, TrainOutcome, TrainRequest, prepare, train_from_yolo
 from headserve.train.recipe import PROFILES, UnknownProfileError, profile_config
@@ -48,6 +49,7 @@ class SweepConfig:
     cache_dir: Path | None = None  # embedding cache shared by every run
     seeds: tuple[int, ...] = (42, 43, 44)  # training seeds of every row: the table shows their mean ± sd
     select: bool = False  # add per encoder the head `train --select` chooses (first profile, first seed)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)  # engine, device and precision of the embeddings
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.profiles if p not in PROFILES]
@@ -96,7 +98,7 @@ def run_sweep(config: SweepConfig) -> Path:
     first = config.seeds[0]
     for enc in config.encoders:
         base_req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc), out=config.out / "heads" / "_",
-                                bg_classes=config.bg_classes, cache_dir=config.cache_dir)
+                                bg_classes=config.bg_classes, cache_dir=config.cache_dir, embed=config.embed)
         prepared = prepare(base_req)
         fit, val, test = prepared.fit_idx, prepared.val_idx, prepared.test_idx
         n_cls, labels = len(prepared.classes), prepared.labels
@@ -113,7 +115,7 @@ def run_sweep(config: SweepConfig) -> Path:
             for seed in config.seeds:
                 req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc),
                                    out=_seed_out(config.out / "heads" / name, seed, first), name="h", hidden=hidden,
-                                   bg_classes=config.bg_classes, profile=profile,
+                                   bg_classes=config.bg_classes, profile=profile, embed=config.embed,
                                    train=profile_config(profile, **overrides, seed=seed))
                 outcomes.append(train_from_yolo(req, prepared))
             rows.append(_row(name, enc, profile, hidden, ls, outcomes, prepared, baseline_pred))
@@ -129,7 +131,8 @@ def run_sweep(config: SweepConfig) -> Path:
                 req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc),
                                    out=_seed_out(config.out / "heads" / name, seed, first), name="h",
                                    hidden=sel.hidden, bg_classes=config.bg_classes, profile=profile,
-                                   train=replace(sel.config, seed=seed), selection=sel.describe())
+                                   embed=config.embed, train=replace(sel.config, seed=seed),
+                                   selection=sel.describe())
                 outcomes.append(train_from_yolo(req, prepared))
             rows.append(_row(name, enc, "selected", (), -1.0, outcomes, prepared, baseline_pred))
     config.out.mkdir(parents=True, exist_ok=True)

@@ -128,3 +128,36 @@ def test_an_encoder_that_overflows_in_fp16_is_refused_before_the_run_proceeds(da
     graph = encoder_graph(loaded)
     with pytest.raises(PrecisionError, match=r"at fp16 are NaN or infinite.*--precision fp32 or bf16"):
         _run(dataset, (loaded.spec, graph), EmbedConfig(precision="fp16"))
+
+
+def test_openvino_extraction_equals_the_compiled_export_and_records_its_engine_and_check(dataset, clip, tmp_path):
+    pytest.importorskip("openvino")
+    from headserve.export.engine import compile_graph, cpu_capabilities
+
+    spec, graph = clip
+    precision = "bf16" if "BF16" in cpu_capabilities() else "fp32"  # bf16 where this CPU computes it
+    config = EmbedConfig(batch_size=7, engine="openvino", precision=precision)
+    cache = EmbeddingCache(tmp_path, spec.encoder_type, spec.model_id, "fp", precision, "openvino")
+    data, objects, run = _run(dataset, clip, config, cache=cache)
+    served = compile_graph(graph, spec.name, spec.preprocess.input_size, "openvino", precision)
+    pixels = np.stack([embed_module.resize_for_encoder(load_crop(o), spec.preprocess) for o in objects])
+    assert run.ok.all() and np.abs(np.asarray(run.emb) - served(pixels)).max() < 1e-5
+    assert (run.engine, run.precision, run.device) == ("openvino", precision, "cpu")
+    assert run.min_cosine is not None and run.min_cosine >= 0.999
+    assert cache.stats.misses == len(objects) and cache.dir.name == f"fp_openvino_{precision}"
+
+
+def test_cache_keys_differ_by_engine_and_precision(tmp_path):
+    dirs = {(engine, precision): EmbeddingCache(tmp_path, "clip", "tiny", "fp", precision, engine).dir
+            for engine in ("torch", "openvino") for precision in ("fp32", "bf16")}
+    assert len(set(dirs.values())) == 4
+    assert dirs["torch", "fp32"].name == "fp" and dirs["torch", "bf16"].name == "fp_bf16"  # older caches still read
+
+
+def test_openvino_extraction_refuses_a_gpu_device_and_a_precision_it_does_not_run():
+    from headserve.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"device cuda: --engine openvino runs on the CPU"):
+        EmbedConfig(engine="openvino", device="cuda")
+    with pytest.raises(ConfigError, match=r"precision fp16: OpenVINO embeds in fp32 or bf16"):
+        EmbedConfig(engine="openvino", precision="fp16")
