@@ -188,9 +188,9 @@ def run_load(clients: int, open_client: Callable[[int], ContextManager[C]], call
         t.start()
     try:
         start_line.wait()
+        before = probe() if probe is not None else None
     except threading.BrokenBarrierError:
-        pass  # a worker failed before the start: its error is raised below
-    before = probe() if probe is not None else None
+        before = None  # a worker failed before the start: its error is raised below
     t0 = time.perf_counter()
     if seconds is not None:
         deadline[0] = time.monotonic() + seconds
@@ -198,8 +198,11 @@ def run_load(clients: int, open_client: Callable[[int], ContextManager[C]], call
         t.join()
     wall = time.perf_counter() - t0
     real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
-    if real or failures:
-        raise (real or failures)[0]
+    if real:
+        raise real[0]
+    if failures:  # every worker waited and none failed: the start line's deadline passed
+        raise TimeoutError(f"the load's {clients} clients were not all connected and warm within "
+                           f"{READY_TIMEOUT_S:.0f} s")
     after = probe() if probe is not None else None
     return Load(started[0], started[1], wall, latencies, dict(errors),
                 None if before is None or after is None else (before, after))
