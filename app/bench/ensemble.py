@@ -77,6 +77,10 @@ def _write_split_variant(repo: Path, artifact: Path) -> None:
         def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
             return self.serving(emb)[0]
 
+        def logit_magnitude(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+            """The export check's tolerance for these logits: the served head's own (``head_graph_spec``)."""
+            return self.serving.logit_magnitude(emb)
+
     class Softmax(nn.Module):
         def __init__(self) -> None:
             super().__init__()
