@@ -145,8 +145,18 @@ def run_load(clients: int, open_client: Callable[[int], ContextManager[C]], call
     errors: collections.Counter[str] = collections.Counter()
     failures: list[BaseException] = []
     started = [0, 0]  # calls started, items answered
-    start_line = threading.Barrier(clients + 1, timeout=READY_TIMEOUT_S)
     deadline = [float("inf")]
+    start: dict[str, Any] = {}
+
+    def at_start_line() -> None:
+        """Run once every thread is there and before any is released, so that no call precedes the clock
+        (reading the probe scans /proc for milliseconds: a whole call of a small model)."""
+        start["probe"] = probe() if probe is not None else None
+        start["t0"] = time.perf_counter()
+        if seconds is not None:
+            deadline[0] = time.monotonic() + seconds
+
+    start_line = threading.Barrier(clients + 1, action=at_start_line, timeout=READY_TIMEOUT_S)
 
     def take_ticket(made: int) -> bool:
         with lock:
@@ -188,21 +198,18 @@ def run_load(clients: int, open_client: Callable[[int], ContextManager[C]], call
         t.start()
     try:
         start_line.wait()
-        before = probe() if probe is not None else None
     except threading.BrokenBarrierError:
-        before = None  # a worker failed before the start: its error is raised below
-    t0 = time.perf_counter()
-    if seconds is not None:
-        deadline[0] = time.monotonic() + seconds
+        pass  # a worker failed before the start: its error is raised below
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - start.get("t0", 0.0)
     real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
     if real:
         raise real[0]
     if failures:  # every worker waited and none failed: the start line's deadline passed
         raise TimeoutError(f"the load's {clients} clients were not all connected and warm within "
                            f"{READY_TIMEOUT_S:.0f} s")
+    before = start["probe"]
     after = probe() if probe is not None else None
     return Load(started[0], started[1], wall, latencies, dict(errors),
                 None if before is None or after is None else (before, after))

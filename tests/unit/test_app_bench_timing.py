@@ -81,6 +81,17 @@ def test_the_probe_is_read_at_the_start_line_and_at_the_end_and_gives_a_rate():
     assert load.probe_per_s == pytest.approx(1.0 / load.wall_s)
 
 
+def test_the_clock_starts_before_any_call_however_long_the_probe_takes_to_read():
+    readings = iter([0.0, 1.0])
+
+    def slow_probe() -> float:
+        time.sleep(0.2)  # reading /proc for a whole server session takes milliseconds; a small call takes less
+        return next(readings)
+
+    load = run_load(1, _client, lambda client, turn: time.sleep(0.05), requests=2, probe=slow_probe)
+    assert load.wall_s >= sum(load.latencies_s) >= 0.1
+
+
 def test_interleaved_rounds_run_every_side_once_per_round_in_order_and_keep_each_sample():
     order: list[str] = []
     load = Load(calls=2, items=8, wall_s=2.0, latencies_s=[0.5, 0.25], errors={}, probe=(1.0, 4.0))
