@@ -30,11 +30,14 @@ example-repository: $(STAMP)
 test: lint
 	$(PY) -m pytest -q tests
 
-# Types are checked on the torch-free packages: what the client and the drift job run, and the contract.
+# Types are checked on the torch-free modules: what the client and the drift job run, the contract, the app's
+# torch-free commands and the benchmarks' shared parts; and on the encoder engines (export/engine.py).
 TYPED := -p headserve.client -m headserve.contract -m headserve.artifact -m headserve.class_names \
 	-m headserve.drift -m headserve.drift_report -m headserve.encoders -m headserve.errors -m headserve.fsutil \
-	-m headserve.lockfile -m headserve.preprocess -m headserve.processes -m headserve.server -m headserve.soak \
-	-m headserve.triton_flags -m headserve.yolo -m headserve.app.classify -m headserve.app.drift -m headserve.app.cli
+	-m headserve.lockfile -m headserve.preprocess -m headserve.processes -m headserve.server \
+	-m headserve.triton_flags -m headserve.yolo -m headserve.app.classify -m headserve.app.drift -m headserve.app.cli \
+	-m headserve.app.soak -m headserve.app.results_file -m headserve.app.bench.__main__ -m headserve.app.bench.timing \
+	-m headserve.app.bench.repository -m headserve.export.engine
 lint: $(STAMP)
 	$(VENV)/bin/ruff check headserve train export client app tests
 	rm -rf build/typecheck && mkdir -p build/typecheck/headserve
@@ -48,8 +51,9 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 
-# Real-size encoder architectures with random weights (tens of minutes on 2 cores); bench-smoke runs the
-# tiny twins in minutes and only shows that every benchmark runs.
+# Every benchmark module (headserve.app.bench's BENCHMARKS), on real-size encoder architectures with random
+# weights: tens of minutes on 2 cores. bench-smoke runs the same modules on the tiny twins with short runs, in
+# minutes; it only shows that each benchmark runs, and its numbers say nothing about real encoders.
 bench: $(STAMP)
 	$(PY) -m headserve.app.bench --out bench-out
 

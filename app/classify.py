@@ -3,7 +3,7 @@
 Crops come from image files (each file is one crop) or from a YOLO dataset's boxes and polygons
 (``--yolo DIR``). Work goes in chunks so a progress bar on a terminal (stderr, only when it is a
 TTY) moves while results stream to stdout, or to ``--output FILE``, which ``--resume`` completes after
-a failure (client/results_file.py).
+a failure (app/results_file.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from headserve.client.results_file import ResultsFile
+from headserve.app.results_file import ResultsFile
 
 if TYPE_CHECKING:
     from headserve.client import HeadClient, Thresholds

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from headserve.app.results_file import ResultsFile
 from headserve.client.errors import BadInputError
-from headserve.client.results_file import ResultsFile
 
 
 def test_resume_skips_present_crops_counting_a_crop_listed_twice_twice(tmp_path):

@@ -80,8 +80,8 @@ def test_the_console_script_maps_a_library_error_to_one_line_and_status_2(scratc
 
 def test_the_library_names_the_config_field_and_the_command_line_names_its_flag():
     from headserve.app.cli import error_line
+    from headserve.app.soak import SoakConfig
     from headserve.errors import ConfigError
-    from headserve.soak import SoakConfig
 
     with pytest.raises(ConfigError) as caught:
         SoakConfig(clients=0)

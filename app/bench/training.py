@@ -1,4 +1,5 @@
-"""Training benchmarks: heads against a tuned baseline on two real-image sets, and training speed.
+"""Training benchmark (``headserve.app.bench.training``): heads against a tuned baseline on two real-image sets,
+and training speed.
 
 1. Quality, on two YOLO sets built offline from real images: long-tailed digits (scikit-learn's
    ``load_digits`` scans on scikit-image textures, classes subsampled to an exponential tail) and
@@ -59,6 +60,10 @@ class BenchConfig:
     speed_hidden: tuple[int, ...] = (768, 384)  # MLP of the speed benchmark
     speed_epochs: int = 10  # epochs cap of the speed benchmark (early stopping may end sooner)
 
+
+# `--smoke`: few images, one seed, a small speed set: shows the benchmark runs, measures nothing.
+SMOKE = BenchConfig(num_images=60, seeds=(42,), speed_rows=2_000, speed_dim=64, speed_classes=5, speed_hidden=(32,),
+                    speed_epochs=2)
 
 def _digits(root: Path, config: BenchConfig) -> tuple[Path, str]:
     from headserve.train.synth import SynthConfig, build_digits_dataset
@@ -322,7 +327,8 @@ def speed(config: BenchConfig) -> list[str]:
             f"| {lr_s:.1f} | - | {f_lr:.3f} |"]
 
 
-def run(out: Path, config: BenchConfig = BenchConfig()) -> list[str]:
+def run(out: Path, smoke: bool = False, config: BenchConfig | None = None) -> list[str]:
+    config = config or (SMOKE if smoke else BenchConfig())
     with tempfile.TemporaryDirectory(dir=out) as work:
         t0 = time.perf_counter()
         q = quality(config, Path(work))
@@ -331,9 +337,3 @@ def run(out: Path, config: BenchConfig = BenchConfig()) -> list[str]:
         t2 = time.perf_counter()
     return ["# Training", "", *q, "", *s, "",
             f"Run time of this module: quality {t1 - t0:.0f} s, speed {t2 - t1:.0f} s."]
-
-
-if __name__ == "__main__":
-    import sys
-
-    print("\n".join(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("."))))

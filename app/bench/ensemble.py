@@ -1,4 +1,5 @@
-"""Export benchmark: softmax fused into the head graph vs as its own ensemble step; encoder throughput.
+"""Ensemble benchmark (``headserve.app.bench.ensemble``): the calibrated softmax fused into the head graph vs
+as its own ensemble step; tiny encoders' throughput served.
 
 Both measurements run on the local tritonserver (python backend + ONNX Runtime on a CPU), the same
 ONNX files that production serves with the onnxruntime backend. The fused variant is what the
@@ -12,38 +13,44 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from headserve.app.bench.repository import BenchRepository
+from headserve.app.bench.timing import TRITON_TIMEOUT_S, triton_input
 from headserve.contract import EMBEDDING, HEAD_FEED, LOGITS, PIXELS, PROBS
 
 ENCODERS = ("clip:tiny", "dinov3:tiny", "dinov2:tiny")
 BATCHES = (1, 8, 32)
-REQUESTS = 60  # measured requests per configuration
-WARMUP = 20  # unmeasured requests first (ONNX Runtime arenas, stub start-up)
 HEAD = "bench"
 
 
-def run(out: Path) -> list[str]:
-    from headserve.encoders import get_encoder
-    from headserve.export.example import ExampleHead, write_example_head
-    from headserve.export.pipeline import export_head
-    from headserve.server import LocalTriton, ServerConfig
+@dataclass(frozen=True)
+class Requests:
+    """How many requests each configuration gets."""
 
-    lines = ["## Export (`headserve.export.bench`)", ""]
-    with tempfile.TemporaryDirectory(prefix="headserve-export-bench-") as tmp:
-        root = Path(tmp)
-        repo = root / "repo"
-        artifacts = {}
-        for i, enc in enumerate(ENCODERS):
-            name = f"{HEAD}_{enc.split(':')[0]}"
-            artifacts[enc] = write_example_head(get_encoder(enc), ExampleHead(name, seed=i), root / name)
-            export_head(artifacts[enc], repo, "local")
-        _write_split_variant(repo, artifacts["clip:tiny"])
-        with LocalTriton(ServerConfig(repository=repo)) as server:
-            lines += _softmax_lines(server.grpc_url)
-            lines += _encoder_lines(server.grpc_url)
+    measured: int = 60  # measured requests per configuration
+    warmup: int = 20  # unmeasured requests first (ONNX Runtime arenas, stub start-up)
+
+
+SMOKE = Requests(measured=5, warmup=2)
+
+
+def run(out: Path, smoke: bool = False) -> list[str]:
+    from headserve.encoders import get_encoder
+
+    requests = SMOKE if smoke else Requests()
+    lines = ["## Ensemble (`headserve.app.bench.ensemble`)", ""]
+    with tempfile.TemporaryDirectory(prefix="headserve-ensemble-bench-") as tmp:
+        built = BenchRepository(Path(tmp))
+        artifacts = {enc: built.example_head(get_encoder(enc), f"{HEAD}_{enc.split(':')[0]}", seed=i)
+                     for i, enc in enumerate(ENCODERS)}
+        _write_split_variant(built.repo, artifacts["clip:tiny"])
+        with built.serve() as server:
+            lines += _softmax_lines(server.grpc_url, requests)
+            lines += _encoder_lines(server.grpc_url, requests)
     return lines
 
 
@@ -69,6 +76,10 @@ def _write_split_variant(repo: Path, artifact: Path) -> None:
 
         def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
             return self.serving(emb)[0]
+
+        def logit_magnitude(self, emb: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
+            """The export check's tolerance for these logits: the served head's own (``head_graph_spec``)."""
+            return self.serving.logit_magnitude(emb)
 
     class Softmax(nn.Module):
         def __init__(self) -> None:
@@ -103,33 +114,32 @@ def _write_split_variant(repo: Path, artifact: Path) -> None:
     publish_version(repo / "bench_clip_split", split, Runtime.LOCAL, {})
 
 
-def _measure(url: str, models: list[str], name: str, array: np.ndarray,
-             outputs: list[str]) -> list[tuple[float, float]]:
-    """(p50 latency ms, items/s) per model over ``REQUESTS`` sequential requests, models interleaved
-    so that load from anything else on the machine falls on all of them alike."""
+def _measure(url: str, models: list[str], array: np.ndarray, outputs: list[str],
+             requests: Requests) -> list[tuple[float, float]]:
+    """(p50 latency ms, items/s) per model over ``requests.measured`` sequential requests, models interleaved
+    request by request so that load from anything else on the machine falls on all of them alike."""
     import tritonclient.grpc as grpcclient
 
     with grpcclient.InferenceServerClient(url) as client:
-        inp = grpcclient.InferInput(name, list(array.shape), "UINT8" if array.dtype == np.uint8 else "FP32")
-        inp.set_data_from_numpy(array)
+        inputs = [triton_input(array)]
         req = [grpcclient.InferRequestedOutput(o) for o in outputs]
         times: dict[str, list[float]] = {m: [] for m in models}
-        for i in range(WARMUP + REQUESTS):
+        for i in range(requests.warmup + requests.measured):
             for model in models:
                 t0 = time.perf_counter()
-                client.infer(model, [inp], outputs=req)
-                if i >= WARMUP:
+                client.infer(model, inputs, outputs=req, client_timeout=TRITON_TIMEOUT_S)
+                if i >= requests.warmup:
                     times[model].append(time.perf_counter() - t0)
     return [(statistics.median(t) * 1000, len(t) * len(array) / sum(t)) for t in times.values()]
 
 
-def _softmax_lines(url: str) -> list[str]:
+def _softmax_lines(url: str, requests: Requests) -> list[str]:
     rng = np.random.default_rng(0)
     lines = ["### Calibrated softmax: fused into the head graph vs its own ensemble step (clip:tiny)", "",
              "| batch | fused p50 ms | fused crops/s | split p50 ms | split crops/s |", "|---|---|---|---|---|"]
     for batch in BATCHES:
         pixels = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-        fused, split = _measure(url, ["bench_clip", "bench_clip_split"], PIXELS, pixels, [PROBS])
+        fused, split = _measure(url, ["bench_clip", "bench_clip_split"], pixels, [PROBS], requests)
         lines.append(f"| {batch} | {fused[0]:.2f} | {fused[1]:.0f} | {split[0]:.2f} | {split[1]:.0f} |")
     return lines + ["", "The exporter keeps the fused graph: the split variant adds one more model execution "
                         "(a python-backend stub round trip locally, a scheduler hop in production) per request.",
@@ -138,7 +148,7 @@ def _softmax_lines(url: str) -> list[str]:
                     "(both variants' steps after the encoder) take no delay.", ""]
 
 
-def _encoder_lines(url: str) -> list[str]:
+def _encoder_lines(url: str, requests: Requests) -> list[str]:
     from headserve.encoders import get_encoder
     from headserve.export.repository import encoder_model_name
 
@@ -149,6 +159,6 @@ def _encoder_lines(url: str) -> list[str]:
         size = get_encoder(enc).preprocess.input_size
         for batch in BATCHES:
             pixels = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-            ((p50, rate),) = _measure(url, [encoder_model_name(enc)], PIXELS, pixels, [EMBEDDING])
+            ((p50, rate),) = _measure(url, [encoder_model_name(enc)], pixels, [EMBEDDING], requests)
             lines.append(f"| {enc} | {batch} | {p50:.2f} | {rate:.0f} |")
     return lines + [""]

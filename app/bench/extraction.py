@@ -1,4 +1,5 @@
-"""Embedding extraction at scale: crops/s against the encoder's own rate, and memory as datasets grow.
+"""Embedding extraction at scale (``headserve.app.bench.extraction``): crops/s against the encoder's own rate,
+and memory as datasets grow.
 
 1. Throughput: training's extraction (decode each image once in a thread pool, resize, batch, encode)
    over 1,024 crops of 640x480 JPEG photographs, against the same encoder's in-process rate on
@@ -23,11 +24,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from headserve.app.bench.repository import WEIGHTS_DIR, stand_in
+from headserve.app.bench.timing import call_seconds, peak_rss_mib
+
 IMAGE_SIZE = (640, 480)  # width, height of the generated photographs
 OBJECTS_PER_IMAGE = 8
+MEMORY_RUN_TIMEOUT_S = 3600.0  # one memory run (50k crops through the stem takes minutes on 2 cores)
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class ExtractionBench:
     memory_layers: int = 0  # blocks of the memory runs' DINOv3 ViT-S/16 (0: the stem alone)
     gpu_encoders: tuple[str, ...] = ("dinov3:vitb16", "dinov3:vitl16")
     gpu_crops: int = 8192
-    weights_dir: Path = Path(".headserve-cache/standins")
+    weights_dir: Path = WEIGHTS_DIR  # where the random-weight checkpoints are kept
 
 
 SMOKE = ExtractionBench(throughput_crops=64, throughput_encoders=(), memory_crops=(200, 800), gpu_encoders=())
@@ -83,9 +89,9 @@ def _subset(full: Path, images: int, root: Path) -> Path:
     return root
 
 
-def run(out: Path, bench: ExtractionBench | None = None) -> list[str]:
-    bench = bench or ExtractionBench()
-    lines = ["## Embedding extraction at scale (`headserve.train.bench_scale`)", ""]
+def run(out: Path, smoke: bool = False, bench: ExtractionBench | None = None) -> list[str]:
+    bench = bench or (SMOKE if smoke else ExtractionBench())
+    lines = ["## Embedding extraction at scale (`headserve.app.bench.extraction`)", ""]
     with tempfile.TemporaryDirectory(prefix="headserve-extract-") as tmp:
         root = Path(tmp)
         largest = max(bench.memory_crops + (bench.throughput_crops, bench.gpu_crops if bench.gpu_encoders else 0))
@@ -95,10 +101,6 @@ def run(out: Path, bench: ExtractionBench | None = None) -> list[str]:
         lines += _memory(bench, full, root)
         lines += _gpu(bench, full, root)
     return lines
-
-
-def smoke(out: Path) -> list[str]:
-    return run(out, SMOKE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,30 +113,22 @@ def _encoder_rate(graph, size: int, batch: int, repeats: int = 3) -> float:
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     device = next(graph.parameters()).device
     x = x.to(device)
-    best = float("inf")
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
     with torch.inference_mode():
         graph(x[:2])
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            graph(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-    return batch / best
+        return batch / min(call_seconds(lambda: graph(x), repeats, warm=False, sync=sync))
 
 
-def _extract_rate(spec, dataset: Path, crops: int, config) -> tuple[float, object]:
-    from headserve.backbones import encoder_graph, load_encoder
+def extraction_rate(spec, graph, dataset: Path, crops: int, config: Any) -> float:
+    """Training's extraction of the first ``crops`` crops of ``dataset`` (decode included, no cache) in crops/s,
+    with ``config`` (an ``EmbedConfig``: device, engine, precision, batch); an engine compiles before the clock."""
     from headserve.train.dataset import read_yolo
     from headserve.train.embed import extract
 
     objects = read_yolo(dataset).objects[:crops]
-    graph = encoder_graph(load_encoder(spec))
     run = extract([o.image for o in objects], [o.box for o in objects], graph, spec.preprocess,
                   spec.embedding_dim, config)
-    return float(run.ok.sum()) / run.seconds, graph
+    return float(run.ok.sum()) / run.seconds
 
 
 def _throughput(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
@@ -142,7 +136,7 @@ def _throughput(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
         return []
     import torch
 
-    from headserve.standins import write_random_weights
+    from headserve.backbones import encoder_graph, load_encoder
     from headserve.train.embed import EmbedConfig
 
     cores = os.cpu_count() or 1
@@ -153,23 +147,22 @@ def _throughput(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
              f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEGs)", "",
              "| encoder | extraction crops/s | encoder alone, images/s | ratio (target >= 0.8) |", "|---|---|---|---|"]
     for name in bench.throughput_encoders:
-        spec = write_random_weights(name, bench.weights_dir)
-        rate, graph = _extract_rate(spec, dataset, bench.throughput_crops, config)
+        spec = stand_in(name, bench.weights_dir)
+        graph = encoder_graph(load_encoder(spec))
+        rate = extraction_rate(spec, graph, dataset, bench.throughput_crops, config)
         alone = _encoder_rate(graph, spec.preprocess.input_size, config.batch_size)
         lines.append(f"| {name} | {rate:.1f} | {alone:.1f} | {rate / alone:.2f} |")
     return lines + [""]
 
 
 def _memory(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
-    from headserve.standins import write_random_weights
-
-    spec = write_random_weights("dinov3:vits16", bench.weights_dir, layers=bench.memory_layers)
+    spec = stand_in("dinov3:vits16", bench.weights_dir, layers=bench.memory_layers)
     rows = []
     for n in bench.memory_crops:
         subset = _subset(full, -(-n // OBJECTS_PER_IMAGE), root / f"n{n}")
         print(f"  memory run: {n} crops ...", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "headserve.train.bench_scale", "--memory-child", str(subset),
-                               spec.model_id], capture_output=True, text=True, check=False)
+        proc = subprocess.run([sys.executable, "-m", "headserve.app.bench.extraction", "--memory-child", str(subset),
+                               spec.model_id], capture_output=True, text=True, check=False, timeout=MEMORY_RUN_TIMEOUT_S)
         if proc.returncode != 0:
             raise RuntimeError(f"memory run on {n} crops failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -203,9 +196,7 @@ def _memory_child(dataset: Path, weights: str) -> None:
         prepared = prepare(req)
         seconds = time.perf_counter() - t0
         n, dim = prepared.emb.shape
-    status = Path("/proc/self/status").read_text()
-    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-    print(json.dumps({"crops": n, "peak_mib": peak_kib / 1024, "emb_mib": n * dim * 4 / 2**20,
+    print(json.dumps({"crops": n, "peak_mib": peak_rss_mib(), "emb_mib": n * dim * 4 / 2**20,
                       "pixels_mib": n * 224 * 224 * 3 / 2**20, "crops_per_s": n / seconds}))
 
 
@@ -219,7 +210,7 @@ def _gpu(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from headserve.backbones import encoder_graph, load_encoder
-    from headserve.standins import write_random_weights
+    from headserve.device import autocast, get_precision
     from headserve.train.embed import EmbedConfig
 
     name = torch.cuda.get_device_name(0)
@@ -228,7 +219,7 @@ def _gpu(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
              "| encoder | precision | extraction crops/s | encoder alone, images/s | GFLOP/image | "
              "encoder TFLOP/s achieved |", "|---|---|---|---|---|---|"]
     for enc in bench.gpu_encoders:
-        spec = write_random_weights(enc, bench.weights_dir)
+        spec = stand_in(enc, bench.weights_dir)
         graph = encoder_graph(load_encoder(spec))
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             size = spec.preprocess.input_size
@@ -236,11 +227,9 @@ def _gpu(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
         gflop = counter.get_total_flops() / 1e9
         for precision in ("fp32", "bf16"):
             config = EmbedConfig(device="cuda", precision=precision, batch_size=256)
-            rate, cuda_graph = _extract_rate(spec, dataset, bench.gpu_crops, config)
-            from headserve.device import autocast, get_precision
-
+            rate = extraction_rate(spec, graph, dataset, bench.gpu_crops, config)  # moves the graph to the GPU
             with autocast(torch.device("cuda"), get_precision(precision)):
-                alone = _encoder_rate(cuda_graph, spec.preprocess.input_size, 256)
+                alone = _encoder_rate(graph, spec.preprocess.input_size, 256)
             lines.append(f"| {enc} | {precision} | {rate:.0f} | {alone:.0f} | {gflop:.1f} | {alone * gflop / 1e3:.0f} |")
     lines += ["", "Compare the last column with the device's dense bf16 peak (H100/H200: about 990 TFLOP/s "
                   "on paper, about 790 in matrix-multiply benchmarks).", ""]
@@ -249,7 +238,7 @@ def _gpu(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
 
 def _gpu_head_training(name: str) -> list[str]:
     """The speed benchmark's MLP fit (100k x 1024, 20 classes, `full`, 10 epochs) on the GPU and on the CPU."""
-    from headserve.train.bench import BenchConfig, structured_embeddings
+    from headserve.app.bench.training import BenchConfig, structured_embeddings
     from headserve.train.recipe import profile_config
     from headserve.train.trainer import fit_head, head_config_for
 
@@ -272,5 +261,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--memory-child":
         _memory_child(Path(sys.argv[2]), sys.argv[3])
     else:
-        print("usage: python -m headserve.train.bench_scale --memory-child DATASET WEIGHTS_DIR", file=sys.stderr)
+        print("usage: python -m headserve.app.bench.extraction --memory-child DATASET WEIGHTS_DIR", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,5 @@
-"""Where `classify` and `gate` put their JSON Lines: stdout, or a file that a rerun can complete.
+"""Where `classify` and `gate` put their JSON Lines: stdout, or a file that a rerun can complete (the app's, not
+the client library's: it names their flags).
 
 A run into ``--output FILE`` writes ``FILE.partial`` (one ``write`` per whole line, appended) and
 renames it to ``FILE`` once every crop is in, so ``FILE`` itself is never half-written. When the
