@@ -30,6 +30,7 @@ def run(out: Path) -> list[str]:
     from headserve.client import HeadClient
     from headserve.client.discovery import HeadInfo
     from headserve.client.preprocessing import prepare
+    from headserve.contract import EncoderIdentity, ServedHead
     from headserve.encoders import get_encoder
     from headserve.export.pipeline import export_head
     from headserve.server import LocalTriton, ServerConfig
@@ -45,7 +46,7 @@ def run(out: Path) -> list[str]:
               "| encoder spec | input | rule | ms per crop |", "|---|---|---|---|"]
     for name in PREPROCESS_ENCODERS:
         spec = get_encoder(name)
-        info = HeadInfo(name, ("a", "b"), (), spec.encoder_type, spec.model_id, spec.preprocess, 64, ())
+        info = HeadInfo(ServedHead(name, ("a", "b"), EncoderIdentity.from_spec(spec)), 64, ())
         prepare([crop] * 8, info)
         t = _median(lambda: prepare([crop] * 64, info), 5) / 64
         pre = spec.preprocess

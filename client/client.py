@@ -21,7 +21,7 @@ import numpy as np
 
 from headserve.client.core import ClientCore
 from headserve.client.decision import Prediction, Thresholds
-from headserve.client.discovery import PROBS, HeadInfo
+from headserve.client.discovery import HeadInfo
 from headserve.client.errors import from_triton
 from headserve.client.estimate import ComputeEstimate
 from headserve.client.gating import GateConfig, GateResult
@@ -30,7 +30,6 @@ from headserve.client.operations import (
     Answer,
     Plan,
     ReadConfig,
-    ReadHead,
     ReadReady,
     ReadVersions,
     Request,
@@ -38,6 +37,7 @@ from headserve.client.operations import (
     T,
 )
 from headserve.client.options import ConnectionOptions
+from headserve.contract import PROBS
 from headserve.preprocess import ImageSource
 
 
@@ -59,7 +59,7 @@ class HeadClient:
         # operation type -> how this transport performs it
         self._operations: dict[type, Callable[[Any], Any]] = {
             ReadReady: self._read_ready, ReadVersions: self._read_versions, ReadConfig: self._read_config,
-            ReadHead: lambda op: self.info(op.head, op.refresh), Send: self._send,
+            Send: self._send,
         }
 
     def __enter__(self) -> "HeadClient":

@@ -2,7 +2,7 @@
 
 The core (``headserve.client.core``) does no I/O: its plans are generators that yield one operation at a
 time and are resumed with the answer, or with the ``ClientError`` the operation raised. The sync and
-asyncio transports each perform these five operations and nothing else, so every rule about heads,
+asyncio transports each perform these four operations and nothing else, so every rule about heads,
 versions, batches and decisions is written once.
 """
 
@@ -106,20 +106,12 @@ class ReadConfig:
 
 
 @dataclass(frozen=True)
-class ReadHead:
-    """The transport's own ``info(head, refresh)``: the cached ``HeadInfo``, read from the server when asked."""
-
-    head: str  # ensemble name
-    refresh: bool = False  # True: read it again from the server
-
-
-@dataclass(frozen=True)
 class Send:
     """Send ``requests`` together, within the transport's concurrency limit; answered with an ``Answer`` each."""
 
     requests: tuple[Request, ...]  # one per batch of the call
 
 
-Operation = Union[ReadReady, ReadVersions, ReadConfig, ReadHead, Send]
+Operation = Union[ReadReady, ReadVersions, ReadConfig, Send]
 # A plan of the core: yields operations, is resumed with their answers, returns the call's result.
 Plan = Generator[Operation, Any, T]

@@ -30,7 +30,6 @@ from headserve.backbones import EncoderGraph, LoadedEncoder, encoder_graph, fing
 from headserve.contract import (
     EMBEDDING,
     HEAD_FEED,
-    HEAD_INPUT,
     HEAD_OUTPUT_TYPES,
     HEAD_OUTPUT_WIDTHS,
     HEAD_OUTPUTS,
@@ -86,8 +85,8 @@ from headserve.head import ServingHead
 from headserve.lockfile import repository_lock
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
-# LABELS_FILE, PROBS, encoder_model_name and head_model_name are re-exported from headserve.contract.
-__all__ = ["LABELS_FILE", "PROBS", "encoder_model_name", "head_model_name"]
+# encoder_model_name and head_model_name are re-exported from headserve.contract.
+__all__ = ["encoder_model_name", "head_model_name"]
 
 
 @dataclass(frozen=True)
@@ -295,7 +294,7 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
         graph = graph or export_head_graph(meta, module, Path(scratch))
         desc = ModelDesc(
             name=head_name,
-            inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
+            inputs=(TensorSpec(EMBEDDING, DataType.TYPE_FP32, (meta.embedding_dim,)),),
             outputs=outputs,
             max_batch_size=max_batch_size,
             light=True,
@@ -406,7 +405,7 @@ def head_ensemble_desc(served: ServedHead, wiring: EnsembleWiring) -> ModelDesc:
         max_batch_size=wiring.max_batch_size,
         steps=(
             EnsembleStep(wiring.encoder_model, {PIXELS: PIXELS}, {EMBEDDING: EMBEDDING, HEAD_FEED: HEAD_FEED}),
-            EnsembleStep(wiring.head_model, {HEAD_INPUT: HEAD_FEED}, {o: o for o in wiring.head_outputs},
+            EnsembleStep(wiring.head_model, {EMBEDDING: HEAD_FEED}, {o: o for o in wiring.head_outputs},
                          version=wiring.head_version),
         ),
         parameters=served.to_parameters(),

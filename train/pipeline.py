@@ -13,10 +13,10 @@ import torch
 
 from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.contract import SCORE_OUTPUTS
 from headserve.drift import reference_from_validation
 from headserve.encoders import EncoderSpec
 from headserve.errors import ConfigError, DatasetError
-from headserve.head import SERVING_OUTPUTS
 from headserve.head_file import save_head
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
@@ -197,7 +197,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     t0 = time.perf_counter()
     with torch.no_grad():
         outputs = fit.head(torch.from_numpy(emb[test_idx]))
-    test_outputs = {name: t.numpy() for name, t in zip(SERVING_OUTPUTS, outputs)}
+    test_outputs = {name: t.numpy() for name, t in zip(SCORE_OUTPUTS, outputs)}
     logits, probs = outputs[0], outputs[1]
     uncal = torch.softmax(logits, dim=-1).numpy()
     probs = probs.numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from scipy import stats
 
 from headserve.client import HeadInfo, decide
+from headserve.contract import EncoderIdentity, ServedHead
 from headserve.drift import (
     OOD_SAMPLE_SIZE,
     DriftError,
@@ -58,9 +60,10 @@ def _window(probs: np.ndarray, scores: np.ndarray | None, source: str = "test wi
 
 
 def _info() -> HeadInfo:
-    return HeadInfo(name="h", classes=CLASSES, background_indices=(4,), encoder_type="clip", encoder_model="tiny",
-                    preprocess=get_encoder("clip:tiny").preprocess, max_batch_size=8, outputs=("probs", "ood_score"),
-                    ood_threshold=float(_reference().ood_threshold or 0), version="3")
+    served = ServedHead(name="h", classes=CLASSES, background_indices=(4,),
+                        encoder=EncoderIdentity.from_spec(get_encoder("clip:tiny")),
+                        ood_threshold=float(_reference().ood_threshold or 0))
+    return HeadInfo(served, max_batch_size=8, outputs=("probs", "ood_score"), version="3")
 
 
 def test_a_window_drawn_like_validation_is_not_flagged_by_any_check():
@@ -190,7 +193,7 @@ def test_a_classify_file_that_is_not_json_lines_names_the_line(tmp_path: Path):
 def test_every_classify_row_records_the_head_version_that_answered_it():
     row = decide(_info(), _answers(1, 2)[0])[0].to_json()
     assert row["version"] == "3"
-    in_process = HeadInfo(**{**_info().__dict__, "version": ""})  # decided locally: no served version to record
+    in_process = replace(_info(), version="")  # decided locally: no served version to record
     assert "version" not in decide(in_process, _answers(1, 2)[0])[0].to_json()
 
 
