@@ -44,8 +44,9 @@ log = logging.getLogger("headserve.drift")
 REFERENCE_FORMAT = 1  # bump when DriftReference's JSON changes shape; readers refuse what they do not know
 CONFIDENCE_BINS = 10  # equal-mass bins of validation confidence: PSI's usual decile construction
 OOD_SAMPLE_SIZE = 2000  # validation OOD scores kept for the two-sample test (bounded: it lives in meta.json)
-# OOD histogram bounds as multiples of the threshold (the client metrics use the same), for the report's plot.
-OOD_EDGE_MULTIPLES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
+# OOD score bounds as multiples of the head's threshold, so "how far past it" reads off a histogram directly:
+# the drift report's bins (from 0) and the client's Prometheus buckets both use them.
+OOD_THRESHOLD_MULTIPLES: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 # Half a crop added to every bin on both sides before PSI (a Jeffreys prior): an empty bin would make
 # ln(window / reference) infinite. A pseudo-count, unlike a fixed epsilon on the proportions, scales with
 # the sample: a class missing from 100 crops costs little, one missing from 100,000 crops costs what it should.
@@ -96,7 +97,7 @@ def confidence_edges(confidence: np.ndarray, bins: int = CONFIDENCE_BINS) -> tup
 def ood_edges(threshold: float | None, scores: np.ndarray) -> tuple[float, ...]:
     """Bin bounds for OOD scores: multiples of the threshold, or deciles of the scores when there is none."""
     if threshold is not None and threshold > 0:
-        return tuple(threshold * m for m in OOD_EDGE_MULTIPLES)
+        return (0.0, *(threshold * m for m in OOD_THRESHOLD_MULTIPLES))
     edges = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, 11)))
     return tuple(float(e) for e in edges) if len(edges) > 1 else (float(scores.min()), float(scores.min()) + 1.0)
 

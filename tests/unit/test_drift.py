@@ -24,6 +24,7 @@ from headserve.drift import (
     binomial_upper_p,
     compare,
     ks_2samp,
+    ood_edges,
     psi,
     read_window,
     reference_from_validation,
@@ -332,3 +333,11 @@ def test_drift_and_its_report_import_neither_torch_nor_scipy_nor_matplotlib():
             "print(','.join(m for m in ('torch', 'scipy', 'matplotlib', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""  # a client machine runs drift checks; matplotlib loads only to draw
+
+
+def test_the_drift_report_bins_ood_scores_at_the_client_metrics_buckets_from_zero():
+    from headserve.client.metrics import ood_buckets
+
+    edges = ood_edges(0.5, np.array([0.1, 0.7, 3.0]))
+    assert edges == (0.0, *ood_buckets(0.5))
+    assert edges[1:] == (0.125, 0.25, 0.375, 0.45, 0.5, 0.55, 0.625, 0.75, 1.0, 2.0)
