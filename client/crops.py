@@ -19,10 +19,10 @@ from headserve.preprocess import crop_box, load_image, oriented_size
 from headserve.yolo import (
     IMAGE_SUFFIXES,
     LabelProblem,
+    box_corners,
     images_under,
     label_path_for,
     read_label_file,
-    box_corners,
     shared_label_files,
     shared_label_message,
     to_pixels,

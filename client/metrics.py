@@ -68,7 +68,7 @@ class MetricsConfig:
         for head, q in self.ood_quantiles.items():
             if not 0.0 < float(q) < 1.0:
                 raise ConfigError(f"ood_quantiles[{head!r}]={q} is outside (0, 1); pass the quantile the head's "
-                                  "OOD threshold was set at (meta.json ood.quantile, 0.95 by default)")
+                                  "OOD threshold was set at (meta.json ood_quantile, 0.95 by default)")
 
 
 def ood_buckets(threshold: float | None) -> tuple[float, ...]:

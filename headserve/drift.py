@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,14 +131,16 @@ class DriftReference:
         """The share of crops the threshold flags by design: 1 - the quantile it was set at."""
         return None if self.ood_quantile is None else 1.0 - self.ood_quantile
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, ood_figures: bool = True) -> dict[str, Any]:
+        """The reference as JSON; ``ood_figures=False`` leaves out the threshold and its quantile, for meta.json,
+        which stores them once beside the head's other fields (``reference_of`` puts them back)."""
         def hist(h: Histogram | None) -> dict[str, list[Any]] | None:
             return None if h is None else {"edges": list(h.edges), "counts": list(h.counts)}
 
+        figures = {"ood_threshold": self.ood_threshold, "ood_quantile": self.ood_quantile} if ood_figures else {}
         return {"format": REFERENCE_FORMAT, "classes": list(self.classes), "class_counts": list(self.class_counts),
                 "confidence": hist(self.confidence), "ood": hist(self.ood), "ood_sample": list(self.ood_sample),
-                "ood_threshold": self.ood_threshold, "ood_quantile": self.ood_quantile,
-                "validation_ood_rate": self.validation_ood_rate}
+                **figures, "validation_ood_rate": self.validation_ood_rate}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = "drift reference") -> DriftReference:
@@ -611,9 +613,14 @@ def _ks_check(reference: np.ndarray, scores: np.ndarray, thresholds: DriftThresh
 
 
 def reference_of(meta: HeadMeta) -> DriftReference:
-    """The reference a head's artifact keeps (meta.json ``extra.drift_reference``, written by training)."""
+    """The reference a head's artifact keeps (meta.json ``extra.drift_reference``, written by training), with the
+    OOD threshold and quantile meta.json stores beside it."""
     data = meta.extra.get("drift_reference")
     if data is None:
         raise DriftError(f"head {meta.name!r} keeps no drift reference in its meta.json: it was trained before "
                          "headserve kept one; retrain it (the cached embeddings make that quick) to compare windows")
-    return DriftReference.from_dict(data, origin=f"head {meta.name!r} meta.json drift_reference")
+    reference = DriftReference.from_dict(data, origin=f"head {meta.name!r} meta.json drift_reference")
+    try:
+        return replace(reference, ood_threshold=meta.ood_threshold, ood_quantile=meta.ood_quantile)
+    except DriftError as exc:
+        raise DriftError(f"head {meta.name!r} meta.json: {exc}") from None

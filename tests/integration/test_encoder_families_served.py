@@ -54,7 +54,7 @@ def test_heads_on_both_families_classify_through_the_real_server_as_pytorch_does
             assert done.returncode == 0, done.stderr[-2000:]
             rows = [json.loads(line) for line in out.read_text().splitlines()]
             meta, module = load_head(artifacts[head])
-            assert meta.encoder_type == encoder.split(":")[0] and meta.encoder_name == encoder
+            assert meta.encoder.encoder_type == encoder.split(":")[0] and meta.encoder.name == encoder
             with torch.no_grad():
                 emb = encoder_graph(load_encoder(get_encoder(encoder)))(
                     torch.from_numpy(prepare_batch(crops, meta.preprocess_spec)))

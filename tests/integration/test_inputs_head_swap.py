@@ -47,7 +47,7 @@ def true_labels(artifact: Path, pixels: np.ndarray) -> list[str]:
 
     meta, head = load_head(artifact)
     with torch.no_grad():
-        probs = head(encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels)))[1]
+        probs = head(encoder_graph(load_encoder(get_encoder(meta.encoder.name)))(torch.from_numpy(pixels)))[1]
     return [meta.classes[i] for i in probs.numpy().argmax(1)]
 
 

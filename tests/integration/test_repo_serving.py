@@ -51,7 +51,7 @@ def reference(artifact: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
 
     meta, head = load_head(artifact)
     with torch.no_grad():
-        emb = encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels))
+        emb = encoder_graph(load_encoder(get_encoder(meta.encoder.name)))(torch.from_numpy(pixels))
         outs = dict(zip(SCORE_OUTPUTS, (t.numpy() for t in head(emb))))
     return {**outs, "embedding": emb.numpy()}
 

@@ -136,12 +136,15 @@ def test_identities_differ_by_the_fields_that_decide_whether_embeddings_fit():
         clip.require_match(dino, "pets", "encoder x")
 
 
-def test_a_head_meta_presents_its_flat_fields_as_one_identity():
+def test_a_head_meta_reads_its_flat_fields_as_one_identity_and_writes_them_flat():
     spec = get_encoder("dinov2:tiny")
-    meta = HeadMeta(name="h", encoder_type="dinov2", encoder_model=spec.model_id, embedding_dim=32, classes=["a", "b"],
-                    preprocess=spec.preprocess.to_dict(), encoder_name=spec.name, encoder_fingerprint="sha256:9")
-    assert meta.identity == EncoderIdentity.from_spec(spec, "sha256:9")
-    assert json.loads(meta.to_json())["encoder_type"] == "dinov2"  # the JSON keeps its flat fields
+    flat = dict(encoder_type="dinov2", encoder_model=spec.model_id, embedding_dim=32, preprocess=spec.preprocess.to_dict(),
+                encoder_name=spec.name, encoder_fingerprint="sha256:9", encoder_pretrained=None)
+    meta = HeadMeta.from_dict(dict(name="h", classes=["a", "b"], **flat))
+    assert meta.encoder == EncoderIdentity.from_spec(spec, "sha256:9")
+    written = json.loads(meta.to_json())
+    assert {k: written[k] for k in flat} == json.loads(json.dumps(flat)) and "encoder" not in written  # flat, as before
+    assert HeadMeta.from_dict(written) == meta
 
 
 @pytest.mark.parametrize("encoder_type", encoder_types())
