@@ -152,15 +152,14 @@ def _encoder_from_fields(values: Mapping[str, Any], origin: str) -> EncoderIdent
         except PreprocessSpecError as exc:
             raise ArtifactError(f"{origin}: field 'preprocess': {exc}; export the head with the headserve "
                                 "that trained it, or retrain it with this one") from None
-    try:
-        return EncoderIdentity(
-            encoder_type=values["encoder_type"], model=values["encoder_model"],
-            embedding_dim=values["embedding_dim"], fingerprint=values.get("encoder_fingerprint") or None,
-            name=values.get("encoder_name") or None, pretrained=values.get("encoder_pretrained") or None,
-            preprocess=preprocess)
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"{origin}: the encoder fields do not read ({exc}); retrain the head with "
-                            "`headserve train`") from None
+    dim = values["embedding_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+        raise ArtifactError(f"{origin}: field 'embedding_dim' is {dim!r}, not a whole number of 0 or more; the "
+                            "artifact is damaged: copy it again or retrain it with `headserve train`")
+    return EncoderIdentity(
+        encoder_type=values["encoder_type"], model=values["encoder_model"], embedding_dim=dim,
+        fingerprint=values.get("encoder_fingerprint") or None, name=values.get("encoder_name") or None,
+        pretrained=values.get("encoder_pretrained") or None, preprocess=preprocess)
 
 
 def save_artifact(directory: str | os.PathLike, meta: HeadMeta, tensors: Mapping[str, np.ndarray]) -> Path:

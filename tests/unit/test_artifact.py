@@ -93,9 +93,10 @@ def test_an_older_meta_with_ood_figures_in_extra_reads_them_once_and_writes_them
         12.5, 0.9)
 
 
-def test_a_meta_with_an_unreadable_encoder_field_is_an_artifact_error_naming_the_file(tmp_path):
+def test_a_meta_whose_embedding_dim_is_not_a_width_is_an_artifact_error_naming_the_file_and_value(tmp_path):
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "meta.json").write_text(json.dumps(
-        {"name": "x", "encoder_model": "m", "embedding_dim": -3, "classes": ["a", "b"]}))
-    with pytest.raises(ArtifactError, match=r"bad/meta\.json: the encoder fields do not read \(embedding_dim -3"):
-        load_meta(tmp_path / "bad")
+    for dim in (-3, "4", 2.5):
+        (tmp_path / "bad" / "meta.json").write_text(json.dumps(
+            {"name": "x", "encoder_model": "m", "embedding_dim": dim, "classes": ["a", "b"]}))
+        with pytest.raises(ArtifactError, match=rf"bad/meta\.json: field 'embedding_dim' is {dim!r}, not a whole"):
+            load_meta(tmp_path / "bad")
