@@ -93,10 +93,8 @@ class HeadMeta:
     def to_dict(self) -> dict[str, Any]:
         """meta.json's fields: the encoder flat, beside the head's own."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "encoder"}
-        for key, attr in ENCODER_FIELDS.items():
-            data[key] = getattr(self.encoder, attr)
-        if self.encoder.preprocess is not None:
-            data["preprocess"] = self.encoder.preprocess.to_dict()
+        data.update({key: getattr(self.encoder, attr) for key, attr in ENCODER_FIELDS.items()})
+        data["preprocess"] = self.encoder.preprocess.to_dict() if self.encoder.preprocess is not None else None
         return data
 
     def to_json(self) -> str:
@@ -131,7 +129,8 @@ def _move_ood_figures(values: dict[str, Any]) -> None:
     ood = extra.get("ood")
     if isinstance(ood, Mapping) and "quantile" in ood:
         extra["ood"] = {k: v for k, v in ood.items() if k != "quantile"}
-        values.setdefault("ood_quantile", ood["quantile"])
+        if values.get("ood_quantile") is None:
+            values["ood_quantile"] = ood["quantile"]
     reference = extra.get("drift_reference")
     if isinstance(reference, Mapping):
         extra["drift_reference"] = {k: v for k, v in reference.items() if k not in ("ood_threshold", "ood_quantile")}

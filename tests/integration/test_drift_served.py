@@ -72,9 +72,13 @@ def served_head(tmp_path_factory: pytest.TempPathFactory):
 
 def test_a_served_head_flags_the_shifted_window_and_not_the_familiar_one_and_counts_its_decisions(
         served_head, worlds):
-    meta, _, server = served_head
+    meta, artifact, server = served_head
     reference = reference_of(meta)  # the figures meta.json stores once, beside the reference
     assert meta.ood_quantile is not None and meta.ood_threshold is not None
+    written = json.loads((artifact / "meta.json").read_text())
+    assert (written["ood_threshold"], written["ood_quantile"]) == (meta.ood_threshold, meta.ood_quantile)
+    assert "quantile" not in written["extra"]["ood"]
+    assert not {"ood_threshold", "ood_quantile"} & set(written["extra"]["drift_reference"])
     assert reference.ood_quantile == meta.ood_quantile and reference.ood_threshold == pytest.approx(meta.ood_threshold)
     metrics = enable_metrics()  # the one call; the expected OOD rate comes from the quantile the head publishes
     familiar, shifted = RollingWindow(capacity=5000), RollingWindow(capacity=5000)
