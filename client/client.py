@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from headserve.client.operations import (
     Request,
     Send,
     T,
+    drive,
 )
 from headserve.client.options import ConnectionOptions
 from headserve.contract import PROBS
@@ -80,22 +81,8 @@ class HeadClient:
     # -- driving the core's plans -----------------------------------------------------------------
 
     def _drive(self, plan: Plan[T]) -> T:
-        """Perform each operation ``plan`` yields and resume it with the answer or the error, until it returns."""
-        answer: Any = None
-        failure: Exception | None = None
-        while True:
-            try:
-                op = plan.throw(failure) if failure is not None else plan.send(answer)
-            except StopIteration as done:
-                return cast(T, done.value)  # what the plan returned
-            answer, failure = None, None
-            try:
-                answer = self._operations[type(op)](op)
-            except Exception as exc:  # a ClientError (or an answer's StaleAnswer): the plan decides what it means
-                failure = exc
-            except BaseException:  # KeyboardInterrupt, SystemExit: nothing to decide, end the plan
-                plan.close()
-                raise
+        """Perform each operation ``plan`` yields (``drive``), blocking, until it returns."""
+        return drive(plan, lambda op: self._operations[type(op)](op))
 
     def _call(self, what: str, fn: Callable[[float], T], timeout_s: float | None = None) -> T:
         """Run ``fn(deadline_s)``, retrying with backoff while the server is UNAVAILABLE."""

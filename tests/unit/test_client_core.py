@@ -2,7 +2,7 @@
 
 The core is I/O-free by design, so these tests answer its operations from configs rendered by export's own
 code (``head_ensemble_desc`` + ``render``) instead of a server; what travels over gRPC is covered by
-tests/integration/test_client_server.py and the hot-swap tests.
+tests/integration/test_client_server.py and the hot-swap tests. ``drive`` is the sync transport's own loop.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 
 from headserve.client.core import ClientCore
 from headserve.client.errors import ClientError, HeadChangedError
-from headserve.client.operations import Answer, Plan, ReadConfig, ReadReady, ReadVersions, Send
+from headserve.client.operations import Answer, ReadConfig, ReadReady, ReadVersions, Send, drive
 from headserve.client.options import ConnectionOptions
 from headserve.contract import OOD_SCORE, PROBS, EncoderIdentity, ServedHead
 from headserve.encoders import get_encoder
@@ -55,22 +55,6 @@ class Repository:
             outputs = {PROBS: probs, OOD_SCORE: np.zeros((rows, 1), np.float32)}
             answers.append(Answer(self.answered_by, {name: outputs[name] for name in request.outputs}, 0.001))
         return answers
-
-
-def drive(plan: Plan[Any], repository: Repository) -> Any:
-    """Perform each operation the plan yields, as HeadClient._drive does, until it returns."""
-    answer: Any = None
-    failure: Exception | None = None
-    while True:
-        try:
-            op = plan.throw(failure) if failure is not None else plan.send(answer)
-        except StopIteration as done:
-            return done.value
-        answer, failure = None, None
-        try:
-            answer = repository(op)
-        except Exception as exc:
-            failure = exc
 
 
 class Recorder:
