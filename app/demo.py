@@ -130,8 +130,7 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
     import torch
 
     from headserve.client import HeadClient
-    from headserve.contract import PROBS
-    from headserve.head import SERVING_OUTPUTS
+    from headserve.contract import PROBS, SCORE_OUTPUTS
     from headserve.head_file import load_head
     from headserve.train.dataset import load_crop
     from headserve.train.metrics import classification_metrics
@@ -156,7 +155,7 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
 
     graph = encoder_graph(load_encoder(trained_encoder(meta, run.encoder)[0]))
     with torch.no_grad():
-        ref = head(torch.from_numpy(embed_pixels(graph, outcome.test_pixels)))[SERVING_OUTPUTS.index(PROBS)]
+        ref = head(torch.from_numpy(embed_pixels(graph, outcome.test_pixels)))[SCORE_OUTPUTS.index(PROBS)]
     metrics = classification_metrics(served, outcome.test_labels, meta.classes, meta.background_indices)
     return {
         "head": run.head,

@@ -19,7 +19,7 @@ import numpy as np
 
 from headserve.client.core import ClientCore
 from headserve.client.decision import Prediction, Thresholds
-from headserve.client.discovery import PROBS, HeadInfo
+from headserve.client.discovery import HeadInfo
 from headserve.client.errors import from_triton
 from headserve.client.estimate import ComputeEstimate
 from headserve.client.gating import GateConfig, GateResult
@@ -28,7 +28,6 @@ from headserve.client.operations import (
     Answer,
     Plan,
     ReadConfig,
-    ReadHead,
     ReadReady,
     ReadVersions,
     Request,
@@ -36,6 +35,7 @@ from headserve.client.operations import (
     T,
 )
 from headserve.client.options import ConnectionOptions
+from headserve.contract import PROBS
 from headserve.preprocess import ImageSource
 
 
@@ -57,7 +57,7 @@ class AsyncHeadClient:
         # operation type -> how this transport performs it
         self._operations: dict[type, Callable[[Any], Awaitable[Any]]] = {
             ReadReady: self._read_ready, ReadVersions: self._read_versions, ReadConfig: self._read_config,
-            ReadHead: lambda op: self.info(op.head, op.refresh), Send: self._send,
+            Send: self._send,
         }
 
     async def __aenter__(self) -> "AsyncHeadClient":

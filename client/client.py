@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from headserve.client.core import ClientCore
 from headserve.client.decision import Prediction, Thresholds
-from headserve.client.discovery import PROBS, HeadInfo
+from headserve.client.discovery import HeadInfo
 from headserve.client.errors import from_triton
 from headserve.client.estimate import ComputeEstimate
 from headserve.client.gating import GateConfig, GateResult
@@ -30,14 +30,15 @@ from headserve.client.operations import (
     Answer,
     Plan,
     ReadConfig,
-    ReadHead,
     ReadReady,
     ReadVersions,
     Request,
     Send,
     T,
+    drive,
 )
 from headserve.client.options import ConnectionOptions
+from headserve.contract import PROBS
 from headserve.preprocess import ImageSource
 
 
@@ -59,7 +60,7 @@ class HeadClient:
         # operation type -> how this transport performs it
         self._operations: dict[type, Callable[[Any], Any]] = {
             ReadReady: self._read_ready, ReadVersions: self._read_versions, ReadConfig: self._read_config,
-            ReadHead: lambda op: self.info(op.head, op.refresh), Send: self._send,
+            Send: self._send,
         }
 
     def __enter__(self) -> "HeadClient":
@@ -80,22 +81,8 @@ class HeadClient:
     # -- driving the core's plans -----------------------------------------------------------------
 
     def _drive(self, plan: Plan[T]) -> T:
-        """Perform each operation ``plan`` yields and resume it with the answer or the error, until it returns."""
-        answer: Any = None
-        failure: Exception | None = None
-        while True:
-            try:
-                op = plan.throw(failure) if failure is not None else plan.send(answer)
-            except StopIteration as done:
-                return cast(T, done.value)  # what the plan returned
-            answer, failure = None, None
-            try:
-                answer = self._operations[type(op)](op)
-            except Exception as exc:  # a ClientError (or an answer's StaleAnswer): the plan decides what it means
-                failure = exc
-            except BaseException:  # KeyboardInterrupt, SystemExit: nothing to decide, end the plan
-                plan.close()
-                raise
+        """Perform each operation ``plan`` yields (``drive``), blocking, until it returns."""
+        return drive(plan, lambda op: self._operations[type(op)](op))
 
     def _call(self, what: str, fn: Callable[[float], T], timeout_s: float | None = None) -> T:
         """Run ``fn(deadline_s)``, retrying with backoff while the server is UNAVAILABLE."""

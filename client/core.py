@@ -19,20 +19,7 @@ import numpy as np
 
 from headserve.client.batching import BatchPlan
 from headserve.client.decision import Prediction, Thresholds, decide
-from headserve.client.discovery import (
-    EMBEDDING,
-    HEAD_ID,
-    INPUT,
-    OOD_SCORE,
-    PROBS,
-    PROMPT_INPUT,
-    PROMPT_OUTPUT,
-    HeadInfo,
-    StaleAnswer,
-    check_answer,
-    head_info_from_config,
-    latest_version,
-)
+from headserve.client.discovery import HeadInfo, StaleAnswer, check_answer, head_info_from_config, latest_version
 from headserve.client.errors import BadInputError, ClientError, HeadChangedError, ModelNotReadyError
 from headserve.client.estimate import ComputeEstimate, EstimateProbe, median_seconds
 from headserve.client.gating import GateConfig, GateResult, gate
@@ -41,7 +28,6 @@ from headserve.client.operations import (
     Answer,
     Plan,
     ReadConfig,
-    ReadHead,
     ReadReady,
     ReadVersions,
     Request,
@@ -52,11 +38,8 @@ from headserve.client.operations import (
 from headserve.client.options import ConnectionOptions
 from headserve.client.prefilter import PrefilterPolicy
 from headserve.client.preprocessing import finite_embeddings, prepare
+from headserve.contract import EMBEDDING, HEAD_ID, OOD_SCORE, PIXELS, PROBS, PROMPT_OUTPUT
 from headserve.preprocess import ImageSource
-
-# Set on an error once the observer was told about it: a call that fails inside another call (the head
-# lookup of a classify) reaches the caller once and is observed once.
-_OBSERVED = "_headserve_observed"
 
 
 @dataclass(frozen=True)
@@ -93,7 +76,8 @@ def changed_message(head: str, url: str, info: HeadInfo, cause: Exception) -> st
 class ClientCore:
     """The state one client keeps (head and prompt-model caches, prefilter notices) and the plans of its calls.
 
-    Public plans report a failing call to the observer; the private ones compose into them.
+    Public plans report a failing call to the observer; the private ones compose into them with ``yield from``
+    (a call's head lookup included), so an error reaches the observer once, from the public plan it ends.
     """
 
     def __init__(self, url: str, options: ConnectionOptions, observer: Observer | None = None) -> None:
@@ -130,7 +114,7 @@ class ClientCore:
 
     # -- discovery ----------------------------------------------------------------------------------
 
-    def _read_head(self, head: str, refresh: bool) -> Plan[HeadInfo]:
+    def _read_head(self, head: str, refresh: bool = False) -> Plan[HeadInfo]:
         if not refresh and head in self.heads:
             return self.heads[head]
         if not (yield ReadReady(head)):
@@ -153,12 +137,12 @@ class ClientCore:
                      timeout_s: float | None) -> Plan[HeadAnswer]:
         """Answers pinned to the head's version and checked against it; a swap mid-call is re-read once, then
         refused with ``HeadChangedError``."""
-        info = yield ReadHead(head)
+        info = yield from self._read_head(head)
         for attempt in range(2):
             pixels = prepare(images, info, self.options.max_pixels)  # again: a new version may resize otherwise
             batches = BatchPlan(len(pixels), info.max_batch_size)
             outputs = head_outputs(info, embedding)
-            requests = tuple(Request(head, (Tensor(INPUT, part, "UINT8"),), outputs, info.version, timeout_s)
+            requests = tuple(Request(head, (Tensor(PIXELS, part, "UINT8"),), outputs, info.version, timeout_s)
                              for part in batches.split(pixels))
             try:
                 answers = tuple((yield Send(requests)))
@@ -168,7 +152,7 @@ class ClientCore:
             except (StaleAnswer, ModelNotReadyError) as exc:  # not ready: the pinned version was unloaded
                 if attempt == 1:
                     raise HeadChangedError(changed_message(head, self.url, info, exc)) from exc
-                info = yield ReadHead(head, refresh=True)
+                info = yield from self._read_head(head, refresh=True)
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _outputs(self, head: str, images: Sequence[ImageSource], embedding: bool,
@@ -176,7 +160,7 @@ class ClientCore:
         return (yield from self._head_answer(head, images, embedding, timeout_s)).outputs()
 
     def _similarities(self, head: str, embeddings: np.ndarray, timeout_s: float | None) -> Plan[np.ndarray]:
-        info = yield ReadHead(head)
+        info = yield from self._read_head(head)
         model = info.prompt_model
         if model is None:
             raise ModelNotReadyError(f"head {head!r} ({info.encoder_type}) publishes no prompt_model; "
@@ -186,7 +170,7 @@ class ClientCore:
         if len(array) == 0:
             raise BadInputError(f"no embeddings given for {model!r}; pass at least one row")
         batches = BatchPlan(len(array), max_batch)
-        requests = tuple(Request(model, (Tensor(PROMPT_INPUT, part, "FP32"),), (PROMPT_OUTPUT,), "", timeout_s)
+        requests = tuple(Request(model, (Tensor(EMBEDDING, part, "FP32"),), (PROMPT_OUTPUT,), "", timeout_s)
                          for part in batches.split(array))
         answers = yield Send(requests)
         return batches.join([a.outputs for a in answers])[PROMPT_OUTPUT]
@@ -213,7 +197,7 @@ class ClientCore:
 
     def _gate(self, head: str, images: Sequence[ImageSource], config: GateConfig,
               timeout_s: float | None) -> Plan[list[GateResult]]:
-        prefilter = self.prefilter.active((yield ReadHead(head)), config.use_prefilter)
+        prefilter = self.prefilter.active((yield from self._read_head(head)), config.use_prefilter)
         answer = yield from self._head_answer(head, images, prefilter, timeout_s)
         sims = (yield from self._similarities(head, answer.outputs()[EMBEDDING], timeout_s)) if prefilter else None
         predictions = self._decide(answer, config.thresholds)
@@ -225,11 +209,11 @@ class ClientCore:
 
     def _estimate(self, head: str, candidates: int, batch_size: int, repeats: int) -> Plan[ComputeEstimate]:
         """Latencies measured now, one request at a time so they do not overlap."""
-        info = yield ReadHead(head)
+        info = yield from self._read_head(head)
         probe = EstimateProbe.for_head(info, batch_size)
         b = probe.batch_size
         preprocess_s = median_seconds(lambda: prepare([probe.image] * b, info), repeats) / b
-        request = Request(head, (Tensor(INPUT, probe.pixels, "UINT8"),), (PROBS,), info.version)
+        request = Request(head, (Tensor(PIXELS, probe.pixels, "UINT8"),), (PROBS,), info.version)
         yield Send((request,))  # warm-up: the first request sizes the runtime's buffers
         head_times = []
         for _ in range(max(1, repeats)):
@@ -252,7 +236,6 @@ class ClientCore:
         try:
             return (yield from plan)
         except ClientError as exc:
-            if self.observer is not None and not getattr(exc, _OBSERVED, False):
-                setattr(exc, _OBSERVED, True)
+            if self.observer is not None:
                 self.observer.observe_error(head, exc)
             raise

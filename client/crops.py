@@ -19,28 +19,30 @@ from headserve.preprocess import crop_box, load_image, oriented_size
 from headserve.yolo import (
     IMAGE_SUFFIXES,
     LabelProblem,
+    box_corners,
     images_under,
     label_path_for,
     read_label_file,
     shared_label_files,
     shared_label_message,
+    to_pixels,
 )
 
 __all__ = ["IMAGE_SUFFIXES", "CropRef", "crop", "crops_from_yolo", "polygon_to_xyxy", "yolo_box_to_xyxy"]
 
 
 def yolo_box_to_xyxy(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """A YOLO box (cx, cy, w, h), normalised to [0, 1], in pixels (x1, y1, x2, y2)."""
+    """A YOLO box (cx, cy, w, h), normalised to [0, 1], in pixels (x1, y1, x2, y2), clipped to the image as
+    training clips it (``headserve.yolo.to_pixels``)."""
     cx, cy, w, h = (float(v) for v in box)
-    return ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+    return to_pixels(*box_corners(cx, cy, w, h), width, height)
 
 
 def polygon_to_xyxy(points: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """A YOLO polygon (x1, y1, x2, y2, ...), normalised, to its pixel bounding box (as training crops it)."""
+    """A YOLO polygon (x1, y1, x2, y2, ...), normalised, to its pixel bounding box, clipped (as training crops it)."""
     if len(points) < 6 or len(points) % 2:
         raise BadInputError(f"polygon has {len(points)} coordinates; it needs an even number, at least 6")
-    xs, ys = [float(v) * width for v in points[0::2]], [float(v) * height for v in points[1::2]]
-    return (min(xs), min(ys), max(xs), max(ys))
+    return to_pixels([float(v) for v in points[0::2]], [float(v) for v in points[1::2]], width, height)
 
 
 def crop(image: Image.Image, box_xyxy: Sequence[float], origin: str = "box") -> Image.Image:

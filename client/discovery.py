@@ -8,83 +8,85 @@ config too: a head has an ``ood_score`` output only if its repository gave it on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from headserve.client.errors import ServerSideError
-from headserve.contract import (
-    EMBEDDING,
-    HEAD_ID,
-    LOGITS,
-    OOD_SCORE,
-    PROBS,
-    PROMPT_INPUT,
-    PROMPT_OUTPUT,
-    ParameterError,
-    ServedHead,
-)
-from headserve.contract import PIXELS as INPUT
+from headserve.contract import EMBEDDING, HEAD_ID, LOGITS, OOD_SCORE, PROBS, ParameterError, ServedHead
 from headserve.encoders import FAMILIES, PreprocessSpec, has_text_tower
 
-# INPUT, PROBS, LOGITS, EMBEDDING, OOD_SCORE, HEAD_ID, PROMPT_INPUT and PROMPT_OUTPUT are re-exported from headserve.contract.
-__all__ = ["INPUT", "PROBS", "LOGITS", "EMBEDDING", "OOD_SCORE", "HEAD_ID", "PROMPT_INPUT", "PROMPT_OUTPUT", "PREFILTER_FAMILIES",
-           "HeadInfo", "StaleAnswer", "latest_version", "check_answer", "head_info_from_config"]
+__all__ = ["PREFILTER_FAMILIES", "HeadInfo", "StaleAnswer", "latest_version", "check_answer", "head_info_from_config"]
 # Encoder families whose heads may carry a prompt prefilter (those with a text tower), from the family registry.
 PREFILTER_FAMILIES: Mapping[str, bool] = {name: family.text_tower for name, family in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
 class HeadInfo:
-    """What the server publishes about a head."""
+    """What the server publishes about a head: the ``ServedHead`` record its ensemble carries, plus what only
+    the served ensemble knows (batching, declared outputs, the version it was read from).
 
-    name: str  # ensemble name: the one name a caller passes
-    classes: tuple[str, ...]  # class names in probability order
-    background_indices: tuple[int, ...]  # classes that mean "nothing of interest"
-    encoder_type: str  # "clip" or "dinov3"
-    encoder_model: str  # open_clip architecture or hub id of the encoder
-    preprocess: PreprocessSpec  # resize rule, size and interpolation the encoder was trained with
+    The record's fields that callers read most are properties here; the rest are ``info.served.<field>``.
+    """
+
+    served: ServedHead  # the record decoded from the ensemble's parameters
     max_batch_size: int  # largest batch the ensemble accepts
     outputs: tuple[str, ...]  # output tensor names the ensemble declares
-    embedding_dim: int = 0  # width of the encoder embedding
-    temperature: float = 1.0  # calibration temperature baked into ``probs``
-    head_type: str = ""  # "mlp" or "logreg"
-    classifier: str = ""  # last layer: "linear" or "arcface" (cosine classifier); "" when not published
-    ood_threshold: float | None = None  # ood_score above this is out of distribution; None: not published
-    ood_quantile: float | None = None  # the validation quantile the threshold was set at; None: not published
-    prompt_model: str | None = None  # CLIP only: model mapping embedding -> prompt similarity
-    prompt_classes: tuple[int, ...] = ()  # class index of each prompt the prompt model scores
     version: str = ""  # the ensemble version these facts were read from; requests are pinned to it ("": any)
-    head_id: int | None = None  # id of the head these facts describe, on every answer it computes; None: not published
-    # the record these facts were decoded from; None for a HeadInfo built by hand
-    served: ServedHead | None = field(default=None, compare=False, repr=False)
 
-    @classmethod
-    def from_served(cls, served: ServedHead, max_batch_size: int, outputs: Sequence[str],
-                    version: str = "") -> "HeadInfo":
-        """The client's view of a served head: its record plus what the ensemble's config says about batching."""
-        return cls(
-            name=served.name,
-            classes=served.classes,
-            background_indices=served.background_indices,
-            encoder_type=served.encoder_type,
-            encoder_model=served.encoder.model,
-            preprocess=served.preprocess,
-            max_batch_size=max_batch_size,
-            outputs=tuple(outputs),
-            embedding_dim=served.embedding_dim,
-            temperature=served.temperature,
-            head_type=served.head_type,
-            classifier=served.classifier,
-            ood_threshold=served.ood_threshold,
-            ood_quantile=served.ood_quantile,
-            prompt_model=served.prompt_model,
-            prompt_classes=served.prompt_classes,
-            version=str(version),
-            head_id=served.head_id if HEAD_ID in outputs else None,
-            served=served,
-        )
+    @property
+    def name(self) -> str:
+        """The ensemble name: the one name a caller passes."""
+        return self.served.name
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in probability order."""
+        return self.served.classes
+
+    @property
+    def background_indices(self) -> tuple[int, ...]:
+        """Classes that mean "nothing of interest"."""
+        return self.served.background_indices
+
+    @property
+    def encoder_type(self) -> str:
+        return self.served.encoder_type
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        """Resize rule, size and interpolation the encoder was trained with."""
+        return self.served.preprocess
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.served.embedding_dim
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """``ood_score`` above this is out of distribution; None: not published."""
+        return self.served.ood_threshold
+
+    @property
+    def ood_quantile(self) -> float | None:
+        """The validation quantile the threshold was set at; None: not published."""
+        return self.served.ood_quantile
+
+    @property
+    def prompt_model(self) -> str | None:
+        """CLIP only: the model mapping embedding -> prompt similarity."""
+        return self.served.prompt_model
+
+    @property
+    def prompt_classes(self) -> tuple[int, ...]:
+        """Class index of each prompt the prompt model scores."""
+        return self.served.prompt_classes
+
+    @property
+    def head_id(self) -> int | None:
+        """Id of the head these facts describe, on every answer it computes; None: the ensemble has no such output."""
+        return self.served.head_id if HEAD_ID in self.outputs else None
 
     @property
     def has_ood_score(self) -> bool:
@@ -158,4 +160,4 @@ def head_info_from_config(name: str, config: Any, version: str = "") -> HeadInfo
         served = ServedHead.from_parameters(name, params, where=f"head {name!r}")
     except ParameterError as exc:
         raise ServerSideError(str(exc)) from exc  # the message names the key, its value and the fix
-    return HeadInfo.from_served(served, int(config.max_batch_size) or 1, tuple(o.name for o in config.output), version)
+    return HeadInfo(served, int(config.max_batch_size) or 1, tuple(o.name for o in config.output), str(version))

@@ -35,14 +35,13 @@ from prometheus_client.registry import Collector
 from headserve.client.decision import Prediction
 from headserve.client.discovery import HeadInfo
 from headserve.client.errors import ClientError
+from headserve.drift import OOD_THRESHOLD_MULTIPLES
 from headserve.errors import ConfigError
 
 NAMESPACE = "headserve_client"
 OTHER_CLASS = "__other__"  # the class label of every class beyond the first max_class_labels of a head
 # Calibrated probabilities and margins live in [0, 1]; 0.05 steps resolve the usual thresholds (0.5, 0.9).
 PROBABILITY_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
-# OOD buckets around the head's published threshold, so "how far past it" reads off the histogram directly.
-OOD_THRESHOLD_MULTIPLES: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 # A head that publishes no threshold: Mahalanobis scores span orders of magnitude, so powers of two.
 OOD_FIXED_BUCKETS: tuple[float, ...] = tuple(float(2 ** k) for k in range(13))
 
@@ -69,11 +68,12 @@ class MetricsConfig:
         for head, q in self.ood_quantiles.items():
             if not 0.0 < float(q) < 1.0:
                 raise ConfigError(f"ood_quantiles[{head!r}]={q} is outside (0, 1); pass the quantile the head's "
-                                  "OOD threshold was set at (meta.json ood.quantile, 0.95 by default)")
+                                  "OOD threshold was set at (meta.json ood_quantile, 0.95 by default)")
 
 
 def ood_buckets(threshold: float | None) -> tuple[float, ...]:
-    """Bucket upper bounds for a head's OOD scores: multiples of its threshold, or fixed powers of two."""
+    """Bucket upper bounds for a head's OOD scores: multiples of its threshold (as the drift report bins them), or
+    fixed powers of two."""
     if threshold is None or not np.isfinite(threshold) or threshold <= 0:
         return OOD_FIXED_BUCKETS
     return tuple(float(threshold) * m for m in OOD_THRESHOLD_MULTIPLES)

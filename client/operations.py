@@ -2,14 +2,14 @@
 
 The core (``headserve.client.core``) does no I/O: its plans are generators that yield one operation at a
 time and are resumed with the answer, or with the ``ClientError`` the operation raised. The sync and
-asyncio transports each perform these five operations and nothing else, so every rule about heads,
+asyncio transports each perform these four operations and nothing else, so every rule about heads,
 versions, batches and decisions is written once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generator, TypeVar, Union
+from typing import Any, Callable, Generator, TypeVar, Union, cast
 
 import numpy as np
 
@@ -106,20 +106,32 @@ class ReadConfig:
 
 
 @dataclass(frozen=True)
-class ReadHead:
-    """The transport's own ``info(head, refresh)``: the cached ``HeadInfo``, read from the server when asked."""
-
-    head: str  # ensemble name
-    refresh: bool = False  # True: read it again from the server
-
-
-@dataclass(frozen=True)
 class Send:
     """Send ``requests`` together, within the transport's concurrency limit; answered with an ``Answer`` each."""
 
     requests: tuple[Request, ...]  # one per batch of the call
 
 
-Operation = Union[ReadReady, ReadVersions, ReadConfig, ReadHead, Send]
+Operation = Union[ReadReady, ReadVersions, ReadConfig, Send]
 # A plan of the core: yields operations, is resumed with their answers, returns the call's result.
 Plan = Generator[Operation, Any, T]
+
+
+def drive(plan: Plan[T], perform: Callable[[Operation], Any]) -> T:
+    """Perform each operation ``plan`` yields with ``perform`` and resume the plan with the answer, or with the
+    error the operation raised, until it returns: the blocking transport's loop (the asyncio one awaits instead)."""
+    answer: Any = None
+    failure: Exception | None = None
+    while True:
+        try:
+            op = plan.throw(failure) if failure is not None else plan.send(answer)
+        except StopIteration as done:
+            return cast(T, done.value)  # what the plan returned
+        answer, failure = None, None
+        try:
+            answer = perform(op)
+        except Exception as exc:  # a ClientError (or an answer's StaleAnswer): the plan decides what it means
+            failure = exc
+        except BaseException:  # KeyboardInterrupt, SystemExit: nothing to decide, end the plan
+            plan.close()
+            raise

@@ -9,13 +9,14 @@ without running training; the example head is a seeded random MLP with the encod
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.contract import EncoderIdentity
 from headserve.encoders import EncoderSpec
 from headserve.head import HeadConfig, MLPHead, ServingHead
 from headserve.head_file import save_head
@@ -43,18 +44,12 @@ def write_example_head(spec: EncoderSpec, example: ExampleHead, out: str | Path)
     module = ServingHead(MLPHead(config), temperature=example.temperature)
     meta = HeadMeta(
         name=example.name,
-        encoder_type=spec.encoder_type,
-        encoder_model=spec.model_id,
-        embedding_dim=spec.embedding_dim,
+        encoder=replace(EncoderIdentity.from_spec(spec, fp), preprocess=loaded.spec.preprocess),
         classes=list(example.classes),
         background_indices=[len(example.classes) - 1],
         head_type=config.head_type,
         head_config=config.to_dict(),
         temperature=example.temperature,
-        preprocess=loaded.spec.preprocess.to_dict(),
-        encoder_name=spec.name,
-        encoder_pretrained=spec.pretrained,
-        encoder_fingerprint=fp,
         encoder_untrained=spec.is_tiny,
         extra={"example": f"untrained example head, seed {example.seed}"},
     )

@@ -16,7 +16,6 @@ from typing import Sequence
 from headserve.contract import (
     EMBEDDING,
     HEAD_FEED,
-    HEAD_INPUT,
     IDENTITY_KEYS,
     LABELS_FILE,
     MULTI_HEAD_SEPARATOR,
@@ -63,7 +62,7 @@ def write_multi_head_ensemble(repo: str | Path, heads: Sequence[str], runtime: R
     outputs: list[TensorSpec] = []
     labels: dict[str, str] = {}
     for head, (record, wiring) in served.items():
-        steps.append(EnsembleStep(wiring.head_model, {HEAD_INPUT: HEAD_FEED},
+        steps.append(EnsembleStep(wiring.head_model, {EMBEDDING: HEAD_FEED},
                                   {o: output_name(head, o) for o in wiring.head_outputs},
                                   version=wiring.head_version))  # the head version whose classes it copies
         label_file = f"{head}_{LABELS_FILE}"

@@ -23,14 +23,9 @@ import torch
 from torch import nn
 
 from headserve.contract import EMBEDDING, HEAD_FEED, LOGITS, PIXELS, PROBS
-from headserve.contract import HEAD_INPUT as HEAD_INPUT  # re-exported from headserve.contract
 from headserve.errors import ExportParityError
 
 OPSET = 17
-# The encoder graph's tensors under their roles; the names themselves live in headserve.contract.
-ENCODER_INPUT = PIXELS
-ENCODER_OUTPUT = EMBEDDING
-ENCODER_HEAD_FEED = HEAD_FEED  # the embedding's second copy, which feeds the heads (see headserve.contract)
 # Max |ONNX - fp32 PyTorch| allowed on the L2-normalised embedding, per encoder precision. fp16 is
 # refused beyond its tolerance or on any NaN (DINOv3 has been reported to overflow in fp16).
 PRECISION_ATOL: dict[str, float] = {"fp32": 1e-5, "fp16": 5e-3}
@@ -63,7 +58,8 @@ def encoder_graph_spec(name: str, input_size: int) -> GraphSpec:
     def inputs(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         return (rng.integers(0, 256, size=(batch, input_size, input_size, 3), dtype=np.uint8),)
 
-    return GraphSpec(name, (ENCODER_INPUT,), (ENCODER_OUTPUT, ENCODER_HEAD_FEED), inputs, atol=1e-5)
+    # HEAD_FEED: the embedding's second copy, which feeds the heads (see headserve.contract)
+    return GraphSpec(name, (PIXELS,), (EMBEDDING, HEAD_FEED), inputs, atol=1e-5)
 
 
 class EncoderExport(nn.Module):
@@ -127,7 +123,7 @@ def head_graph_spec(name: str, embedding_dim: int, outputs: tuple[str, ...]) -> 
         x = rng.standard_normal((batch, embedding_dim)).astype(np.float32)
         return (x / np.linalg.norm(x, axis=1, keepdims=True),)  # heads see L2-normalised embeddings
 
-    return GraphSpec(name, (HEAD_INPUT,), outputs, inputs, atol=HEAD_ATOL, rtol={LOGITS: HEAD_LOGITS_RTOL},
+    return GraphSpec(name, (EMBEDDING,), outputs, inputs, atol=HEAD_ATOL, rtol={LOGITS: HEAD_LOGITS_RTOL},
                      scales=_head_scales, argmax=PROBS if PROBS in outputs else None)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from headserve.artifact import WEIGHTS_FILE, HeadMeta, check_encoder_match, load_meta, load_tensors, trained_encoder
+from headserve.artifact import WEIGHTS_FILE, HeadMeta, load_meta, load_tensors, trained_encoder
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import HEAD_FEED, EncoderIdentity, ServedHead, encoder_model_name
 from headserve.encoders import get_encoder
@@ -63,10 +64,10 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     # the module they build, and its ONNX graph against PyTorch. A refused head leaves the repository as it was.
     meta = load_meta(artifact)
     tensors = load_tensors(artifact, meta)
-    name = encoder_name or meta.encoder_name
+    name = encoder_name or meta.encoder.name
     if not name:
         raise ArtifactError(
-            f"{artifact}: the head names no registry encoder (encoder_model {meta.encoder_model!r}); "
+            f"{artifact}: the head names no registry encoder (encoder_model {meta.encoder.model!r}); "
             "name the registry encoder its embeddings came from (encoder_name)"
         ).about("encoder_name")
     _check_width(meta, name)
@@ -98,23 +99,24 @@ def _export_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, name: st
         spec, source = trained_encoder(meta, name, encoder_weights)
         log(f"encoder {name}: weights {source}")
         loaded = load_encoder(spec)
-        params = encoder_parameters(loaded, fingerprint(encoder_graph(loaded), loaded.spec.preprocess))
-    # Refuse, before anything is written: a head trained on another encoder (naming both).
-    check_encoder_match(meta, EncoderIdentity.from_parameters(params, f"encoder {name}"), where=f"encoder {name}")
+        encoder_fp = fingerprint(encoder_graph(loaded), loaded.spec.preprocess)  # once: add_encoder publishes it
+        params = encoder_parameters(loaded, encoder_fp)
+    # Refuse, before anything is written: a head trained on another encoder (naming both). The one check of the
+    # call: add_head publishes onto the encoder checked here.
+    encoder = EncoderIdentity.from_parameters(params, f"encoder {name}")
+    meta.encoder.require_match(encoder, meta.name, where=f"encoder {name}")
     check_training_engine(meta.name, trained_engine(meta.extra), served, where=str(config_path))
     if loaded is not None:
         written.append(add_encoder(repo, loaded, runtime, options=options, choice=choice, decide=_decide(module),
-                                   log=log))
-    if meta.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
-        served_preprocess = EncoderIdentity.from_parameters(params, str(config_path)).preprocess
-        if served_preprocess is None:
+                                   log=log, encoder_fingerprint=encoder_fp))
+    if meta.encoder.preprocess is None:  # legacy heads: their embeddings came through this encoder's preprocessing
+        if encoder.preprocess is None:
             raise RepositoryError(f"{config_path}: encoder {name} publishes no preprocess parameter, and head "
                                   f"{meta.name!r} records none either; re-export the encoder with "
                                   f"`headserve export encoder {name}`")
-        meta.preprocess = served_preprocess.to_dict()
-    meta.encoder_name = meta.encoder_name or name
-    written.extend(add_head(repo, meta, module, model, runtime, encoder_params=params,
-                            options=options, graph=graph))
+        meta.encoder = replace(meta.encoder, preprocess=encoder.preprocess)
+    meta.encoder = replace(meta.encoder, name=meta.encoder.name or name)
+    written.extend(add_head(repo, meta, module, model, runtime, options=options, graph=graph))
     written.extend(_refresh_dependents(repo, meta.name, runtime, options))
     return written
 

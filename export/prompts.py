@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from headserve.backbones import clip_text_embeddings, encoder_graph, fingerprint, load_encoder
-from headserve.contract import PROMPT_INPUT, PROMPT_OUTPUT, prompt_model_name
+from headserve.contract import EMBEDDING, PROMPT_OUTPUT, prompt_model_name
 from headserve.encoders import FAMILIES, get_encoder, has_text_tower
 from headserve.errors import EncoderMismatchError, RepositoryError
 from headserve.export.model_config import DataType, ModelDesc, ProductionOptions, Runtime, TensorSpec
@@ -29,8 +29,8 @@ from headserve.export.onnx_export import GraphSpec, export_onnx
 from headserve.export.repository import WrittenModel, publish_version, read_served_head, rewrite_head_ensemble
 from headserve.fsutil import staging_dir
 
-# PROMPT_INPUT, PROMPT_OUTPUT and prompt_model_name are re-exported from headserve.contract.
-__all__ = ["PROMPT_INPUT", "PROMPT_OUTPUT", "PROMPT_FAMILIES", "prompt_model_name", "parse_prompt",
+# prompt_model_name is re-exported from headserve.contract.
+__all__ = ["PROMPT_FAMILIES", "prompt_model_name", "parse_prompt",
            "PromptSimilarity", "add_prompt_model"]
 # Encoder types with a text tower, derived from the family registry (headserve.encoders.FAMILIES).
 PROMPT_FAMILIES: tuple[str, ...] = tuple(name for name, family in FAMILIES.items() if family.text_tower)
@@ -98,8 +98,8 @@ def add_prompt_model(repo: str | Path, head: str, prompts: Sequence[str], prompt
     model_dir = repo / name
     tmp = staging_dir(model_dir / "export")
     try:
-        diffs = export_onnx(module, GraphSpec(name, (PROMPT_INPUT,), (PROMPT_OUTPUT,), inputs), tmp / "model.onnx")
-        desc = ModelDesc(name, (TensorSpec(PROMPT_INPUT, DataType.TYPE_FP32, (dim,)),),
+        diffs = export_onnx(module, GraphSpec(name, (EMBEDDING,), (PROMPT_OUTPUT,), inputs), tmp / "model.onnx")
+        desc = ModelDesc(name, (TensorSpec(EMBEDDING, DataType.TYPE_FP32, (dim,)),),
                          (TensorSpec(PROMPT_OUTPUT, DataType.TYPE_FP32, (len(prompts),)),),
                          max_batch_size=wiring.max_batch_size,
                          parameters={"prompts": json.dumps(list(prompts)), "prompt_encoder_fingerprint": fp},

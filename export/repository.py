@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from headserve.artifact import HeadMeta, check_encoder_match
+from headserve.artifact import HeadMeta
 from headserve.backbones import EncoderGraph, LoadedEncoder, encoder_graph, fingerprint
 from headserve.contract import (
     EMBEDDING,
     HEAD_FEED,
-    HEAD_INPUT,
     HEAD_OUTPUT_TYPES,
     HEAD_OUTPUT_WIDTHS,
     HEAD_OUTPUTS,
@@ -86,8 +85,8 @@ from headserve.head import ServingHead
 from headserve.lockfile import repository_lock
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
-# LABELS_FILE, PROBS, encoder_model_name and head_model_name are re-exported from headserve.contract.
-__all__ = ["LABELS_FILE", "PROBS", "encoder_model_name", "head_model_name"]
+# encoder_model_name and head_model_name are re-exported from headserve.contract.
+__all__ = ["encoder_model_name", "head_model_name"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,8 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
                 options: ProductionOptions | None = None, precision: str = "fp32",
                 external_data_bytes: int = EXTERNAL_DATA_BYTES, choice: EngineChoice | None = None,
                 decide: Callable[[np.ndarray], np.ndarray] | None = None,
-                log: Callable[[str], None] = lambda line: None) -> WrittenModel:
+                log: Callable[[str], None] = lambda line: None,
+                encoder_fingerprint: str | None = None) -> WrittenModel:
     """Export an encoder graph (preprocessing inside) as the next version of its model.
 
     ``precision="fp16"`` computes the encoder in float16 and is refused (``Fp16ParityError``, nothing
@@ -165,6 +165,8 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     engine is checked on real crops against the fp32 PyTorch encoder (``check_engine``) before anything
     is written; the figures go into the config and ``fingerprint.json``. ``decide`` (the head about to be
     served, embeddings -> scores) adds its top-1 agreement to the figures. ``log`` says what was chosen.
+    ``encoder_fingerprint``: the graph's fingerprint when the caller computed it already (hashing every weight
+    of a ViT-L takes seconds), else computed here.
     """
     spec = loaded.spec
     choice = choice or EngineChoice(DEFAULT_ENGINE, precision, f"{DEFAULT_ENGINE} {precision}: asked for")
@@ -185,7 +187,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
         if graph_precision != "fp16":  # fp16 graphs are GPU graphs, checked by export_onnx's fp16 tolerance
             choice, figures = check_engine(graph, spec, tmp / "model.onnx", choice, decide, log)
         log(f"encoder {spec.name}: engine {choice.reason}" + (f"; check: {figures.summary()}" if figures else ""))
-        params = encoder_parameters(loaded, fingerprint(graph, spec.preprocess))
+        params = encoder_parameters(loaded, encoder_fingerprint or fingerprint(graph, spec.preprocess))
         params.update(engine_parameters(choice))
         desc = encoder_desc(name, spec, params, max_batch_size, ort_level=graph_spec.ort_level, engine=choice.engine,
                             engine_precision=choice.precision)
@@ -276,15 +278,14 @@ def export_head_graph(meta: HeadMeta, module: ServingHead, directory: Path) -> H
 
 
 def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenModel | str,
-             runtime: Runtime, encoder_params: Mapping[str, str] | None = None,
-             max_batch_size: int = 64, options: ProductionOptions | None = None,
+             runtime: Runtime, max_batch_size: int = 64, options: ProductionOptions | None = None,
              graph: HeadGraph | None = None) -> tuple[WrittenModel, WrittenModel]:
-    """Export a head (or publish its ``graph`` exported already) and (re)write its ensemble; refuses a head
-    trained on another encoder."""
+    """Export a head (or publish its ``graph`` exported already) and (re)write its ensemble.
+
+    The caller has paired the head with ``encoder`` (``export head`` checks the encoder's identity once,
+    before anything is written); this only publishes.
+    """
     encoder_name = encoder if isinstance(encoder, str) else encoder.name
-    if encoder_params is not None:
-        check_encoder_match(meta, EncoderIdentity.from_parameters(encoder_params, f"encoder {encoder_name}"),
-                            where=f"repository encoder {encoder_name}")
     _ = meta.preprocess_spec  # a head without its preprocessing cannot be served: ArtifactError before writing
     head_name = head_model_name(meta.name)
     head_dir = Path(repo) / head_name
@@ -295,7 +296,7 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
         graph = graph or export_head_graph(meta, module, Path(scratch))
         desc = ModelDesc(
             name=head_name,
-            inputs=(TensorSpec(HEAD_INPUT, DataType.TYPE_FP32, (meta.embedding_dim,)),),
+            inputs=(TensorSpec(EMBEDDING, DataType.TYPE_FP32, (meta.embedding_dim,)),),
             outputs=outputs,
             max_batch_size=max_batch_size,
             light=True,
@@ -360,24 +361,19 @@ def served_head(meta: HeadMeta, module: ServingHead | None = None) -> ServedHead
 
 
 def _served_head(meta: HeadMeta) -> ServedHead:
-    ood_threshold = getattr(meta, "ood_threshold", None)  # heads trained with an OOD detector publish it
     return ServedHead(
         name=meta.name,
         classes=tuple(meta.classes),
-        encoder=meta.identity,
+        encoder=meta.encoder,
         background_indices=tuple(meta.background_indices),
         temperature=float(meta.temperature),
         head_type=meta.head_type,
         classifier=meta.head_config.get("classifier", "linear"),  # heads saved before ArcFace are linear
-        ood_threshold=float(ood_threshold) if ood_threshold is not None else None,
-        ood_quantile=_ood_quantile(meta) if ood_threshold is not None else None,
+        # heads trained with an OOD detector publish it, and the quantile it was set at (None for older heads)
+        ood_threshold=float(meta.ood_threshold) if meta.ood_threshold is not None else None,
+        ood_quantile=(float(meta.ood_quantile) if meta.ood_threshold is not None and meta.ood_quantile is not None
+                      else None),
     )
-
-
-def _ood_quantile(meta: HeadMeta) -> float | None:
-    """The quantile training set the OOD threshold at (meta.json extra.ood.quantile); None for older heads."""
-    quantile = meta.extra.get("ood", {}).get("quantile") if isinstance(meta.extra.get("ood"), dict) else None
-    return float(quantile) if quantile is not None else None
 
 
 def head_parameters(meta: HeadMeta) -> dict[str, str]:
@@ -406,7 +402,7 @@ def head_ensemble_desc(served: ServedHead, wiring: EnsembleWiring) -> ModelDesc:
         max_batch_size=wiring.max_batch_size,
         steps=(
             EnsembleStep(wiring.encoder_model, {PIXELS: PIXELS}, {EMBEDDING: EMBEDDING, HEAD_FEED: HEAD_FEED}),
-            EnsembleStep(wiring.head_model, {HEAD_INPUT: HEAD_FEED}, {o: o for o in wiring.head_outputs},
+            EnsembleStep(wiring.head_model, {EMBEDDING: HEAD_FEED}, {o: o for o in wiring.head_outputs},
                          version=wiring.head_version),
         ),
         parameters=served.to_parameters(),

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,27 +36,35 @@ WEIGHTS_FILE = "head.safetensors"
 FORMAT = "headserve.head/1"
 
 
+# meta.json's flat encoder fields (as every headserve wrote them) -> the EncoderIdentity field each holds.
+ENCODER_FIELDS: Mapping[str, str] = {"encoder_type": "encoder_type", "encoder_model": "model",
+                                     "embedding_dim": "embedding_dim", "encoder_fingerprint": "fingerprint",
+                                     "encoder_name": "name", "encoder_pretrained": "pretrained",
+                                     "preprocess": "preprocess"}
+
+
 @dataclass
 class HeadMeta:
-    """What a head is, which encoder it belongs to, and how to read its outputs."""
+    """What a head is, which encoder it belongs to, and how to read its outputs.
+
+    ``encoder`` is the one record of the encoder that encoder models, ensembles and fingerprint files also
+    read into; meta.json keeps it as the flat fields of ``ENCODER_FIELDS`` so older artifacts read unchanged.
+    """
 
     name: str  # head name; becomes the Triton model name
-    encoder_type: str  # "clip" or "dinov3"
-    encoder_model: str  # open_clip architecture or hub id
-    embedding_dim: int  # width of the embeddings the head was trained on
+    encoder: EncoderIdentity  # the encoder the head's embeddings came from, with its preprocessing as training used it
     classes: list[str]  # output order of logits and probabilities
     background_indices: list[int] = field(default_factory=list)  # classes that mean "no object of interest"
     head_type: str = "mlp"  # "mlp" or "logreg"
     head_config: dict[str, Any] = field(default_factory=dict)  # HeadConfig as a dict
     temperature: float = 1.0  # fitted on held-out data; probabilities are softmax(logits / T)
-    preprocess: dict[str, Any] | None = None  # PreprocessSpec of the encoder, as training used it
-    encoder_name: str | None = None  # registry key, e.g. "dinov3:vitb16"
-    encoder_pretrained: str | None = None  # open_clip pretrained tag, or the local checkpoint file trained with
-    encoder_fingerprint: str | None = None  # sha256 of encoder weights + preprocessing
     encoder_untrained: bool = False  # True for the tiny random twins
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics at training time
     extra: dict[str, Any] = field(default_factory=dict)  # recipe details (profile, ood, priors, ...)
+    # The OOD figures, each stored here only (older meta.json files repeated them in extra.ood and
+    # extra.drift_reference; from_dict moves them here):
     ood_threshold: float | None = None  # ood_score above this flags a crop as no known class; None: no OOD
+    ood_quantile: float | None = None  # the quantile of foreground validation scores the threshold was set at
     # sha256 of head.safetensors as saved beside this meta.json, checked on every load; None in artifacts
     # saved before it existed (they load with a warning that the pair cannot be verified)
     weights_sha256: str | None = None
@@ -72,29 +80,25 @@ class HeadMeta:
             )
 
     @property
-    def preprocess_spec(self) -> PreprocessSpec:
-        if self.preprocess is None:
-            raise ArtifactError(f"head {self.name!r} records no preprocessing spec; re-export it with headserve")
-        return PreprocessSpec.from_dict(self.preprocess)
+    def embedding_dim(self) -> int:
+        """The head's input width: its encoder's embedding width."""
+        return self.encoder.embedding_dim
 
     @property
-    def identity(self) -> EncoderIdentity:
-        """The encoder the head was trained on, in the shape every other place compares encoders in.
+    def preprocess_spec(self) -> PreprocessSpec:
+        if self.encoder.preprocess is None:
+            raise ArtifactError(f"head {self.name!r} records no preprocessing spec; re-export it with headserve")
+        return self.encoder.preprocess
 
-        The JSON keeps its flat fields (``encoder_type``, ``encoder_model``, ...) so older artifacts read unchanged.
-        """
-        return EncoderIdentity(
-            encoder_type=self.encoder_type,
-            model=self.encoder_model,
-            embedding_dim=self.embedding_dim,
-            fingerprint=self.encoder_fingerprint or None,
-            name=self.encoder_name or None,
-            pretrained=self.encoder_pretrained or None,
-            preprocess=PreprocessSpec.from_dict(self.preprocess) if self.preprocess is not None else None,
-        )
+    def to_dict(self) -> dict[str, Any]:
+        """meta.json's fields: the encoder flat, beside the head's own."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "encoder"}
+        data.update({key: getattr(self.encoder, attr) for key, attr in ENCODER_FIELDS.items()})
+        data["preprocess"] = self.encoder.preprocess.to_dict() if self.encoder.preprocess is not None else None
+        return data
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = "meta") -> "HeadMeta":
@@ -105,21 +109,56 @@ class HeadMeta:
         if "classes" not in values and "labelmap" in values:
             values["classes"] = list(values.pop("labelmap"))
         values.setdefault("encoder_type", DEFAULT_ENCODER_TYPE)
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
+        known = {f.name for f in fields(cls)} - {"encoder"}
+        unknown = sorted(set(values) - known - set(ENCODER_FIELDS))
         for key in ("name", "encoder_model", "embedding_dim", "classes"):
             if key not in values:
                 raise ArtifactError(f"{origin}: field {key!r} is missing; the artifact is incomplete or not a head")
-        meta = cls(**{k: v for k, v in values.items() if k in known})
-        if meta.preprocess is not None:  # read now, so a spec this headserve cannot apply fails where it is stored
-            try:
-                PreprocessSpec.from_dict(meta.preprocess)
-            except PreprocessSpecError as exc:
-                raise ArtifactError(f"{origin}: field 'preprocess': {exc}; export the head with the headserve "
-                                    "that trained it, or retrain it with this one") from None
+        encoder = _encoder_from_fields(values, origin)
+        _move_ood_figures(values)
+        meta = cls(encoder=encoder, **{k: v for k, v in values.items() if k in known})
         if unknown:
             meta.extra.setdefault("unread_fields", unknown)
         return meta
+
+
+def _move_ood_figures(values: dict[str, Any]) -> None:
+    """Older meta.json files kept the OOD quantile in ``extra.ood`` and both figures again in
+    ``extra.drift_reference``: read them into the top-level fields, and leave no second copy in ``extra``."""
+    extra = dict(values.get("extra") or {})
+    ood = extra.get("ood")
+    if isinstance(ood, Mapping) and "quantile" in ood:
+        extra["ood"] = {k: v for k, v in ood.items() if k != "quantile"}
+        if values.get("ood_quantile") is None:
+            values["ood_quantile"] = ood["quantile"]
+    reference = extra.get("drift_reference")
+    if isinstance(reference, Mapping):
+        extra["drift_reference"] = {k: v for k, v in reference.items() if k not in ("ood_threshold", "ood_quantile")}
+        for key in ("ood_threshold", "ood_quantile"):
+            if values.get(key) is None and reference.get(key) is not None:
+                values[key] = reference[key]
+    if "extra" in values:
+        values["extra"] = extra
+
+
+def _encoder_from_fields(values: Mapping[str, Any], origin: str) -> EncoderIdentity:
+    """The identity meta.json's flat encoder fields describe; a preprocessing spec this headserve cannot apply
+    fails here, where it is stored, naming the file."""
+    preprocess = None
+    if values.get("preprocess") is not None:
+        try:
+            preprocess = PreprocessSpec.from_dict(values["preprocess"])
+        except PreprocessSpecError as exc:
+            raise ArtifactError(f"{origin}: field 'preprocess': {exc}; export the head with the headserve "
+                                "that trained it, or retrain it with this one") from None
+    dim = values["embedding_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+        raise ArtifactError(f"{origin}: field 'embedding_dim' is {dim!r}, not a whole number of 0 or more; the "
+                            "artifact is damaged: copy it again or retrain it with `headserve train`")
+    return EncoderIdentity(
+        encoder_type=values["encoder_type"], model=values["encoder_model"], embedding_dim=dim,
+        fingerprint=values.get("encoder_fingerprint") or None, name=values.get("encoder_name") or None,
+        pretrained=values.get("encoder_pretrained") or None, preprocess=preprocess)
 
 
 def save_artifact(directory: str | os.PathLike, meta: HeadMeta, tensors: Mapping[str, np.ndarray]) -> Path:
@@ -202,17 +241,6 @@ def _check_digest(meta: HeadMeta, path: Path, digest: str) -> None:
             "`headserve train`")
 
 
-def check_encoder_match(meta: HeadMeta, encoder_type: str | EncoderIdentity, encoder_model: str = "",
-                        embedding_dim: int = 0, fingerprint: str | None = None, where: str = "encoder") -> None:
-    """Refuse to pair a head with an encoder other than the one its embeddings came from.
-
-    Takes the encoder as an ``EncoderIdentity``, or as its type, model, dim and fingerprint (the older form).
-    """
-    theirs = (encoder_type if isinstance(encoder_type, EncoderIdentity)
-              else EncoderIdentity(encoder_type, encoder_model, embedding_dim, fingerprint or None))
-    meta.identity.require_match(theirs, meta.name, where)
-
-
 def trained_encoder(meta: HeadMeta, name: str | None = None, weights: str | None = None) -> tuple[EncoderSpec, str]:
     """The registry encoder a head was trained on, loaded from the weights it was trained with.
 
@@ -220,7 +248,7 @@ def trained_encoder(meta: HeadMeta, name: str | None = None, weights: str | None
     meta.json records; the model hub only when nothing local is recorded. Returns the spec and a
     phrase saying where its weights come from, for the command to print.
     """
-    spec = get_encoder(name or meta.encoder_name or "")
+    spec = get_encoder(name or meta.encoder.name or "")
     if weights:
         return spec.with_weights(weights), f"{weights} (--encoder-weights)"
     if spec.is_tiny:
@@ -228,7 +256,7 @@ def trained_encoder(meta: HeadMeta, name: str | None = None, weights: str | None
     # The family says which field names its weights: an open_clip pretrained tag, or a hub id / local path.
     by_tag = spec.family.weights_field == "pretrained"
     hub = spec.pretrained if by_tag else spec.model_id
-    recorded = meta.encoder_pretrained if by_tag else meta.encoder_model
+    recorded = meta.encoder.pretrained if by_tag else meta.encoder.model
     if not recorded or recorded == hub:
         return spec, f"{hub} from the model hub"
     if not Path(recorded).exists():

@@ -28,13 +28,12 @@ from headserve.errors import EncoderMismatchError, RepositoryError
 # Tensor names: every ONNX input and output headserve exports, and every name a client sends or reads.
 
 PIXELS = "pixels"  # uint8 (B, S, S, 3): an encoder's and a head ensemble's input
-EMBEDDING = "embedding"  # FP32 (B, D), L2-normalised: an encoder's output and a head's input
+EMBEDDING = "embedding"  # FP32 (B, D), L2-normalised: an encoder's output; the input of a head and of a prompt model
 # The encoder emits its embedding twice: `embedding` is the ensemble's output, `head_input` feeds the
 # heads. Triton's ensemble scheduler fails a request ("unexpected deadlock, at least one output is not
 # set") when one tensor is both an ensemble output and a later step's input and the client does not
 # ask for it, so the two roles get two tensors.
-HEAD_FEED = "head_input"
-HEAD_INPUT = EMBEDDING  # the head model's input, fed from HEAD_FEED inside an ensemble
+HEAD_FEED = "head_input"  # inside an ensemble, feeds the head model's `embedding` input
 LOGITS = "logits"  # FP32 (B, C)
 PROBS = "probs"  # FP32 (B, C): softmax(logits / temperature), labelled by the labels file
 OOD_SCORE = "ood_score"  # FP32 (B, 1): above the published ood_threshold, a crop is no known class
@@ -48,8 +47,7 @@ HEAD_OUTPUTS: tuple[str, ...] = (*SCORE_OUTPUTS, HEAD_ID)  # a head model's outp
 HEAD_OUTPUT_WIDTHS: Mapping[str, int] = {OOD_SCORE: 1, HEAD_ID: 1}  # widths that are not the class count
 HEAD_OUTPUT_TYPES: Mapping[str, str] = {HEAD_ID: "INT64"}  # Triton data types that are not FP32
 HEAD_ID_BITS = 52  # ids fit a float64 exactly, so parity checks and JSON carry them unchanged
-PROMPT_INPUT = EMBEDDING  # the prompt model: embedding FP32 [D] -> similarity FP32 [P]
-PROMPT_OUTPUT = "similarity"
+PROMPT_OUTPUT = "similarity"  # FP32 (B, P): the prompt model's output, from its `embedding` input
 IMAGE = "image"  # BYTES [1]: encoded JPEG/PNG, the input of a decoder and of an `_encoded` ensemble
 LABELS_FILE = "labels.txt"  # one class name per line, in output order, beside a model's config.pbtxt
 MULTI_HEAD_SEPARATOR = "__"  # "<head>__<output>" in a multi-head ensemble; model names never contain it
@@ -419,9 +417,9 @@ class ServedHead:
 
 
 __all__ = [
-    "EMBEDDING", "HEAD_FEED", "HEAD_INPUT", "HEAD_OUTPUTS", "HEAD_OUTPUT_WIDTHS", "HEAD_OUTPUT_TYPES", "HEAD_ID",
+    "EMBEDDING", "HEAD_FEED", "HEAD_OUTPUTS", "HEAD_OUTPUT_WIDTHS", "HEAD_OUTPUT_TYPES", "HEAD_ID",
     "HEAD_ID_BITS", "SCORE_OUTPUTS", "head_id_of", "IMAGE", "LABELS_FILE", "LOGITS",
-    "MULTI_HEAD_SEPARATOR", "OOD_SCORE", "PIXELS", "PROBS", "PROMPT_INPUT", "PROMPT_OUTPUT",
+    "MULTI_HEAD_SEPARATOR", "OOD_SCORE", "PIXELS", "PROBS", "PROMPT_OUTPUT",
     "encoder_model_name", "head_model_name", "prompt_model_name", "encoded_model_name", "decoder_model_name",
     "multi_head_model_name", "multi_head_output_name",
     "ParameterError", "MissingParameterError", "MalformedParameterError",

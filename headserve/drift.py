@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +44,9 @@ log = logging.getLogger("headserve.drift")
 REFERENCE_FORMAT = 1  # bump when DriftReference's JSON changes shape; readers refuse what they do not know
 CONFIDENCE_BINS = 10  # equal-mass bins of validation confidence: PSI's usual decile construction
 OOD_SAMPLE_SIZE = 2000  # validation OOD scores kept for the two-sample test (bounded: it lives in meta.json)
-# OOD histogram bounds as multiples of the threshold (the client metrics use the same), for the report's plot.
-OOD_EDGE_MULTIPLES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
+# OOD score bounds as multiples of the head's threshold, so "how far past it" reads off a histogram directly:
+# the drift report's bins (from 0) and the client's Prometheus buckets both use them.
+OOD_THRESHOLD_MULTIPLES: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 # Half a crop added to every bin on both sides before PSI (a Jeffreys prior): an empty bin would make
 # ln(window / reference) infinite. A pseudo-count, unlike a fixed epsilon on the proportions, scales with
 # the sample: a class missing from 100 crops costs little, one missing from 100,000 crops costs what it should.
@@ -96,7 +97,7 @@ def confidence_edges(confidence: np.ndarray, bins: int = CONFIDENCE_BINS) -> tup
 def ood_edges(threshold: float | None, scores: np.ndarray) -> tuple[float, ...]:
     """Bin bounds for OOD scores: multiples of the threshold, or deciles of the scores when there is none."""
     if threshold is not None and threshold > 0:
-        return tuple(threshold * m for m in OOD_EDGE_MULTIPLES)
+        return (0.0, *(threshold * m for m in OOD_THRESHOLD_MULTIPLES))
     edges = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, 11)))
     return tuple(float(e) for e in edges) if len(edges) > 1 else (float(scores.min()), float(scores.min()) + 1.0)
 
@@ -130,14 +131,16 @@ class DriftReference:
         """The share of crops the threshold flags by design: 1 - the quantile it was set at."""
         return None if self.ood_quantile is None else 1.0 - self.ood_quantile
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, ood_figures: bool = True) -> dict[str, Any]:
+        """The reference as JSON; ``ood_figures=False`` leaves out the threshold and its quantile, for meta.json,
+        which stores them once beside the head's other fields (``reference_of`` puts them back)."""
         def hist(h: Histogram | None) -> dict[str, list[Any]] | None:
             return None if h is None else {"edges": list(h.edges), "counts": list(h.counts)}
 
+        figures = {"ood_threshold": self.ood_threshold, "ood_quantile": self.ood_quantile} if ood_figures else {}
         return {"format": REFERENCE_FORMAT, "classes": list(self.classes), "class_counts": list(self.class_counts),
                 "confidence": hist(self.confidence), "ood": hist(self.ood), "ood_sample": list(self.ood_sample),
-                "ood_threshold": self.ood_threshold, "ood_quantile": self.ood_quantile,
-                "validation_ood_rate": self.validation_ood_rate}
+                **figures, "validation_ood_rate": self.validation_ood_rate}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = "drift reference") -> DriftReference:
@@ -610,9 +613,14 @@ def _ks_check(reference: np.ndarray, scores: np.ndarray, thresholds: DriftThresh
 
 
 def reference_of(meta: HeadMeta) -> DriftReference:
-    """The reference a head's artifact keeps (meta.json ``extra.drift_reference``, written by training)."""
+    """The reference a head's artifact keeps (meta.json ``extra.drift_reference``, written by training), with the
+    OOD threshold and quantile meta.json stores beside it."""
     data = meta.extra.get("drift_reference")
     if data is None:
         raise DriftError(f"head {meta.name!r} keeps no drift reference in its meta.json: it was trained before "
                          "headserve kept one; retrain it (the cached embeddings make that quick) to compare windows")
-    return DriftReference.from_dict(data, origin=f"head {meta.name!r} meta.json drift_reference")
+    reference = DriftReference.from_dict(data, origin=f"head {meta.name!r} meta.json drift_reference")
+    try:
+        return replace(reference, ood_threshold=meta.ood_threshold, ood_quantile=meta.ood_quantile)
+    except DriftError as exc:
+        raise DriftError(f"head {meta.name!r} meta.json: {exc}") from None

@@ -18,14 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headserve.contract import HEAD_OUTPUT_WIDTHS, SCORE_OUTPUTS
-
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
-# ServingHead.forward returns its outputs in the contract's order (headserve.contract.SCORE_OUTPUTS), which
-# export uses to name the ONNX outputs, the Triton config and the ensemble wiring; the exported graph adds
-# the head's id after them (export.repository.IdentifiedHead).
-SERVING_OUTPUTS: tuple[str, ...] = SCORE_OUTPUTS
-SERVING_OUTPUT_WIDTHS: Mapping[str, int] = HEAD_OUTPUT_WIDTHS
 
 
 @dataclass(frozen=True)
@@ -194,6 +187,8 @@ class ServingHead(nn.Module):
         return self.head.logit_magnitude(emb) + self.logit_bias.abs()
 
     def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``headserve.contract.SCORE_OUTPUTS`` in its order, which export uses to name the ONNX outputs, the
+        Triton config and the ensemble wiring (the exported graph adds the head's id after them)."""
         logits = self.head(emb) + self.logit_bias  # (B, C)
         probs = torch.softmax(logits / self.temperature, dim=-1)  # (B, C)
         return logits, probs, self.ood_score(emb)
@@ -214,5 +209,5 @@ def build_serving_head(config: HeadConfig, state: Mapping[str, torch.Tensor] | N
     return module.eval()
 
 
-__all__ = ["CLASSIFIERS", "CosineClassifier", "HeadConfig", "LinearClassifier", "MLPHead", "SERVING_OUTPUTS",
-           "SERVING_OUTPUT_WIDTHS", "ServingHead", "build_serving_head"]
+__all__ = ["CLASSIFIERS", "CosineClassifier", "HeadConfig", "LinearClassifier", "MLPHead", "ServingHead",
+           "build_serving_head"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 COORD_SLACK = 1e-3  # rounding noise tolerated beyond [0, 1] before a coordinate counts as out of range
@@ -38,6 +38,21 @@ class LabelProblem:
 
 
 LabelItem = Union[LabelBox, LabelProblem]
+
+
+def box_corners(cx: float, cy: float, w: float, h: float) -> tuple[list[float], list[float]]:
+    """A YOLO box's (cx, cy, w, h) as the x and y coordinates of its corners, still normalised."""
+    return [cx - w / 2, cx + w / 2], [cy - h / 2, cy + h / 2]
+
+
+def to_pixels(xs: Sequence[float], ys: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+    """The bounding box (x1, y1, x2, y2) in pixels of normalised points, clipped to the image.
+
+    The one conversion training and the client share: a detection reaching past the image edge describes
+    the visible part, which is what training cropped, so every caller gets the box training would cut.
+    """
+    return (max(0.0, min(xs)) * width, max(0.0, min(ys)) * height,
+            min(1.0, max(xs)) * width, min(1.0, max(ys)) * height)
 
 
 def images_under(image_dir: Path) -> list[Path]:
@@ -109,7 +124,7 @@ def _read_line(line: str, where: str, width: int, height: int, num_classes: Opti
             yield LabelProblem("negative size", where, f"box width {w:g} and height {h:g}: a size is negative; "
                                                       "a box line is 'cls cx cy w h' with w and h above 0")
             return
-        xs, ys = [cx - w / 2, cx + w / 2], [cy - h / 2, cy + h / 2]
+        xs, ys = box_corners(cx, cy, w, h)
     elif len(coords) >= 6 and len(coords) % 2 == 0:
         xs, ys = coords[0::2], coords[1::2]
     elif len(coords) % 2 == 0 and len(coords) > 0:
@@ -126,8 +141,7 @@ def _read_line(line: str, where: str, width: int, height: int, num_classes: Opti
     if outside:
         yield LabelProblem("coordinates clipped", where, "coordinates outside [0, 1] were clipped to the image",
                            skipped=False)
-    x1, x2 = max(0.0, min(xs)) * width, min(1.0, max(xs)) * width
-    y1, y2 = max(0.0, min(ys)) * height, min(1.0, max(ys)) * height
+    x1, y1, x2, y2 = to_pixels(xs, ys, width, height)
     if x2 - x1 < MIN_BOX_PIXELS or y2 - y1 < MIN_BOX_PIXELS:
         yield LabelProblem("degenerate box", where,
                            f"box is {max(0.0, x2 - x1):.3g}x{max(0.0, y2 - y1):.3g} pixels of the {width}x{height} "

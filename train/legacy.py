@@ -19,6 +19,7 @@ import torch
 
 from headserve.artifact import HeadMeta
 from headserve.class_names import check_class_names
+from headserve.contract import EncoderIdentity
 from headserve.encoders import DEFAULT_ENCODER_TYPE
 from headserve.errors import ArtifactError
 from headserve.head import HeadConfig, MLPHead, ServingHead
@@ -99,11 +100,8 @@ def import_legacy(pkl_path: str | Path, out_dir: str | Path, trust_pickle: bool)
         raise ArtifactError(f"{side_path}: no 'clip_model' (or 'encoder_model'); the sidecar must name the encoder")
     encoder_type = str(side.get("encoder_type", DEFAULT_ENCODER_TYPE))
     meta = HeadMeta(
-        encoder_name=_registry_name(encoder_type, str(model_name)),
         name=str(side.get("name", pkl_path.name[: -len(".pkl")])),
-        encoder_type=encoder_type,
-        encoder_model=str(model_name),
-        embedding_dim=dim,
+        encoder=EncoderIdentity(encoder_type, str(model_name), dim, name=_registry_name(encoder_type, str(model_name))),
         classes=classes,
         background_indices=[int(i) for i in side.get("background_indices", side.get("bg_indices", []))],
         head_type="logreg",

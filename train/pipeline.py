@@ -13,10 +13,10 @@ import torch
 
 from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.contract import SCORE_OUTPUTS, EncoderIdentity
 from headserve.drift import reference_from_validation
 from headserve.encoders import EncoderSpec
 from headserve.errors import ConfigError, DatasetError
-from headserve.head import SERVING_OUTPUTS
 from headserve.head_file import save_head
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
@@ -197,7 +197,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     t0 = time.perf_counter()
     with torch.no_grad():
         outputs = fit.head(torch.from_numpy(emb[test_idx]))
-    test_outputs = {name: t.numpy() for name, t in zip(SERVING_OUTPUTS, outputs)}
+    test_outputs = {name: t.numpy() for name, t in zip(SCORE_OUTPUTS, outputs)}
     logits, probs = outputs[0], outputs[1]
     uncal = torch.softmax(logits, dim=-1).numpy()
     probs = probs.numpy()
@@ -217,28 +217,22 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
 
     meta = HeadMeta(
         name=req.name,
-        encoder_type=spec.encoder_type,
-        encoder_model=spec.model_id,
-        encoder_name=spec.name,
-        encoder_pretrained=spec.pretrained,
-        encoder_fingerprint=fp,
+        encoder=EncoderIdentity.from_spec(spec, fp),
         encoder_untrained=spec.is_tiny,
-        embedding_dim=spec.embedding_dim,
         classes=classes,
         background_indices=background,
         head_type=head_config.head_type,
         head_config=head_config.to_dict(),
         temperature=fit.temperature,
-        preprocess=spec.preprocess.to_dict(),
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "per_class")},
         extra={"profile": req.profile, "recipe": dict(describe(cfg)), "embedding": p.extraction,
                "log_priors": fit.log_priors,
-               "class_weights": fit.class_weights, "drift_reference": drift.to_dict(),
-               "reliability_test": reliability(probs, labels[test_idx]), "ood": {"method": "mahalanobis_shared_cov",
-                                                           "quantile": req.ood_quantile,
-                                                           "threshold_on": "foreground validation crops"},
+               "class_weights": fit.class_weights, "drift_reference": drift.to_dict(ood_figures=False),
+               "reliability_test": reliability(probs, labels[test_idx]),
+               "ood": {"method": "mahalanobis_shared_cov", "threshold_on": "foreground validation crops"},
                **fit.record(), **({"selection": dict(req.selection)} if req.selection is not None else {})},
         ood_threshold=threshold,
+        ood_quantile=req.ood_quantile,
     )
     artifact = save_head(req.out, meta, fit.head)
     lines = [data.report.summary(), *data.report.problems[:20]]

@@ -148,7 +148,7 @@ def write_report(directory: str | Path, meta: HeadMeta, metrics: Mapping[str, ob
             "ece_after", "temperature", "ood_auroc", "ood_auroc_all", "ood_flagged_test", "epochs", "n_train", "n_val",
             "n_test")
     lines = [f"# Head `{meta.name}`", "",
-             f"- encoder: {meta.encoder_name or meta.encoder_model} ({meta.encoder_type}), head: {meta.head_type} "
+             f"- encoder: {meta.encoder.name or meta.encoder.model} ({meta.encoder.encoder_type}), head: {meta.head_type} "
              f"{meta.head_config.get('hidden', ())}, classifier: {meta.head_config.get('classifier', 'linear')}, "
              f"profile: {meta.extra.get('profile', 'custom')}",
              f"- recipe knobs: {meta.extra.get('recipe', {})}",

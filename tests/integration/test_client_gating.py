@@ -179,9 +179,10 @@ def config_max_batch(repo: Path, model: str) -> int:
 
 def _info_like(meta, spec):
     from headserve.client.discovery import HeadInfo
+    from headserve.contract import EncoderIdentity, ServedHead
 
-    return HeadInfo(meta.name, tuple(meta.classes), tuple(meta.background_indices), spec.encoder_type,
-                    spec.model_id, spec.preprocess, 64, ())
+    served = ServedHead(meta.name, tuple(meta.classes), EncoderIdentity.from_spec(spec), tuple(meta.background_indices))
+    return HeadInfo(served, 64, ())
 
 
 def test_head_discovers_prompt_model_and_ood_threshold(gate_server):

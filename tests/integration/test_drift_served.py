@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from headserve.client import HeadClient, Observers, Prediction, Reason
 from headserve.client.crops import crops_from_yolo
 from headserve.client.metrics import enable_metrics
-from headserve.drift import DriftReference, DriftThresholds, RollingWindow, compare
+from headserve.drift import DriftThresholds, RollingWindow, compare, reference_of
 
 pytestmark = pytest.mark.integration
 THRESHOLDS = DriftThresholds(min_window=100)  # a few hundred crops per window keeps the test quick
@@ -72,10 +72,14 @@ def served_head(tmp_path_factory: pytest.TempPathFactory):
 
 def test_a_served_head_flags_the_shifted_window_and_not_the_familiar_one_and_counts_its_decisions(
         served_head, worlds):
-    meta, _, server = served_head
-    reference = DriftReference.from_dict(meta.extra["drift_reference"], origin="meta.json")
-    quantile = float(meta.extra["ood"]["quantile"])
-    assert reference.ood_quantile == quantile and reference.ood_threshold == pytest.approx(meta.ood_threshold)
+    meta, artifact, server = served_head
+    reference = reference_of(meta)  # the figures meta.json stores once, beside the reference
+    assert meta.ood_quantile is not None and meta.ood_threshold is not None
+    written = json.loads((artifact / "meta.json").read_text())
+    assert (written["ood_threshold"], written["ood_quantile"]) == (meta.ood_threshold, meta.ood_quantile)
+    assert "quantile" not in written["extra"]["ood"]
+    assert not {"ood_threshold", "ood_quantile"} & set(written["extra"]["drift_reference"])
+    assert reference.ood_quantile == meta.ood_quantile and reference.ood_threshold == pytest.approx(meta.ood_threshold)
     metrics = enable_metrics()  # the one call; the expected OOD rate comes from the quantile the head publishes
     familiar, shifted = RollingWindow(capacity=5000), RollingWindow(capacity=5000)
     seen: list[Prediction] = []
@@ -105,7 +109,7 @@ def test_a_served_head_flags_the_shifted_window_and_not_the_familiar_one_and_cou
         assert metrics.registry.get_sample_value("headserve_client_predicted_class_total",
                                                  {**labels, "class": label}) == count
     assert metrics.registry.get_sample_value("headserve_client_ood_score_count", labels) == len(seen) + len(strange)
-    assert metrics.registry.get_sample_value("headserve_client_expected_ood_rate", labels) == pytest.approx(1 - quantile)
+    assert metrics.registry.get_sample_value("headserve_client_expected_ood_rate", labels) == pytest.approx(1 - meta.ood_quantile)
 
 
 def test_drift_command_exits_1_on_the_shifted_window_of_classify_output_and_report_shows_training(
@@ -154,7 +158,7 @@ def test_drift_refuses_a_classify_window_written_across_a_hot_swap_unless_a_vers
     meta, artifact, _ = served_head
     assert list(meta.background_indices) == [len(meta.classes) - 1]  # the example head puts background last
     # Version 2: an untrained head of the same name and classes, so its answers differ from what training saw.
-    other = write_example_head(get_encoder(meta.encoder_name),
+    other = write_example_head(get_encoder(meta.encoder.name),
                                ExampleHead(meta.name, seed=5, classes=tuple(meta.classes)), tmp_path / "other")
     assert load_meta(other).classes == meta.classes
     files = []

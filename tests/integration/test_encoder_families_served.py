@@ -38,8 +38,8 @@ def trained(digits_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def test_heads_on_both_families_classify_through_the_real_server_as_pytorch_does(trained, digits_dataset, tmp_path):
     from headserve.artifact import load_meta
     from headserve.backbones import encoder_graph, load_encoder
+    from headserve.contract import SCORE_OUTPUTS
     from headserve.encoders import get_encoder
-    from headserve.head import SERVING_OUTPUTS
     from headserve.head_file import load_head
     from headserve.preprocess import prepare_batch
     from headserve.server import LocalTriton, ServerConfig
@@ -54,11 +54,11 @@ def test_heads_on_both_families_classify_through_the_real_server_as_pytorch_does
             assert done.returncode == 0, done.stderr[-2000:]
             rows = [json.loads(line) for line in out.read_text().splitlines()]
             meta, module = load_head(artifacts[head])
-            assert meta.encoder_type == encoder.split(":")[0] and meta.encoder_name == encoder
+            assert meta.encoder.encoder_type == encoder.split(":")[0] and meta.encoder.name == encoder
             with torch.no_grad():
                 emb = encoder_graph(load_encoder(get_encoder(encoder)))(
                     torch.from_numpy(prepare_batch(crops, meta.preprocess_spec)))
-                probs = module(emb)[SERVING_OUTPUTS.index("probs")].numpy()
+                probs = module(emb)[SCORE_OUTPUTS.index("probs")].numpy()
             assert [r["image"] for r in rows] == [str(c) for c in crops]
             for row, p in zip(rows, probs):
                 served = {label: score for label, score in row["top_k"]}

@@ -47,7 +47,7 @@ def true_labels(artifact: Path, pixels: np.ndarray) -> list[str]:
 
     meta, head = load_head(artifact)
     with torch.no_grad():
-        probs = head(encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels)))[1]
+        probs = head(encoder_graph(load_encoder(get_encoder(meta.encoder.name)))(torch.from_numpy(pixels)))[1]
     return [meta.classes[i] for i in probs.numpy().argmax(1)]
 
 
@@ -150,7 +150,9 @@ def test_a_client_refuses_answers_when_the_head_keeps_changing_after_one_re_read
         assert current.version == "2"
         # A client that believes version 1 (what it read before a swap) is sent to the served version on its
         # first re-read: version 1's answer cannot come back, and no crop gets version-1 names.
-        client._info[HEAD] = replace(current, version="1", classes=tuple(load_classes(heads["v1"])))
+        swapped_out = replace(current, version="1",
+                              served=replace(current.served, classes=tuple(load_classes(heads["v1"]))))
+        client._info[HEAD] = swapped_out
         preds = client.classify(HEAD, list(_crops(3, seed=1)))
         assert client.info(HEAD).version == "2"
         assert [p.label for p in preds] == true_labels(heads["v2"], _crops(3, seed=1))
@@ -161,15 +163,16 @@ def test_a_client_refuses_answers_when_the_head_keeps_changing_after_one_re_read
 
         async def async_labels() -> tuple[str, list[str]]:
             async with AsyncHeadClient(server.grpc_url) as aclient:
-                aclient._info[HEAD] = replace(current, version="1", classes=tuple(load_classes(heads["v1"])))
+                aclient._info[HEAD] = swapped_out
                 apreds = await aclient.classify(HEAD, list(_crops(3, seed=1)))
                 return (await aclient.info(HEAD)).version, [p.label for p in apreds]
 
         assert asyncio.run(async_labels()) == ("2", true_labels(heads["v2"], _crops(3, seed=1)))
         # A repository that changes again between the re-read and the resend cannot be produced on cue with a
-        # real server, so the re-read is made to return the swapped-out view again: the client must refuse.
-        stale = replace(current, version="1", classes=tuple(load_classes(heads["v1"])))
-        monkeypatch.setattr(HeadClient, "info", lambda self, head, refresh=False: stale)
+        # real server, so the re-read (from the real server) is made to decode as the swapped-out view again:
+        # the client must refuse.
+        client._info[HEAD] = swapped_out
+        monkeypatch.setattr("headserve.client.core.head_info_from_config", lambda *args: swapped_out)
         with pytest.raises(HeadChangedError, match=r"head 'reorder' on .* changed while answering.*version 1"):
             client.classify(HEAD, list(_crops(3, seed=1)))
 

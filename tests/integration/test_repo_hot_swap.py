@@ -36,7 +36,7 @@ def expected_probs(artifact: Path, pixels: np.ndarray) -> np.ndarray:
 
     meta, head = load_head(artifact)
     with torch.no_grad():
-        emb = encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels))
+        emb = encoder_graph(load_encoder(get_encoder(meta.encoder.name)))(torch.from_numpy(pixels))
         return head(emb)[1].numpy()
 
 

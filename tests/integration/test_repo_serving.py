@@ -45,14 +45,14 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 def reference(artifact: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
     """Every ensemble output computed in-process by PyTorch from the same pixels."""
     from headserve.backbones import encoder_graph, load_encoder
+    from headserve.contract import SCORE_OUTPUTS
     from headserve.encoders import get_encoder
-    from headserve.head import SERVING_OUTPUTS
     from headserve.head_file import load_head
 
     meta, head = load_head(artifact)
     with torch.no_grad():
-        emb = encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels))
-        outs = dict(zip(SERVING_OUTPUTS, (t.numpy() for t in head(emb))))
+        emb = encoder_graph(load_encoder(get_encoder(meta.encoder.name)))(torch.from_numpy(pixels))
+        outs = dict(zip(SCORE_OUTPUTS, (t.numpy() for t in head(emb))))
     return {**outs, "embedding": emb.numpy()}
 
 

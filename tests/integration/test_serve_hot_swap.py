@@ -56,7 +56,7 @@ def _expected(artifact: Path, pixels: np.ndarray) -> list[dict[str, float]]:
 
     meta, head = load_head(artifact)
     with torch.no_grad():
-        probs = head(encoder_graph(load_encoder(get_encoder(meta.encoder_name)))(torch.from_numpy(pixels)))[1].numpy()
+        probs = head(encoder_graph(load_encoder(get_encoder(meta.encoder.name)))(torch.from_numpy(pixels)))[1].numpy()
     return [dict(zip(meta.classes, map(float, row))) for row in probs]
 
 

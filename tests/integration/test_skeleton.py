@@ -13,9 +13,9 @@ import torch
 from headserve.artifact import load_meta
 from headserve.backbones import encoder_graph, load_encoder
 from headserve.client import HeadClient
+from headserve.contract import SCORE_OUTPUTS
 from headserve.encoders import get_encoder
 from headserve.export.model_config import parse
-from headserve.head import SERVING_OUTPUTS
 from headserve.head_file import load_head
 from headserve.preprocess import prepare_batch
 from headserve.train.dataset import load_crop
@@ -28,7 +28,7 @@ def _in_process_probs(artifact: Path, encoder: str, pixels: np.ndarray) -> np.nd
     graph = encoder_graph(load_encoder(get_encoder(encoder)))
     with torch.no_grad():
         outputs = head(graph(torch.from_numpy(pixels)))
-    return outputs[SERVING_OUTPUTS.index("probs")].numpy()
+    return outputs[SCORE_OUTPUTS.index("probs")].numpy()
 
 
 @pytest.mark.parametrize("encoder", ["clip:tiny", "dinov3:tiny"])

@@ -13,6 +13,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ def test_an_export_refused_under_the_lock_removes_the_new_repo_it_created(artifa
     from headserve.artifact import load_meta, load_tensors, save_artifact
 
     meta = load_meta(artifacts["logreg"])
-    meta.encoder_fingerprint = "sha256:" + "0" * 64
+    meta.encoder = replace(meta.encoder, fingerprint="sha256:" + "0" * 64)
     foreign = save_artifact(tmp_path / "foreign", meta, load_tensors(artifacts["logreg"], meta))
     fresh = tmp_path / "new" / "repo"
     status, _, err = command("in-process", "export", "head", str(foreign), "--repo", str(fresh))

@@ -27,8 +27,8 @@ def prepared(digits_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_exported_head_equals_the_trainers_probabilities_for_every_profile(profile: str, prepared, tmp_path: Path):
     import onnxruntime as ort
 
+    from headserve.contract import SCORE_OUTPUTS
     from headserve.export.onnx_export import export_onnx, head_graph_spec
-    from headserve.head import SERVING_OUTPUTS
     from headserve.head_file import load_head
     from headserve.train.pipeline import TrainRequest, train_from_yolo
 
@@ -40,10 +40,10 @@ def test_exported_head_equals_the_trainers_probabilities_for_every_profile(profi
                               data)
     meta, head = load_head(outcome.artifact)
     assert meta.extra["profile"] == profile and meta.ood_threshold is not None
-    export_onnx(head, head_graph_spec("h", meta.embedding_dim, SERVING_OUTPUTS), tmp_path / "h.onnx")
+    export_onnx(head, head_graph_spec("h", meta.embedding_dim, SCORE_OUTPUTS), tmp_path / "h.onnx")
     session = ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"])
-    served = session.run(list(SERVING_OUTPUTS), {"embedding": outcome.test_embeddings})
-    for name, got in zip(SERVING_OUTPUTS, served):
+    served = session.run(list(SCORE_OUTPUTS), {"embedding": outcome.test_embeddings})
+    for name, got in zip(SCORE_OUTPUTS, served):
         assert np.max(np.abs(got - outcome.test_outputs[name])) <= PARITY_ATOL, name
 
 

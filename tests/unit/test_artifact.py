@@ -9,7 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from headserve.artifact import HeadMeta, check_encoder_match, load_meta, load_tensors, save_artifact
+from headserve.artifact import HeadMeta, load_meta, load_tensors, save_artifact
+from headserve.contract import EncoderIdentity
 from headserve.errors import ArtifactError, EncoderMismatchError
 
 
@@ -17,7 +18,7 @@ def _meta(**over) -> HeadMeta:
     values = dict(name="h", encoder_type="dinov3", encoder_model="facebook/dinov3-vitb16-pretrain-lvd1689m",
                   embedding_dim=4, classes=["a", "b", "bg"], background_indices=[2])
     values.update(over)
-    return HeadMeta(**values)
+    return HeadMeta.from_dict(values)  # the flat fields meta.json holds
 
 
 def test_artifact_round_trips_meta_and_weights(tmp_path):
@@ -35,8 +36,8 @@ def test_meta_without_encoder_type_reads_as_a_clip_head_with_old_field_names(tmp
         {"name": "old", "clip_model": "ViT-B-32", "labelmap": ["cat", "dog"], "embedding_dim": 512,
          "proba_mode": "softmax"}))
     meta = load_meta(tmp_path / "old")
-    assert meta.encoder_type == "clip"
-    assert meta.encoder_model == "ViT-B-32" and meta.classes == ["cat", "dog"]
+    assert meta.encoder.encoder_type == "clip"
+    assert meta.encoder.model == "ViT-B-32" and meta.classes == ["cat", "dog"]
     assert meta.extra["unread_fields"] == ["proba_mode"]
 
 
@@ -69,4 +70,33 @@ def test_failed_save_leaves_the_previous_artifact_intact(tmp_path):
 
 def test_encoder_mismatch_names_both_encoders():
     with pytest.raises(EncoderMismatchError, match=r"trained on dinov3:.*embedding_dim 4.*clip:ViT-B-32 \(embedding_dim 512"):
-        check_encoder_match(_meta(), "clip", "ViT-B-32", 512)
+        _meta().encoder.require_match(EncoderIdentity("clip", "ViT-B-32", 512), "h")
+
+
+def test_an_older_meta_with_ood_figures_in_extra_reads_them_once_and_writes_them_once(tmp_path):
+    old = {"name": "h", "encoder_type": "dinov3", "encoder_model": "m", "embedding_dim": 4, "classes": ["a", "b"],
+           "ood_threshold": 12.5,
+           "extra": {"ood": {"method": "mahalanobis_shared_cov", "quantile": 0.9},
+                     "drift_reference": {"format": 1, "classes": ["a", "b"], "ood_threshold": 12.5,
+                                         "ood_quantile": 0.9, "validation_ood_rate": 0.1}}}
+    meta = HeadMeta.from_dict(old)
+    assert (meta.ood_threshold, meta.ood_quantile) == (12.5, 0.9)
+    assert meta.extra["ood"] == {"method": "mahalanobis_shared_cov"}
+    assert meta.extra["drift_reference"] == {"format": 1, "classes": ["a", "b"], "validation_ood_rate": 0.1}
+    written = meta.to_json()
+    assert written.count('"ood_threshold"') == 1 and written.count('"ood_quantile"') == 1
+    assert written.count("12.5") == 1 and written.count("0.9") == 1
+    assert HeadMeta.from_dict(json.loads(written)) == meta
+    # the figures only in the drift reference (a head whose top-level threshold was not written) still read
+    only_reference = {**old, "ood_threshold": None, "extra": {"drift_reference": old["extra"]["drift_reference"]}}
+    assert (HeadMeta.from_dict(only_reference).ood_threshold, HeadMeta.from_dict(only_reference).ood_quantile) == (
+        12.5, 0.9)
+
+
+def test_a_meta_whose_embedding_dim_is_not_a_width_is_an_artifact_error_naming_the_file_and_value(tmp_path):
+    (tmp_path / "bad").mkdir()
+    for dim in (-3, "4", 2.5):
+        (tmp_path / "bad" / "meta.json").write_text(json.dumps(
+            {"name": "x", "encoder_model": "m", "embedding_dim": dim, "classes": ["a", "b"]}))
+        with pytest.raises(ArtifactError, match=rf"bad/meta\.json: field 'embedding_dim' is {dim!r}, not a whole"):
+            load_meta(tmp_path / "bad")

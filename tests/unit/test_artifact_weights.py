@@ -13,7 +13,7 @@ def _meta(encoder: str, **recorded) -> HeadMeta:
     spec = get_encoder(encoder)
     values = dict(name="h", encoder_type=spec.encoder_type, encoder_model=spec.model_id, embedding_dim=spec.embedding_dim,
                   classes=["a", "b"], encoder_name=encoder, encoder_pretrained=spec.pretrained)
-    return HeadMeta(**{**values, **recorded})
+    return HeadMeta.from_dict({**values, **recorded})
 
 
 def test_a_clip_checkpoint_recorded_in_meta_is_used_and_named(tmp_path):

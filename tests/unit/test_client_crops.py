@@ -12,6 +12,18 @@ def test_yolo_box_converts_to_pixels():
     assert yolo_box_to_xyxy((0.5, 0.5, 0.5, 0.25), 200, 100) == pytest.approx((50, 37.5, 150, 62.5))
 
 
+def test_a_box_or_polygon_past_the_image_edge_converts_to_the_clipped_box_training_crops(tmp_path):
+    from headserve.yolo import LabelBox, read_label_file
+
+    box, polygon = (0.95, 0.5, 0.2, 0.2), (-0.1, 0.2, 0.5, -0.3, 1.2, 0.9)
+    assert yolo_box_to_xyxy(box, 200, 100) == pytest.approx((170, 40, 200, 60))
+    assert polygon_to_xyxy(polygon, 100, 100) == pytest.approx((0, 0, 100, 90))
+    labels = tmp_path / "x.txt"
+    labels.write_text(f"0 {' '.join(map(str, box))}\n1 {' '.join(map(str, polygon))}\n")
+    trained = [item.box for item in read_label_file(labels, 200, 100) if isinstance(item, LabelBox)]
+    assert trained == [pytest.approx(yolo_box_to_xyxy(box, 200, 100)), pytest.approx(polygon_to_xyxy(polygon, 200, 100))]
+
+
 def test_polygon_becomes_its_bounding_box_and_odd_coordinates_are_refused():
     assert polygon_to_xyxy((0.1, 0.2, 0.5, 0.1, 0.3, 0.9), 100, 100) == pytest.approx((10, 10, 50, 90))
     with pytest.raises(BadInputError, match="5 coordinates"):

@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from headserve.client import BadInputError, HeadInfo, Reason, Thresholds, decide
+from headserve.contract import EncoderIdentity, ServedHead
 from headserve.encoders import get_encoder
 
 
 def _info(ood: float | None = None, outputs=("logits", "probs", "embedding")) -> HeadInfo:
-    return HeadInfo(name="h", classes=("cat", "dog", "fox", "background"), background_indices=(3,),
-                    encoder_type="clip", encoder_model="tiny", preprocess=get_encoder("clip:tiny").preprocess,
-                    max_batch_size=8, outputs=outputs, ood_threshold=ood)
+    served = ServedHead(name="h", classes=("cat", "dog", "fox", "background"), background_indices=(3,),
+                        encoder=EncoderIdentity.from_spec(get_encoder("clip:tiny")), ood_threshold=ood)
+    return HeadInfo(served, max_batch_size=8, outputs=outputs)
 
 
 PROBS = np.array([

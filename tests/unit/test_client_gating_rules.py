@@ -5,13 +5,15 @@ import pytest
 
 from headserve.client import BadInputError, ComputeEstimate, GateConfig, GateReason, HeadInfo, Thresholds, decide, gate
 from headserve.client.errors import ServerSideError
+from headserve.contract import EncoderIdentity, ServedHead
 from headserve.encoders import get_encoder
 
 
 def _info(prompt_classes=(0, 0, 1, 2)) -> HeadInfo:
-    return HeadInfo(name="h", classes=("cat", "dog", "fox", "background"), background_indices=(3,),
-                    encoder_type="clip", encoder_model="tiny", preprocess=get_encoder("clip:tiny").preprocess,
-                    max_batch_size=8, outputs=("probs",), prompt_model="h_prompts", prompt_classes=prompt_classes)
+    served = ServedHead(name="h", classes=("cat", "dog", "fox", "background"), background_indices=(3,),
+                        encoder=EncoderIdentity.from_spec(get_encoder("clip:tiny")), prompt_model="h_prompts",
+                        prompt_classes=prompt_classes)
+    return HeadInfo(served, max_batch_size=8, outputs=("probs",))
 
 
 PROBS = np.array([[0.9, 0.05, 0.03, 0.02], [0.9, 0.05, 0.03, 0.02], [0.05, 0.9, 0.03, 0.02],

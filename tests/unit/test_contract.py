@@ -136,12 +136,15 @@ def test_identities_differ_by_the_fields_that_decide_whether_embeddings_fit():
         clip.require_match(dino, "pets", "encoder x")
 
 
-def test_a_head_meta_presents_its_flat_fields_as_one_identity():
+def test_a_head_meta_reads_its_flat_fields_as_one_identity_and_writes_them_flat():
     spec = get_encoder("dinov2:tiny")
-    meta = HeadMeta(name="h", encoder_type="dinov2", encoder_model=spec.model_id, embedding_dim=32, classes=["a", "b"],
-                    preprocess=spec.preprocess.to_dict(), encoder_name=spec.name, encoder_fingerprint="sha256:9")
-    assert meta.identity == EncoderIdentity.from_spec(spec, "sha256:9")
-    assert json.loads(meta.to_json())["encoder_type"] == "dinov2"  # the JSON keeps its flat fields
+    flat = dict(encoder_type="dinov2", encoder_model=spec.model_id, embedding_dim=32, preprocess=spec.preprocess.to_dict(),
+                encoder_name=spec.name, encoder_fingerprint="sha256:9", encoder_pretrained=None)
+    meta = HeadMeta.from_dict(dict(name="h", classes=["a", "b"], **flat))
+    assert meta.encoder == EncoderIdentity.from_spec(spec, "sha256:9")
+    written = json.loads(meta.to_json())
+    assert {k: written[k] for k in flat} == json.loads(json.dumps(flat)) and "encoder" not in written  # flat, as before
+    assert HeadMeta.from_dict(written) == meta
 
 
 @pytest.mark.parametrize("encoder_type", encoder_types())
@@ -178,12 +181,19 @@ def test_model_names_follow_one_rule_each():
 
 
 def test_the_head_graph_publishes_the_outputs_the_contract_names():
-    from headserve.contract import HEAD_ID, HEAD_OUTPUT_WIDTHS, SCORE_OUTPUTS
-    from headserve.head import SERVING_OUTPUT_WIDTHS, SERVING_OUTPUTS
+    import torch
 
-    # The serving head computes the scores; the exported graph adds the head's id after them.
-    assert SERVING_OUTPUTS == SCORE_OUTPUTS and HEAD_OUTPUTS == (*SCORE_OUTPUTS, HEAD_ID)
-    assert dict(SERVING_OUTPUT_WIDTHS) == dict(HEAD_OUTPUT_WIDTHS)
+    from headserve.contract import HEAD_ID, HEAD_OUTPUT_WIDTHS, LOGITS, OOD_SCORE, PROBS, SCORE_OUTPUTS
+    from headserve.head import HeadConfig, build_serving_head
+
+    # The serving head computes the scores, in the contract's order; the exported graph adds the head's id after them.
+    assert SCORE_OUTPUTS == (LOGITS, PROBS, OOD_SCORE) and HEAD_OUTPUTS == (*SCORE_OUTPUTS, HEAD_ID)
+    assert dict(HEAD_OUTPUT_WIDTHS) == {OOD_SCORE: 1, HEAD_ID: 1}
+    head = build_serving_head(HeadConfig(in_dim=8, num_classes=3))
+    outputs = dict(zip(SCORE_OUTPUTS, head(torch.randn(2, 8)), strict=True))
+    assert {name: tuple(t.shape) for name, t in outputs.items()} == {
+        name: (2, HEAD_OUTPUT_WIDTHS.get(name, 3)) for name in SCORE_OUTPUTS}
+    assert torch.allclose(outputs[PROBS].sum(dim=1), torch.ones(2))  # probs, not logits, in the second place
 
 
 def test_the_contract_imports_without_torch():

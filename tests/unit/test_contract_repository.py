@@ -34,9 +34,9 @@ def test_the_client_decodes_the_record_export_renders():
     config = render(head_ensemble_desc(record(), wiring), Runtime.PRODUCTION)
     info = head_info_from_config("pets", config, "7")
     assert info.served == record()
-    assert (info.classes, info.background_indices, info.temperature, info.ood_threshold) == (
+    assert (info.classes, info.background_indices, info.served.temperature, info.ood_threshold) == (
         ("cat", "dog", "background"), (2,), 1.25, 0.5)
-    assert (info.encoder_type, info.encoder_model, info.embedding_dim, info.max_batch_size, info.version) == (
+    assert (info.encoder_type, info.served.encoder.model, info.embedding_dim, info.max_batch_size, info.version) == (
         "dinov3", "tiny-dinov3", 32, 16, "7")
     assert info.outputs == (*HEAD_OUTPUTS, "embedding") and info.has_ood_score
     assert info.preprocess == get_encoder("dinov3:tiny").preprocess and not info.prefilter_supported

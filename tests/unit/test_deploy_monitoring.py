@@ -21,6 +21,7 @@ import yaml
 from headserve.client import HeadInfo, decide
 from headserve.client.errors import BadInputError
 from headserve.client.metrics import DecisionMetrics, MetricsConfig
+from headserve.contract import EncoderIdentity, ServedHead
 from headserve.encoders import get_encoder
 
 ROOT = Path(__file__).parents[2]
@@ -47,9 +48,9 @@ PROMQL_WORDS = frozenset({"and", "or", "unless", "by", "without", "on", "ignorin
 
 def decision_metric_names() -> set[str]:
     """Every sample name a DecisionMetrics exposes once it has seen a batch of a head with OOD scores."""
-    info = HeadInfo(name="h", classes=("a", "b"), background_indices=(), encoder_type="clip", encoder_model="tiny",
-                    preprocess=get_encoder("clip:tiny").preprocess, max_batch_size=4, outputs=("probs", "ood_score"),
-                    ood_threshold=1.0, version="1")
+    served = ServedHead(name="h", classes=("a", "b"), encoder=EncoderIdentity.from_spec(get_encoder("clip:tiny")),
+                        ood_threshold=1.0)
+    info = HeadInfo(served, max_batch_size=4, outputs=("probs", "ood_score"), version="1")
     metrics = DecisionMetrics(config=MetricsConfig(ood_quantiles={"h": 0.95}))
     metrics.observe_batch(info, decide(info, np.array([[0.9, 0.1]]), ood_scores=np.array([0.5])), 0.01)
     metrics.observe_error("h", BadInputError("x"))

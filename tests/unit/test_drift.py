@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from scipy import stats
 
 from headserve.client import HeadInfo, decide
+from headserve.contract import EncoderIdentity, ServedHead
 from headserve.drift import (
     OOD_SAMPLE_SIZE,
     DriftError,
@@ -22,6 +24,7 @@ from headserve.drift import (
     binomial_upper_p,
     compare,
     ks_2samp,
+    ood_edges,
     psi,
     read_window,
     reference_from_validation,
@@ -58,9 +61,10 @@ def _window(probs: np.ndarray, scores: np.ndarray | None, source: str = "test wi
 
 
 def _info() -> HeadInfo:
-    return HeadInfo(name="h", classes=CLASSES, background_indices=(4,), encoder_type="clip", encoder_model="tiny",
-                    preprocess=get_encoder("clip:tiny").preprocess, max_batch_size=8, outputs=("probs", "ood_score"),
-                    ood_threshold=float(_reference().ood_threshold or 0), version="3")
+    served = ServedHead(name="h", classes=CLASSES, background_indices=(4,),
+                        encoder=EncoderIdentity.from_spec(get_encoder("clip:tiny")),
+                        ood_threshold=float(_reference().ood_threshold or 0))
+    return HeadInfo(served, max_batch_size=8, outputs=("probs", "ood_score"), version="3")
 
 
 def test_a_window_drawn_like_validation_is_not_flagged_by_any_check():
@@ -190,7 +194,7 @@ def test_a_classify_file_that_is_not_json_lines_names_the_line(tmp_path: Path):
 def test_every_classify_row_records_the_head_version_that_answered_it():
     row = decide(_info(), _answers(1, 2)[0])[0].to_json()
     assert row["version"] == "3"
-    in_process = HeadInfo(**{**_info().__dict__, "version": ""})  # decided locally: no served version to record
+    in_process = replace(_info(), version="")  # decided locally: no served version to record
     assert "version" not in decide(in_process, _answers(1, 2)[0])[0].to_json()
 
 
@@ -329,3 +333,11 @@ def test_drift_and_its_report_import_neither_torch_nor_scipy_nor_matplotlib():
             "print(','.join(m for m in ('torch', 'scipy', 'matplotlib', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""  # a client machine runs drift checks; matplotlib loads only to draw
+
+
+def test_the_drift_report_bins_ood_scores_at_the_client_metrics_buckets_from_zero():
+    from headserve.client.metrics import ood_buckets
+
+    edges = ood_edges(0.5, np.array([0.1, 0.7, 3.0]))
+    assert edges == (0.0, *ood_buckets(0.5))
+    assert edges[1:] == (0.125, 0.25, 0.375, 0.45, 0.5, 0.55, 0.625, 0.75, 1.0, 2.0)

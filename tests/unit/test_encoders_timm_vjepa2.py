@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from headserve.artifact import HeadMeta, check_encoder_match
+from headserve.artifact import HeadMeta
 from headserve.backbones import TIMM_OPTIONS, _preprocess_from_timm, encoder_graph, load_encoder
 from headserve.contract import EncoderIdentity
 from headserve.encoders import REGISTRY, get_encoder
@@ -37,9 +37,7 @@ def _pixels(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 def _meta(spec_name: str) -> HeadMeta:
     spec = get_encoder(spec_name)
-    return HeadMeta(name="pets", encoder_type=spec.encoder_type, encoder_model=spec.model_id,
-                    embedding_dim=spec.embedding_dim, classes=["cat", "dog"], preprocess=spec.preprocess.to_dict(),
-                    encoder_name=spec.name, encoder_pretrained=spec.pretrained)
+    return HeadMeta(name="pets", encoder=EncoderIdentity.from_spec(spec), classes=["cat", "dog"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,10 +81,10 @@ def test_a_head_trained_on_timm_dinov3_is_refused_on_transformers_dinov3_naming_
     assert timm_head.embedding_dim == hf_head.embedding_dim == 384  # the width alone would not tell them apart
     with pytest.raises(EncoderMismatchError, match=r"trained on dinov3-timm:vit_small_patch16_dinov3\.lvd1689m .*"
                                                    r"is dinov3:facebook/dinov3-vits16-pretrain-lvd1689m"):
-        check_encoder_match(timm_head, EncoderIdentity.from_spec(get_encoder("dinov3:vits16")))
+        timm_head.encoder.require_match(EncoderIdentity.from_spec(get_encoder("dinov3:vits16")), timm_head.name)
     with pytest.raises(EncoderMismatchError, match=r"trained on dinov3:facebook/dinov3-vits16-pretrain-lvd1689m .*"
                                                    r"is dinov3-timm:vit_small_patch16_dinov3\.lvd1689m"):
-        check_encoder_match(hf_head, EncoderIdentity.from_spec(get_encoder("dinov3-timm:vits16")))
+        hf_head.encoder.require_match(EncoderIdentity.from_spec(get_encoder("dinov3-timm:vits16")), hf_head.name)
 
 
 def test_timm_dinov3_loads_a_model_directory_and_takes_its_preprocessing_from_the_directorys_config(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,37 @@ def test_exporting_a_head_again_writes_the_next_version_and_reuses_the_encoder(c
     assert validate_repository(repo) == []
 
 
+def test_export_head_hashes_the_encoder_checks_its_identity_and_takes_the_repository_lock_once(
+        clip_head, tmp_path, monkeypatch):
+    """Counted by wrapping the real functions (they still run): hashing a ViT-L's weights takes seconds."""
+    import headserve.export.pipeline as pipeline
+    import headserve.export.repository as repository
+    import headserve.lockfile as lockfile
+    from headserve.contract import EncoderIdentity
+
+    calls: list[str] = []
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(pipeline, "fingerprint", counted("fingerprint", pipeline.fingerprint))
+    monkeypatch.setattr(repository, "fingerprint", counted("fingerprint", repository.fingerprint))
+    monkeypatch.setattr(EncoderIdentity, "require_match", counted("check", EncoderIdentity.require_match))
+    monkeypatch.setattr(lockfile, "_lock", counted("lock", lockfile._lock))
+    written = export_head(clip_head, tmp_path / "repo", "local")
+    assert [w.name for w in written] == ["encoder_clip_tiny", "cats_head", "cats"]
+    assert sorted(calls) == ["check", "fingerprint", "lock"]
+    record = json.loads((tmp_path / "repo" / "encoder_clip_tiny" / "1" / "fingerprint.json").read_text())
+    assert record["fingerprint"] == load_meta(clip_head).encoder.fingerprint  # the one hash is the one published
+
+
 def test_the_encoder_version_carries_the_fingerprint_the_head_was_trained_against(clip_head, tmp_path):
     export_head(clip_head, tmp_path, "local")
     record = json.loads((tmp_path / "encoder_clip_tiny" / "1" / "fingerprint.json").read_text())
-    assert record["fingerprint"] == load_meta(clip_head).encoder_fingerprint
+    assert record["fingerprint"] == load_meta(clip_head).encoder.fingerprint
     assert record["encoder_name"] == "clip:tiny" and record["embedding_dim"] == 32
 
 
@@ -46,8 +74,8 @@ def test_a_head_trained_on_other_encoder_weights_is_refused_naming_both_fingerpr
     repo = tmp_path / "repo"
     export_head(clip_head, repo, "local")
     meta = load_meta(clip_head)
-    real = meta.encoder_fingerprint
-    meta.encoder_fingerprint = "sha256:" + "0" * 64
+    real = meta.encoder.fingerprint
+    meta.encoder = replace(meta.encoder, fingerprint="sha256:" + "0" * 64)
     foreign = save_artifact(tmp_path / "foreign", meta, load_tensors(clip_head))
     with pytest.raises(EncoderMismatchError, match=rf"fingerprint sha256:0{{64}}.*fingerprint {real}.*Retrain"):
         export_head(foreign, repo, "local")

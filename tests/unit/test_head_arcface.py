@@ -57,8 +57,8 @@ def test_served_logits_depend_on_the_feature_direction_only():
 def test_arcface_profile_trains_a_cosine_head_that_round_trips_and_exports_exactly(hidden, min_accuracy, tmp_path):
     import onnxruntime as ort
 
+    from headserve.contract import SCORE_OUTPUTS
     from headserve.export.onnx_export import export_onnx, head_graph_spec
-    from headserve.head import SERVING_OUTPUTS
 
     x, y = _blobs()
     cfg = profile_config("arcface", epochs=30, lr=5e-3)
@@ -72,12 +72,12 @@ def test_arcface_profile_trains_a_cosine_head_that_round_trips_and_exports_exact
 
     state = {k: v.clone() for k, v in fit.head.state_dict().items()}
     rebuilt = build_serving_head(HeadConfig.from_dict(hc.to_dict()), state)
-    export_onnx(rebuilt, head_graph_spec("h", 16, SERVING_OUTPUTS), tmp_path / "h.onnx")
+    export_onnx(rebuilt, head_graph_spec("h", 16, SCORE_OUTPUTS), tmp_path / "h.onnx")
     session = ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"])
-    served = session.run(list(SERVING_OUTPUTS), {"embedding": x[1::2]})
+    served = session.run(list(SCORE_OUTPUTS), {"embedding": x[1::2]})
     with torch.no_grad():
         expected = [t.numpy() for t in fit.head(torch.from_numpy(x[1::2]))]
-    for name, got, want in zip(SERVING_OUTPUTS, served, expected):
+    for name, got, want in zip(SCORE_OUTPUTS, served, expected):
         assert np.max(np.abs(got - want)) <= 1e-5, name
 
 

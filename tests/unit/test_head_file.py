@@ -12,6 +12,7 @@ import torch
 from safetensors.numpy import load_file
 
 from headserve.artifact import WEIGHTS_FILE, HeadMeta, load_meta, save_artifact
+from headserve.contract import EncoderIdentity
 from headserve.errors import ArtifactError, UnverifiedWeightsWarning, WeightsMismatchError
 from headserve.head import HeadConfig, MLPHead, ServingHead
 from headserve.head_file import load_head, save_head
@@ -29,7 +30,7 @@ def _head(temperature: float = 1.7, **config) -> tuple[HeadMeta, ServingHead]:
         for name, t in head.state_dict().items():
             if name != "temperature":
                 t.copy_(torch.randn(t.shape, generator=gen) * 0.5 + (1.0 if name.endswith("emb_std") else 0.0))
-    meta = HeadMeta(name="h", encoder_type="clip", encoder_model="tiny", embedding_dim=DIM, classes=list(CLASSES),
+    meta = HeadMeta(name="h", encoder=EncoderIdentity("clip", "tiny", DIM), classes=list(CLASSES),
                     background_indices=[3], head_type=hc.head_type, head_config=hc.to_dict(), temperature=temperature)
     return meta, head
 

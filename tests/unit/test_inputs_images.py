@@ -139,10 +139,10 @@ def test_the_client_reports_an_oversized_crop_as_bad_input():
     from headserve.client import BadInputError
     from headserve.client.discovery import HeadInfo
     from headserve.client.preprocessing import prepare
+    from headserve.contract import EncoderIdentity, ServedHead
     from headserve.encoders import get_encoder
 
-    spec = get_encoder("clip:tiny")
-    info = HeadInfo("h", ("a", "b"), (), spec.encoder_type, spec.model_id, spec.preprocess, 8, ())
+    info = HeadInfo(ServedHead("h", ("a", "b"), EncoderIdentity.from_spec(get_encoder("clip:tiny"))), 8, ())
     with pytest.raises(BadInputError, match=r"over the cap of 10000"):
         prepare([_png_grey16(np.zeros((200, 200)))], info, max_pixels=10_000)
 

@@ -142,11 +142,12 @@ def test_export_prompts_can_name_a_class_that_contains_a_colon():
 
 def _info(version: str = "2"):
     from headserve.client.discovery import HeadInfo
+    from headserve.contract import EncoderIdentity, ServedHead
     from headserve.encoders import get_encoder
 
-    spec = get_encoder("clip:tiny")
-    return HeadInfo("h", ("a", "b", "c"), (), spec.encoder_type, spec.model_id, spec.preprocess, 8,
-                    ("probs", "ood_score"), embedding_dim=32, version=version)
+    encoder = EncoderIdentity.from_spec(get_encoder("clip:tiny"))
+    assert encoder.embedding_dim == 32
+    return HeadInfo(ServedHead("h", ("a", "b", "c"), encoder), 8, ("probs", "ood_score"), version=version)
 
 
 def test_an_answer_from_another_version_or_of_another_width_is_stale():

@@ -24,13 +24,14 @@ from headserve.client.metrics import (
     ood_buckets,
 )
 from headserve.client.observer import Observer
+from headserve.contract import EncoderIdentity, ServedHead
 from headserve.encoders import get_encoder
 
 
 def _info(name: str = "h", version: str = "1", ood: float | None = 0.5, classes: tuple[str, ...] = ()) -> HeadInfo:
-    return HeadInfo(name=name, classes=classes or ("cat", "dog", "fox", "background"), background_indices=(3,),
-                    encoder_type="clip", encoder_model="tiny", preprocess=get_encoder("clip:tiny").preprocess,
-                    max_batch_size=8, outputs=("probs", "ood_score"), ood_threshold=ood, version=version)
+    served = ServedHead(name=name, classes=classes or ("cat", "dog", "fox", "background"), background_indices=(3,),
+                        encoder=EncoderIdentity.from_spec(get_encoder("clip:tiny")), ood_threshold=ood)
+    return HeadInfo(served, max_batch_size=8, outputs=("probs", "ood_score"), version=version)
 
 
 PROBS = np.array([

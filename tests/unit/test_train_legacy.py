@@ -48,9 +48,9 @@ def test_imported_head_reproduces_predict_proba_and_reads_as_a_clip_logreg_head(
     pkl, model, x = legacy_head(tmp_path)
     art = import_legacy(pkl, tmp_path / "out", trust_pickle=True)
     meta = load_meta(art)
-    assert (meta.encoder_type, meta.encoder_model, meta.head_type) == ("clip", "ViT-B-32", "logreg")
+    assert (meta.encoder.encoder_type, meta.encoder.model, meta.head_type) == ("clip", "ViT-B-32", "logreg")
     assert meta.classes == ["c0", "c1", "c2"] and meta.background_indices == [2]
-    assert meta.encoder_name == "clip:ViT-B-32"
+    assert meta.encoder.name == "clip:ViT-B-32"
     assert np.allclose(served_probs(art, x), model.predict_proba(x), atol=1e-5)
     assert not list(art.glob("*.pkl"))
 
