@@ -24,8 +24,9 @@ from typing import Mapping
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from headserve.errors import ConfigError, HeadserveError
+from headserve.errors import ConfigError
 from headserve.export.engine import DEFAULT_ENGINE, ENGINES, openvino_properties
+from headserve.export.errors import OptionsError
 
 
 class DataType(enum.Enum):
@@ -61,11 +62,8 @@ class TensorRTOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in ("FP32", "FP16"):
+            # no setting recorded: "precision" is another flag's field (--precision); --tensorrt sets this one
             raise ConfigError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
-
-
-class OptionsError(HeadserveError, ValueError):
-    """Runtime options that cannot be rendered (an instance count below one, negative threads)."""
 
 
 AUTO_THREADS = 0  # cpu_threads: the serving machine's cores shared among the instances, read when the model loads
@@ -85,9 +83,9 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         if self.instances < 1:
-            raise OptionsError(f"--instances {self.instances}: a model needs at least one instance")
+            raise OptionsError.bad_value("instances", self.instances, "a model needs at least one instance")
         if self.cpu_threads is not None and self.cpu_threads < 0:
-            raise OptionsError(f"--cpu-threads {self.cpu_threads}: use 0 for the machine's cores, or a count")
+            raise OptionsError.bad_value("cpu_threads", self.cpu_threads, "use 0 for the machine's cores, or a count")
 
     def kind_for(self, runtime: "Runtime") -> InstanceKind:
         if self.kind is not None:
@@ -143,7 +141,8 @@ class ModelDesc:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise OptionsError(f"model {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+            raise OptionsError(f"model {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}").about(
+                "engine", self.engine)
 
     @property
     def is_onnx(self) -> bool:
@@ -232,8 +231,8 @@ def _set_openvino(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, opt
     travel as ``ov_<PROPERTY>`` parameters that the runner passes to ``compile_model``.
     """
     if options.kind is InstanceKind.KIND_GPU:
-        raise OptionsError(f"model {desc.name}: engine openvino runs on a CPU; use --instance-kind cpu, or "
-                           "--engine onnxruntime for GPU instances")
+        raise OptionsError(f"model {desc.name}: engine openvino runs on a CPU; use CPU instances, or "
+                           "`engine` onnxruntime for GPU instances")
     threads = 1 if desc.light else options.threads_for(runtime)
     props = openvino_properties(desc.engine_precision, threads if runtime is Runtime.PRODUCTION else 0)
     if runtime is Runtime.PRODUCTION:

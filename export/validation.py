@@ -179,7 +179,7 @@ def _check_onnx(entry: ModelEntry, version_dir: Path, problems: list[Problem]) -
     if "onnx_file" in entry.parameters and not (version_dir / "model.py").is_file():
         problems.append(Problem(version_dir / "model.py", "a local-runtime model without the runner that serves "
                                                           "its ONNX file (python backend).",
-                                "re-export with --runtime local, or use --runtime production for the onnxruntime "
+                                "re-export with `runtime` local, or use `runtime` production for the onnxruntime "
                                 "backend."))
     if not path.is_file():
         problems.append(Problem(path, "the ONNX file the config points at is missing.",

@@ -122,7 +122,7 @@ def test_the_lock_file_does_not_disturb_repository_validation(tmp_path):
 def test_a_repository_path_that_is_a_file_is_refused_naming_it(tmp_path):
     path = tmp_path / "repo"
     path.write_text("not a directory")
-    with pytest.raises(RepositoryError, match=rf"--repo {path} is a file, not a directory"):
+    with pytest.raises(RepositoryError, match=rf"`repo` {path} is a file, not a directory"):
         with repository_lock(path):
             pass
     assert path.read_text() == "not a directory"
