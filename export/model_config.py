@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from headserve.errors import ConfigError
+from headserve.errors import ConfigError, RepositoryError
 from headserve.export.engine import DEFAULT_ENGINE, ENGINES, openvino_properties
 from headserve.export.errors import OptionsError
 
@@ -188,6 +189,21 @@ def to_text(config: mc.ModelConfig) -> str:
 def parse(text: str) -> mc.ModelConfig:
     """Parse a config.pbtxt with the schema; raises text_format.ParseError naming line and column."""
     return text_format.Parse(text, mc.ModelConfig())
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """The config.pbtxt at ``path``; one that does not read or parse raises ``RepositoryError`` naming the file.
+
+    A repository's files are the user's input (edited by hand, cut short by a full disk): a bad one is
+    refused by name rather than surfacing as the parser's exception.
+    """
+    try:
+        return parse(path.read_text())
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{path} is not a valid Triton ModelConfig ({exc}); correct it, or remove "
+                              f"{path.parent} and export that model again") from None
+    except OSError as exc:
+        raise RepositoryError(f"{path} cannot be read ({exc.strerror or exc})") from None
 
 
 def parameters_of(config: mc.ModelConfig) -> dict[str, str]:

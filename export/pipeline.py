@@ -24,7 +24,7 @@ from headserve.export.engine import (
 )
 from headserve.export.errors import EngineMismatchError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
-from headserve.export.model_config import InstanceKind, ProductionOptions, Runtime, RuntimeOptions, parameters_of, parse
+from headserve.export.model_config import InstanceKind, ProductionOptions, Runtime, RuntimeOptions, parameters_of, read_config
 from headserve.export.repository import (
     HeadGraph,
     WrittenModel,
@@ -89,7 +89,7 @@ def _export_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, name: st
     choice = None
     if config_path.is_file() and has_version:  # the repository serves this encoder already
         _check_served_encoder(repo / model, name)
-        params = parameters_of(parse(config_path.read_text()))
+        params = parameters_of(read_config(config_path))
         served = (*served_engine(params), _served_min_cosine(repo / model, params))
     else:
         gpu = (options or RuntimeOptions()).kind_for(runtime) is InstanceKind.KIND_GPU
@@ -199,7 +199,7 @@ def _refresh_dependents(repo: Path, head: str, runtime: Runtime, options: Produc
 
     written: list[WrittenModel] = []
     path = repo / head / "config.pbtxt"
-    if ServedHead.from_parameters(head, parameters_of(parse(path.read_text())), where=str(path)).encoded_model:
+    if ServedHead.from_parameters(head, parameters_of(read_config(path)), where=str(path)).encoded_model:
         written.extend(add_encoded_input(repo, head, runtime, options))
     for ensemble, heads in multi_head_ensembles(repo).items():
         if head in heads:

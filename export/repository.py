@@ -67,7 +67,7 @@ from headserve.export.model_config import (
     Runtime,
     TensorSpec,
     parameters_of,
-    parse,
+    read_config,
     render,
     to_text,
 )
@@ -443,7 +443,7 @@ def read_served_head(repo: Path, head: str, purpose: str) -> tuple[ServedHead, E
     path = Path(repo) / head / "config.pbtxt"
     if not path.is_file():
         raise RepositoryError(f"{path} does not exist: export head {head!r} before {purpose}")
-    config = parse(path.read_text())
+    config = read_config(path)
     steps = config.ensemble_scheduling.step
     params = parameters_of(config)
     if config.platform != "ensemble" or len(steps) != 2 or "preprocess" not in params:
@@ -478,7 +478,7 @@ def _keep_dependents(repo: Path, served: ServedHead) -> ServedHead:
     if not path.is_file():
         return served
     try:
-        previous = ServedHead.from_parameters(served.name, parameters_of(parse(path.read_text())), where=str(path))
+        previous = ServedHead.from_parameters(served.name, parameters_of(read_config(path)), where=str(path))
     except ParameterError:  # not a readable head ensemble: the export replaces it with one
         return served
     if previous.prompt_model and (repo / previous.prompt_model / "config.pbtxt").is_file():
