@@ -83,7 +83,7 @@ from headserve.export.onnx_export import (
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
 from headserve.head import ServingHead
-from headserve.lockfile import repository_lock
+from headserve.lockfile import check_repository_path, repository_lock
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
 # LABELS_FILE, PROBS, encoder_model_name and head_model_name are re-exported from headserve.contract.
@@ -173,6 +173,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name
     graph_precision = choice.precision if choice.engine == DEFAULT_ENGINE else "fp32"  # OpenVINO reads the fp32 graph
+    check_repository_path(Path(repo))  # before staging: a --repo under a file was a NotADirectoryError traceback
     new_model = not model_dir.exists()
     tmp = staging_dir(model_dir / "export")
     try:

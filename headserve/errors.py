@@ -39,10 +39,10 @@ class HeadserveError(Exception):
         """This error's message with the setting spelled ``name`` (e.g. a flag); as is when no setting is known."""
         if self.setting is None:
             return str(self)
-        if f"`{self.setting}`" in str(self):  # the message names the setting itself, in backticks
-            return str(self).replace(f"`{self.setting}`", name)
         if self.problem:
             return f"{name} {self.value}: {self.problem}"
+        if f"`{self.setting}`" in str(self):  # the message names the setting itself, in backticks
+            return str(self).replace(f"`{self.setting}`", name)
         if self.value is None:
             return f"{self} (set it with {name})"
         return f"{self} ({name} {self.value})"

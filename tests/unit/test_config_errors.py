@@ -172,5 +172,10 @@ def test_the_cli_spells_the_bad_setting_and_each_field_in_backticks_as_its_flag(
     assert error_line(exc) == "--engine openvino runs on the CPU; use --device cpu or --engine torch"
     bad = ConfigError.bad_value("instances", 0, "a model needs at least one instance")
     assert error_line(bad) == "--instances 0: a model needs at least one instance"
+    from headserve.train.embed import EmbedConfig
+
+    with pytest.raises(ConfigError) as raised:  # the bad setting leads, another field is named in the problem
+        EmbedConfig(device="cuda", engine="openvino")
+    assert error_line(raised.value) == "--device cuda: --engine openvino runs on the CPU; use --device cpu or --engine torch"
     unmapped = ConfigError("`not_a_flag_field` 3 is wrong")  # a field no single flag sets keeps its name
     assert error_line(unmapped) == "`not_a_flag_field` 3 is wrong"
