@@ -311,9 +311,10 @@ def read_window(path: str | Path, version: str | None = None) -> ServedWindow:
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DriftError(f"served window {path} cannot be read ({exc.strerror or exc}); pass the JSON Lines file "
-                         "of served answers that classify wrote") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise DriftError(f"served window {path} cannot be read ({why or exc}); pass the JSON Lines file "
+                         "of served answers that classify wrote") from None
     rows: list[tuple[str, float, float | None, str]] = []  # (label, confidence, ood score, version) per decided row
     skipped = 0
     for number, line in enumerate(lines, 1):
@@ -328,8 +329,14 @@ def read_window(path: str | Path, version: str | None = None) -> ServedWindow:
         if not isinstance(row, dict) or "error" in row or "label" not in row or "confidence" not in row:
             skipped += 1
             continue
-        rows.append((str(row["label"]), float(row["confidence"]),
-                     None if row.get("ood_score") is None else float(row["ood_score"]), str(row.get("version") or "")))
+        try:
+            rows.append((str(row["label"]), float(row["confidence"]),
+                         None if row.get("ood_score") is None else float(row["ood_score"]),
+                         str(row.get("version") or "")))
+        except (TypeError, ValueError):  # a number field holding text, a list, an object
+            raise DriftError(f"{path}:{number}: confidence {row['confidence']!r} or ood_score "
+                             f"{row.get('ood_score')!r} is not a number; pass the JSON Lines file of served "
+                             "answers that classify wrote") from None
     rows, notes = _one_version(rows, version, path)
     scores = [r[2] for r in rows]
     have = [s is not None for s in scores]

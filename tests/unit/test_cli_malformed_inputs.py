@@ -126,3 +126,22 @@ def test_repo_validate_reports_a_config_that_is_not_text_as_a_problem(tmp_path):
     assert problems == [f"- {config}: not a valid Triton ModelConfig ('utf-8' codec can't decode byte 0xff in "
                         "position 0: invalid start byte). Fix: correct the field named at that line:column, or "
                         "re-export the model."]
+
+
+WINDOW_DEFECTS: dict[str, tuple[bytes, str]] = {  # defect -> (the window file's bytes, what the one line says)
+    "a confidence that is text": (b'{"label": "digit_0", "confidence": "high"}\n',
+                                  r"window.jsonl:1: confidence 'high' or ood_score None is not a number"),
+    "an ood_score that is a list": (b'{"label": "digit_0", "confidence": 0.9, "ood_score": [1]}\n',
+                                    r"window.jsonl:1: confidence 0.9 or ood_score \[1\] is not a number"),
+    "bytes that are not UTF-8": (b"\xff\xfe\n", r"window.jsonl cannot be read \(not UTF-8 text: invalid start byte"),
+}
+
+
+@pytest.mark.parametrize("defect", WINDOW_DEFECTS)
+def test_drift_on_a_malformed_window_is_one_line_naming_the_file(defect, trained_heads, tmp_path):
+    content, says = WINDOW_DEFECTS[defect]
+    (tmp_path / "window.jsonl").write_bytes(content)
+    line = _run(["drift", str(trained_heads[TINY].artifact), str(tmp_path / "window.jsonl"), "--out",
+                 str(tmp_path / "out")], tmp_path)
+    assert re.search(says, line), line
+    assert not (tmp_path / "out").exists()
