@@ -10,7 +10,8 @@ if TYPE_CHECKING:  # for the annotations only: the client's commands must not im
     from headserve.train.embed import EmbedConfig
 
 # Config field -> the flag that sets it, so an error about a field's value names the flag the user typed
-# (HeadserveError.setting). A field set by no flag, or by different flags in different commands, is left out.
+# (HeadserveError.setting, and any field a message names in backticks). A field set by no flag, or by
+# different flags in different commands, is left out; library messages never name flags themselves.
 FLAG_OF_SETTING: dict[str, str] = {
     "bg_classes": "--bg",  # TrainRequest
     "ood_holdout": "--ood-holdout",  # TrainRequest
@@ -27,6 +28,12 @@ FLAG_OF_SETTING: dict[str, str] = {
     "encoder_name": "--encoder",  # export_head: the registry encoder of a head whose meta names none
     "images": "--images",  # DemoConfig
     "encoder_weights": "--encoder-weights",  # DemoConfig, add_prompt_model
+    "device": "--device",  # EmbedConfig
+    "instances": "--instances",  # RuntimeOptions
+    "cpu_threads": "--cpu-threads",  # RuntimeOptions
+    "repo": "--repo",
+    "runtime": "--runtime",  # export: local or production  # the model repository of export and its subcommands
+    "version": "--version",  # drift: the served version of the compared artifact
     "class_psi": "--class-psi",  # DriftThresholds
     "confidence_psi": "--confidence-psi",  # DriftThresholds
     "ood_rate_p_value": "--p-value",  # DriftThresholds: one flag sets both tests' p-value

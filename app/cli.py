@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import warnings
 from typing import Any, Sequence
@@ -28,6 +29,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "headserve.app.classify",
     "headserve.app.drift",
 )
+# How a library message names a config field besides the bad setting: `field`, in backticks.
+FIELD_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
 EXIT_BAD_INPUT = 2  # what argparse returns for a bad flag; every refused value exits the same way
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -44,9 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error_line(exc: HeadserveError) -> str:
-    """The error as the command line says it: the setting spelled as its flag where one flag sets it."""
+    """The error as the command line says it: each config field it names spelled as the flag that sets it.
+
+    The library names the bad setting in ``exc.setting`` and writes any other field it mentions in
+    backticks (``use `device` cpu``); a field no single flag sets keeps the library's spelling.
+    """
     flag = flag_for(exc.setting) if exc.setting is not None else None
-    return exc.spelled(flag) if flag else str(exc)
+    line = exc.spelled(flag) if flag else str(exc)
+    return FIELD_MENTION.sub(lambda m: flag_for(m.group(1)) or m.group(0), line)
 
 
 def _warning_lines(command: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from headserve.client.discovery import HeadInfo
-from headserve.client.errors import BadInputError
+from headserve.client.errors import ClientConfigError
 
 
 class Reason(str, enum.Enum):
@@ -42,7 +42,8 @@ class Thresholds:
                   **{f"per_class_margin[{k}]": v for k, v in self.per_class_margin.items()}}
         for key, v in values.items():
             if not 0.0 <= float(v) <= 1.0:
-                raise BadInputError(f"threshold {key}={v} is outside [0, 1]; probabilities and margins are in [0, 1]")
+                raise ClientConfigError(f"threshold {key}={v} is outside [0, 1]; probabilities and margins are in "
+                                        "[0, 1]").about(key, v)
 
     def check_classes(self, info: HeadInfo) -> None:
         for key in (*self.per_class_confidence, *self.per_class_margin):

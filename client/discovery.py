@@ -148,8 +148,8 @@ def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any])
                 raise ServerSideError(
                     f"{info.name!r} version {info.version or '?'} answered non-finite {name} for {int(bad.sum())} of "
                     f"{len(bad)} crops (first row {int(np.argmax(bad))}); nothing was decoded. The served graph "
-                    "overflowed or was fed non-finite values: export the encoder at fp32 (no --precision fp16 or "
-                    "--tensorrt FP16) or check the inputs")
+                    "overflowed or was fed non-finite values: export the encoder at fp32 (not at fp16 precision, "
+                    "nor with TensorRT at FP16) or check the inputs")
 
 
 def head_info_from_config(name: str, config: Any, version: str = "") -> HeadInfo:

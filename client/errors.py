@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from headserve.errors import HeadserveError
+from headserve.errors import ConfigError, HeadserveError
 
 
 class ClientError(HeadserveError):
@@ -53,6 +53,15 @@ class HeadChangedError(ClientError):
     Raised only after the client re-read the head once: a version swap in progress, or a repository that
     keeps changing. Retrying the call later reads the new version.
     """
+
+
+class ClientConfigError(BadInputError, ConfigError):
+    """A client config field set to a value it cannot take (``ConnectionOptions``, ``Thresholds``,
+    ``MetricsConfig``); a ``BadInputError`` too, as the client raised for these before."""
+
+
+class MetricsPortError(ClientError):
+    """The exporter endpoint could not listen on the port it was given (taken, or not allowed)."""
 
 
 UNKNOWN_MODEL = "Request for unknown model"  # how Triton starts the message for a name or version it does not serve

@@ -34,9 +34,8 @@ from prometheus_client.registry import Collector
 
 from headserve.client.decision import Prediction
 from headserve.client.discovery import HeadInfo
-from headserve.client.errors import ClientError
+from headserve.client.errors import ClientConfigError, MetricsPortError
 from headserve.drift import OOD_THRESHOLD_MULTIPLES
-from headserve.errors import ConfigError
 
 NAMESPACE = "headserve_client"
 OTHER_CLASS = "__other__"  # the class label of every class beyond the first max_class_labels of a head
@@ -45,11 +44,11 @@ PROBABILITY_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range
 # A head that publishes no threshold: Mahalanobis scores span orders of magnitude, so powers of two.
 OOD_FIXED_BUCKETS: tuple[float, ...] = tuple(float(2 ** k) for k in range(13))
 
+# What recording a batch raises on data it cannot count: a field that is missing or not a number, a value
+# prometheus-client refuses. Anything else (a lock, a registry, a defect here) is not swallowed.
+RECORDING_ERRORS: tuple[type[Exception], ...] = (AttributeError, TypeError, ValueError, ArithmeticError)
+
 log = logging.getLogger("headserve.client.metrics")
-
-
-class MetricsPortError(ClientError):
-    """The exporter endpoint could not listen on the port it was given (taken, or not allowed)."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,14 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         if self.max_class_labels < 1:
-            raise ConfigError(f"max_class_labels={self.max_class_labels} must be at least 1; every head needs "
-                              "one class label before the rest count as __other__")
+            raise ClientConfigError(f"max_class_labels={self.max_class_labels} must be at least 1; every head "
+                                    "needs one class label before the rest count as __other__").about(
+                "max_class_labels", self.max_class_labels)
         for head, q in self.ood_quantiles.items():
             if not 0.0 < float(q) < 1.0:
-                raise ConfigError(f"ood_quantiles[{head!r}]={q} is outside (0, 1); pass the quantile the head's "
-                                  "OOD threshold was set at (meta.json ood_quantile, 0.95 by default)")
+                raise ClientConfigError(f"ood_quantiles[{head!r}]={q} is outside (0, 1); pass the quantile the "
+                                        "head's OOD threshold was set at (meta.json ood_quantile, 0.95 by "
+                                        "default)").about("ood_quantiles", q)
 
 
 def ood_buckets(threshold: float | None) -> tuple[float, ...]:
@@ -154,8 +155,9 @@ class DecisionMetrics:
     """The decision metrics of one or more heads, as an ``Observer`` the clients call after every batch.
 
     Metric names are fixed (namespace ``headserve_client``); dashboards and alerts in deploy/monitoring
-    read exactly these. ``observe_batch`` and ``observe_error`` never raise: a metrics failure is logged
-    and the client's answer is returned as if nothing were watching.
+    read exactly these. A batch or error the metrics cannot record (``RECORDING_ERRORS``: a value that is
+    not a number, an object that is not a ``Prediction``) is logged once, counted in ``failures``, and the
+    client's answer is returned as if nothing were watching; any other exception is a defect and raises.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, config: MetricsConfig = MetricsConfig()) -> None:
@@ -197,14 +199,19 @@ class DecisionMetrics:
     def observe_batch(self, info: HeadInfo, predictions: Sequence[Prediction], seconds: float) -> None:
         try:
             self._observe_batch(info, predictions, seconds)
-        except Exception as exc:  # noqa: BLE001 - the protocol: a metric must never fail the caller's request
+        except RECORDING_ERRORS as exc:  # the protocol: bad data must never fail the caller's request
             self._failed("batch", info.name, exc)
 
     def observe_error(self, head: str, error: BaseException) -> None:
         try:
             self.errors.labels(head, type(error).__name__).inc()
-        except Exception as exc:  # noqa: BLE001 - as above
+        except RECORDING_ERRORS as exc:  # as above
             self._failed("error", head, exc)
+
+    @property
+    def failures(self) -> int:
+        """How many batches and errors could not be recorded since this object was made (0 when all were)."""
+        return self._failures
 
     # -- the work --------------------------------------------------------------------------------
 

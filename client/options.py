@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from headserve.client.errors import BadInputError, ClientError, ServerUnavailableError
+from headserve.client.errors import ClientConfigError, ClientError, ServerUnavailableError
 from headserve.preprocess import DEFAULT_MAX_PIXELS
 
 COMPRESSIONS = (None, "gzip", "deflate")
@@ -36,28 +36,30 @@ class ConnectionOptions:
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
-            raise BadInputError(f"timeout_s={self.timeout_s} must be positive")
+            raise ClientConfigError(f"timeout_s={self.timeout_s} must be positive").about("timeout_s", self.timeout_s)
         if self.retries < 0 or self.backoff_s < 0:
-            raise BadInputError(f"retries={self.retries} and backoff_s={self.backoff_s} must not be negative")
+            raise ClientConfigError(f"retries={self.retries} and backoff_s={self.backoff_s} must not be negative")
         if self.compression not in COMPRESSIONS:
-            raise BadInputError(f"compression {self.compression!r} is not one of {COMPRESSIONS}")
+            raise ClientConfigError(f"compression {self.compression!r} is not one of {COMPRESSIONS}").about(
+                "compression", self.compression)
         if self.max_pixels < 1:
-            raise BadInputError(f"max_pixels={self.max_pixels} must be at least 1")
+            raise ClientConfigError(f"max_pixels={self.max_pixels} must be at least 1").about("max_pixels", self.max_pixels)
         if self.max_in_flight < 1:
-            raise BadInputError(f"max_in_flight={self.max_in_flight} must be at least 1")
+            raise ClientConfigError(f"max_in_flight={self.max_in_flight} must be at least 1").about(
+                "max_in_flight", self.max_in_flight)
         if (self.private_key is None) != (self.certificate_chain is None):
-            raise BadInputError("mutual TLS needs both private_key and certificate_chain; pass both or neither")
+            raise ClientConfigError("mutual TLS needs both private_key and certificate_chain; pass both or neither")
         object.__setattr__(self, "channel_options", tuple(tuple(o) for o in self.channel_options))  # lists too
         for option in self.channel_options:
             if len(option) != 2 or not isinstance(option[0], str) or not option[0].startswith("grpc."):
-                raise BadInputError(f"channel option {option!r} is not a (\"grpc.<name>\", value) pair; see "
+                raise ClientConfigError(f"channel option {option!r} is not a (\"grpc.<name>\", value) pair; see "
                                     "https://grpc.github.io/grpc/core/group__grpc__arg__keys.html for the keys")
             if not isinstance(option[1], (str, int)):
-                raise BadInputError(f"channel option {option[0]!r} has value {option[1]!r}; gRPC takes a str or int")
+                raise ClientConfigError(f"channel option {option[0]!r} has value {option[1]!r}; gRPC takes a str or int")
         for name in ("root_certificates", "private_key", "certificate_chain"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise BadInputError(f"{name} file {path} does not exist; pass a PEM file")
+                raise ClientConfigError(f"{name} file {path} does not exist; pass a PEM file").about(name, path)
 
     @property
     def use_ssl(self) -> bool:

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from headserve.errors import ConfigError, HeadserveError
+from headserve.errors import ConfigError
+from headserve.export.errors import EngineChoiceError, EngineParityError
 
 if TYPE_CHECKING:
     from headserve.backbones import EncoderGraph
@@ -53,24 +54,6 @@ DEFAULT_ENGINE = "onnxruntime"  # what every repository written before engines s
 # An engine's fp32 differs from PyTorch by summation order only.
 MIN_COSINE: dict[str, float] = {"fp32": 0.99999, "bf16": 0.999, "fp16": 0.998}
 CHECK_SAMPLE = 32  # crops the export check embeds (bundled images, several boxes each)
-
-
-class EngineChoiceError(HeadserveError, ValueError):
-    """An engine and precision that cannot run where they were asked to (OpenVINO on a GPU, bf16 on ONNX Runtime)."""
-
-
-class EngineParityError(HeadserveError):
-    """An engine whose embeddings leave its precision's minimum cosine to the fp32 PyTorch encoder; nothing was written."""
-
-    def __init__(self, encoder: str, figures: "ParityFigures") -> None:
-        self.encoder = encoder
-        self.figures = figures
-        super().__init__(
-            f"encoder {encoder} on {figures.engine} {figures.precision}: minimum cosine to the fp32 PyTorch encoder "
-            f"{figures.min_cosine:.5f} on {figures.sample} crops ({figures.source}) is below the {figures.precision} "
-            f"minimum {figures.threshold}" + (f"; top-1 agreement {figures.top1_agreement:.3f}"
-                                              if figures.top1_agreement is not None else "")
-            + ". Nothing was written. Export in fp32 (--engine onnxruntime --precision fp32).")
 
 
 @dataclass(frozen=True)
@@ -117,7 +100,7 @@ def choose_engine(engine: str = "auto", precision: str = "auto", gpu: bool = Fal
         if "BF16" not in caps:  # OpenVINO would quietly compute f32 and the repository would say bf16
             raise EngineChoiceError.bad_value("precision", precision, f"this CPU has no bf16 arithmetic (OpenVINO "
                                               f"capabilities {', '.join(sorted(caps)) or 'none'}); export fp32 here "
-                                              "(--precision fp32)")
+                                              "(`precision` fp32)")
     if engine != "auto":
         why = "asked for"
     elif gpu:
@@ -136,14 +119,14 @@ def choose_engine(engine: str = "auto", precision: str = "auto", gpu: bool = Fal
                                        "BF16 or AMX bring it), so fp32")
         if precision == "bf16" and "BF16" not in caps:
             raise EngineChoiceError.bad_value("precision", precision, why.replace(", so fp32", "; export fp32 here "
-                                                                                   "(--precision fp32)"))
+                                                                                   "(`precision` fp32)"))
         if precision == "auto":
             precision = "bf16" if "BF16" in caps else "fp32"
             return EngineChoice(engine, precision, f"{engine} {precision}: {why}", fallback=precision == "bf16")
     if engine not in ENGINES:
         raise EngineChoiceError.bad_value("engine", engine, f"is not auto or one of {', '.join(ENGINES)}")
     if gpu and not ENGINES[engine].gpu:
-        raise EngineChoiceError.bad_value("engine", engine, "runs on a CPU only; GPU instances (--instance-kind gpu) "
+        raise EngineChoiceError.bad_value("engine", engine, "runs on a CPU only; GPU instances "
                                                             "run ONNX Runtime")
     if precision == "auto" and engine == "openvino":
         bf16 = "BF16" in (cpu_capabilities() if capabilities is None else capabilities)
@@ -361,7 +344,7 @@ def check_choice_usable(choice: EngineChoice, threads: int | None) -> None:
             import openvino  # noqa: F401
         except ImportError:
             raise ConfigError.bad_value("engine", "openvino", "is not installed here; pip install "
-                                        "'headserve[full]' (it pins openvino), or export with --engine onnxruntime"
+                                        "'headserve[full]' (it pins openvino), or export with `engine` onnxruntime"
                                         ) from None
     if threads is not None and threads < 0:
         raise ConfigError.bad_value("cpu_threads", threads, "use 0 for the machine's cores, or a count")

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from headserve.errors import ConfigError, HeadserveError
+from headserve.errors import ConfigError, RepositoryError
 from headserve.export.engine import DEFAULT_ENGINE, ENGINES, openvino_properties
+from headserve.export.errors import OptionsError
 
 
 class DataType(enum.Enum):
@@ -61,11 +63,8 @@ class TensorRTOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in ("FP32", "FP16"):
+            # no setting recorded: "precision" is another flag's field (--precision); --tensorrt sets this one
             raise ConfigError(f"TensorRT precision {self.precision!r} is not FP32 or FP16")
-
-
-class OptionsError(HeadserveError, ValueError):
-    """Runtime options that cannot be rendered (an instance count below one, negative threads)."""
 
 
 AUTO_THREADS = 0  # cpu_threads: the serving machine's cores shared among the instances, read when the model loads
@@ -85,9 +84,9 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         if self.instances < 1:
-            raise OptionsError(f"--instances {self.instances}: a model needs at least one instance")
+            raise OptionsError.bad_value("instances", self.instances, "a model needs at least one instance")
         if self.cpu_threads is not None and self.cpu_threads < 0:
-            raise OptionsError(f"--cpu-threads {self.cpu_threads}: use 0 for the machine's cores, or a count")
+            raise OptionsError.bad_value("cpu_threads", self.cpu_threads, "use 0 for the machine's cores, or a count")
 
     def kind_for(self, runtime: "Runtime") -> InstanceKind:
         if self.kind is not None:
@@ -143,7 +142,8 @@ class ModelDesc:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise OptionsError(f"model {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+            raise OptionsError(f"model {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}").about(
+                "engine", self.engine)
 
     @property
     def is_onnx(self) -> bool:
@@ -191,6 +191,21 @@ def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
+def read_config(path: Path) -> mc.ModelConfig:
+    """The config.pbtxt at ``path``; one that does not read or parse raises ``RepositoryError`` naming the file.
+
+    A repository's files are the user's input (edited by hand, cut short by a full disk): a bad one is
+    refused by name rather than surfacing as the parser's exception.
+    """
+    try:
+        return parse(path.read_text())
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{path} is not a valid Triton ModelConfig ({exc}); correct it, or remove "
+                              f"{path.parent} and export that model again") from None
+    except OSError as exc:
+        raise RepositoryError(f"{path} cannot be read ({exc.strerror or exc})") from None
+
+
 def parameters_of(config: mc.ModelConfig) -> dict[str, str]:
     """A config's string parameters as a plain dict (headserve publishes every parameter as a string)."""
     return {k: v.string_value for k, v in config.parameters.items()}
@@ -232,8 +247,8 @@ def _set_openvino(config: mc.ModelConfig, desc: ModelDesc, runtime: Runtime, opt
     travel as ``ov_<PROPERTY>`` parameters that the runner passes to ``compile_model``.
     """
     if options.kind is InstanceKind.KIND_GPU:
-        raise OptionsError(f"model {desc.name}: engine openvino runs on a CPU; use --instance-kind cpu, or "
-                           "--engine onnxruntime for GPU instances")
+        raise OptionsError(f"model {desc.name}: engine openvino runs on a CPU; use CPU instances, or "
+                           "`engine` onnxruntime for GPU instances")
     threads = 1 if desc.light else options.threads_for(runtime)
     props = openvino_properties(desc.engine_precision, threads if runtime is Runtime.PRODUCTION else 0)
     if runtime is Runtime.PRODUCTION:

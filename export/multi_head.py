@@ -25,7 +25,7 @@ from headserve.contract import (
     multi_head_output_name,
 )
 from headserve.errors import RepositoryError
-from headserve.export.model_config import DataType, EnsembleStep, ModelDesc, Runtime, TensorSpec, parameters_of, parse
+from headserve.export.model_config import DataType, EnsembleStep, ModelDesc, Runtime, TensorSpec, parameters_of, read_config
 from headserve.export.repository import EnsembleWiring, WrittenModel, head_outputs, publish_version, read_served_head
 from headserve.fsutil import write_text_atomic
 
@@ -95,7 +95,7 @@ def multi_head_ensembles(repo: Path) -> dict[str, list[str]]:
     """Every multi-head ensemble in ``repo`` and the heads it serves (its ``heads`` parameter)."""
     found: dict[str, list[str]] = {}
     for config_path in sorted(Path(repo).glob("*/config.pbtxt")):
-        heads = parameters_of(parse(config_path.read_text())).get("heads")
+        heads = parameters_of(read_config(config_path)).get("heads")
         if heads:
             found[config_path.parent.name] = list(json.loads(heads))
     return found

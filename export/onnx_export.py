@@ -169,19 +169,21 @@ def export_onnx(module: nn.Module, spec: GraphSpec, path: str | os.PathLike, see
         # nn.MultiheadAttention's inference fast path (open_clip's ViT) is a fused op with no ONNX
         # symbolic; the regular path computes the same attention from exportable ops.
         torch.backends.mha.set_fastpath_enabled(False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-            torch.onnx.export(
-                module,
-                example,
-                str(tmp),
-                input_names=list(spec.inputs),
-                output_names=list(spec.outputs),
-                dynamic_axes={n: {0: "batch"} for n in (*spec.inputs, *spec.outputs)},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+                torch.onnx.export(
+                    module,
+                    example,
+                    str(tmp),
+                    input_names=list(spec.inputs),
+                    output_names=list(spec.outputs),
+                    dynamic_axes={n: {0: "batch"} for n in (*spec.inputs, *spec.outputs)},
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
+        finally:  # a failed export must not leave the process's attention on the slow path
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         data = path.with_name(path.name + ".data")
         _externalise(tmp, data.name, external_data_bytes)
         onnx.checker.check_model(str(tmp), full_check=True)

@@ -25,7 +25,7 @@ from headserve.export.engine import (
 )
 from headserve.export.errors import EngineMismatchError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
-from headserve.export.model_config import InstanceKind, ProductionOptions, Runtime, RuntimeOptions, parameters_of, parse
+from headserve.export.model_config import InstanceKind, ProductionOptions, Runtime, RuntimeOptions, parameters_of, read_config
 from headserve.export.repository import (
     HeadGraph,
     WrittenModel,
@@ -90,7 +90,7 @@ def _export_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, name: st
     choice = None
     if config_path.is_file() and has_version:  # the repository serves this encoder already
         _check_served_encoder(repo / model, name)
-        params = parameters_of(parse(config_path.read_text()))
+        params = parameters_of(read_config(config_path))
         served = (*served_engine(params), _served_min_cosine(repo / model, params))
     else:
         gpu = (options or RuntimeOptions()).kind_for(runtime) is InstanceKind.KIND_GPU
@@ -150,8 +150,8 @@ def check_training_engine(head: str, trained: tuple[str, str, float], served: tu
         raise EngineMismatchError(
             f"{where}: head {head!r} was trained on {t_engine} {t_precision} embeddings (min cosine {t_cos:.5f} to "
             f"fp32) but the encoder serves {s_engine} {s_precision} (min cosine {s_cos:.5f}); together they may "
-            f"differ down to cosine {bound:.5f}, below {MIN_COSINE['bf16']}. Retrain the head with --engine "
-            f"{s_engine if s_engine != DEFAULT_ENGINE else 'torch'} --precision {s_precision}, or export its encoder "
+            f"differ down to cosine {bound:.5f}, below {MIN_COSINE['bf16']}. Retrain the head with `engine` "
+            f"{s_engine if s_engine != DEFAULT_ENGINE else 'torch'} `precision` {s_precision}, or export its encoder "
             f"on {t_engine if t_engine != 'torch' else DEFAULT_ENGINE} into another repository")
 
 
@@ -201,7 +201,7 @@ def _refresh_dependents(repo: Path, head: str, runtime: Runtime, options: Produc
 
     written: list[WrittenModel] = []
     path = repo / head / "config.pbtxt"
-    if ServedHead.from_parameters(head, parameters_of(parse(path.read_text())), where=str(path)).encoded_model:
+    if ServedHead.from_parameters(head, parameters_of(read_config(path)), where=str(path)).encoded_model:
         written.extend(add_encoded_input(repo, head, runtime, options))
     for ensemble, heads in multi_head_ensembles(repo).items():
         if head in heads:

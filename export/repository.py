@@ -66,7 +66,7 @@ from headserve.export.model_config import (
     Runtime,
     TensorSpec,
     parameters_of,
-    parse,
+    read_config,
     render,
     to_text,
 )
@@ -82,7 +82,7 @@ from headserve.export.onnx_export import (
 )
 from headserve.fsutil import publish_dir, staging_dir, write_text_atomic
 from headserve.head import ServingHead
-from headserve.lockfile import repository_lock
+from headserve.lockfile import check_repository_path, repository_lock
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
 # encoder_model_name and head_model_name are re-exported from headserve.contract.
@@ -175,6 +175,7 @@ def add_encoder(repo: Path, loaded: LoadedEncoder, runtime: Runtime, max_batch_s
     name = encoder_model_name(spec.name)
     model_dir = Path(repo) / name
     graph_precision = choice.precision if choice.engine == DEFAULT_ENGINE else "fp32"  # OpenVINO reads the fp32 graph
+    check_repository_path(Path(repo))  # before staging: a --repo under a file was a NotADirectoryError traceback
     new_model = not model_dir.exists()
     tmp = staging_dir(model_dir / "export")
     try:
@@ -439,7 +440,7 @@ def read_served_head(repo: Path, head: str, purpose: str) -> tuple[ServedHead, E
     path = Path(repo) / head / "config.pbtxt"
     if not path.is_file():
         raise RepositoryError(f"{path} does not exist: export head {head!r} before {purpose}")
-    config = parse(path.read_text())
+    config = read_config(path)
     steps = config.ensemble_scheduling.step
     params = parameters_of(config)
     if config.platform != "ensemble" or len(steps) != 2 or "preprocess" not in params:
@@ -474,7 +475,7 @@ def _keep_dependents(repo: Path, served: ServedHead) -> ServedHead:
     if not path.is_file():
         return served
     try:
-        previous = ServedHead.from_parameters(served.name, parameters_of(parse(path.read_text())), where=str(path))
+        previous = ServedHead.from_parameters(served.name, parameters_of(read_config(path)), where=str(path))
     except ParameterError:  # not a readable head ensemble: the export replaces it with one
         return served
     if previous.prompt_model and (repo / previous.prompt_model / "config.pbtxt").is_file():

@@ -81,7 +81,7 @@ def load_models(repo: Path, problems: list[Problem], broken: set[str] | None = N
             continue
         try:
             config = text_format.Parse(path.read_text(), mc.ModelConfig())
-        except text_format.ParseError as exc:
+        except (text_format.ParseError, UnicodeDecodeError) as exc:  # a binary or non-UTF-8 file, too
             problems.append(Problem(path, f"not a valid Triton ModelConfig ({exc}).",
                                     "correct the field named at that line:column, or re-export the model."))
             broken.add(directory.name)
@@ -153,7 +153,7 @@ def _check_labels(entry: ModelEntry, problems: list[Problem]) -> None:
                                           "which does not exist.",
                                     "re-export the head (it writes one class name per line)."))
             continue
-        labels = [line for line in path.read_text().splitlines() if line.strip()]
+        labels = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
         classes = out.dims[-1] if out.dims else 0
         if classes > 0 and len(labels) != classes:
             problems.append(Problem(path, f"{len(labels)} labels for output {out.name!r} of {classes} classes "
@@ -179,7 +179,7 @@ def _check_onnx(entry: ModelEntry, version_dir: Path, problems: list[Problem]) -
     if "onnx_file" in entry.parameters and not (version_dir / "model.py").is_file():
         problems.append(Problem(version_dir / "model.py", "a local-runtime model without the runner that serves "
                                                           "its ONNX file (python backend).",
-                                "re-export with --runtime local, or use --runtime production for the onnxruntime "
+                                "re-export with `runtime` local, or use `runtime` production for the onnxruntime "
                                 "backend."))
     if not path.is_file():
         problems.append(Problem(path, "the ONNX file the config points at is missing.",
@@ -390,7 +390,7 @@ def _check_served_head(entry: ModelEntry, problems: list[Problem]) -> None:
     path = entry.directory / probs.label_filename if probs is not None else None
     if path is None or not path.is_file():
         return  # reported by the labels check
-    labels = [line for line in path.read_text().splitlines() if line.strip()]
+    labels = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if len(labels) == len(served.classes) and tuple(labels) != served.classes:
         problems.append(Problem(path, f"labels {labels} differ from the classes {list(served.classes)} that the "
                                       "ensemble publishes.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import shutil
 import warnings
@@ -34,6 +35,30 @@ from headserve.fsutil import publish_dir, staging_dir
 META_FILE = "meta.json"
 WEIGHTS_FILE = "head.safetensors"
 FORMAT = "headserve.head/1"
+
+# What each meta.json field holds, as JSON reads it: a field of another kind (classes: 5) is refused by
+# name instead of failing deep inside whatever reads it first. A name absent here is not checked.
+_TEXT, _NUMBER, _WHOLE, _MAP, _LIST = "text", "a number", "a whole number", "a JSON object", "a JSON list"
+FIELD_KINDS: Mapping[str, tuple[str, bool]] = {  # field -> (kind, None allowed)
+    "name": (_TEXT, False), "encoder_type": (_TEXT, False), "encoder_model": (_TEXT, False),
+    "embedding_dim": (_WHOLE, False), "classes": (_LIST, False), "background_indices": (_LIST, False),
+    "head_type": (_TEXT, False), "head_config": (_MAP, False), "temperature": (_NUMBER, False),
+    "preprocess": (_MAP, True), "encoder_name": (_TEXT, True), "encoder_pretrained": (_TEXT, True),
+    "encoder_fingerprint": (_TEXT, True), "metrics": (_MAP, False), "extra": (_MAP, False),
+    "ood_threshold": (_NUMBER, True), "ood_quantile": (_NUMBER, True), "weights_sha256": (_TEXT, True), "format": (_TEXT, False),
+}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _MAP:
+        return isinstance(value, Mapping)
+    if kind == _LIST:
+        return isinstance(value, (list, tuple))
+    if isinstance(value, bool):  # JSON's true is not a count
+        return False
+    return isinstance(value, numbers.Integral if kind == _WHOLE else numbers.Real)
 
 
 # meta.json's flat encoder fields (as every headserve wrote them) -> the EncoderIdentity field each holds.
@@ -71,6 +96,19 @@ class HeadMeta:
     format: str = FORMAT
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            kind, optional = FIELD_KINDS.get(f.name, (None, True))
+            value = getattr(self, f.name)
+            if kind is not None and not (value is None and optional) and not _is_kind(value, kind):
+                raise ArtifactError(f"head {self.name!r}: field {f.name!r} is {value!r} "
+                                    f"({type(value).__name__}), not {kind}; the metadata was edited or "
+                                    "written by something other than headserve: retrain the head")
+        if not all(isinstance(c, str) for c in self.classes):
+            raise ArtifactError(f"head {self.name!r}: classes {self.classes!r} are not all class names "
+                                "(text)")
+        if not all(_is_kind(i, _WHOLE) for i in self.background_indices):
+            raise ArtifactError(f"head {self.name!r}: background_indices {self.background_indices!r} are not all "
+                                "class indices")
         if len(self.classes) < 2:
             raise ArtifactError(f"head {self.name!r} has {len(self.classes)} classes; a classifier needs at least 2")
         bad = [i for i in self.background_indices if not 0 <= i < len(self.classes)]
@@ -114,9 +152,18 @@ class HeadMeta:
         for key in ("name", "encoder_model", "embedding_dim", "classes"):
             if key not in values:
                 raise ArtifactError(f"{origin}: field {key!r} is missing; the artifact is incomplete or not a head")
+        for key, (kind, optional) in FIELD_KINDS.items():  # flat encoder fields too, before they are read
+            value = values.get(key)
+            if key in values and not (value is None and optional) and not _is_kind(value, kind):
+                raise ArtifactError(f"{origin}: field {key!r} is {value!r}, not {kind}; "
+                                    "the metadata was edited or written by something other than headserve: "
+                                    "retrain the head")
         encoder = _encoder_from_fields(values, origin)
         _move_ood_figures(values)
-        meta = cls(encoder=encoder, **{k: v for k, v in values.items() if k in known})
+        try:
+            meta = cls(encoder=encoder, **{k: v for k, v in values.items() if k in known})
+        except ArtifactError as exc:  # a field of the wrong kind: say which file holds it
+            raise ArtifactError(f"{origin}: {exc}") from None
         if unknown:
             meta.extra.setdefault("unread_fields", unknown)
         return meta
@@ -262,6 +309,6 @@ def trained_encoder(meta: HeadMeta, name: str | None = None, weights: str | None
     if not Path(recorded).exists():
         raise EncoderLoadError(
             f"head {meta.name!r} was trained with encoder weights {recorded} (recorded in its meta.json), which "
-            "do not exist on this machine; pass --encoder-weights PATH with the same weights (a different "
+            "do not exist on this machine; pass `encoder_weights` PATH with the same weights (a different "
             "checkpoint is refused by the fingerprint check)")
     return spec.with_weights(recorded), f"{recorded} (recorded in meta.json)"

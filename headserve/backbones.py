@@ -166,7 +166,7 @@ def _load_clip(spec: EncoderSpec) -> LoadedEncoder:
             raise EncoderLoadError(
                 f"could not load CLIP {spec.model_id} with pretrained={spec.pretrained!r} "
                 f"({exc.__class__.__name__}: {_first_line(exc)}). This machine may have no route to the model "
-                "hub: download the checkpoint elsewhere and pass it with --encoder-weights FILE."
+                "hub: download the checkpoint elsewhere and pass it with `encoder_weights` FILE."
             ) from None
     return LoadedEncoder(spec=spec, backbone=ClipImageTower(model), full_model=model)
 
@@ -216,7 +216,7 @@ def _load_hub(spec: EncoderSpec, family: str, processor_class: Any = None,
             processor = (processor_class or AutoImageProcessor).from_pretrained(spec.model_id)
             model = AutoModel.from_pretrained(spec.model_id)
     except Exception as exc:  # GatedRepoError, LocalEntryNotFoundError, OSError, ...
-        raise EncoderLoadError(_hub_failure(family, spec.model_id, exc, "--encoder-weights DIR")) from None
+        raise EncoderLoadError(_hub_failure(family, spec.model_id, exc, "`encoder_weights` DIR")) from None
     spec = replace(spec, preprocess=_preprocess_from_processor(processor, spec.preprocess))
     return LoadedEncoder(spec=spec, backbone=wrap(model), full_model=model)
 
@@ -237,7 +237,7 @@ def _hub_failure(family: str, source: str, exc: BaseException, local: str) -> st
 # transformers family's pooler_output) takes the CLS token after the final norm, and so does headserve.
 # num_classes=0 leaves out the classifier, so the model's output is the pooled feature.
 TIMM_OPTIONS: Mapping[str, Any] = {"num_classes": 0, "global_pool": "token"}
-_TIMM_LOCAL = "--encoder-weights FILE_OR_DIR (a .safetensors/.pth file, or the directory " \
+_TIMM_LOCAL = "`encoder_weights` FILE_OR_DIR (a .safetensors/.pth file, or the directory " \
               "`hf download timm/<model> --local-dir DIR` writes)"
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
 from headserve.encoders import DEFAULT_ENCODER_TYPE, EncoderSpec, PreprocessSpec
-from headserve.errors import EncoderMismatchError, RepositoryError
+from headserve.errors import ConfigError, EncoderMismatchError, MalformedParameterError, MissingParameterError, ParameterError
 
 # ---------------------------------------------------------------------------------------------
 # Tensor names: every ONNX input and output headserve exports, and every name a client sends or reads.
@@ -90,26 +90,6 @@ def multi_head_model_name(encoder_model: str) -> str:
 def multi_head_output_name(head: str, output: str) -> str:
     """A head's output inside a multi-head ensemble."""
     return f"{head}{MULTI_HEAD_SEPARATOR}{output}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-class ParameterError(RepositoryError, ValueError):
-    """A served model's published parameter that is missing or cannot be read; ``key`` names it."""
-
-    def __init__(self, message: str, key: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class MissingParameterError(ParameterError):
-    """A parameter that the record needs is not published."""
-
-
-class MalformedParameterError(ParameterError):
-    """A published parameter whose value does not parse as the record's field."""
 
 
 _FIX = "re-export it with `headserve export`, or upgrade headserve if the model was exported by a newer one"
@@ -199,7 +179,8 @@ class EncoderIdentity:
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 0:
-            raise ValueError(f"embedding_dim {self.embedding_dim} of encoder {self.label} is negative")
+            raise ConfigError(f"embedding_dim {self.embedding_dim} of encoder {self.label} is negative").about(
+                "embedding_dim", self.embedding_dim)
 
     @classmethod
     def from_spec(cls, spec: EncoderSpec, fingerprint: str | None = None) -> "EncoderIdentity":
@@ -319,14 +300,17 @@ class ServedHead:
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
-            raise ValueError(f"head {self.name!r} has {len(self.classes)} classes; a classifier needs at least 2")
+            raise ConfigError(f"head {self.name!r} has {len(self.classes)} classes; a classifier needs at least "
+                              "2").about("classes", len(self.classes))
         n = len(self.classes)
         bad = [i for i in (*self.background_indices, *self.prompt_classes) if not 0 <= i < n]
         if bad:
-            raise ValueError(f"head {self.name!r}: class indices {bad} are outside 0..{n - 1}")
+            raise ConfigError(f"head {self.name!r}: class indices {bad} are outside 0..{n - 1}").about(
+                "background_indices" if set(bad) & set(self.background_indices) else "prompt_classes", bad)
         clash = sorted(set(self.extra) & {*HEAD_KEYS, *IDENTITY_KEYS})
         if clash:
-            raise ValueError(f"head {self.name!r}: extra parameters {clash} are record fields; set the fields instead")
+            raise ConfigError(f"head {self.name!r}: extra parameters {clash} are record fields; set the fields "
+                              "instead").about("extra", clash)
 
     @property
     def preprocess(self) -> PreprocessSpec:

@@ -17,15 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from headserve.errors import HeadserveError
-
-
-class DeviceError(HeadserveError):
-    """A device that is not available, or not written as one."""
-
-
-class PrecisionError(HeadserveError):
-    """Embeddings at a lower precision that leave its tolerance of fp32 (or are not finite)."""
+from headserve.errors import DeviceError, PrecisionError
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,7 @@ def available_devices() -> list[str]:
     return found
 
 
-def resolve_device(text: str = "auto", source: str = "--device") -> torch.device:
+def resolve_device(text: str = "auto", source: str = "`device`") -> torch.device:
     """``auto`` -> cuda, else mps, else cpu; an explicit device must exist here."""
     text = text.strip().lower()
     if not DEVICE_PATTERN.match(text):
@@ -83,7 +75,7 @@ def resolve_device(text: str = "auto", source: str = "--device") -> torch.device
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceError(f"{source} {text}: torch sees no CUDA device on this machine "
-                              f"(available: {', '.join(available_devices())}); use --device cpu or auto")
+                              f"(available: {', '.join(available_devices())}); use `device` cpu or auto")
         index = int(text.split(":")[1]) if ":" in text else 0
         if index >= torch.cuda.device_count():
             raise DeviceError(f"{source} {text}: this machine has {torch.cuda.device_count()} CUDA device(s) "
@@ -100,10 +92,10 @@ def check_supported(device: torch.device, precision: Precision) -> None:
     if precision.name == "fp32":
         return
     if device.type == "cuda" and precision.dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise PrecisionError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+        raise PrecisionError(f"`precision` bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                              "use fp16 or fp32")
     if device.type == "mps" and precision.dtype is torch.bfloat16:
-        raise PrecisionError("--precision bf16 is not supported on mps; use fp16 or fp32")
+        raise PrecisionError("`precision` bf16 is not supported on mps; use fp16 or fp32")
 
 
 @contextlib.contextmanager
@@ -128,13 +120,13 @@ def check_precision(reference: np.ndarray, candidate: np.ndarray, precision: Pre
     if not finite.all():
         raise PrecisionError(
             f"{where}: {int((~finite).sum())} of {len(candidate)} sample embeddings at {precision.name} are NaN or "
-            f"infinite (an activation overflowed); run with --precision fp32 or bf16")
+            f"infinite (an activation overflowed); run with `precision` fp32 or bf16")
     ref = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
     cand = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
     worst = float((ref * cand).sum(axis=1).min())
     if worst < precision.min_cosine:
         raise PrecisionError(
             f"{where}: embeddings at {precision.name} leave fp32's tolerance on a sample of {len(reference)} crops "
-            f"(lowest cosine similarity {worst:.5f} < {precision.min_cosine}); run with --precision fp32"
+            f"(lowest cosine similarity {worst:.5f} < {precision.min_cosine}); run with `precision` fp32"
             + (" or bf16" if precision.name == "fp16" else ""))
     return worst

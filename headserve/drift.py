@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headserve.errors import HeadserveError
+from headserve.errors import DriftConfigError, DriftError
 from headserve.fsutil import write_text_atomic
 
 if TYPE_CHECKING:  # the client's types, for hints only: the core does not import the client at run time
@@ -51,10 +51,6 @@ OOD_THRESHOLD_MULTIPLES: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.
 # ln(window / reference) infinite. A pseudo-count, unlike a fixed epsilon on the proportions, scales with
 # the sample: a class missing from 100 crops costs little, one missing from 100,000 crops costs what it should.
 PSEUDO_COUNT = 0.5
-
-
-class DriftError(HeadserveError):
-    """A drift reference or window that cannot be compared: empty, too small, other classes, malformed."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,9 +314,10 @@ def read_window(path: str | Path, version: str | None = None) -> ServedWindow:
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DriftError(f"served window {path} cannot be read ({exc.strerror or exc}); pass the file that "
-                         "`headserve classify --output` wrote") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise DriftError(f"served window {path} cannot be read ({why or exc}); pass the JSON Lines file "
+                         "of served answers that classify wrote") from None
     rows: list[tuple[str, float, float | None, str]] = []  # (label, confidence, ood score, version) per decided row
     skipped = 0
     for number, line in enumerate(lines, 1):
@@ -329,13 +326,20 @@ def read_window(path: str | Path, version: str | None = None) -> ServedWindow:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise DriftError(f"{path}:{number}: not a JSON line; pass the file `headserve classify --output` "
-                             "wrote (its .partial twin may end in a cut line: finish the run with --resume)") from None
+            raise DriftError(f"{path}:{number}: not a JSON line; pass the JSON Lines file of served answers "
+                             "that classify wrote (its .partial twin may end in a cut line: resume that run to "
+                             "finish it)") from None
         if not isinstance(row, dict) or "error" in row or "label" not in row or "confidence" not in row:
             skipped += 1
             continue
-        rows.append((str(row["label"]), float(row["confidence"]),
-                     None if row.get("ood_score") is None else float(row["ood_score"]), str(row.get("version") or "")))
+        try:
+            rows.append((str(row["label"]), float(row["confidence"]),
+                         None if row.get("ood_score") is None else float(row["ood_score"]),
+                         str(row.get("version") or "")))
+        except (TypeError, ValueError):  # a number field holding text, a list, an object
+            raise DriftError(f"{path}:{number}: confidence {row['confidence']!r} or ood_score "
+                             f"{row.get('ood_score')!r} is not a number; pass the JSON Lines file of served "
+                             "answers that classify wrote") from None
     rows, notes = _one_version(rows, version, path)
     scores = [r[2] for r in rows]
     have = [s is not None for s in scores]
@@ -357,11 +361,11 @@ def _one_version(rows: list[tuple[str, float, float | None, str]], version: str 
     if version is not None:
         if not versions:
             raise DriftError(f"{path} records no head version (written before `headserve classify` recorded one), "
-                             f"so version {version!r} cannot be picked from it; drop --version, or classify again")
+                             f"so version {version!r} cannot be picked from it; drop `version`, or classify again")
         kept = [r for r in rows if r[3] == version]
         if not kept:
             raise DriftError(f"{path} holds no answers of head version {version!r} (versions in it: "
-                             f"{', '.join(versions)}); pass one of those to --version")
+                             f"{', '.join(versions)}); pass one of those as `version`")
         notes = (f"compared the {len(kept)} answers of head version {version}; left out "
                  f"{len(rows) - len(kept)} of other versions" + (f" ({unversioned} recording none)" if unversioned
                                                                   else ""),) if len(kept) < len(rows) else ()
@@ -369,8 +373,8 @@ def _one_version(rows: list[tuple[str, float, float | None, str]], version: str 
     if len(versions) > 1 or (versions and unversioned):
         spans = ", ".join(versions) + (f" and {unversioned} rows recording no version" if unversioned else "")
         raise DriftError(f"{path} holds answers of head versions {spans} (a hot swap during the run, or a run "
-                         "completed with --resume after one); held against one artifact's reference, the swap "
-                         "would read as drift. Pass --version N, the served version of the artifact you compare")
+                         "resumed after one); held against one artifact's reference, the swap "
+                         "would read as drift. Pass `version` N, the served version of the artifact you compare")
     if unversioned:
         return rows, ("the rows record no head version (written before `headserve classify` recorded one): "
                       "the window is taken as one version's answers, which could not be checked",)
@@ -470,16 +474,17 @@ class DriftThresholds:
     def __post_init__(self) -> None:
         for name in ("class_psi", "confidence_psi", "ks_statistic"):
             if getattr(self, name) <= 0:
-                raise DriftError(f"drift threshold {name}={getattr(self, name)} must be positive").about(
+                raise DriftConfigError(f"drift threshold {name}={getattr(self, name)} must be positive").about(
                     name, getattr(self, name))
         for name in ("ood_rate_p_value", "ks_p_value"):
             if not 0.0 < getattr(self, name) < 1.0:
-                raise DriftError(f"drift threshold {name}={getattr(self, name)} must be a p-value in (0, 1)").about(
-                    name, getattr(self, name))
+                raise DriftConfigError(f"drift threshold {name}={getattr(self, name)} must be a p-value in "
+                                       "(0, 1)").about(name, getattr(self, name))
         if self.ood_rate_ratio < 1.0:
-            raise DriftError(f"drift threshold ood_rate_ratio={self.ood_rate_ratio} must be at least 1")
+            raise DriftConfigError(f"drift threshold ood_rate_ratio={self.ood_rate_ratio} must be at least 1").about(
+                "ood_rate_ratio", self.ood_rate_ratio)
         if self.min_window < 1:
-            raise DriftError(f"drift threshold min_window={self.min_window} must be at least 1").about(
+            raise DriftConfigError(f"drift threshold min_window={self.min_window} must be at least 1").about(
                 "min_window", self.min_window)
 
 

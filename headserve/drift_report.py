@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headserve.drift import DriftReference, DriftResult, Histogram
-from headserve.errors import HeadserveError
+from headserve.errors import DriftReportError
 from headserve.fsutil import publish_dir, staging_dir
 
 if TYPE_CHECKING:
@@ -37,10 +37,6 @@ RESULT_FILE = "drift.json"
 TRAINING_KEYS: tuple[str, ...] = ("macro_f1_fg", "accuracy", "ece_before", "ece_after", "temperature",
                                   "ood_auroc", "ood_flagged_test", "n_train", "n_val", "n_test")
 VERDICTS: Mapping[bool, str] = {True: "pass", False: "DRIFT"}
-
-
-class DriftReportError(HeadserveError):
-    """A drift report that cannot be written from what it was given."""
 
 
 @dataclass(frozen=True)

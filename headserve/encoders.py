@@ -51,20 +51,26 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
-            raise ValueError(f"resize rule {self.resize!r} is not one of {RESIZE_RULES}")
+            raise ConfigError(f"resize rule {self.resize!r} is not one of {RESIZE_RULES}").about(
+                "resize", self.resize)
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+            raise ConfigError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}").about(
+                "interpolation", self.interpolation)
         if self.input_size < 8:
-            raise ValueError(f"input_size {self.input_size} is too small; encoders need at least 8 pixels")
+            raise ConfigError(f"input_size {self.input_size} is too small; encoders need at least 8 pixels").about(
+                "input_size", self.input_size)
         if self.crop_offset not in CROP_OFFSETS:
-            raise ValueError(f"crop_offset {self.crop_offset!r} is not one of {CROP_OFFSETS}")
+            raise ConfigError(f"crop_offset {self.crop_offset!r} is not one of {CROP_OFFSETS}").about(
+                "crop_offset", self.crop_offset)
         if self.resize_size is not None:
             if self.resize != "shortest_side_center_crop":
-                raise ValueError(f"resize_size {self.resize_size} needs the shortest_side_center_crop rule; "
-                                 f"{self.resize!r} resizes straight to input_size")
+                raise ConfigError(f"resize_size {self.resize_size} needs the shortest_side_center_crop rule; "
+                                  f"{self.resize!r} resizes straight to input_size").about(
+                    "resize_size", self.resize_size)
             if self.resize_size < self.input_size:
-                raise ValueError(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}; "
-                                 "the centre crop must fit inside the resized image")
+                raise ConfigError(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}; "
+                                  "the centre crop must fit inside the resized image").about(
+                    "resize_size", self.resize_size)
 
     @property
     def short_side(self) -> int:
@@ -123,10 +129,14 @@ class PreprocessSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "PreprocessSpec":
-        """Read ``to_json``'s text; a value that is not a JSON object of spec fields raises ValueError naming it."""
-        data = json.loads(text)  # json.JSONDecodeError is a ValueError
+        """Read ``to_json``'s text; a value that is not a JSON object of spec fields raises
+        ``PreprocessSpecError`` (a ValueError) naming it."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PreprocessSpecError(f"preprocess spec {text[:80]!r} is not JSON ({exc})") from None
         if not isinstance(data, Mapping):
-            raise ValueError(f"preprocess spec {text[:80]!r} is not a JSON object of spec fields")
+            raise PreprocessSpecError(f"preprocess spec {text[:80]!r} is not a JSON object of spec fields")
         return cls.from_dict(data)
 
 
@@ -148,11 +158,14 @@ class EncoderFamily:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
-            raise ValueError(f"family {self.name}: resize rule {self.resize!r} is not one of {RESIZE_RULES}")
+            raise ConfigError(f"family {self.name}: resize rule {self.resize!r} is not one of {RESIZE_RULES}").about(
+                "resize", self.resize)
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"family {self.name}: interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+            raise ConfigError(f"family {self.name}: interpolation {self.interpolation!r} is not one of "
+                              f"{INTERPOLATIONS}").about("interpolation", self.interpolation)
         if self.weights_field not in ("pretrained", "model_id"):
-            raise ValueError(f"family {self.name}: weights_field {self.weights_field!r} is not pretrained or model_id")
+            raise ConfigError(f"family {self.name}: weights_field {self.weights_field!r} is not pretrained or "
+                              "model_id").about("weights_field", self.weights_field)
 
 
 FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (
@@ -189,8 +202,8 @@ def require_export_precision(spec: "EncoderSpec", precision: str) -> None:
     """Refuse, before any work, an export precision the encoder's family cannot be exported in."""
     reason = spec.family.no_fp16_export if precision == "fp16" else ""
     if reason:
-        raise ConfigError(f"{spec.name} cannot be exported with --precision fp16: {reason}. "
-                          "Export it with --precision fp32")
+        raise ConfigError(f"{spec.name} cannot be exported with `precision` fp16: {reason}. "
+                          "Export it with `precision` fp32")
 
 
 def has_text_tower(encoder_type: str) -> bool:

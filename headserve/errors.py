@@ -41,6 +41,8 @@ class HeadserveError(Exception):
             return str(self)
         if self.problem:
             return f"{name} {self.value}: {self.problem}"
+        if f"`{self.setting}`" in str(self):  # the message names the setting itself, in backticks
+            return str(self).replace(f"`{self.setting}`", name)
         if self.value is None:
             return f"{self} (set it with {name})"
         return f"{self} ({name} {self.value})"
@@ -127,6 +129,42 @@ class ExportParityError(HeadserveError):
 
 class RepositoryError(HeadserveError):
     """A model repository that is invalid or cannot be written."""
+
+
+class ParameterError(RepositoryError, ValueError):
+    """A served model's published parameter that is missing or cannot be read; ``key`` names it."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class MissingParameterError(ParameterError):
+    """A parameter that the record needs is not published."""
+
+
+class MalformedParameterError(ParameterError):
+    """A published parameter whose value does not parse as the record's field."""
+
+
+class DriftError(HeadserveError):
+    """A drift reference or window that cannot be compared: empty, too small, other classes, malformed."""
+
+
+class DriftConfigError(DriftError, ConfigError):
+    """Drift thresholds (``DriftThresholds``) set to values no comparison can use."""
+
+
+class DriftReportError(HeadserveError):
+    """A drift report that cannot be written from what it was given."""
+
+
+class DeviceError(HeadserveError):
+    """A device that is not available, or not written as one."""
+
+
+class PrecisionError(HeadserveError):
+    """Embeddings at a lower precision that leave its tolerance of fp32 (or are not finite)."""
 
 
 class ServerError(HeadserveError):

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headserve.errors import ConfigError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -37,13 +39,19 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}").about(
+                "activation", self.activation)
         if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}")
+            raise ConfigError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}").about(
+                "classifier", self.classifier)
         if not self.scale > 0:
-            raise ValueError(f"ArcFace scale {self.scale} must be positive")
-        if self.in_dim <= 0 or self.num_classes < 2:
-            raise ValueError(f"a head needs in_dim > 0 and at least 2 classes (got {self.in_dim}, {self.num_classes})")
+            raise ConfigError(f"ArcFace scale {self.scale} must be positive").about("scale", self.scale)
+        if self.in_dim <= 0:
+            raise ConfigError(f"a head needs in_dim > 0 and at least 2 classes (got in_dim {self.in_dim})").about(
+                "in_dim", self.in_dim)
+        if self.num_classes < 2:
+            raise ConfigError(f"a head needs in_dim > 0 and at least 2 classes (got num_classes "
+                              f"{self.num_classes})").about("num_classes", self.num_classes)
 
     @property
     def head_type(self) -> str:

@@ -55,8 +55,8 @@ def check_repository_path(repo: Path) -> None:
         if part.exists():
             if not part.is_dir():
                 what = "is a file" if part == repo else f"lies under the file {part}"
-                raise RepositoryError(f"--repo {repo} {what}, not a directory; pass the model repository "
-                                      "directory (it is created when missing)")
+                raise RepositoryError(f"`repo` {repo} {what}, not a directory; pass the model repository "
+                                      "directory (it is created when missing)").about("repo", repo)
             return
 
 

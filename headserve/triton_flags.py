@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from headserve.errors import ServerError
+from headserve.errors import ConfigError
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
@@ -38,8 +38,9 @@ class TritonFlags:
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
-            raise ServerError(f"model control mode {self.model_control!r} is not one of {MODEL_CONTROL_MODES}; "
-                              "pick explicit for a fleet that `headserve export --server` updates")
+            raise ConfigError(f"model control mode {self.model_control!r} is not one of {MODEL_CONTROL_MODES}; "
+                              "pick explicit for a fleet that export updates with the new versions").about(
+                "model_control", self.model_control)
 
     def args(self) -> list[str]:
         """The arguments after the binary's name, in a fixed order."""

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-TINY_ENCODERS = ("clip:tiny", "dinov3:tiny")
+from support.twins import TINY_ENCODERS, head_name
 
 
 @dataclass
@@ -47,7 +46,7 @@ def digits_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_heads(digits_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainedHead]:
-    """One small MLP head per tiny encoder family, keyed by encoder name."""
+    """One small MLP head per encoder family's tiny twin, keyed by encoder name."""
     from headserve.encoders import get_encoder
     from headserve.train.pipeline import TrainRequest, train_from_yolo
     from headserve.train.trainer import TrainConfig
@@ -55,7 +54,7 @@ def trained_heads(digits_dataset: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("heads")
     heads = {}
     for enc in TINY_ENCODERS:
-        name = "t_" + enc.replace(":", "_")
+        name = head_name(enc)
         outcome = train_from_yolo(TrainRequest(dataset=digits_dataset, encoder=get_encoder(enc), out=out / name,
                                                name=name, hidden=(64,), train=TrainConfig(epochs=40)))
         heads[enc] = TrainedHead(enc, name, outcome)

@@ -88,8 +88,11 @@ def read_class_names(root: Path) -> list[str]:
 
         try:
             data = yaml.safe_load(_utf8_text(yaml_path)) or {}
-        except yaml.YAMLError as exc:
-            raise DatasetError(f"{yaml_path}: not valid YAML ({exc})") from None
+        except yaml.YAMLError as exc:  # PyYAML's text spans lines (context, caret); keep one line, at the fault
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{yaml_path}:{mark.line + 1}" if mark is not None else str(yaml_path)
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise DatasetError(f"{where}: not valid YAML ({problem}); fix that line") from None
         names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
             names = _names_by_id(names, yaml_path)

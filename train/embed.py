@@ -56,12 +56,14 @@ class EmbedConfig:
         if self.engine == "openvino" and self.precision not in ENGINES["openvino"].precisions:
             raise ConfigError.bad_value("precision", self.precision, "OpenVINO embeds in fp32 or bf16")
         if self.engine == "openvino" and self.device not in ("auto", "cpu"):
-            raise ConfigError.bad_value("device", self.device, "--engine openvino runs on the CPU; use --device cpu "
-                                                                "or --engine torch")
+            raise ConfigError.bad_value("device", self.device, "`engine` openvino runs on the CPU; use `device` cpu "
+                                                                "or `engine` torch")
         if self.workers < 0:
             raise ConfigError.bad_value("workers", self.workers, "must be 0 (this machine's cores) or more")
         if self.batch_size < 1 or self.check_sample < 1:
-            raise ConfigError(f"batch_size {self.batch_size} and check_sample {self.check_sample} must be >= 1")
+            bad = "batch_size" if self.batch_size < 1 else "check_sample"
+            raise ConfigError(f"batch_size {self.batch_size} and check_sample {self.check_sample} must be >= 1").about(
+                bad, getattr(self, bad))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from headserve.errors import ConfigError
 from headserve.train.synth import _free_spot, _textures
 
 FACE_CLASSES = ("face", "non_face")  # class ids 0 and 1; lfw_subset's first 100 patches are faces
@@ -30,8 +31,10 @@ class FacesConfig:
     seed: int = 42  # fixes textures, patch order, positions and tints
 
     def __post_init__(self) -> None:
-        if self.max_objects < 1 or self.image_size < 32:
-            raise ValueError(f"faces dataset needs max_objects >= 1 and image_size >= 32 (got {self})")
+        if self.max_objects < 1:
+            raise ConfigError.bad_value("max_objects", self.max_objects, "a faces image needs at least one object")
+        if self.image_size < 32:
+            raise ConfigError.bad_value("image_size", self.image_size, "a faces image is at least 32 pixels wide")
 
 
 def build_faces_dataset(root: str | Path, config: FacesConfig = FacesConfig()) -> Path:

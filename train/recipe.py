@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any, Mapping
 
-from headserve.errors import HeadserveError
+from headserve.errors import ConfigError
+from headserve.train.errors import RecipeError, UnknownProfileError
 from headserve.train.trainer import TrainConfig
 
 BASE = TrainConfig(label_smoothing=0.1, mixup=0.1, class_weights="balanced", gelu_ln=False, standardize=False,
@@ -42,17 +43,6 @@ PROFILES: dict[str, tuple[str, dict[str, Any]]] = {
 _PARENTS = {"base": BASE, "full": FULL}
 
 
-class UnknownProfileError(HeadserveError, KeyError):
-    """A recipe profile name that the registry does not hold."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class RecipeError(HeadserveError, ValueError):
-    """A knob value that TrainConfig refuses (out of range, unknown choice)."""
-
-
 def profile_config(name: str, **overrides: Any) -> TrainConfig:
     """The TrainConfig of profile ``name`` with ``overrides`` (e.g. epochs) applied on top."""
     if name not in PROFILES:
@@ -64,7 +54,7 @@ def profile_config(name: str, **overrides: Any) -> TrainConfig:
         raise UnknownProfileError(f"unknown training knob(s) {bad}; known: {sorted(known)}")
     try:
         return replace(_PARENTS[parent], **{**knobs, **overrides})
-    except ValueError as exc:  # TrainConfig's own check names the knob and the allowed range
+    except ConfigError as exc:  # TrainConfig's own check names the knob and the allowed range
         raise RecipeError(f"profile {name!r} with {overrides}: {exc}") from exc
 
 

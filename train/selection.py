@@ -39,10 +39,10 @@ class LogregGrid:
 
     def __post_init__(self) -> None:
         if not self.c or min(self.c) <= 0:
-            raise ConfigError(f"logistic regression C grid {self.c} must be non-empty and positive")
+            raise ConfigError(f"logistic regression C grid {self.c} must be non-empty and positive").about("c", self.c)
         bad = [w for w in self.class_weight if w not in (None, "balanced")]
         if bad:
-            raise ConfigError(f"class_weight values {bad} are not None or 'balanced'")
+            raise ConfigError(f"class_weight values {bad} are not None or 'balanced'").about("class_weight", bad)
 
 
 LOGREG_GRID = LogregGrid()

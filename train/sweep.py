@@ -26,9 +26,10 @@ from headserve.encoders import get_encoder
 from headserve.errors import ConfigError
 from headserve.fsutil import write_text_atomic
 from headserve.train.embed import EmbedConfig
+from headserve.train.errors import UnknownProfileError
 from headserve.train.metrics import comparison, macro_f1_fg, paired_f1_difference
 from headserve.train.pipeline import PreparedData, TrainOutcome, TrainRequest, prepare, train_from_yolo
-from headserve.train.recipe import PROFILES, UnknownProfileError, profile_config
+from headserve.train.recipe import PROFILES, profile_config
 from headserve.train.selection import select_head, tune_logreg
 
 METRICS = ("macro_f1_fg", "weighted_f1_fg", "macro_recall_fg", "macro_precision_fg")
@@ -56,7 +57,8 @@ class SweepConfig:
         if unknown:
             raise UnknownProfileError(f"sweep profiles {unknown} are not among {', '.join(PROFILES)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"sweep seeds {self.seeds} must be distinct and at least one (three for a sd)")
+            raise ConfigError(f"sweep seeds {self.seeds} must be distinct and at least one (three for a sd)").about(
+                "seeds", self.seeds)
 
 
 def _fmt(v: float) -> str:

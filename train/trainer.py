@@ -76,27 +76,38 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"label_smoothing {self.label_smoothing} must be in [0, 1)").about(
+                "label_smoothing", self.label_smoothing)
         if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be positive")
+            bad = "epochs" if self.epochs < 1 else "batch_size"
+            raise ConfigError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be positive").about(
+                bad, getattr(self, bad))
         if self.class_weights not in CLASS_WEIGHTINGS:
-            raise ConfigError(f"class_weights {self.class_weights!r} is not one of {CLASS_WEIGHTINGS}")
+            raise ConfigError(f"class_weights {self.class_weights!r} is not one of {CLASS_WEIGHTINGS}").about(
+                "class_weights", self.class_weights)
         if self.logit_adjust not in LOGIT_ADJUSTMENTS:
-            raise ConfigError(f"logit_adjust {self.logit_adjust!r} is not one of {LOGIT_ADJUSTMENTS}")
+            raise ConfigError(f"logit_adjust {self.logit_adjust!r} is not one of {LOGIT_ADJUSTMENTS}").about(
+                "logit_adjust", self.logit_adjust)
         if self.classifier not in CLASSIFIERS:
-            raise ConfigError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}")
+            raise ConfigError(f"classifier {self.classifier!r} is not one of {sorted(CLASSIFIERS)}").about(
+                "classifier", self.classifier)
         if self.linear_fit not in LINEAR_FITS:
-            raise ConfigError(f"linear_fit {self.linear_fit!r} is not one of {LINEAR_FITS}")
+            raise ConfigError(f"linear_fit {self.linear_fit!r} is not one of {LINEAR_FITS}").about(
+                "linear_fit", self.linear_fit)
         if not 0.0 <= self.arcface_margin < 90.0:
-            raise ConfigError(f"arcface_margin {self.arcface_margin} must be in [0, 90) degrees")
+            raise ConfigError(f"arcface_margin {self.arcface_margin} must be in [0, 90) degrees").about(
+                "arcface_margin", self.arcface_margin)
         if not self.arcface_scale > 0:
-            raise ConfigError(f"arcface_scale {self.arcface_scale} must be positive")
+            raise ConfigError(f"arcface_scale {self.arcface_scale} must be positive").about(
+                "arcface_scale", self.arcface_scale)
         if not 0.0 < self.effective_beta < 1.0:
-            raise ConfigError(f"effective_beta {self.effective_beta} must be in (0, 1)")
+            raise ConfigError(f"effective_beta {self.effective_beta} must be in (0, 1)").about(
+                "effective_beta", self.effective_beta)
         negative = [k for k in ("mixup", "hardmine_epochs", "supcon_weight", "feature_noise",
                                 "feature_scale", "center_weight", "crt_epochs") if getattr(self, k) < 0]
         if negative:
-            raise ConfigError(f"{', '.join(negative)} must not be negative")
+            raise ConfigError(f"{', '.join(negative)} must not be negative").about(
+                negative[0], getattr(self, negative[0]))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
+from support.twins import TINY_ENCODERS
 
 from headserve.client import (
     AsyncHeadClient,
@@ -41,7 +42,7 @@ def client(triton):
         yield c
 
 
-@pytest.mark.parametrize("enc", ["clip:tiny", "dinov3:tiny"])
+@pytest.mark.parametrize("enc", TINY_ENCODERS)
 def test_served_probabilities_equal_the_in_process_head_on_the_same_pixels(enc, trained_heads, crops, client):
     import torch
 

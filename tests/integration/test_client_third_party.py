@@ -8,6 +8,8 @@ import json
 
 import numpy as np
 import pytest
+from support.twins import TINY_ENCODERS
+from support.waiting import CALL_TIMEOUT_S
 
 from headserve.client import HeadClient
 from headserve.encoders import PreprocessSpec
@@ -16,7 +18,7 @@ from headserve.preprocess import prepare_batch
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["clip:tiny", "dinov3:tiny"])
+@pytest.fixture(scope="module", params=TINY_ENCODERS)
 def served(request, trained_heads, triton):
     """(head name, uint8 pixels, headserve client's probabilities) for one head."""
     from headserve.train.dataset import load_crop
@@ -42,7 +44,8 @@ def test_plain_tritonclient_grpc_gets_the_same_probabilities(served, triton):
         pixels = _pixels_from_published_spec({k: v["string_value"] for k, v in config["parameters"].items()}, crops)
         inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)
-        got = c.infer(name, [inp], outputs=[grpcclient.InferRequestedOutput("probs")]).as_numpy("probs")
+        got = c.infer(name, [inp], outputs=[grpcclient.InferRequestedOutput("probs")],
+                      client_timeout=CALL_TIMEOUT_S).as_numpy("probs")
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -50,7 +53,7 @@ def test_plain_tritonclient_http_gets_the_same_probabilities(served, triton):
     import tritonclient.http as httpclient
 
     name, crops, want = served
-    c = httpclient.InferenceServerClient(triton.http_url)
+    c = httpclient.InferenceServerClient(triton.http_url, network_timeout=CALL_TIMEOUT_S)
     try:
         config = c.get_model_config(name)
         pixels = _pixels_from_published_spec({k: v["string_value"] for k, v in config["parameters"].items()}, crops)

@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 import pytest
+from support.waiting import CALL_TIMEOUT_S
 
 from headserve.errors import HeadserveError
 
@@ -44,7 +45,7 @@ def probs(url: str, pixels: np.ndarray) -> np.ndarray:
     with grpcclient.InferenceServerClient(url) as client:
         inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)
-        return client.infer(HEAD, [inp]).as_numpy("probs")
+        return client.infer(HEAD, [inp], client_timeout=CALL_TIMEOUT_S).as_numpy("probs")
 
 
 def served_version(url: str, model: str) -> str:

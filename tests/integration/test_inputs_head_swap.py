@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.waiting import join, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -103,17 +104,16 @@ def test_a_long_lived_client_never_labels_a_crop_with_the_names_of_a_swapped_out
             worker = threading.Thread(target=stream)
             worker.start()
             try:
-                while len(answers) < 5 and not failures:
-                    time.sleep(0.05)
+                wait_until(lambda: len(answers) >= 5 or bool(failures), "five answers from version 1")
                 swap_began = time.monotonic()
                 written = export_head(heads["v2"], repo, "local")
                 load_on_server(server.grpc_url, [w.name for w in written])  # what `export head --server` does
                 swapped_at = time.monotonic()
-                while sum(t > swapped_at for t, _, _ in answers) < 5 and not failures:
-                    time.sleep(0.05)
+                wait_until(lambda: sum(t > swapped_at for t, _, _ in answers) >= 5 or bool(failures),
+                           "five answers sent after the swap")
             finally:
                 stop.set()
-                worker.join()
+                join(worker)
             assert failures == []
             # Every call, in flight during the swap included, names each crop by its true class.
             mislabelled = [(t, v, labels) for t, v, labels in answers if labels != want]

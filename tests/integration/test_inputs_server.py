@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.waiting import CALL_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,7 +58,8 @@ def _infer(url: str, model: str, name: str, array: np.ndarray, dtype: str, outpu
     with grpcclient.InferenceServerClient(url) as client:
         inp = grpcclient.InferInput(name, list(array.shape), dtype)
         inp.set_data_from_numpy(array)
-        return client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(output)]).as_numpy(output)
+        return client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(output)],
+                            client_timeout=CALL_TIMEOUT_S).as_numpy(output)
 
 
 def _embeddings(n: int) -> np.ndarray:

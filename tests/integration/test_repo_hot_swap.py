@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.waiting import CALL_TIMEOUT_S, join, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,7 +72,7 @@ def test_a_new_head_version_goes_live_while_requests_keep_succeeding(tmp_path):
             while not stop.is_set():
                 try:
                     started = time.monotonic()  # a call sent before the swap ended may be answered by version 1
-                    result = client.infer(HEAD, [inp], outputs=out, client_timeout=60.0)
+                    result = client.infer(HEAD, [inp], outputs=out, client_timeout=CALL_TIMEOUT_S)
                     answers.append((started, result.as_numpy("probs")))
                 except BaseException as exc:  # every failure is a test failure, collected for the message
                     failures.append(exc)
@@ -81,18 +82,17 @@ def test_a_new_head_version_goes_live_while_requests_keep_succeeding(tmp_path):
         worker = threading.Thread(target=stream)
         worker.start()
         try:
-            while len(answers) < 5 and not failures:
-                time.sleep(0.05)
+            wait_until(lambda: len(answers) >= 5 or bool(failures), "five answers from version 1")
             written = export_head(v2, repo, "local")
             assert [(w.name, w.version) for w in written] == [(f"{HEAD}_head", 2), (HEAD, 2)]
             loaded = load_on_server(server.grpc_url, [w.name for w in written])
             swapped_at = time.monotonic()
             assert [(m.name, m.version) for m in loaded] == [(f"{HEAD}_head", "2"), (HEAD, "2")]
-            while sum(t > swapped_at for t, _ in answers) < 5 and not failures:
-                time.sleep(0.05)
+            wait_until(lambda: sum(t > swapped_at for t, _ in answers) >= 5 or bool(failures),
+                       "five answers sent after the swap")
         finally:
             stop.set()
-            worker.join()
+            join(worker)
 
         # The CLI path: `headserve export head ARTIFACT --repo DIR --server URL` swaps back to the first weights.
         printed = io.StringIO()
@@ -102,7 +102,8 @@ def test_a_new_head_version_goes_live_while_requests_keep_succeeding(tmp_path):
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
             inp.set_data_from_numpy(pixels)
-            assert np.abs(client.infer(HEAD, [inp]).as_numpy("probs") - want_v1).max() < 1e-5
+            got = client.infer(HEAD, [inp], client_timeout=CALL_TIMEOUT_S).as_numpy("probs")
+            assert np.abs(got - want_v1).max() < 1e-5
 
     assert failures == []
     before = [p for t, p in answers[:5]]

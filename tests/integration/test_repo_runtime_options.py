@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from support.waiting import CALL_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def _ask(url: str, model: str, size: int) -> np.ndarray:
     with grpcclient.InferenceServerClient(url) as client:
         inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)
-        return client.infer(model, [inp]).as_numpy("probs")
+        return client.infer(model, [inp], client_timeout=CALL_TIMEOUT_S).as_numpy("probs")
 
 
 def test_the_encoder_gets_every_core_and_the_head_one_thread(served):

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.twins import TINY_ENCODERS
+from support.waiting import CALL_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -16,6 +18,11 @@ PROMPTS = ["a photo of the digit zero", "a photo of a texture"]
 HEADS = {"cats": "clip:tiny", "dogs": "clip:tiny", "birds": "dinov3:tiny", "fish": "dinov2:tiny",
          "owls": "dinov3-timm:tiny", "bats": "vjepa2:tiny"}
 ENCODED = ("cats", "birds", "fish", "owls", "bats")  # heads that also get the encoded-image ensemble
+
+
+def test_the_acceptance_repository_holds_a_head_on_every_familys_twin():
+    assert set(TINY_ENCODERS) <= set(HEADS.values()), "add a head on the new family's twin to HEADS and ENCODED"
+    assert {HEADS[h] for h in ENCODED} == set(TINY_ENCODERS)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +69,8 @@ def infer(url: str, model: str, pixels: np.ndarray, outputs: list[str]) -> dict[
     with grpcclient.InferenceServerClient(url) as client:
         inp = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)
-        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                              client_timeout=CALL_TIMEOUT_S)
         return {o: result.as_numpy(o) for o in outputs}
 
 
@@ -123,7 +131,7 @@ def test_the_clip_prompt_model_serves_similarity_to_the_baked_prompts(served):
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         inp = grpcclient.InferInput("embedding", list(emb.shape), "FP32")
         inp.set_data_from_numpy(emb)
-        similarity = client.infer("cats_prompts", [inp]).as_numpy("similarity")
+        similarity = client.infer("cats_prompts", [inp], client_timeout=CALL_TIMEOUT_S).as_numpy("similarity")
         params = client.get_model_config("cats", as_json=True)["config"]["parameters"]
     assert np.abs(similarity - emb @ text.T).max() <= ATOL
     assert params["prompt_model"]["string_value"] == "cats_prompts"
@@ -152,7 +160,8 @@ def infer_encoded(url: str, model: str, images: list[bytes], outputs: list[str])
     with grpcclient.InferenceServerClient(url) as client:
         inp = grpcclient.InferInput("image", list(data.shape), "BYTES")
         inp.set_data_from_numpy(data)
-        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                              client_timeout=CALL_TIMEOUT_S)
         return {o: result.as_numpy(o) for o in outputs}
 
 

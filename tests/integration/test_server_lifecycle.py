@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.twins import TINY_ENCODERS
 
 from headserve.errors import PortInUseError
 from headserve.processes import environment, session_members, stub_processes
@@ -114,7 +115,7 @@ def test_serve_exits_non_zero_with_the_last_log_lines_when_tritonserver_is_kille
     try:
         pid = serve.wait_ready()
         stubs = [s.pid for s in stub_processes(pid)]
-        assert len(stubs) == 4  # two encoders and two heads, one python stub each
+        assert len(stubs) == 2 * len(TINY_ENCODERS)  # per family an encoder and a head, one python stub each
         os.kill(pid, signal.SIGKILL)
         code, _, err = serve.finish(timeout=60)
     finally:
@@ -133,7 +134,7 @@ def test_sigterm_and_sigint_stop_serve_drain_the_server_and_leave_no_process(loc
     try:
         pid = serve.wait_ready()
         members = session_members(pid)
-        assert pid in members and len(members) == 5  # tritonserver and its four stubs
+        assert pid in members and len(members) == 1 + 2 * len(TINY_ENCODERS)  # tritonserver and its stubs
         serve.proc.send_signal(sig)
         code, out, err = serve.finish(timeout=90)
     finally:

@@ -35,7 +35,7 @@ def test_weights_given_on_the_command_line_win_over_the_record(tmp_path):
 
 
 def test_recorded_weights_missing_here_fail_at_once_naming_the_path_and_the_fix():
-    with pytest.raises(EncoderLoadError, match=r"trained with encoder weights /gone/ckpt.pt .* pass --encoder-weights"):
+    with pytest.raises(EncoderLoadError, match=r"trained with encoder weights /gone/ckpt.pt .* pass `encoder_weights`"):
         trained_encoder(_meta("clip:ViT-B-32", encoder_pretrained="/gone/ckpt.pt"))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support.waiting import CALL_TIMEOUT_S
 
 from headserve.client import HeadInfo, decide
 from headserve.client.errors import BadInputError
@@ -185,7 +186,7 @@ def test_the_triton_metrics_named_here_are_the_ones_a_real_tritonserver_exposes(
         '        return [pb.InferenceResponse([pb.Tensor("y", pb.get_input_tensor_by_name(r, "x").as_numpy())])\n'
         "                for r in requests]\n")
     with LocalTriton(ServerConfig(repository=tmp_path)) as server:
-        client = http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        client = http.InferenceServerClient(f"127.0.0.1:{server.http_port}", network_timeout=CALL_TIMEOUT_S)
         good = http.InferInput("x", [2, 1], "FP32")
         good.set_data_from_numpy(np.ones((2, 1), np.float32))
         client.infer("echo", [good])

@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from headserve.device import (
-    DeviceError,
-    PrecisionError,
     available_devices,
     check_precision,
     get_precision,
     resolve_device,
 )
+from headserve.errors import DeviceError, PrecisionError
 
 
 def test_auto_is_the_cpu_on_a_machine_without_cuda_or_mps():
@@ -26,12 +25,12 @@ def test_auto_is_the_cpu_on_a_machine_without_cuda_or_mps():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the message of a machine without CUDA")
 def test_cuda_on_a_machine_without_one_names_what_is_available():
-    with pytest.raises(DeviceError, match=r"--device cuda: torch sees no CUDA device .*available: cpu"):
+    with pytest.raises(DeviceError, match=r"`device` cuda: torch sees no CUDA device .*available: cpu"):
         resolve_device("cuda")
 
 
 def test_a_misspelt_device_is_refused_with_the_accepted_spellings():
-    with pytest.raises(DeviceError, match=r"--device 'gpu0' is not a device; use auto, cpu, cuda, cuda:N or mps"):
+    with pytest.raises(DeviceError, match=r"`device` 'gpu0' is not a device; use auto, cpu, cuda, cuda:N or mps"):
         resolve_device("gpu0")
 
 
@@ -41,7 +40,7 @@ def test_with_two_gpus_auto_picks_the_first_and_a_third_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("auto") == torch.device("cuda", 0)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(DeviceError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\)"):
+    with pytest.raises(DeviceError, match=r"`device` cuda:2: this machine has 2 CUDA device\(s\)"):
         resolve_device("cuda:2")
 
 
@@ -61,7 +60,7 @@ def test_nan_embeddings_at_fp16_are_refused_with_the_count_and_the_fix():
     ref = _unit(np.ones((4, 8)))
     cand = ref.copy()
     cand[1, 3] = np.nan
-    with pytest.raises(PrecisionError, match=r"1 of 4 sample embeddings at fp16 are NaN.*--precision fp32 or bf16"):
+    with pytest.raises(PrecisionError, match=r"1 of 4 sample embeddings at fp16 are NaN.*`precision` fp32 or bf16"):
         check_precision(ref, cand, get_precision("fp16"), "encoder")
 
 

@@ -15,7 +15,6 @@ from headserve.client import HeadInfo, decide
 from headserve.contract import EncoderIdentity, ServedHead
 from headserve.drift import (
     OOD_SAMPLE_SIZE,
-    DriftError,
     DriftReference,
     DriftThresholds,
     RollingWindow,
@@ -30,6 +29,7 @@ from headserve.drift import (
     reference_from_validation,
 )
 from headserve.encoders import get_encoder
+from headserve.errors import DriftError
 
 CLASSES = ("cat", "dog", "fox", "owl", "background")
 PRIOR = np.array([0.3, 0.25, 0.2, 0.15, 0.1])
@@ -217,7 +217,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 def test_a_classify_file_spanning_a_hot_swap_is_refused_unless_a_version_is_picked(tmp_path: Path):
     path = _write(tmp_path / "swap.jsonl", _rows("3", 120, 1) + _rows("10", 130, 2))
     with pytest.raises(DriftError, match=r"swap.jsonl holds answers of head versions 3, 10 \(a hot swap.*"
-                                         r"Pass --version N"):
+                                         r"Pass `version` N"):
         read_window(path)
     window = read_window(path, version="10")
     assert len(window) == 130 and window.versions == ("10",)
@@ -239,7 +239,7 @@ def test_a_classify_file_written_before_rows_carried_a_version_still_compares_an
     result = compare(_reference(), window)
     assert len(result.checks) == 4
     assert any("record no head version" in note for note in result.notes), result.notes
-    with pytest.raises(DriftError, match=r"old.jsonl records no head version .* drop --version"):
+    with pytest.raises(DriftError, match=r"old.jsonl records no head version .* drop `version`"):
         read_window(path, version="3")
 
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from headserve.drift import DriftResult, ServedWindow, compare, reference_from_validation
-from headserve.drift_report import DriftReportError, HeadSummary, markdown, write_drift_report
+from headserve.drift_report import HeadSummary, markdown, write_drift_report
+from headserve.errors import DriftReportError
 
 CLASSES = ("cat", "dog", "fox", "background")
 

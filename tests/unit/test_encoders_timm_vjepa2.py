@@ -142,7 +142,7 @@ def test_timm_dinov3_loads_a_checkpoint_file_and_refuses_one_of_other_weights(tm
 def test_missing_timm_weights_fail_naming_the_path_without_asking_the_hub(tmp_path):
     missing = str(tmp_path / "no-such" / "vits16.safetensors")
     with pytest.raises(EncoderLoadError, match=r"weights .*no-such/vits16\.safetensors do not exist; pass "
-                                               r"--encoder-weights FILE_OR_DIR"):
+                                               r"`encoder_weights` FILE_OR_DIR"):
         load_encoder(get_encoder("dinov3-timm:vits16").with_weights(missing))
 
 

@@ -38,5 +38,5 @@ def test_a_missing_dinov2_weights_directory_fails_naming_it_and_the_way_out(tmp_
     from headserve.errors import EncoderLoadError
 
     missing = str(tmp_path / "no-such-dinov2")
-    with pytest.raises(EncoderLoadError, match=rf"could not load DINOv2 {missing} .*--encoder-weights DIR"):
+    with pytest.raises(EncoderLoadError, match=rf"could not load DINOv2 {missing} .*`encoder_weights` DIR"):
         load_encoder(get_encoder("dinov2:vits14").with_weights(missing))

@@ -14,13 +14,11 @@ from headserve.encoders import get_encoder
 from headserve.export import engine as engine_module
 from headserve.export.engine import (
     EngineChoice,
-    EngineChoiceError,
-    EngineParityError,
     check_parity,
     choose_engine,
     combined_min_cosine,
 )
-from headserve.export.errors import EngineMismatchError
+from headserve.export.errors import EngineChoiceError, EngineMismatchError, EngineParityError
 from headserve.export.example import ExampleHead, write_example_head
 from headserve.export.model_config import (
     InstanceKind,
@@ -55,7 +53,7 @@ def test_a_cpu_without_bf16_gets_openvino_fp32_and_the_message_names_what_it_lac
     assert (choice.engine, choice.precision, choice.fallback) == ("openvino", "fp32", False)
     assert "no bf16 arithmetic" in choice.reason and "AVX-512 BF16 or AMX" in choice.reason
     for engine in ("auto", "openvino"):  # OpenVINO would quietly compute f32 under a bf16 label
-        with pytest.raises(EngineChoiceError, match=r"precision bf16: this CPU has no bf16 arithmetic.*--precision fp32"):
+        with pytest.raises(EngineChoiceError, match=r"precision bf16: this CPU has no bf16 arithmetic.*`precision` fp32"):
             choose_engine(engine, "bf16", capabilities=WITHOUT_BF16)
 
 
@@ -127,7 +125,7 @@ def test_the_check_refuses_an_engine_whose_embeddings_drift_and_nothing_is_writt
     choice = EngineChoice("openvino", "fp32", "asked for")
     with pytest.raises(EngineParityError, match=r"encoder clip:tiny on openvino fp32: minimum cosine to the fp32 "
                                                 r"PyTorch encoder 0\.\d+ on 32 crops .* below the fp32 minimum 0.99999"
-                                                r".*--precision fp32"):
+                                                r".*`precision` fp32"):
         add_encoder(tmp_path, load_encoder(get_encoder("clip:tiny")), Runtime.LOCAL, choice=choice)
     assert not any(p.name.isdigit() for p in (tmp_path / "encoder_clip_tiny").glob("*"))
 
@@ -186,5 +184,5 @@ def test_an_fp16_choice_is_refused_for_a_family_that_cannot_export_fp16_whicheve
     from headserve.errors import ConfigError
 
     loaded = load_encoder(get_encoder("vjepa2:tiny"))
-    with pytest.raises(ConfigError, match=r"vjepa2:tiny cannot be exported with --precision fp16"):
+    with pytest.raises(ConfigError, match=r"vjepa2:tiny cannot be exported with `precision` fp16"):
         add_encoder(tmp_path, loaded, Runtime.LOCAL, choice=choose_engine("onnxruntime", "fp16"))

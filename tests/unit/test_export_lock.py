@@ -122,7 +122,7 @@ def test_the_lock_file_does_not_disturb_repository_validation(tmp_path):
 def test_a_repository_path_that_is_a_file_is_refused_naming_it(tmp_path):
     path = tmp_path / "repo"
     path.write_text("not a directory")
-    with pytest.raises(RepositoryError, match=rf"--repo {path} is a file, not a directory"):
+    with pytest.raises(RepositoryError, match=rf"`repo` {path} is a file, not a directory"):
         with repository_lock(path):
             pass
     assert path.read_text() == "not a directory"
@@ -137,7 +137,7 @@ def test_a_writer_that_created_the_repository_and_fails_removes_it_and_one_waiti
     inside, waiting, seen = threading.Event(), threading.Event(), {}
 
     def failing() -> None:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="refused export"):
             with repository_lock(repo):
                 inside.set()
                 assert waiting.wait(timeout=30)
@@ -163,12 +163,12 @@ def test_a_writer_that_created_the_repository_and_fails_removes_it_and_one_waiti
 def test_a_refused_block_in_an_existing_repository_keeps_its_directory_and_lock_file(tmp_path):
     with repository_lock(tmp_path):
         pass
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="refused export"):
         with repository_lock(tmp_path):
             raise RuntimeError("refused export")
     assert (tmp_path / LOCK_FILE).is_file()
     new = tmp_path / "fresh"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="failed half-way"):
         with repository_lock(new):
             (new / "m").mkdir()  # something was written after all: nothing is removed
             raise RuntimeError("failed half-way")

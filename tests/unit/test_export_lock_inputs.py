@@ -124,3 +124,16 @@ def test_an_unknown_field_in_the_preprocess_spec_is_one_line_naming_meta_json_an
                    "headserve does not know: pad_to_square; upgrade headserve to the version that exported the model; "
                    "export the head with the headserve that trained it, or retrain it with this one"]
     assert not (tmp_path / "repo").exists(), "no repository, no lock file"
+
+
+def test_export_encoder_into_a_repo_under_a_file_is_one_line_naming_it(tmp_path, capsys):
+    from headserve.app.cli import main
+
+    repo = tmp_path / "repo.txt"
+    repo.write_text("notes, not a repository\n")
+    status = main(["export", "encoder", "clip:tiny", "--repo", str(repo / "inner")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err == [f"headserve export: error: --repo {repo / 'inner'} lies under the file {repo}, not a directory; "
+                   "pass the model repository directory (it is created when missing)"]
+    assert repo.read_text() == "notes, not a repository\n"

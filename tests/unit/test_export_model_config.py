@@ -8,6 +8,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from headserve.encoders import get_encoder
+from headserve.errors import ConfigError
 from headserve.export.example import ExampleHead, write_example_head
 from headserve.export.model_config import (
     DataType,
@@ -106,5 +107,5 @@ def test_cpu_instances_get_explicit_thread_counts():
 
 
 def test_an_unknown_tensorrt_precision_is_refused():
-    with pytest.raises(ValueError, match="TensorRT precision 'INT4' is not FP32 or FP16"):
+    with pytest.raises(ConfigError, match="TensorRT precision 'INT4' is not FP32 or FP16"):
         TensorRTOptions(precision="INT4")

@@ -106,3 +106,23 @@ def test_the_logit_tolerance_grows_with_the_terms_a_logit_sums_not_with_the_logi
     assert torch.allclose(magnitude, want, rtol=1e-6)
     assert bool((magnitude >= logits.abs() - 1e-3).all())
     np.testing.assert_array_less(0, magnitude.numpy())
+
+
+class _Untraceable(torch.nn.Module):
+    """A module whose export fails inside the tracer, as an op without an ONNX symbolic would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this graph cannot be traced")
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["fast path on", "fast path off"])
+def test_a_failed_export_leaves_torchs_attention_fast_path_as_it_was(before: bool, tmp_path: Path):
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(before)
+    try:
+        with pytest.raises(RuntimeError, match="this graph cannot be traced"):
+            export_onnx(_Untraceable(), head_graph_spec("h", DIM, SCORE_OUTPUTS), tmp_path / "h.onnx")
+        assert torch.backends.mha.get_fastpath_enabled() is before  # the export turned it off for itself only
+        assert not list(tmp_path.iterdir()), "a failed export leaves no file"
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)

@@ -56,7 +56,7 @@ def test_an_fp16_encoder_within_tolerance_is_kept_and_still_emits_fp32(name, tmp
 def test_an_fp16_encoder_that_overflows_is_refused_and_nothing_is_written(tmp_path):
     spec = get_encoder("dinov3:tiny")
     loaded = LoadedEncoder(spec=spec, backbone=Overflowing(), full_model=Overflowing())
-    with pytest.raises(Fp16ParityError, match=r"fp16 export of dinov3:tiny produces NaN or inf.*--precision fp32"):
+    with pytest.raises(Fp16ParityError, match=r"fp16 export of dinov3:tiny produces NaN or inf.*`precision` fp32"):
         add_encoder(tmp_path, loaded, Runtime.LOCAL, precision="fp16")
     assert not (tmp_path / "encoder_dinov3_tiny").exists() or not any(
         p.name.isdigit() for p in (tmp_path / "encoder_dinov3_tiny").iterdir())
@@ -67,8 +67,8 @@ def test_a_vjepa2_encoder_is_refused_in_fp16_before_any_work_naming_why_and_the_
     from headserve.errors import ConfigError
 
     loaded = load_encoder(get_encoder("vjepa2:tiny"))
-    with pytest.raises(ConfigError, match=r"vjepa2:tiny cannot be exported with --precision fp16: its 3D RoPE .*"
-                                          r"Range operator has no float16\. Export it with --precision fp32"):
+    with pytest.raises(ConfigError, match=r"vjepa2:tiny cannot be exported with `precision` fp16: its 3D RoPE .*"
+                                          r"Range operator has no float16\. Export it with `precision` fp32"):
         add_encoder(tmp_path, loaded, Runtime.LOCAL, precision="fp16")
     assert list(tmp_path.iterdir()) == []
     add_encoder(tmp_path, loaded, Runtime.LOCAL, precision="fp32")

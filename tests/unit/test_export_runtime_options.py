@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from headserve.export.errors import OptionsError
 from headserve.export.model_config import (
     AUTO_THREADS,
     DataType,
     InstanceKind,
     ModelDesc,
-    OptionsError,
     Runtime,
     RuntimeOptions,
     TensorSpec,
@@ -70,9 +70,10 @@ def test_dynamic_batching_can_be_left_out_for_measurement():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"instances": 0}, "--instances 0: a model needs at least one instance"),
-    ({"cpu_threads": -1}, "--cpu-threads -1"),
+    ({"instances": 0}, "^instances 0: a model needs at least one instance$"),
+    ({"cpu_threads": -1}, "^cpu_threads -1: use 0"),
 ])
 def test_bad_counts_are_refused_with_the_option_named(kwargs, match):
-    with pytest.raises(OptionsError, match=match):
+    with pytest.raises(OptionsError, match=match) as raised:
         RuntimeOptions(**kwargs)
+    assert raised.value.setting == next(iter(kwargs))  # the app spells the field as its flag

@@ -94,4 +94,8 @@ def test_a_local_version_without_its_runner_fails_validation_with_the_fix(clip_h
     (tmp_path / "cats_head" / "1" / "model.py").unlink()
     (problem,) = validate_repository(tmp_path)
     assert problem.path == tmp_path / "cats_head" / "1" / "model.py"
-    assert "re-export with --runtime local" in problem.fix
+    assert "re-export with `runtime` local" in problem.fix  # the CLI spells it --runtime local
+    from headserve.app.cli import error_line
+    from headserve.errors import RepositoryError
+
+    assert "re-export with --runtime local" in error_line(RepositoryError(str(problem)))

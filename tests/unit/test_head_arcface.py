@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from headserve.errors import ConfigError
 from headserve.head import CosineClassifier, HeadConfig, MLPHead, build_serving_head
+from headserve.train.errors import RecipeError
 from headserve.train.recipe import profile_config
 from headserve.train.trainer import fit_head, head_config_for
 
@@ -91,7 +93,7 @@ def test_head_config_saved_before_arcface_reads_as_a_linear_head():
 
 
 def test_unknown_classifier_and_bad_margin_are_refused_with_the_value():
-    with pytest.raises(ValueError, match="'cosface'"):
+    with pytest.raises(ConfigError, match="'cosface'"):
         HeadConfig(8, 3, classifier="cosface")
-    with pytest.raises(ValueError, match="arcface_margin 120"):
+    with pytest.raises(RecipeError, match="arcface_margin 120"):
         profile_config("arcface", arcface_margin=120.0)

@@ -191,8 +191,9 @@ def test_the_client_refuses_non_finite_embeddings_before_sending_them():
     x[2, 1] = np.inf
     with pytest.raises(BadInputError, match=r"embeddings for 'p' hold 1 NaN or infinite value\(s\) \(first in row 2\)"):
         finite_embeddings(x, "embeddings for 'p'")
-    with pytest.raises(HeadserveError):  # printed as one line by the CLI
+    with pytest.raises(BadInputError, match=r"e hold 2 NaN or infinite value\(s\) \(first in row 0\)") as raised:
         finite_embeddings(np.full((1, 2), np.nan), "e")
+    assert isinstance(raised.value, HeadserveError)  # printed as one line by the CLI
 
 
 def test_local_models_warm_up_float_inputs_with_zeros_that_the_finite_check_accepts():

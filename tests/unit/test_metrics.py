@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from headserve.client import BadInputError, DeadlineExceededError, HeadInfo, Reason, decide
+from headserve.client.errors import ClientConfigError, MetricsPortError
 from headserve.client.metrics import (
     OOD_FIXED_BUCKETS,
     OTHER_CLASS,
     DecisionMetrics,
     MetricsConfig,
-    MetricsPortError,
     enable_metrics,
     ood_buckets,
 )
@@ -49,9 +49,13 @@ def _value(metrics: DecisionMetrics, name: str, **labels: str) -> float | None:
 
 
 def test_decision_metrics_is_an_observer_the_clients_can_take():
-    observer: Observer = DecisionMetrics()  # mypy checks the protocol; the calls below check it at run time
+    metrics = DecisionMetrics()
+    observer: Observer = metrics  # mypy checks the protocol; the calls below check it at run time
     observer.observe_batch(_info(), decide(_info(), PROBS, ood_scores=SCORES), 0.01)
     observer.observe_error("h", BadInputError("x"))
+    assert _value(metrics, "headserve_client_decisions_total", head="h", version="1", reason="accepted") == 1
+    assert _value(metrics, "headserve_client_errors_total", head="h", type="BadInputError") == 1
+    assert metrics.failures == 0
 
 
 def test_a_batch_is_counted_by_reason_class_and_histogram_as_the_client_decided_it():
@@ -174,12 +178,29 @@ def test_a_failure_inside_the_metrics_is_logged_and_never_reaches_the_client(cap
     broken_batch = [broken[0], object()]  # not a Prediction: reading its fields fails inside the observer
     metrics.observe_batch(_info(), broken_batch, 0.01)  # type: ignore[list-item]
     assert "could not record a batch of head 'h'" in caplog.text
+    assert metrics.failures == 1
+    metrics.observe_batch(_info(), broken[:1], 0.01)  # the next good batch is counted as usual
+    assert _value(metrics, "headserve_client_decisions_total", head="h", version="1", reason="accepted") == 1
+    assert metrics.failures == 1
+
+
+def test_a_defect_inside_the_metrics_raises_instead_of_being_logged(monkeypatch):
+    metrics = DecisionMetrics()
+
+    def defect(*args: object) -> None:
+        raise KeyError("a defect")  # injected: no real input makes the recording code raise a KeyError
+
+    monkeypatch.setattr(metrics, "_observe_batch", defect)
+    with pytest.raises(KeyError, match="a defect"):
+        metrics.observe_batch(_info(), decide(_info(), PROBS[:1]), 0.01)
+    assert metrics.failures == 0
 
 
 def test_bad_config_names_the_value():
-    with pytest.raises(ValueError, match="max_class_labels=0"):
+    with pytest.raises(ClientConfigError, match="max_class_labels=0") as raised:
         MetricsConfig(max_class_labels=0)
-    with pytest.raises(ValueError, match=r"ood_quantiles\['h'\]=1.5"):
+    assert raised.value.setting == "max_class_labels"
+    with pytest.raises(ClientConfigError, match=r"ood_quantiles\['h'\]=1.5"):
         MetricsConfig(ood_quantiles={"h": 1.5})
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from headserve.encoders import get_encoder
-from headserve.errors import ImageDecodeError
+from headserve.errors import ConfigError, ImageDecodeError, PreprocessSpecError
 from headserve.preprocess import crop_box, prepare_batch, resize_for_encoder
 
 
@@ -124,7 +124,7 @@ def test_specs_written_before_resize_size_existed_keep_their_bytes():
 def test_an_inconsistent_preprocess_spec_is_refused_by_name(change, message):
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         replace(get_encoder("dinov2:vitb14").preprocess, **change)
 
 
@@ -144,7 +144,7 @@ def test_box_partly_outside_the_image_is_clipped():
 
 def test_a_spec_from_a_newer_headserve_is_refused_rather_than_resized_differently():
     data = {**get_encoder("clip:ViT-B-32").preprocess.to_dict(), "pad_to_square": True}
-    with pytest.raises(ValueError, match="fields this headserve does not know: pad_to_square; upgrade headserve"):
+    with pytest.raises(PreprocessSpecError, match="fields this headserve does not know: pad_to_square; upgrade headserve"):
         type(get_encoder("clip:ViT-B-32").preprocess).from_dict(data)
 
 

@@ -58,7 +58,7 @@ def test_an_interrupted_run_keeps_finished_batches_only_and_the_next_run_resumes
             raise RuntimeError("out of memory")
         return fake_encoder(p)
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="out of memory"):
         EmbeddingCache(tmp_path, "clip", "tiny", "fp").embed(px, dies_on_second_batch, batch_size=4)
     entries = list(tmp_path.rglob("*.npy"))
     assert len(entries) == 4 and not list(tmp_path.rglob(".*"))  # one whole batch, no temp files

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from headserve.backbones import encoder_graph, load_encoder
-from headserve.device import PrecisionError
 from headserve.encoders import get_encoder
-from headserve.errors import DatasetError
+from headserve.errors import DatasetError, PrecisionError
 from headserve.train import embed as embed_module
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import load_crop, read_yolo
@@ -126,7 +125,7 @@ def test_an_encoder_that_overflows_in_fp16_is_refused_before_the_run_proceeds(da
     with torch.no_grad():  # weights scaled so activations pass fp16's 65504: the known DINOv3 failure, reproduced
         loaded.backbone.visual.conv1.weight.mul_(1e5)
     graph = encoder_graph(loaded)
-    with pytest.raises(PrecisionError, match=r"at fp16 are NaN or infinite.*--precision fp32 or bf16"):
+    with pytest.raises(PrecisionError, match=r"at fp16 are NaN or infinite.*`precision` fp32 or bf16"):
         _run(dataset, (loaded.spec, graph), EmbedConfig(precision="fp16"))
 
 
@@ -157,7 +156,7 @@ def test_cache_keys_differ_by_engine_and_precision(tmp_path):
 def test_openvino_extraction_refuses_a_gpu_device_and_a_precision_it_does_not_run():
     from headserve.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"device cuda: --engine openvino runs on the CPU"):
+    with pytest.raises(ConfigError, match=r"device cuda: `engine` openvino runs on the CPU; use `device` cpu or `engine` torch"):
         EmbedConfig(engine="openvino", device="cuda")
     with pytest.raises(ConfigError, match=r"precision fp16: OpenVINO embeds in fp32 or bf16"):
         EmbedConfig(engine="openvino", precision="fp16")

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from headserve.errors import ConfigError
 from headserve.head import HeadConfig
-from headserve.train.recipe import PROFILES, UnknownProfileError, profile_config
+from headserve.train.errors import UnknownProfileError
+from headserve.train.recipe import PROFILES, profile_config
 from headserve.train.trainer import TrainConfig, class_weights, fit_head, head_config_for, log_priors
 
 REQUIRED_PROFILES = ("base", "center_std", "effective", "hardmine", "gelu_ln", "calib", "full", "logit_train",
@@ -35,7 +37,7 @@ def test_unknown_training_knob_is_refused():
 
 
 def test_bad_knob_value_names_the_value():
-    with pytest.raises(ValueError, match="logit_adjust 'sometimes'"):
+    with pytest.raises(ConfigError, match="logit_adjust 'sometimes'"):
         TrainConfig(logit_adjust="sometimes")
 
 
