@@ -49,7 +49,8 @@ ARTIFACT_DEFECTS: dict[str, tuple[Callable[[Path], None], str, bool]] = {
         _edit_meta(lambda m: m.update(classes=5)), r"meta.json: field 'classes' is 5, not a JSON list",
         False),
     "embedding_dim of the wrong type": (
-        _edit_meta(lambda m: m.update(embedding_dim="wide")), r"meta.json: field 'embedding_dim' is 'wide', not a whole number", False),
+        _edit_meta(lambda m: m.update(embedding_dim="wide")),
+        r"meta.json: field 'embedding_dim' is 'wide', not a whole number", False),
     "no head.safetensors": (lambda a: (a / "head.safetensors").unlink(), r"head.safetensors does not exist", True),
     "head.safetensors cut short": (_cut("head.safetensors"), r"head.safetensors is not a readable safetensors file",
                                    True),
