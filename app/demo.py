@@ -82,7 +82,7 @@ def run_demo(config: DemoConfig) -> int:
     from headserve.export.pipeline import export_head
     from headserve.train.embed import EmbedConfig
     from headserve.train.pipeline import TrainRequest, train_from_yolo
-    from headserve.train.recipe import profile_config
+    from headserve.train.profiles import profile_config
     from headserve.train.synth import SynthConfig, build_digits_dataset
 
     out = config.out
@@ -131,9 +131,9 @@ def _serve_and_measure(url: str, run: HeadRun) -> dict:
 
     from headserve.client import HeadClient
     from headserve.contract import PROBS, SCORE_OUTPUTS
-    from headserve.head_file import load_head
+    from headserve.head import load_head
     from headserve.train.dataset import load_crop
-    from headserve.train.metrics import classification_metrics
+    from headserve.train.evaluation import classification_metrics
 
     outcome = run.outcome
     meta, head = load_head(outcome.artifact)

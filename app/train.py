@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from headserve.train.pipeline import TrainRequest, train_from_yolo
-    from headserve.train.recipe import profile_config
+    from headserve.train.profiles import profile_config
 
     overrides = _recipe_overrides(args)
     req = TrainRequest(dataset=args.dataset, encoder=encoder_from_args(args), out=args.out, name=args.name,

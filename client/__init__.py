@@ -5,7 +5,6 @@ Only tritonclient[grpc], numpy and pillow are imported here and below; the prepr
 """
 
 from headserve.client.aio import AsyncHeadClient
-from headserve.client.client import HeadClient
 from headserve.client.crops import CropRef, crops_from_yolo, polygon_to_xyxy, yolo_box_to_xyxy
 from headserve.client.decision import Prediction, Reason, Thresholds, decide
 from headserve.client.discovery import HeadInfo
@@ -24,6 +23,7 @@ from headserve.client.estimate import ComputeEstimate
 from headserve.client.gating import GateConfig, GateReason, GateResult, gate
 from headserve.client.observer import Observer, Observers
 from headserve.client.options import ConnectionOptions
+from headserve.client.sync import HeadClient
 
 __all__ = [
     "AsyncHeadClient", "HeadClient", "ConnectionOptions", "HeadInfo", "Observer", "Observers",

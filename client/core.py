@@ -23,6 +23,7 @@ from headserve.client.discovery import HeadInfo, StaleAnswer, check_answer, head
 from headserve.client.errors import BadInputError, ClientError, HeadChangedError, ModelNotReadyError
 from headserve.client.estimate import ComputeEstimate, EstimateProbe, median_seconds
 from headserve.client.gating import GateConfig, GateResult, gate
+from headserve.client.inputs import finite_embeddings, prepare
 from headserve.client.observer import Observer
 from headserve.client.operations import (
     Answer,
@@ -37,7 +38,6 @@ from headserve.client.operations import (
 )
 from headserve.client.options import ConnectionOptions
 from headserve.client.prefilter import PrefilterPolicy
-from headserve.client.preprocessing import finite_embeddings, prepare
 from headserve.contract import EMBEDDING, HEAD_ID, OOD_SCORE, PIXELS, PROBS, PROMPT_OUTPUT
 from headserve.preprocess import ImageSource
 

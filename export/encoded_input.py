@@ -32,8 +32,7 @@ from headserve.export.repository import (
 DECODER_SOURCE = Path(__file__).with_name("decoder_model.py")
 # headserve's preprocessing and what it imports, vendored beside the decoder's model.py.
 VENDORED = ("contract.py", "encoders.py", "errors.py", "preprocess.py")
-IMAGE_INPUT = IMAGE  # re-exported from headserve.contract, as are decoder_model_name and encoded_model_name
-__all__ = ["IMAGE_INPUT", "decoder_model_name", "encoded_model_name", "encoded_ensemble_desc", "add_encoded_input"]
+__all__ = ["encoded_ensemble_desc", "add_encoded_input"]
 
 
 def _vendored_files() -> dict[str, Path | bytes]:

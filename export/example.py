@@ -18,8 +18,7 @@ from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import EncoderIdentity
 from headserve.encoders import EncoderSpec
-from headserve.head import HeadConfig, MLPHead, ServingHead
-from headserve.head_file import save_head
+from headserve.head import HeadConfig, MLPHead, ServingHead, save_head
 
 EXAMPLE_CLASSES: tuple[str, ...] = ("digit_0", "digit_1", "digit_2", "background")
 

@@ -34,8 +34,7 @@ from headserve.export.repository import (
     encoder_parameters,
     export_head_graph,
 )
-from headserve.head import ServingHead
-from headserve.head_file import serving_head
+from headserve.head import ServingHead, serving_head
 from headserve.lockfile import check_repository_path, repository_lock
 
 

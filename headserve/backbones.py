@@ -49,7 +49,7 @@ class ClipImageTower(nn.Module):
         return self.visual(x)
 
 
-class Dinov3Pooled(nn.Module):
+class DinoPooled(nn.Module):
     """transformers DINOv3 (and DINOv2): ``pooler_output``, falling back to the CLS token of ``last_hidden_state``."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -177,7 +177,7 @@ def _load_dinov3(spec: EncoderSpec) -> LoadedEncoder:
     if spec.tiny is not None:
         torch.manual_seed(int(spec.tiny["seed"]))
         model = DINOv3ViTModel(DINOv3ViTConfig(**spec.tiny["config"]))
-        return LoadedEncoder(spec=spec, backbone=Dinov3Pooled(model), full_model=model)
+        return LoadedEncoder(spec=spec, backbone=DinoPooled(model), full_model=model)
     return _load_hub(spec, "DINOv3")
 
 
@@ -188,7 +188,7 @@ def _load_dinov2(spec: EncoderSpec) -> LoadedEncoder:
     if spec.tiny is not None:
         torch.manual_seed(int(spec.tiny["seed"]))
         model = Dinov2Model(Dinov2Config(**spec.tiny["config"]))
-        return LoadedEncoder(spec=spec, backbone=Dinov3Pooled(model), full_model=model)
+        return LoadedEncoder(spec=spec, backbone=DinoPooled(model), full_model=model)
     return _load_hub(spec, "DINOv2")
 
 
@@ -204,7 +204,7 @@ def _load_vjepa2(spec: EncoderSpec) -> LoadedEncoder:
 
 
 def _load_hub(spec: EncoderSpec, family: str, processor_class: Any = None,
-              wrap: Callable[[nn.Module], nn.Module] = Dinov3Pooled) -> LoadedEncoder:
+              wrap: Callable[[nn.Module], nn.Module] = DinoPooled) -> LoadedEncoder:
     """A transformers vision model and its processor (whose preprocessing wins) from the hub or a directory.
 
     ``processor_class`` defaults to ``AutoImageProcessor``; video models (V-JEPA 2) ship a video processor.

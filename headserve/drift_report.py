@@ -47,7 +47,7 @@ class HeadSummary:
     version: str = ""  # the served version the window came from ("" when unknown)
     metrics: Mapping[str, float] = field(default_factory=dict)  # held-out metrics, meta.json "metrics"
     # Reliability diagram on held-out crops: (mean confidence, accuracy, count) per confidence bin, as
-    # headserve.train.metrics.reliability returns it.
+    # headserve.train.evaluation.reliability returns it.
     reliability: Sequence[tuple[float, float, int]] = ()
 
     def __post_init__(self) -> None:

@@ -22,8 +22,7 @@ from headserve.class_names import check_class_names
 from headserve.contract import EncoderIdentity
 from headserve.encoders import DEFAULT_ENCODER_TYPE
 from headserve.errors import ArtifactError
-from headserve.head import HeadConfig, MLPHead, ServingHead
-from headserve.head_file import save_head
+from headserve.head import HeadConfig, MLPHead, ServingHead, save_head
 
 TRUST_NOTICE = ("unpickling runs code stored in the file; pass --trust-pickle only for files you made or trust "
                 "(the imported artifact is pickle-free)")

@@ -17,13 +17,13 @@ from headserve.contract import SCORE_OUTPUTS, EncoderIdentity
 from headserve.drift import reference_from_validation
 from headserve.encoders import EncoderSpec
 from headserve.errors import ConfigError, DatasetError
-from headserve.head_file import save_head
+from headserve.head import save_head
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
 from headserve.train.embed import EmbedConfig, Extraction, extract, pixels_of
-from headserve.train.metrics import classification_metrics, expected_calibration_error, ood_auroc, reliability
+from headserve.train.evaluation import classification_metrics, expected_calibration_error, ood_auroc, reliability
 from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
-from headserve.train.recipe import describe
+from headserve.train.profiles import describe
 from headserve.train.split import group_split
 from headserve.train.trainer import TrainConfig, fit_head, head_config_for
 

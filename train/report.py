@@ -14,7 +14,7 @@ import numpy as np
 from headserve.artifact import HeadMeta
 from headserve.fsutil import publish_dir, staging_dir
 from headserve.train.dataset import DataReport
-from headserve.train.metrics import ece_interval, reliability
+from headserve.train.evaluation import ece_interval, reliability
 
 REPORT_FILE = "report.md"
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from headserve.errors import ConfigError
-from headserve.train.metrics import macro_f1_fg
+from headserve.train.evaluation import macro_f1_fg
 
 # absent classes get this bias, so they are never predicted and their probability underflows to 0
 ABSENT_CLASS_BIAS = -1e4

@@ -27,9 +27,9 @@ from headserve.errors import ConfigError
 from headserve.fsutil import write_text_atomic
 from headserve.train.embed import EmbedConfig
 from headserve.train.errors import UnknownProfileError
-from headserve.train.metrics import comparison, macro_f1_fg, paired_f1_difference
+from headserve.train.evaluation import comparison, macro_f1_fg, paired_f1_difference
 from headserve.train.pipeline import PreparedData, TrainOutcome, TrainRequest, prepare, train_from_yolo
-from headserve.train.recipe import PROFILES, profile_config
+from headserve.train.profiles import PROFILES, profile_config
 from headserve.train.selection import select_head, tune_logreg
 
 METRICS = ("macro_f1_fg", "weighted_f1_fg", "macro_recall_fg", "macro_precision_fg")

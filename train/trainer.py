@@ -1,7 +1,7 @@
 """Fitting a head on cached embeddings: the recipe's losses, samplers and calibration.
 
 Plain PyTorch with AdamW and early stopping on validation loss. Every knob of the recipe is a field
-of ``TrainConfig``; named profiles (``headserve.train.recipe``) are presets of it. Temperature scaling
+of ``TrainConfig``; named profiles (``headserve.train.profiles``) are presets of it. Temperature scaling
 (Guo et al., 2017) fits one scalar T by minimising the NLL of softmax(z / T) on the validation split;
 it changes no argmax, only how far probabilities can be trusted. A fitted T is kept only where it
 lowers the validation NLL and lies inside its bounds; otherwise the head keeps T = 1 and the fit

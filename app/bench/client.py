@@ -120,8 +120,8 @@ def metrics(out: Path, smoke: bool = False) -> list[str]:
     import time
 
     from headserve.client import HeadClient, decide
+    from headserve.client.inputs import prepare
     from headserve.client.metrics import DecisionMetrics
-    from headserve.client.preprocessing import prepare
     from headserve.train.dataset import load_crop
 
     bench = SMOKE if smoke else ClientBench()

@@ -150,7 +150,7 @@ def _bench_encoder(encoder: str, pairs: list[tuple[str, str]], config: EngineBen
     import torch
 
     from headserve.export.engine import engine_encoder, parity_figures, sample_pixels
-    from headserve.head_file import load_head
+    from headserve.head import load_head
     from headserve.train.embed import EmbedConfig
 
     under = EncoderUnderTest.load(encoder, config.batch, config.weights_dir)

@@ -62,7 +62,7 @@ def _write_split_variant(repo: Path, artifact: Path) -> None:
     from headserve.export.model_config import DataType, EnsembleStep, ModelDesc, Runtime, TensorSpec
     from headserve.export.onnx_export import GraphSpec, export_onnx, head_graph_spec
     from headserve.export.repository import publish_version
-    from headserve.head_file import load_head
+    from headserve.head import load_head
 
     meta, serving = load_head(artifact)
     n, dim = len(meta.classes), meta.embedding_dim

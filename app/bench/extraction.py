@@ -239,7 +239,7 @@ def _gpu(bench: ExtractionBench, full: Path, root: Path) -> list[str]:
 def _gpu_head_training(name: str) -> list[str]:
     """The speed benchmark's MLP fit (100k x 1024, 20 classes, `full`, 10 epochs) on the GPU and on the CPU."""
     from headserve.app.bench.training import BenchConfig, structured_embeddings
-    from headserve.train.recipe import profile_config
+    from headserve.train.profiles import profile_config
     from headserve.train.trainer import fit_head, head_config_for
 
     c = BenchConfig()

@@ -31,7 +31,7 @@ import torch
 from headserve.head import HeadConfig
 from headserve.train.dataset import load_crop
 from headserve.train.embed import pixels_of
-from headserve.train.metrics import (
+from headserve.train.evaluation import (
     BOOTSTRAP_REPS,
     Interval,
     bootstrap_interval,
@@ -41,7 +41,7 @@ from headserve.train.metrics import (
     macro_f1_fg,
     paired_f1_difference,
 )
-from headserve.train.recipe import profile_config
+from headserve.train.profiles import profile_config
 from headserve.train.trainer import FitResult, fit_head, head_config_for
 
 
@@ -131,7 +131,7 @@ def _ood_aurocs(emb: np.ndarray, labels: np.ndarray, tr: np.ndarray, te: np.ndar
     Returns the AUROCs against known foreground test crops and against every known test crop.
     """
     from headserve.head import MLPHead, ServingHead
-    from headserve.train.metrics import ood_auroc
+    from headserve.train.evaluation import ood_auroc
     from headserve.train.ood import attach_ood, fit_ood, foreground, ood_scores
 
     n_cls = int(labels.max()) + 1

@@ -71,7 +71,7 @@ def test_demo_runs_offline_and_reports_served_probabilities_equal_to_pytorch(tmp
     for row in report:
         # The demo trains the `full` profile, whose embedding standardisation divides by per-dimension
         # stds near 0.03: float32 ONNX-vs-PyTorch encoder noise (~1e-7) reaches ~1e-5 in probabilities.
-        # The strict 1e-5 parity is test_skeleton's, on heads without standardisation.
+        # The strict 1e-5 parity is test_served_ensemble's, on heads without standardisation.
         assert row["max_abs_diff_served_vs_torch"] <= 5e-5
         # Served over gRPC, the test split scores what the same head scored in process at training time
         # (meta.json's metrics, computed with the PyTorch encoder on the same crops).

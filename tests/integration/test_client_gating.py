@@ -21,8 +21,8 @@ from PIL import Image
 from torch import nn
 
 from headserve.client import GateConfig, GateReason, HeadClient, Reason, Thresholds, decide, gate
+from headserve.client.inputs import prepare
 from headserve.client.prefilter import DINOV3_PREFILTER_MESSAGE
-from headserve.client.preprocessing import prepare
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def gate_server(trained_heads, local_repo, tmp_path_factory):
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
     from headserve.export.model_config import DataType, parse, to_text
-    from headserve.head_file import load_head
+    from headserve.head import load_head
     from headserve.server import LocalTriton, ServerConfig
     from headserve.train.dataset import load_crop
     from headserve.train.embed import embed_pixels

@@ -47,9 +47,9 @@ def test_served_probabilities_equal_the_in_process_head_on_the_same_pixels(enc, 
     import torch
 
     from headserve.backbones import encoder_graph, load_encoder
-    from headserve.client.preprocessing import prepare
+    from headserve.client.inputs import prepare
     from headserve.encoders import get_encoder
-    from headserve.head_file import load_head
+    from headserve.head import load_head
     from headserve.train.embed import embed_pixels
 
     head = trained_heads[enc]

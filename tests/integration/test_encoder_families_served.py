@@ -40,7 +40,7 @@ def test_heads_on_both_families_classify_through_the_real_server_as_pytorch_does
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.contract import SCORE_OUTPUTS
     from headserve.encoders import get_encoder
-    from headserve.head_file import load_head
+    from headserve.head import load_head
     from headserve.preprocess import prepare_batch
     from headserve.server import LocalTriton, ServerConfig
 

@@ -33,7 +33,7 @@ def expected_probs(artifact: Path, pixels: np.ndarray) -> np.ndarray:
     """In-process PyTorch: the tiny encoder graph, then the artifact's calibrated head."""
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
-    from headserve.head_file import load_head
+    from headserve.head import load_head
 
     meta, head = load_head(artifact)
     with torch.no_grad():

@@ -73,7 +73,7 @@ def test_a_head_trained_on_the_openvino_engine_is_served_on_it_and_answers_as_tr
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
     from headserve.export.engine import compile_graph, cpu_capabilities
-    from headserve.head_file import load_head
+    from headserve.head import load_head
     from headserve.server import LocalTriton, ServerConfig
     from headserve.train.dataset import load_crop, read_yolo
     from headserve.train.embed import pixels_of

@@ -54,7 +54,7 @@ def reference(artifact: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.contract import SCORE_OUTPUTS
     from headserve.encoders import get_encoder
-    from headserve.head_file import load_head
+    from headserve.head import load_head
 
     meta, head = load_head(artifact)
     with torch.no_grad():

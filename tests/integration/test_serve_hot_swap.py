@@ -37,7 +37,7 @@ def _headserve(*argv: str) -> list[str]:
 
 
 def _permuted(artifact: Path, out: Path) -> Path:
-    from headserve.head_file import load_head, save_head
+    from headserve.head import load_head, save_head
 
     meta, head = load_head(artifact)
     n = len(meta.classes)
@@ -52,7 +52,7 @@ def _expected(artifact: Path, pixels: np.ndarray) -> list[dict[str, float]]:
     """In-process PyTorch: the tiny encoder graph, then the artifact's calibrated head; name -> probability."""
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
-    from headserve.head_file import load_head
+    from headserve.head import load_head
 
     meta, head = load_head(artifact)
     with torch.no_grad():

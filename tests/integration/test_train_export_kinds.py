@@ -88,7 +88,7 @@ def test_every_head_kind_is_exported_and_its_graph_gives_the_trainers_outputs(ar
     import onnxruntime as ort
 
     from headserve.export.validation import validate_repository
-    from headserve.head_file import load_head
+    from headserve.head import load_head
 
     assert validate_repository(repo) == []
     assert json.loads((artifacts["logreg"] / "meta.json").read_text())["head_type"] == "logreg"
@@ -114,7 +114,7 @@ def test_every_head_kind_is_exported_and_its_graph_gives_the_trainers_outputs(ar
 def test_a_refused_export_of_any_kind_leaves_the_repository_byte_identical_and_creates_no_new_repo(
         kind, artifacts, repo, tmp_path):
     """A head whose weights hold a NaN fails the ONNX parity check (PyTorch's own output is not finite)."""
-    from headserve.head_file import load_head, save_head
+    from headserve.head import load_head, save_head
 
     meta, head = load_head(artifacts[kind])
     meta.name = f"broken_{kind}"  # a head the repository does not hold yet: no directory of it may appear

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from headserve.encoders import get_encoder
-from headserve.train.recipe import PROFILES, profile_config
+from headserve.train.profiles import PROFILES, profile_config
 
 PARITY_ATOL = 1e-5
 
@@ -29,7 +29,7 @@ def test_exported_head_equals_the_trainers_probabilities_for_every_profile(profi
 
     from headserve.contract import SCORE_OUTPUTS
     from headserve.export.onnx_export import export_onnx, head_graph_spec
-    from headserve.head_file import load_head
+    from headserve.head import load_head
     from headserve.train.pipeline import TrainRequest, train_from_yolo
 
     req, data = prepared

@@ -72,7 +72,7 @@ def _reached(roots: list[str]) -> list[str]:
 
 
 def test_the_module_lists_cover_the_client_and_the_core():
-    assert "headserve.client.preprocessing" in CLIENT_MODULES and "headserve.client.aio" in CLIENT_MODULES
+    assert "headserve.client.inputs" in CLIENT_MODULES and "headserve.client.aio" in CLIENT_MODULES
     assert {"headserve.contract", "headserve.encoders", "headserve.server"} <= set(CORE_TORCH_FREE)
     assert not {"headserve.backbones", "headserve.head"} & set(CORE_TORCH_FREE)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from headserve.errors import ConfigError
 from headserve.head import CosineClassifier, HeadConfig, MLPHead, build_serving_head
 from headserve.train.errors import RecipeError
-from headserve.train.recipe import profile_config
+from headserve.train.profiles import profile_config
 from headserve.train.trainer import fit_head, head_config_for
 
 

@@ -11,7 +11,7 @@ import torch
 
 from headserve.artifact import load_meta
 from headserve.errors import ArtifactError
-from headserve.head_file import load_head
+from headserve.head import load_head
 from headserve.train.legacy import import_legacy
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from headserve.head import build_serving_head
-from headserve.train.metrics import comparison, macro_f1_fg, paired_f1_difference
-from headserve.train.recipe import profile_config
+from headserve.train.evaluation import comparison, macro_f1_fg, paired_f1_difference
+from headserve.train.profiles import profile_config
 from headserve.train.selection import SelectionGrid, linear_head_weights, select_head, tune_logreg
 from headserve.train.trainer import TEMPERATURE_BOUNDS, TrainConfig, calibrate_temperature, fit_head, head_config_for
 

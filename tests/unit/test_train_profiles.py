@@ -9,7 +9,7 @@ import torch
 from headserve.errors import ConfigError
 from headserve.head import HeadConfig
 from headserve.train.errors import UnknownProfileError
-from headserve.train.recipe import PROFILES, profile_config
+from headserve.train.profiles import PROFILES, profile_config
 from headserve.train.trainer import TrainConfig, class_weights, fit_head, head_config_for, log_priors
 
 REQUIRED_PROFILES = ("base", "center_std", "effective", "hardmine", "gelu_ln", "calib", "full", "logit_train",

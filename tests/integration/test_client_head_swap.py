@@ -29,7 +29,7 @@ PERMUTATION = (1, 2, 3, 0)  # new class i is old class PERMUTATION[i]: no class 
 
 def permuted_head(artifact: Path, out: Path, order: tuple[int, ...]) -> Path:
     """The same head with classes (and every per-class tensor row) in ``order``."""
-    from headserve.head_file import load_head, save_head
+    from headserve.head import load_head, save_head
 
     meta, head = load_head(artifact)
     n = len(meta.classes)
@@ -44,7 +44,7 @@ def true_labels(artifact: Path, pixels: np.ndarray) -> list[str]:
     """In-process PyTorch: the tiny encoder graph, then the artifact's head; top-1 class names."""
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
-    from headserve.head_file import load_head
+    from headserve.head import load_head
 
     meta, head = load_head(artifact)
     with torch.no_grad():

@@ -18,7 +18,7 @@ from headserve.client import HeadClient
 from headserve.contract import SCORE_OUTPUTS
 from headserve.encoders import get_encoder
 from headserve.export.model_config import parse
-from headserve.head_file import load_head
+from headserve.head import load_head
 from headserve.preprocess import prepare_batch
 from headserve.train.dataset import load_crop
 

@@ -20,7 +20,7 @@ HEAD = "inputs"
 
 
 def displayed_image(width: int = 96, height: int = 64) -> Image.Image:
-    """Flat 16x16 blocks of distinct colours (as in tests/unit/test_inputs_images.py)."""
+    """Flat 16x16 blocks of distinct colours (as in tests/unit/test_preprocess_images.py)."""
     blocks = np.random.default_rng(7).integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
     return Image.fromarray(np.kron(blocks, np.ones((16, 16, 1), np.uint8)))
 

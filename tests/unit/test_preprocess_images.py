@@ -138,7 +138,7 @@ def test_pillows_own_decompression_bomb_error_is_an_image_error_naming_the_cap(m
 def test_the_client_reports_an_oversized_crop_as_bad_input():
     from headserve.client import BadInputError
     from headserve.client.discovery import HeadInfo
-    from headserve.client.preprocessing import prepare
+    from headserve.client.inputs import prepare
     from headserve.contract import EncoderIdentity, ServedHead
     from headserve.encoders import get_encoder
 

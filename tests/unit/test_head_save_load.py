@@ -14,8 +14,7 @@ from safetensors.numpy import load_file
 from headserve.artifact import WEIGHTS_FILE, HeadMeta, load_meta, save_artifact
 from headserve.contract import EncoderIdentity
 from headserve.errors import ArtifactError, UnverifiedWeightsWarning, WeightsMismatchError
-from headserve.head import HeadConfig, MLPHead, ServingHead
-from headserve.head_file import load_head, save_head
+from headserve.head import HeadConfig, MLPHead, ServingHead, load_head, save_head
 
 DIM, CLASSES = 8, ["a", "b", "c", "bg"]
 

@@ -185,7 +185,7 @@ def test_triton_unknown_model_version_is_model_not_ready_not_a_server_to_retry()
 
 def test_the_client_refuses_non_finite_embeddings_before_sending_them():
     from headserve.client import BadInputError
-    from headserve.client.preprocessing import finite_embeddings
+    from headserve.client.inputs import finite_embeddings
 
     x = np.zeros((3, 4), np.float32)
     x[2, 1] = np.inf
