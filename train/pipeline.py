@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -14,10 +15,10 @@ import torch
 from headserve.artifact import HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import SCORE_OUTPUTS, EncoderIdentity
-from headserve.drift import reference_from_validation
+from headserve.drift import DriftReference, reference_from_validation
 from headserve.encoders import EncoderSpec
 from headserve.errors import ConfigError, DatasetError
-from headserve.head import save_head
+from headserve.head import ServingHead, save_head
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
 from headserve.train.embed import EmbedConfig, Extraction, extract, pixels_of
@@ -170,85 +171,104 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
     """Train, calibrate and save one head (and its report); ``prepared`` reuses embeddings and splits."""
     p = prepared or prepare(req)
     timings = dict(p.timings)
-    spec, fp, data, classes, background = p.spec, p.fingerprint, p.data, p.classes, p.background
-    objects, emb, labels, holdout_emb, cache = p.objects, p.emb, p.labels, p.holdout_emb, p.cache
-    fit_idx, val_idx, test_idx = p.fit_idx, p.val_idx, p.test_idx
-
-    t0 = time.perf_counter()
-    cfg = req.train
-    head_config = head_config_for(cfg, spec.embedding_dim, len(classes), req.hidden)
-    fit = fit_head(emb[fit_idx], labels[fit_idx], emb[val_idx], labels[val_idx], head_config, cfg,
-                   background=background, device=str(p.extraction.get("device", "cpu")))
-    timings["fit"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    attach_ood(fit.head, fit_ood(emb[fit_idx], labels[fit_idx], len(classes)))
-    val_ood = ood_scores(fit.head, emb[val_idx])
-    threshold = choose_threshold(val_ood, labels[val_idx], background, req.ood_quantile)
-    timings["ood"] = time.perf_counter() - t0
-    # What the head answers on the labelled objects of validation: the yardstick of `headserve drift`.
-    # Objects only, as the threshold: production sends a detector's boxes, not training's random background crops.
-    objects_val = val_idx[foreground(labels[val_idx], background)]
-    with torch.no_grad():
-        val_probs = fit.head(torch.from_numpy(emb[objects_val]))[1].numpy()
-    drift = reference_from_validation(val_probs, ood_scores(fit.head, emb[objects_val]), classes, threshold,
-                                      req.ood_quantile, seed=req.seed)
-
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        outputs = fit.head(torch.from_numpy(emb[test_idx]))
-    test_outputs = {name: t.numpy() for name, t in zip(SCORE_OUTPUTS, outputs)}
-    logits, probs = outputs[0], outputs[1]
-    uncal = torch.softmax(logits, dim=-1).numpy()
-    probs = probs.numpy()
-    metrics = classification_metrics(probs, labels[test_idx], classes, background)
-    metrics["ece_before"] = expected_calibration_error(uncal, labels[test_idx])
-    metrics["ece_after"] = expected_calibration_error(probs, labels[test_idx])
-    metrics["temperature"] = fit.temperature
-    metrics["epochs"] = fit.epochs_run
-    metrics["n_train"], metrics["n_val"], metrics["n_test"] = len(fit_idx), len(val_idx), len(test_idx)
-    test_ood = ood_scores(fit.head, emb[test_idx])
-    metrics["ood_flagged_test"] = float((test_ood > threshold).mean())
-    if len(holdout_emb):  # held-out crops against known foreground crops, and against every known crop
-        unknown = ood_scores(fit.head, holdout_emb)
-        metrics["ood_auroc"] = ood_auroc(test_ood[foreground(labels[test_idx], background)], unknown)
-        metrics["ood_auroc_all"] = ood_auroc(test_ood, unknown)
-    timings["evaluate"] = time.perf_counter() - t0
+    with _timed(timings, "fit"):
+        head_config = head_config_for(req.train, p.spec.embedding_dim, len(p.classes), req.hidden)
+        fit = fit_head(p.emb[p.fit_idx], p.labels[p.fit_idx], p.emb[p.val_idx], p.labels[p.val_idx], head_config,
+                       req.train, background=p.background, device=str(p.extraction.get("device", "cpu")))
+    with _timed(timings, "ood"):
+        attach_ood(fit.head, fit_ood(p.emb[p.fit_idx], p.labels[p.fit_idx], len(p.classes)))
+        threshold = choose_threshold(ood_scores(fit.head, p.emb[p.val_idx]), p.labels[p.val_idx], p.background,
+                                     req.ood_quantile)
+    drift = _drift_reference(p, fit.head, threshold, req)
+    with _timed(timings, "evaluate"):
+        test = _evaluate(p, fit.head, threshold)
+    metrics = {**test.metrics, "temperature": fit.temperature, "epochs": fit.epochs_run,
+               "n_train": len(p.fit_idx), "n_val": len(p.val_idx), "n_test": len(p.test_idx)}
 
     meta = HeadMeta(
         name=req.name,
-        encoder=EncoderIdentity.from_spec(spec, fp),
-        encoder_untrained=spec.is_tiny,
-        classes=classes,
-        background_indices=background,
+        encoder=EncoderIdentity.from_spec(p.spec, p.fingerprint),
+        encoder_untrained=p.spec.is_tiny,
+        classes=p.classes,
+        background_indices=p.background,
         head_type=head_config.head_type,
         head_config=head_config.to_dict(),
         temperature=fit.temperature,
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "per_class")},
-        extra={"profile": req.profile, "recipe": dict(describe(cfg)), "embedding": p.extraction,
+        extra={"profile": req.profile, "recipe": dict(describe(req.train)), "embedding": p.extraction,
                "log_priors": fit.log_priors,
                "class_weights": fit.class_weights, "drift_reference": drift.to_dict(ood_figures=False),
-               "reliability_test": reliability(probs, labels[test_idx]),
+               "reliability_test": reliability(test.probs, p.labels[p.test_idx]),
                "ood": {"method": "mahalanobis_shared_cov", "threshold_on": "foreground validation crops"},
                **fit.record(), **({"selection": dict(req.selection)} if req.selection is not None else {})},
         ood_threshold=threshold,
         ood_quantile=req.ood_quantile,
     )
     artifact = save_head(req.out, meta, fit.head)
-    lines = [data.report.summary(), *data.report.problems[:20]]
-    if cache is not None:
-        lines.append(cache.stats.summary())
-        metrics["cache_hit_rate"] = cache.stats.hit_rate
+    lines = [p.data.report.summary(), *p.data.report.problems[:20]]
+    if p.cache is not None:
+        lines.append(p.cache.stats.summary())
+        metrics["cache_hit_rate"] = p.cache.stats.hit_rate
     report = None
     if req.report_dir is not None:
         from headserve.train.report import write_report
 
-        t0 = time.perf_counter()
-        report = write_report(req.report_dir, meta, metrics, probs, uncal, labels[test_idx], timings, data.report)
-        timings["report"] = time.perf_counter() - t0
+        with _timed(timings, "report"):
+            report = write_report(req.report_dir, meta, metrics, test.probs, test.uncalibrated,
+                                  p.labels[p.test_idx], timings, p.data.report)
         lines.append(f"report: {report}")
-    return TrainOutcome(artifact, meta, metrics, [objects[i] for i in test_idx], labels[test_idx], lines, timings,
-                        np.asarray(emb[test_idx]), report, test_outputs)
+    return TrainOutcome(artifact, meta, metrics, [p.objects[i] for i in p.test_idx], p.labels[p.test_idx], lines,
+                        timings, np.asarray(p.emb[p.test_idx]), report, test.outputs)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Record the wall time of one training phase under ``phase`` (the report's timing table)."""
+    t0 = time.perf_counter()
+    yield
+    timings[phase] = time.perf_counter() - t0
+
+
+def _drift_reference(p: PreparedData, head: ServingHead, threshold: float, req: TrainRequest) -> DriftReference:
+    """What the head answers on the labelled objects of validation: the yardstick of `headserve drift`.
+
+    Objects only, as the threshold: production sends a detector's boxes, not training's random background crops.
+    """
+    objects_val = p.val_idx[foreground(p.labels[p.val_idx], p.background)]
+    with torch.no_grad():
+        val_probs = head(torch.from_numpy(p.emb[objects_val]))[1].numpy()
+    return reference_from_validation(val_probs, ood_scores(head, p.emb[objects_val]), p.classes, threshold,
+                                     req.ood_quantile, seed=req.seed)
+
+
+@dataclass
+class _TestAnswers:
+    """What the head answered on the test split, and the metrics the report and meta.json keep."""
+
+    outputs: dict[str, np.ndarray]  # every score output by name, (T, ...)
+    probs: np.ndarray  # (T, C) calibrated
+    uncalibrated: np.ndarray  # (T, C) softmax of the logits before the temperature
+    metrics: dict[str, Any]
+
+
+def _evaluate(p: PreparedData, head: ServingHead, threshold: float) -> _TestAnswers:
+    """Foreground metrics, calibration before and after, and OOD figures on the test split."""
+    labels = p.labels[p.test_idx]
+    with torch.no_grad():
+        outputs = head(torch.from_numpy(p.emb[p.test_idx]))
+    answers = {name: t.numpy() for name, t in zip(SCORE_OUTPUTS, outputs)}
+    uncalibrated = torch.softmax(outputs[0], dim=-1).numpy()
+    probs = outputs[1].numpy()
+    metrics = classification_metrics(probs, labels, p.classes, p.background)
+    metrics["ece_before"] = expected_calibration_error(uncalibrated, labels)
+    metrics["ece_after"] = expected_calibration_error(probs, labels)
+    test_ood = ood_scores(head, p.emb[p.test_idx])
+    metrics["ood_flagged_test"] = float((test_ood > threshold).mean())
+    if len(p.holdout_emb):  # held-out crops against known foreground crops, and against every known crop
+        unknown = ood_scores(head, p.holdout_emb)
+        metrics["ood_auroc"] = ood_auroc(test_ood[foreground(labels, p.background)], unknown)
+        metrics["ood_auroc_all"] = ood_auroc(test_ood, unknown)
+    return _TestAnswers(answers, probs, uncalibrated, metrics)
 
 
 def _hold_out(data: YoloDataset, name: str) -> tuple[list[str], list[LabelledObject], list[LabelledObject]]:
