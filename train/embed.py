@@ -79,6 +79,9 @@ class Extraction:
     min_cosine: float | None = None  # lowest cosine to fp32 on the checked sample (None: nothing computed)
     seconds: float = 0.0  # wall time of the extraction, decoding included, after the encoder was built
     engine: str = "torch"  # what computed them: torch or openvino
+    # of ``seconds``, the one-time fp32 comparison of the first batch (eager PyTorch on ``check_sample`` crops):
+    # a fixed cost like the engine's compile, reported apart so a rate can be read for any dataset size
+    check_seconds: float = 0.0
 
 
 class _ImageFailed(HeadserveError):
@@ -145,6 +148,7 @@ class _Encoder:
         self.graph = graph.to(self.device).eval()
         self.check_sample = config.check_sample
         self.min_cosine: float | None = None
+        self.check_seconds = 0.0  # wall time of the one fp32 comparison, inside the extraction's time
         self.compiled: Callable[[np.ndarray], np.ndarray] | None = None
         if config.engine == "openvino":
             choose_engine("openvino", config.precision)  # bf16 on a CPU without it is refused, not computed in f32
@@ -162,16 +166,20 @@ class _Encoder:
         if self.compiled is not None:
             emb = self.compiled(pixels)
             if self.min_cosine is None:  # the export's check, on the first batch of the user's own crops
+                t0 = time.perf_counter()
                 sample = pixels[:self.check_sample]
                 self.min_cosine = check_parity("training's encoder", self._run(sample, fp32=True), emb[:len(sample)],
                                                "openvino", self.precision.name,
                                                f"the first {len(sample)} training crops").min_cosine
+                self.check_seconds = time.perf_counter() - t0
             return emb
         emb = self._run(pixels)
         if self.min_cosine is None and self.precision.name != "fp32":
+            t0 = time.perf_counter()
             sample = pixels[:self.check_sample]
             self.min_cosine = check_precision(self._run(sample, fp32=True), emb[:len(sample)], self.precision,
                                               where=f"encoder on {self.device}")
+            self.check_seconds = time.perf_counter() - t0
         elif self.min_cosine is None:
             self.min_cosine = 1.0
         return emb.astype(np.float32, copy=False)
@@ -245,7 +253,7 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
     if bar is not None:
         bar.close()
     return Extraction(out, ok, failures, bad_crops, str(encoder.device), encoder.precision.name,
-                      encoder.min_cosine, time.perf_counter() - t0, encoder.engine)
+                      encoder.min_cosine, time.perf_counter() - t0, encoder.engine, encoder.check_seconds)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -143,6 +143,7 @@ def test_openvino_extraction_equals_the_compiled_export_and_records_its_engine_a
     assert run.ok.all() and np.abs(np.asarray(run.emb) - served(pixels)).max() < 1e-5
     assert (run.engine, run.precision, run.device) == ("openvino", precision, "cpu")
     assert run.min_cosine is not None and run.min_cosine >= 0.999
+    assert 0.0 < run.check_seconds < run.seconds  # the one-time comparison is timed, inside the extraction's time
     assert cache.stats.misses == len(objects) and cache.dir.name == f"fp_openvino_{precision}"
 
 
