@@ -2,26 +2,34 @@
 
 The flags become a ``ServerConfig``; starting, supervising and stopping the server is
 headserve.server's. Port errors name the flag that chose the port.
+
+The default model control mode is explicit, so that `headserve export head` into the served repository
+loads the new version here by itself: while serving, a ``ServeState`` file in the repository tells
+export where this server answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from headserve.server import SUPERVISE_EVERY_S, LocalTriton, ServerConfig
+from headserve.server import SERVE_STATE, SUPERVISE_EVERY_S, LocalTriton, ServerConfig, ServeState
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model repository with the local tritonserver until Ctrl-C")
     p.add_argument("repository", type=Path, help="model repository (local variant)")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--model-control-mode", default="none", choices=("none", "poll", "explicit"))
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port, the one clients use (default 8001)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)")
+    p.add_argument("--model-control-mode", default="explicit", choices=("none", "poll", "explicit"),
+                   help="explicit (default): `export head` into this repository loads the new version here; "
+                        "poll: the server re-reads the repository every 2 s; none: it serves what it loaded at "
+                        "start until restarted")
     p.set_defaults(func=_serve)
 
 
@@ -35,6 +43,7 @@ def serve(config: ServerConfig) -> int:
     server = LocalTriton(config, log=sys.stderr)
     received: list[int] = []
     stop = threading.Event()
+    state: ServeState | None = None
 
     def on_signal(signum: int, frame: object) -> None:
         received.append(signum)
@@ -46,11 +55,36 @@ def serve(config: ServerConfig) -> int:
             assert server.process is not None
             print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url} (pid {server.process.pid}; "
                   "Ctrl-C or SIGTERM stops it)", flush=True)
+            state = ServeState(server.grpc_url, os.getpid(), config.model_control, config.poll_secs)
+            announce(state, config.repository)
             while not stop.wait(SUPERVISE_EVERY_S):
                 server.supervise(lambda message: print(f"headserve serve: {message}", file=sys.stderr, flush=True))
             print(f"{signal.Signals(received[0]).name}: stopping tritonserver, draining in-flight requests ...",
                   flush=True)
     finally:
+        if state is not None:
+            state.remove(config.repository)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+# What `export head` into the served repository does, by model control mode.
+EXPORT_REACHES: dict[str, str] = {
+    "explicit": "`headserve export head` into {repo} loads the new version here",
+    "poll": "new versions in {repo} are loaded within {poll}s",
+    "none": "`headserve export head` into {repo} will NOT reach this server (model control mode none): restart it "
+            "after exporting, or serve with --model-control-mode explicit",
+}
+
+
+def announce(state: ServeState, repo: Path) -> None:
+    """Write the state file export reads, and say in one line what an export into ``repo`` will do."""
+    try:
+        state.write(repo)
+    except OSError as exc:  # a read-only repository: it is served, but export cannot find this server
+        print(f"headserve serve: cannot write {Path(repo) / SERVE_STATE} ({exc.strerror}); `export head` will "
+              "not find this server: pass it --server " + state.grpc_url, flush=True)
+        return
+    print("headserve serve: " + EXPORT_REACHES[state.model_control].format(repo=repo, poll=state.poll_secs),
+          flush=True)
