@@ -105,6 +105,18 @@ def _is_serve_process(pid: int) -> bool:
     return "serve" in argv and any("headserve" in arg for arg in argv)
 
 
+def visible_gpus(environ: dict[str, str] | os._Environ = os.environ, dev: Path = Path("/dev")) -> int:
+    """How many NVIDIA GPUs tritonserver could use here: the driver's device nodes, narrowed by
+    CUDA_VISIBLE_DEVICES when it is set. Asked without importing torch or loading CUDA, so `serve` stays
+    light; Triton itself only finds out by failing, in red `E` lines about the CUDA driver."""
+    nodes = [p for p in dev.glob("nvidia*") if p.name[len("nvidia"):].isdigit()]
+    chosen = environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is None:
+        return len(nodes)
+    ids = [i for i in chosen.split(",") if i.strip() and i.strip() != "-1"]
+    return min(len(nodes), len(ids))
+
+
 def _pytriton_root() -> Path:
     try:
         import pytriton

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +24,14 @@ from headserve.server import SERVE_STATE, ServeState
 @pytest.fixture()
 def serve_lookalike():
     """A live process whose argv is `python -c ... headserve serve`, as `python -m headserve.app serve` reads."""
+    from headserve.processes import command_line
+
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "headserve", "serve"])
     try:
+        deadline = time.monotonic() + 10  # /proc/PID/cmdline can read empty for a moment after the exec
+        while not command_line(proc.pid):
+            assert time.monotonic() < deadline, "the stand-in process never showed its command line"
+            time.sleep(0.01)
         yield proc.pid
     finally:
         proc.kill()
@@ -82,3 +89,15 @@ def test_export_into_a_repository_served_in_poll_mode_says_when_the_server_picks
     _state(serve_lookalike, "poll").write(tmp_path)
     report_written([Written()], None, tmp_path)
     assert "in poll mode: it loads the new versions within 2s" in capsys.readouterr().out
+
+
+def test_gpus_are_counted_from_the_driver_device_nodes_narrowed_by_cuda_visible_devices(tmp_path):
+    from headserve.server import visible_gpus
+
+    assert visible_gpus({}, tmp_path) == 0  # a machine without the NVIDIA driver: serve says it runs on CPU
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
+        (tmp_path / name).touch()
+    assert visible_gpus({}, tmp_path) == 2
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, tmp_path) == 1
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, tmp_path) == 0
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}, tmp_path) == 0
