@@ -78,7 +78,8 @@ def add_server_arg(p: argparse.ArgumentParser) -> None:
                    help="gRPC address of a Triton in --model-control-mode=explicit: load the new versions there "
                         "and wait until they are ready. Repeat for several replicas, or give dns:///SERVICE:PORT "
                         "for every replica behind a Kubernetes headless Service (deploy/README.md); exits "
-                        "non-zero if any replica failed")
+                        "non-zero if any replica failed. Without it, a `headserve serve` running on --repo is "
+                        "found by itself")
 
 
 def add_repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
