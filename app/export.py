@@ -6,6 +6,7 @@ Flags to the exporter's typed options (RuntimeOptions); writing and checking the
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -77,7 +78,8 @@ def add_server_arg(p: argparse.ArgumentParser) -> None:
                    help="gRPC address of a Triton in --model-control-mode=explicit: load the new versions there "
                         "and wait until they are ready. Repeat for several replicas, or give dns:///SERVICE:PORT "
                         "for every replica behind a Kubernetes headless Service (deploy/README.md); exits "
-                        "non-zero if any replica failed")
+                        "non-zero if any replica failed. Without it, a `headserve serve` running on --repo is "
+                        "found by itself")
 
 
 def add_repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -145,14 +147,15 @@ def _export_head(args: argparse.Namespace) -> int:
     written = export_head(args.artifact, args.repo, args.runtime, encoder_name=args.encoder or None,
                           encoder_weights=args.encoder_weights, options=production_options(args),
                           precision=args.precision, engine=args.engine, log=print)
-    report_written(written, args.server)
+    report_written(written, args.server, args.repo)
     return 0
 
 
 def _export_multi_head(args: argparse.Namespace) -> int:
     from headserve.export.multi_head import write_multi_head_ensemble
 
-    report_written([write_multi_head_ensemble(args.repo, args.heads, args.runtime, args.name)], args.server)
+    report_written([write_multi_head_ensemble(args.repo, args.heads, args.runtime, args.name)], args.server,
+                   args.repo)
     return 0
 
 
@@ -183,15 +186,20 @@ def _export_example(args: argparse.Namespace) -> int:
 def _export_encoded(args: argparse.Namespace) -> int:
     from headserve.export.encoded_input import add_encoded_input
 
-    report_written(add_encoded_input(args.repo, args.head, args.runtime, production_options(args)), args.server)
+    report_written(add_encoded_input(args.repo, args.head, args.runtime, production_options(args)), args.server,
+                   args.repo)
     return 0
 
 
-def report_written(written: Sequence[Any], servers: list[str] | None) -> None:
-    """Print what was written; with servers, roll it out to every replica and report each one."""
+def report_written(written: Sequence[Any], servers: list[str] | None, repo: Path | None = None) -> None:
+    """Print what was written; with servers, roll it out to every replica and report each one. Without, a
+    `headserve serve` running on ``repo`` is found by its state file and gets the new versions the same way
+    (or, in a mode where it cannot, a warning that names the fix): a new version must not stay on disk only."""
     for w in written:
         print(f"{w.name} version {w.version}: {w.path}"
               + (f" (max |ONNX - torch| {_fmt(w.max_abs_diff)})" if w.max_abs_diff else ""))
+    if not servers and repo is not None and written:
+        servers = _running_serve(repo)
     if servers:
         from headserve.export.server_load import require_all_ready, rollout
 
@@ -202,6 +210,26 @@ def report_written(written: Sequence[Any], servers: list[str] | None) -> None:
             print(f"replica {replica.address}: " + ("ok" if replica.ok else f"failed: {replica.error}"), flush=True)
         print(f"rollout: {sum(r.ok for r in results)} of {len(results)} replica(s) ready", flush=True)
         require_all_ready(results)
+
+
+def _running_serve(repo: Path) -> list[str] | None:
+    """The gRPC URL of the `headserve serve` running on ``repo`` when it can load new versions, after saying so."""
+    from headserve.server import ServeState
+
+    state = ServeState.read(repo)
+    if state is None:
+        return None
+    who = f"`headserve serve` (pid {state.pid}, gRPC {state.grpc_url}) serves {repo}"
+    if state.model_control == "explicit":
+        print(f"{who}: loading the new versions there", flush=True)
+        return [state.grpc_url]
+    if state.model_control == "poll":
+        print(f"{who} in poll mode: it loads the new versions within {state.poll_secs}s", flush=True)
+        return None
+    print(f"warning: {who} in model control mode none, so it keeps answering with the old versions; restart it, or "
+          "serve with --model-control-mode explicit (the default) so that export loads new versions there",
+          file=sys.stderr, flush=True)
+    return None
 
 
 def _repo_validate(args: argparse.Namespace) -> int:

@@ -19,7 +19,14 @@ import numpy as np
 
 from headserve.client.batching import BatchPlan
 from headserve.client.decision import Prediction, Thresholds, decide
-from headserve.client.discovery import HeadInfo, StaleAnswer, check_answer, head_info_from_config, latest_version
+from headserve.client.discovery import (
+    HeadInfo,
+    StaleAnswer,
+    check_answer,
+    check_rows,
+    head_info_from_config,
+    latest_version,
+)
 from headserve.client.errors import BadInputError, ClientError, HeadChangedError, ModelNotReadyError
 from headserve.client.estimate import ComputeEstimate, EstimateProbe, median_seconds
 from headserve.client.gating import GateConfig, GateResult, gate
@@ -146,7 +153,8 @@ class ClientCore:
                              for part in batches.split(pixels))
             try:
                 answers = tuple((yield Send(requests)))
-                for answer in answers:
+                for request, answer in zip(requests, answers):
+                    check_rows(head, answer.version, request.rows, request.outputs, answer.outputs)
                     check_answer(info, answer.version, answer.outputs)
                 return HeadAnswer(info, batches, answers)
             except (StaleAnswer, ModelNotReadyError) as exc:  # not ready: the pinned version was unloaded
@@ -173,6 +181,8 @@ class ClientCore:
         requests = tuple(Request(model, (Tensor(EMBEDDING, part, "FP32"),), (PROMPT_OUTPUT,), "", timeout_s)
                          for part in batches.split(array))
         answers = yield Send(requests)
+        for request, answer in zip(requests, answers):
+            check_rows(model, answer.version, request.rows, request.outputs, answer.outputs)
         return batches.join([a.outputs for a in answers])[PROMPT_OUTPUT]
 
     # -- decisions ----------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from headserve.client.errors import ServerSideError
 from headserve.contract import EMBEDDING, HEAD_ID, LOGITS, OOD_SCORE, PROBS, ParameterError, ServedHead
 from headserve.encoders import FAMILIES, PreprocessSpec, has_text_tower
 
-__all__ = ["PREFILTER_FAMILIES", "HeadInfo", "StaleAnswer", "latest_version", "check_answer", "head_info_from_config"]
+__all__ = ["PREFILTER_FAMILIES", "HeadInfo", "StaleAnswer", "latest_version", "check_answer", "check_rows",
+           "head_info_from_config"]
 # Encoder families whose heads may carry a prompt prefilter (those with a text tower), from the family registry.
 PREFILTER_FAMILIES: Mapping[str, bool] = {name: family.text_tower for name, family in FAMILIES.items()}
 
@@ -117,6 +118,32 @@ def latest_version(versions: Sequence[str]) -> str:
     """The newest of the versions a server reports ready for a model ("" when it reports none)."""
     numeric = [v for v in versions if str(v).isdigit()]
     return max(numeric, key=int) if numeric else ""
+
+
+def check_rows(model: str, version: str, rows: int, asked: Sequence[str], outputs: Mapping[str, Any]) -> None:
+    """Refuse an answer that is not one row per row sent, of some width, for every output asked for.
+
+    Triton calls a model READY once it loaded, not once it answers: a python stub running with a numpy its
+    backend does not support answers every request with empty tensors. Such an answer is the server's
+    failure, so it is a ``ServerSideError`` naming the model, its version and what came back, never a
+    ``BadInputError`` that sends the caller to check crops that were fine. Checked before ``check_answer``,
+    which takes a width that differs (and is not 0) for another version of the head.
+    """
+    wrong = []
+    for name in asked:
+        array = outputs.get(name)
+        if array is None:
+            wrong.append(f"no {name!r}")
+            continue
+        shape = tuple(getattr(array, "shape", ()))
+        if len(shape) != 2 or shape[0] != rows or shape[1] == 0:
+            wrong.append(f"{name!r} of shape {shape}")
+    if wrong:
+        raise ServerSideError(
+            f"{model!r} version {version or '?'} answered {', '.join(wrong)} to a request of {rows} row(s) "
+            f"(expected {rows} row(s) of each output): the model is loaded but does not answer, a server-side "
+            "failure (its python stubs' packages, or its graph), not the inputs sent. See the server log "
+            "(`headserve serve` prints where it is) and restart the server")
 
 
 def check_answer(info: HeadInfo, model_version: str, outputs: Mapping[str, Any]) -> None:

@@ -79,6 +79,15 @@ def stub_processes(server_pid: int) -> list[StubProcess]:
     return stubs
 
 
+def command_line(pid: int) -> list[str]:
+    """The argv a process was started with; [] when it is gone or unreadable (another user's, a zombie)."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
 def session_members(session_id: int) -> list[int]:
     """Live processes in a session: tritonserver starts its own, and its stubs inherit it."""
     members = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -19,12 +20,12 @@ import sysconfig
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
 from headserve.errors import ConfigError, PortInUseError, ServerError, ServerExitedError, StubUnhealthyError
-from headserve.processes import listening_inodes, session_members, socket_inodes, stub_processes
+from headserve.processes import command_line, listening_inodes, session_members, socket_inodes, stub_processes
 
 MODEL_CONTROL_MODES: tuple[str, ...] = ("none", "poll", "explicit")  # tritonserver's --model-control-mode values
 
@@ -53,6 +54,67 @@ class ServerConfig:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise ConfigError.bad_value("model_control", repr(self.model_control),
                                         f"use one of {', '.join(MODEL_CONTROL_MODES)}")
+
+
+SERVE_STATE = ".headserve-serve.json"  # in the served repository while `headserve serve` runs there
+
+
+@dataclass(frozen=True)
+class ServeState:
+    """What a running `headserve serve` tells `export` about itself, in the repository it serves.
+
+    An export into a repository that a local server serves must reach that server, or the server keeps
+    answering with the old version while `repo list` shows the new one. The file is the one place both
+    commands know (the repository path), written at start and removed at exit; one left behind by a
+    killed server names a pid that is gone (or now runs something else) and is ignored.
+    """
+
+    grpc_url: str  # HOST:PORT of its tritonserver's gRPC endpoint
+    pid: int  # the `headserve serve` process
+    model_control: str  # none | poll | explicit: whether an export can ask it to load new versions
+    poll_secs: int  # how often it re-reads the repository, in poll mode
+
+    def write(self, repo: Path) -> Path:
+        """Write the state into ``repo`` (temp file, then rename: a reader never sees half of it)."""
+        path = Path(repo) / SERVE_STATE
+        tmp = path.with_name(f"{path.name}.{self.pid}.tmp")
+        tmp.write_text(json.dumps(asdict(self)) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def remove(self, repo: Path) -> None:
+        """Remove the state file if it is still this server's (another `serve` may have started there since)."""
+        if ServeState.read(repo, check_alive=False) == self:
+            (Path(repo) / SERVE_STATE).unlink(missing_ok=True)
+
+    @classmethod
+    def read(cls, repo: Path, check_alive: bool = True) -> "ServeState | None":
+        """The state of the `headserve serve` running on ``repo``; None when there is none, or it has exited."""
+        try:
+            state = cls(**json.loads((Path(repo) / SERVE_STATE).read_text()))
+        except (OSError, ValueError, TypeError):  # absent, or not a state this version wrote: no server to reach
+            return None
+        if check_alive and not _is_serve_process(state.pid):
+            return None
+        return state
+
+
+def _is_serve_process(pid: int) -> bool:
+    """Is ``pid`` a running `headserve serve`? A pid can be reused by any process once its owner exited."""
+    argv = command_line(pid)
+    return "serve" in argv and any("headserve" in arg for arg in argv)
+
+
+def visible_gpus(environ: dict[str, str] | os._Environ = os.environ, dev: Path = Path("/dev")) -> int:
+    """How many NVIDIA GPUs tritonserver could use here: the driver's device nodes, narrowed by
+    CUDA_VISIBLE_DEVICES when it is set. Asked without importing torch or loading CUDA, so `serve` stays
+    light; Triton itself only finds out by failing, in red `E` lines about the CUDA driver."""
+    nodes = [p for p in dev.glob("nvidia*") if p.name[len("nvidia"):].isdigit()]
+    chosen = environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is None:
+        return len(nodes)
+    ids = [i for i in chosen.split(",") if i.strip() and i.strip() != "-1"]
+    return min(len(nodes), len(ids))
 
 
 def _pytriton_root() -> Path:

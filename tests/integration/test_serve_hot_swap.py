@@ -77,29 +77,37 @@ def _files(repo: Path) -> dict[str, bytes]:
 class Served:
     """`headserve serve REPO` as a process on free ports; its stderr (Triton's log and supervision) to a file."""
 
-    def __init__(self, repo: Path, mode: str, log: Path) -> None:
+    def __init__(self, repo: Path, mode: str | None, log: Path, env: dict[str, str] | None = None) -> None:
         from headserve.server import free_ports
 
         self.grpc_port, http, metrics = free_ports(3)
         self.log_path = log
+        self.triton_log_path = log.with_name(f"{log.stem}.tritonserver.log")
         self._log = open(log, "w")
+        chosen = ("--model-control-mode", mode) if mode else ()  # None: serve's default
         self.proc = subprocess.Popen(
-            _headserve("serve", str(repo), "--model-control-mode", mode, "--grpc-port", str(self.grpc_port),
-                       "--http-port", str(http), "--metrics-port", str(metrics)),
-            stdout=subprocess.PIPE, stderr=self._log, text=True)
+            _headserve("serve", str(repo), *chosen, "--grpc-port", str(self.grpc_port),
+                       "--http-port", str(http), "--metrics-port", str(metrics), "--log-file",
+                       str(self.triton_log_path)),
+            stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
         line = self.proc.stdout.readline()  # the ready line, or "" when serve exits first
         assert "tritonserver ready" in line, f"serve did not start: {line!r}\n{self.log()[-3000:]}"
+        self.says = self.proc.stdout.readline()  # what an export into the repository will do
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What `serve` itself printed to stderr, then tritonserver's own log."""
+        return self.log_path.read_text(errors="replace") + self.triton_log()
+
+    def triton_log(self) -> str:
+        return self.triton_log_path.read_text(errors="replace") if self.triton_log_path.exists() else ""
 
     def loads(self) -> int:
         """How many model loads Triton has logged so far (each `loading: MODEL:VERSION` line)."""
-        return len(re.findall(r'"loading: ', self.log()))
+        return len(re.findall(r'"loading: ', self.triton_log()))
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -207,6 +215,8 @@ def test_a_hot_swap_through_serve_and_export_mislabels_no_crop_and_settles(versi
                 assert done.returncode == 0, done.stderr
                 if server:
                     assert "rollout: 1 of 1 replica(s) ready" in done.stdout
+                else:
+                    assert f"serves {repo} in poll mode: it loads the new versions within 2s" in done.stdout
                 stream.wait_for_version(version)
             settled = _settled(served)
             before_files = _files(repo)
@@ -220,7 +230,7 @@ def test_a_hot_swap_through_serve_and_export_mislabels_no_crop_and_settles(versi
         code = served.stop()
     log = served.log()
     assert code == 0, log[-3000:]
-    assert "reloading model" not in log, "supervision took a replaced stub for a dead one"
+    assert "reloading model" not in served.log_path.read_text(), "supervision took a replaced stub for a dead one"
     assert dict(stream.errors) == {}, stream.examples
     assert stream.count() > 100
     bad = _mislabelled(stream.answers, want)
@@ -258,7 +268,49 @@ def test_a_sigterm_to_the_exporter_mid_load_leaves_the_head_serving_and_the_serv
     finally:
         code = served.stop()
     assert code == 0
-    assert "reloading model" not in served.log()
+    assert "reloading model" not in served.log_path.read_text()
     assert dict(stream.errors) == {}, stream.examples
     assert _mislabelled(stream.answers, want) == []
     assert not [p for p in repo.rglob("*") if ".staging." in p.name], "a half-written version was left"
+
+
+def test_export_head_without_server_flag_loads_the_new_version_on_the_serve_running_on_that_repository(
+        versions, tmp_path):
+    """The default path: `serve REPO` with no mode flag, then `export head --repo REPO` with no --server. Served
+    as on a machine without a GPU (CUDA_VISIBLE_DEVICES empty): one line says so, and Triton's own lines go to
+    its log file, not to the terminal."""
+    import os
+
+    from headserve.client import HeadClient
+    from headserve.server import SERVE_STATE
+
+    pixels = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    repo = tmp_path / "repo"
+    assert _export(versions["A"], repo).returncode == 0
+    served = Served(repo, None, tmp_path / "serve.log", env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        assert f"`headserve export head` into {repo} loads the new version here" in served.says
+        assert (repo / SERVE_STATE).is_file()
+        with HeadClient(served.url, timeout_s=30.0) as client:
+            assert client.info(HEAD).version == "1" and client.info(HEAD).classes == CLASSES
+            done = _export(versions["B"], repo)
+            assert done.returncode == 0, done.stderr
+            assert f"(pid {served.proc.pid}, gRPC {served.url}) serves {repo}: loading the new versions" in done.stdout
+            assert f"ready on {served.url}: {HEAD} version 2" in done.stdout
+            assert "rollout: 1 of 1 replica(s) ready" in done.stdout
+            client.classify(HEAD, list(pixels))  # answered by version 2: the client re-reads the head on the swap
+            assert client.info(HEAD).version == "2"
+            assert client.info(HEAD).classes == tuple(CLASSES[i] for i in ORDER)
+    finally:
+        code = served.stop()
+    assert code == 0, served.log()[-3000:]
+    assert not (repo / SERVE_STATE).exists(), "serve left its state file behind"
+    said = served.log_path.read_text()
+    assert said.count("headserve serve: no GPU: serving on CPU\n") == 1
+    assert f"headserve serve: tritonserver's log: {served.triton_log_path}\n" in said
+    assert not re.search(r"^[IWE]\d{4} ", said, re.MULTILINE), f"Triton's own lines reached the terminal:\n{said}"
+    assert "Started GRPCInferenceService" in served.triton_log()
+    assert "Waiting for in-flight requests to complete" in served.triton_log()
+    # With no server on the repository any more, export writes version 3 and contacts nothing.
+    done = _export(versions["A"], repo)
+    assert done.returncode == 0 and "loading the new versions" not in done.stdout and "rollout" not in done.stdout

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from headserve.client.core import ClientCore
-from headserve.client.errors import ClientError, HeadChangedError
+from headserve.client.errors import BadInputError, ClientError, HeadChangedError, ServerSideError
 from headserve.client.operations import Answer, ReadConfig, ReadReady, ReadVersions, Send, drive
 from headserve.client.options import ConnectionOptions
 from headserve.contract import OOD_SCORE, PROBS, EncoderIdentity, ServedHead
@@ -102,3 +102,38 @@ def test_an_answer_from_a_swapped_head_is_re_read_once_in_the_same_plan_then_ref
     assert repository.operations == [Send, ReadReady, ReadVersions, ReadConfig, Send]
     assert [(head, type(error)) for head, error in recorder.errors] == [("pets", HeadChangedError)]
     assert all(isinstance(error, ClientError) for _, error in recorder.errors)
+
+
+class BrokenServer(Repository):
+    """A server whose model loaded but answers malformed tensors (the python stubs of a local Triton running with
+    a numpy their backend does not support answer every request with empty ones). Faked: a real tritonserver
+    produces it only with a broken environment that the test suite cannot install beside a working one."""
+
+    def __init__(self, versions: dict[str, ServedHead], answer: Any) -> None:
+        super().__init__(versions)
+        self.answer = answer  # rows sent -> the probs array (or None: the output is missing)
+
+    def __call__(self, op: Any) -> Any:
+        if not isinstance(op, Send):
+            return super().__call__(op)
+        self.operations.append(Send)
+        return [Answer(self.answered_by, {PROBS: self.answer(r.rows), OOD_SCORE: np.zeros((r.rows, 1), np.float32)},
+                       0.001) for r in op.requests]
+
+
+@pytest.mark.parametrize("answer, said", [
+    (lambda rows: np.zeros((0,), np.float32), r"'probs' of shape \(0,\)"),
+    (lambda rows: np.zeros((0, 3), np.float32), r"'probs' of shape \(0, 3\)"),
+    (lambda rows: np.zeros((rows, 0), np.float32), r"'probs' of shape \(\d, 0\)"),
+    (lambda rows: None, r"no 'probs'"),
+], ids=["empty", "no rows", "no columns", "missing"])
+def test_an_empty_or_malformed_answer_is_a_server_error_naming_the_model_and_version_not_the_crops(answer, said):
+    repository = BrokenServer({"1": V1}, answer)
+    recorder = Recorder()
+    core = ClientCore("server:8001", ConnectionOptions(), observer=recorder)  # type: ignore[arg-type]
+    with pytest.raises(ServerSideError, match=r"'pets' version 1 answered " + said + r" to a request of \d row") as err:
+        drive(core.classify("pets", CROPS, 3, None, None), repository)
+    assert not isinstance(err.value, BadInputError)
+    assert "not the inputs sent" in str(err.value)
+    assert repository.operations == [ReadReady, ReadVersions, ReadConfig, Send]  # no re-read: not a version swap
+    assert [(head, type(error)) for head, error in recorder.errors] == [("pets", ServerSideError)]
