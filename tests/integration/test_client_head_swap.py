@@ -19,25 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.heads import permuted_head
 from support.waiting import join, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HEAD = "reorder"
 PERMUTATION = (1, 2, 3, 0)  # new class i is old class PERMUTATION[i]: no class keeps its index
-
-
-def permuted_head(artifact: Path, out: Path, order: tuple[int, ...]) -> Path:
-    """The same head with classes (and every per-class tensor row) in ``order``."""
-    from headserve.head import load_head, save_head
-
-    meta, head = load_head(artifact)
-    n = len(meta.classes)
-    head.load_state_dict({k: (v[list(order)] if v.ndim >= 1 and v.shape[0] == n else v)
-                          for k, v in head.state_dict().items()})
-    meta = replace(meta, classes=[meta.classes[i] for i in order],
-                   background_indices=[order.index(b) for b in meta.background_indices])
-    return save_head(out, meta, head)
 
 
 def true_labels(artifact: Path, pixels: np.ndarray) -> list[str]:

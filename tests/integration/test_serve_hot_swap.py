@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support.heads import permuted_head
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,18 +34,6 @@ CALL_EVERY_S = 0.005
 
 def _headserve(*argv: str) -> list[str]:
     return [sys.executable, "-m", "headserve.app", *argv]
-
-
-def _permuted(artifact: Path, out: Path) -> Path:
-    from headserve.head import load_head, save_head
-
-    meta, head = load_head(artifact)
-    n = len(meta.classes)
-    head.load_state_dict({k: (v[list(ORDER)] if v.ndim >= 1 and v.shape[0] == n else v)
-                          for k, v in head.state_dict().items()})
-    meta = replace(meta, classes=[meta.classes[i] for i in ORDER],
-                   background_indices=[ORDER.index(b) for b in meta.background_indices])
-    return save_head(out, meta, head)
 
 
 def _expected(artifact: Path, pixels: np.ndarray) -> list[dict[str, float]]:
@@ -67,7 +55,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     tmp = tmp_path_factory.mktemp("serve_swap")
     a = write_example_head(get_encoder("clip:tiny"), ExampleHead(HEAD, seed=1, classes=CLASSES), tmp / "A")
-    return {"A": a, "B": _permuted(a, tmp / "B")}
+    return {"A": a, "B": permuted_head(a, tmp / "B", ORDER)}
 
 
 def _files(repo: Path) -> dict[str, bytes]:
