@@ -83,9 +83,12 @@ def add_later(p: argparse.ArgumentParser, add: Callable[[argparse.ArgumentParser
         add(p)
 
 
-def add_encoder_args(p: argparse.ArgumentParser, default: str = "clip:tiny") -> None:
+def add_encoder_args(p: argparse.ArgumentParser, default: str = "clip:tiny",
+                     default_help: str = "an untrained twin with random weights: its numbers mean nothing") -> None:
+    """--encoder and --encoder-weights; ``default_help`` says what the default (``default``) is to the user."""
+    shown = f"{default}, {default_help}" if default else default_help
     p.add_argument("--encoder", default=default,
-                   help=f"registry name, e.g. clip:ViT-B-32 or dinov3:vitb16 (default {default}, an untrained twin)")
+                   help=f"registry name, e.g. clip:ViT-B-32 or dinov3:vitb16 (default {shown})")
     p.add_argument("--encoder-weights", default=None, metavar="PATH",
                    help="local weights instead of the hub: a transformers model directory (DINOv3, DINOv2, "
                         "V-JEPA 2), a CLIP checkpoint file, or a timm DINOv3 file or directory")

@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from headserve.artifact import HeadMeta
+from headserve.encoders import UNTRAINED_NOTE
 from headserve.fsutil import publish_dir, staging_dir
 from headserve.train.dataset import DataReport
 from headserve.train.evaluation import ece_interval, reliability
@@ -148,6 +149,8 @@ def write_report(directory: str | Path, meta: HeadMeta, metrics: Mapping[str, ob
             "ece_after", "temperature", "ood_auroc", "ood_auroc_all", "ood_flagged_test", "epochs", "n_train", "n_val",
             "n_test")
     lines = [f"# Head `{meta.name}`", "",
+             *([f"**{UNTRAINED_NOTE}** (encoder {meta.encoder.name}, a tiny twin for trying the commands)", ""]
+               if meta.encoder_untrained else []),
              f"- encoder: {meta.encoder.name or meta.encoder.model} ({meta.encoder.encoder_type}), head: {meta.head_type} "
              f"{meta.head_config.get('hidden', ())}, classifier: {meta.head_config.get('classifier', 'linear')}, "
              f"profile: {meta.extra.get('profile', 'custom')}",
