@@ -155,7 +155,8 @@ def write_report(directory: str | Path, meta: HeadMeta, metrics: Mapping[str, ob
              f"{meta.head_config.get('hidden', ())}, classifier: {meta.head_config.get('classifier', 'linear')}, "
              f"profile: {meta.extra.get('profile', 'custom')}",
              f"- recipe knobs: {meta.extra.get('recipe', {})}",
-             f"- OOD threshold (Mahalanobis, shared covariance): {meta.ood_threshold}", f"- {data.summary()}", "",
+             f"- OOD threshold (Mahalanobis, shared covariance): {meta.ood_threshold}", f"- {data.summary()}",
+             *([f"- {meta.extra['split']}"] if meta.extra.get("split") else []), "",
              "## Metrics (held-out test split, foreground classes)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(metrics[k])} |" for k in keys if k in metrics]
     lines += ["", *_calibration_lines(meta, groups, probs, uncalibrated, labels), *_selection_lines(meta)]
