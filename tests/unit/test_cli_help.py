@@ -75,3 +75,11 @@ def test_the_recipe_knows_every_classifier_the_served_head_has():
     from headserve.train.recipe import CLASSIFIER_NAMES
 
     assert sorted(CLASSIFIER_NAMES) == sorted(CLASSIFIERS)
+
+
+def test_report_help_offers_no_failing_thresholds_and_names_the_files_it_writes(capsys):
+    text = _help("report", capsys=capsys)
+    assert "fail when" not in text and "always exits 0" in text
+    assert "mark the check DRIFT in the report (the command still exits 0)" in text
+    assert "training.md, training.json and training.png without one" in text
+    assert "fail (exit 1) when the top-1 class mix's PSI" in _help("drift", capsys=capsys)

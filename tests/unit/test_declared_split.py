@@ -54,7 +54,12 @@ def test_train_fits_on_the_declared_train_images_and_measures_on_the_declared_va
             f"images/val ({n_val_objects} crops); validation (early stopping, calibration, OOD threshold): 20% of "
             "the training images, drawn by source image (seed 42)")
     assert said in done.stdout.splitlines()
-    assert f"- {said}" in (tmp_path / "head.report" / "report.md").read_text().splitlines()
+    report = (tmp_path / "head.report" / "report.md").read_text()
+    assert f"- {said}" in report.splitlines()
+    # the report's wording: foreground-only OOD share named so, class groups not called "head"/"tail"
+    assert 0.0 <= meta["metrics"]["ood_flagged_test_fg"] <= 1.0 and "ood_flagged_test" not in meta["metrics"]
+    assert "| ood_flagged_test_fg |" in report and "frequent:" in report and "tail" not in report
+    assert report.startswith("# Head `pets`\n\n**untrained encoder (random weights): numbers mean nothing**")
     assert meta["name"] == "pets" and "head name: pets (the dataset folder's name" in done.stdout
     assert "note: untrained encoder (random weights): numbers mean nothing" in done.stdout
 
