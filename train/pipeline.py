@@ -293,7 +293,8 @@ def _evaluate(p: PreparedData, head: ServingHead, threshold: float) -> _TestAnsw
     # Known objects above the threshold: what the threshold promises to keep near 1 - quantile. Background crops
     # are a catch-all of scenes and score high by design, so they are counted apart, not mixed in.
     fg = foreground(labels, p.background)
-    metrics["ood_flagged_test_fg"] = float((test_ood[fg] > threshold).mean()) if fg.any() else None
+    if fg.any():
+        metrics["ood_flagged_test_fg"] = float((test_ood[fg] > threshold).mean())
     if not fg.all():
         metrics["ood_flagged_test_background"] = float((test_ood[~fg] > threshold).mean())
     if len(p.holdout_emb):  # held-out crops against known foreground crops, and against every known crop
