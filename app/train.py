@@ -127,7 +127,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.name is None:
         print(f"head name: {name} (the dataset folder's name; pass --name to choose another)")
     if encoder.is_tiny:
-        print(f"encoder: {encoder.display_name}: {UNTRAINED_NOTE}; pass --encoder, e.g. clip:ViT-B-32")
+        print(f"encoder: {encoder.name}, the default tiny twin: {UNTRAINED_NOTE}; pass --encoder to train on a "
+              "real one, e.g. clip:ViT-B-32")
     req = TrainRequest(dataset=args.dataset, encoder=encoder, out=args.out, name=name,
                        hidden=args.hidden, background=not args.no_background, bg_classes=args.bg,
                        strict=args.strict, reject_outside=args.reject_outside,
