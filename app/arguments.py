@@ -100,11 +100,11 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="auto|cpu|cuda|cuda:N|mps for embedding and head training (auto: CUDA, then MPS, then CPU)")
     p.add_argument("--precision", dest="embed_precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="encoder precision while embedding (torch autocast, or OpenVINO's with --engine openvino); "
-                        "bf16/fp16 are checked against fp32 on a sample first and refused beyond tolerance")
+                        "bf16/fp16 are checked against fp32 on a sample first and refused beyond tolerance (default fp32)")
     p.add_argument("--engine", dest="embed_engine", choices=("torch", "openvino"), default="torch",
                    help="what computes the embeddings: torch (eager, any --device) or openvino (the CPU model "
                         "`export head` then serves, at --precision fp32 or bf16; checked against fp32 on the "
-                        "first batch)")
+                        "first batch; default torch)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="image decoding threads feeding the encoder (default 0: this machine's cores)")
 

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, required=True,
                    help="report directory to write: drift.md, drift.json and drift.png with --window; training.md, "
                         "training.json and training.png without one")
-    _window_args(r, "with --window: mark the check DRIFT in the report (the command still exits 0)")
+    _window_args(r, "with --window: mark DRIFT in the report")
     r.set_defaults(func=_report)
 
 

@@ -70,14 +70,16 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a calibrated head on a YOLO dataset")
-    p.add_argument("dataset", type=Path, help="YOLO dataset root (images/, labels/, data.yaml)")
+    p.add_argument("dataset", type=Path, help="YOLO dataset root (images/, labels/, data.yaml); a data.yaml naming "
+                                              "train: and val: folders sets the split (val: is the test split)")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--name", default=None,
                    help="head name; becomes the served model name, so two heads need two names (default: the "
                         "dataset folder's name, made a valid model name, and printed)")
     add_encoder_args(p)
     add_device_args(p)
-    p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths, e.g. 768,384; 'logreg' for none")
+    p.add_argument("--hidden", type=parse_hidden, default=(256,),
+                   help="MLP widths, e.g. 768,384; 'logreg' for none (default 256)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, help=PROFILE_HELP + f" (default {DEFAULT_PROFILE})")
     p.add_argument("--bg", type=int, default=1, metavar="N",
                    help="N background classes of random crops overlapping no box, split by k-means (default 1)")
@@ -85,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="bad label lines are errors instead of skips")
     p.add_argument("--reject-outside", action="store_true",
                    help="skip label lines with coordinates outside [0, 1] instead of clipping them")
-    p.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
+    p.add_argument("--cache", type=Path, default=Path(".headserve-cache"),
+                   help="embedding cache directory (default %(default)s)")
     p.add_argument("--report", type=Path, default=None, help="report directory (default OUT.report)")
     p.add_argument("--ood-holdout", default=None, metavar="CLASS", help="leave CLASS out and report OOD AUROC on it")
     p.add_argument("--select", action="store_true",
@@ -99,15 +102,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sweep", help="train profiles x encoders x MLP sizes x label smoothing on cached embeddings")
     s.add_argument("dataset", type=Path, help="YOLO dataset root")
     s.add_argument("--out", type=Path, required=True, help="directory for the sweep table and per-run metrics")
-    s.add_argument("--profiles", type=_csv, default=["base", "full"], help="comma-separated profile names")
-    s.add_argument("--encoders", type=_csv, default=["clip:tiny", "dinov3:tiny"], help="comma-separated encoders")
+    s.add_argument("--profiles", type=_csv, default=["base", "full"], help="comma-separated profile names (default base,full)")
+    s.add_argument("--encoders", type=_csv, default=["clip:tiny", "dinov3:tiny"],
+                   help="comma-separated encoders (default clip:tiny,dinov3:tiny: untrained twins)")
     s.add_argument("--hidden", type=lambda t: [parse_hidden(h) for h in t.split(";")], default=[(256,)],
-                   help="';'-separated MLP sizes, e.g. '768,384;1024,512;logreg'")
+                   help="';'-separated MLP sizes, e.g. '768,384;1024,512;logreg' (default 256)")
     s.add_argument("--label-smoothing", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 0.1],
-                   help="comma-separated label smoothing values")
-    s.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs")
+                   help="comma-separated label smoothing values (default 0,0.1)")
+    s.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs (default: the profile's)")
     s.add_argument("--bg", type=int, default=1, metavar="N", help="background classes (default 1)")
-    s.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
+    s.add_argument("--cache", type=Path, default=Path(".headserve-cache"),
+                   help="embedding cache directory (default %(default)s)")
     s.add_argument("--seeds", type=lambda t: tuple(int(v) for v in t.split(",")), default=(42, 43, 44),
                    help="comma-separated training seeds of every row (default 42,43,44; at least 3 for the ± sd)")
     s.add_argument("--select", action="store_true",

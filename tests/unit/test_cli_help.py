@@ -80,6 +80,6 @@ def test_the_recipe_knows_every_classifier_the_served_head_has():
 def test_report_help_offers_no_failing_thresholds_and_names_the_files_it_writes(capsys):
     text = _help("report", capsys=capsys)
     assert "fail when" not in text and "always exits 0" in text
-    assert "mark the check DRIFT in the report (the command still exits 0)" in text
+    assert "with --window: mark DRIFT in the report when the top-1 class mix's PSI exceeds this" in text
     assert "training.md, training.json and training.png without one" in text
     assert "fail (exit 1) when the top-1 class mix's PSI" in _help("drift", capsys=capsys)
