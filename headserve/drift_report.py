@@ -42,6 +42,9 @@ TRAINING_KEYS: tuple[str, ...] = ("macro_f1_fg", "accuracy", "ece_before", "ece_
                                   "n_val", "n_test")
 # What a training metric counts, where its name alone could be misread; both reports print it beside the name.
 METRIC_MEANINGS: Mapping[str, str] = {
+    "accuracy": "top-1 accuracy over every test crop, background crops included",
+    "ece_before": "expected calibration error (15 bins) before temperature scaling, every test crop",
+    "ece_after": "expected calibration error (15 bins) of the served probabilities, every test crop",
     "ood_flagged_test_fg": "share of test objects (foreground crops) above the OOD threshold; "
                            "near 1 - the quantile it was set at (0.05 at 0.95)",
     "ood_flagged_test_background": "share of test background crops above the OOD threshold (usually high, and "

@@ -158,7 +158,7 @@ def write_report(directory: str | Path, meta: HeadMeta, metrics: Mapping[str, ob
              f"- recipe knobs: {meta.extra.get('recipe', {})}",
              f"- OOD threshold (Mahalanobis, shared covariance): {meta.ood_threshold}", f"- {data.summary()}",
              *([f"- {meta.extra['split']}"] if meta.extra.get("split") else []), "",
-             "## Metrics (held-out test split; `_fg`: foreground classes only)", "",
+             "## Metrics (held-out test split; `_fg`: foreground classes only, others as their row says)", "",
              "| metric | value | what it counts |", "|---|---|---|"]
     lines += [f"| {k} | {fmt(metrics[k])} | {METRIC_MEANINGS.get(k, '')} |" for k in keys if metrics.get(k) is not None]
     lines += ["", *_calibration_lines(meta, groups, probs, uncalibrated, labels), *_selection_lines(meta)]
