@@ -177,11 +177,11 @@ def _split(data: YoloDataset, objects: list[LabelledObject], req: TrainRequest) 
     folders = {k: ", ".join(str(f.relative_to(data.root.resolve())) if f.is_relative_to(data.root.resolve())
                             else str(f) for f in v) for k, v in data.declared.items()}
     left = len(objects) - len(train_idx) - len(test_idx)
-    for side, rows in (("train", train_idx), ("val", test_idx)):
-        if len({str(objects[i].image) for i in rows}) < (2 if side == "train" else 1):
-            raise DatasetError(f"{data.root / 'data.yaml'}: {side}: {folders[side]} holds "
-                               f"{len({str(objects[i].image) for i in rows})} usable labelled image(s); a declared "
-                               f"split needs labelled images on both sides (at least 2 to train on)")
+    for side, rows, least in (("train", train_idx, 2), ("val", test_idx, 1)):  # 2: validation takes one of train's
+        images = len({str(objects[i].image) for i in rows})
+        if images < least:
+            raise DatasetError(f"{data.root / 'data.yaml'}: {side}: {folders[side]} holds {images} usable labelled "
+                               f"image(s); a declared split needs at least {least} there")
     return train_idx, test_idx, (f"split: as data.yaml declares it: train on {folders['train']} "
                                  f"({len(train_idx)} crops), test on val: {folders['val']} ({len(test_idx)} crops)"
                                  + (f", {left} crops in neither folder left out" if left else ""))

@@ -81,3 +81,19 @@ def test_a_declared_folder_that_does_not_exist_is_refused_naming_the_key_and_val
     (tmp_path / "data.yaml").write_text(f"train: images/train\nval: images/valid\n{NAMES}")
     with pytest.raises(DatasetError, match=r"val: 'images/valid' is not a folder under"):
         read_declared_split(tmp_path)
+
+
+def test_a_declared_val_folder_without_labelled_images_is_refused_before_training(ultralytics: Path, tmp_path: Path):
+    import shutil
+
+    data = Path(shutil.copytree(ultralytics, tmp_path / "ds"))
+    for label in (data / "labels" / "val").glob("*.txt"):
+        label.write_text("")
+    done = subprocess.run([HEADSERVE, "train", str(data), "--out", str(tmp_path / "h"), "--encoder", "clip:tiny",
+                           "--no-background", "--cache", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"headserve train: error: {data / 'data.yaml'}: val: images/val holds 0 usable labelled image(s); a declared "
+        "split needs at least 1 there")
+    assert not (tmp_path / "h").exists()
