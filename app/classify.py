@@ -39,7 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ood-threshold", type=float, default=None,
                    help="override the head's published OOD threshold (default: the head's own)")
     p.add_argument("--class-confidence", action="append", default=[], metavar="CLASS=P",
-                   help="per-class min confidence; repeat")
+                   help="per-class min confidence; repeat (default: --min-confidence for every class)")
     p.add_argument("--root-certificates", default=None, help="PEM file of the server's CA (TLS)")
     p.add_argument("--private-key", default=None, help="client key PEM (mutual TLS)")
     p.add_argument("--certificate-chain", default=None, help="client certificate PEM (mutual TLS)")
