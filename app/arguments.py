@@ -50,8 +50,8 @@ def flag_for(setting: str) -> str | None:
 class CommandParser(argparse.ArgumentParser):
     """A command's parser that adds some options only when that command is parsed or its help is shown.
 
-    `headserve classify` must not import torch, yet `train`'s options come from TrainConfig, which lives
-    beside torch code: those options are deferred until `train` itself is parsed.
+    `train`'s recipe options are built from TrainConfig and the default profile (torch-free, but training
+    code the client's commands have no use for): they are added only when `train` itself is parsed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
