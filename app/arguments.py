@@ -50,8 +50,8 @@ def flag_for(setting: str) -> str | None:
 class CommandParser(argparse.ArgumentParser):
     """A command's parser that adds some options only when that command is parsed or its help is shown.
 
-    `headserve classify` must not import torch, yet `train`'s options come from TrainConfig, which lives
-    beside torch code: those options are deferred until `train` itself is parsed.
+    `train`'s recipe options are built from TrainConfig and the default profile (torch-free, but training
+    code the client's commands have no use for): they are added only when `train` itself is parsed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -83,9 +83,12 @@ def add_later(p: argparse.ArgumentParser, add: Callable[[argparse.ArgumentParser
         add(p)
 
 
-def add_encoder_args(p: argparse.ArgumentParser, default: str = "clip:tiny") -> None:
+def add_encoder_args(p: argparse.ArgumentParser, default: str = "clip:tiny",
+                     default_help: str = "an untrained twin with random weights: its numbers mean nothing") -> None:
+    """--encoder and --encoder-weights; ``default_help`` says what the default (``default``) is to the user."""
+    shown = f"{default}, {default_help}" if default else default_help
     p.add_argument("--encoder", default=default,
-                   help=f"registry name, e.g. clip:ViT-B-32 or dinov3:vitb16 (default {default}, an untrained twin)")
+                   help=f"registry name, e.g. clip:ViT-B-32 or dinov3:vitb16 (default {shown})")
     p.add_argument("--encoder-weights", default=None, metavar="PATH",
                    help="local weights instead of the hub: a transformers model directory (DINOv3, DINOv2, "
                         "V-JEPA 2), a CLIP checkpoint file, or a timm DINOv3 file or directory")
@@ -97,11 +100,11 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="auto|cpu|cuda|cuda:N|mps for embedding and head training (auto: CUDA, then MPS, then CPU)")
     p.add_argument("--precision", dest="embed_precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="encoder precision while embedding (torch autocast, or OpenVINO's with --engine openvino); "
-                        "bf16/fp16 are checked against fp32 on a sample first and refused beyond tolerance")
+                        "bf16/fp16 are checked against fp32 on a sample first and refused beyond tolerance (default fp32)")
     p.add_argument("--engine", dest="embed_engine", choices=("torch", "openvino"), default="torch",
                    help="what computes the embeddings: torch (eager, any --device) or openvino (the CPU model "
                         "`export head` then serves, at --precision fp32 or bf16; checked against fp32 on the "
-                        "first batch)")
+                        "first batch; default torch)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="image decoding threads feeding the encoder (default 0: this machine's cores)")
 

@@ -29,13 +29,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--yolo", type=Path, default=None, metavar="DIR",
                    help="YOLO dataset (images/ + labels/): classify every box and polygon instead")
     p.add_argument("--head", required=True, help="head (ensemble) name on the server")
-    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address")
-    p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds")
-    p.add_argument("--min-confidence", type=float, default=0.5, help="calibrated top-1 probability to accept")
-    p.add_argument("--min-margin", type=float, default=0.1, help="top-1 minus top-2 below this is ambiguous")
-    p.add_argument("--ood-threshold", type=float, default=None, help="override the head's published OOD threshold")
+    p.add_argument("--url", default="127.0.0.1:8001",
+                   help="Triton gRPC address (default %(default)s, what `headserve serve` listens on)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds (default %(default)s)")
+    p.add_argument("--min-confidence", type=float, default=0.5,
+                   help="calibrated top-1 probability to accept (default %(default)s)")
+    p.add_argument("--min-margin", type=float, default=0.1,
+                   help="top-1 minus top-2 below this is ambiguous (default %(default)s)")
+    p.add_argument("--ood-threshold", type=float, default=None,
+                   help="override the head's published OOD threshold (default: the head's own)")
     p.add_argument("--class-confidence", action="append", default=[], metavar="CLASS=P",
-                   help="per-class min confidence; repeat")
+                   help="per-class min confidence; repeat (default: --min-confidence for every class)")
     p.add_argument("--root-certificates", default=None, help="PEM file of the server's CA (TLS)")
     p.add_argument("--private-key", default=None, help="client key PEM (mutual TLS)")
     p.add_argument("--certificate-chain", default=None, help="client certificate PEM (mutual TLS)")
@@ -52,12 +56,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify crops with a served head (JSON Lines out)")
     _common(p)
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=3, metavar="K",
+                   help="how many classes, most probable first, each answer lists (default %(default)s)")
     p.set_defaults(func=_classify)
     g = sub.add_parser("gate", help="keep or drop mining candidates for a target class (JSON Lines out)")
     _common(g)
     g.add_argument("--target", required=True, help="class name the mining run wants")
-    g.add_argument("--prompt-threshold", type=float, default=0.2, help="CLIP prefilter: min prompt similarity")
+    g.add_argument("--prompt-threshold", type=float, default=0.2,
+                   help="CLIP prefilter: min prompt similarity (default %(default)s)")
     g.add_argument("--no-prefilter", action="store_true", help="head gating only")
     g.add_argument("--estimate", action="store_true",
                    help="print the compute estimate (one JSON object) for these candidates, and gate nothing")

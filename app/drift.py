@@ -19,16 +19,18 @@ if TYPE_CHECKING:
 EXIT_DRIFTED = 1  # a window that failed a check; 2 stays "bad input", as for every command
 
 
-def _window_args(p: argparse.ArgumentParser) -> None:
+def _window_args(p: argparse.ArgumentParser, fails: str) -> None:
+    """The thresholds a window is held against; ``fails`` says what a check beyond one does in this command."""
     from headserve.drift import DriftThresholds
 
     d = DriftThresholds()
     p.add_argument("--class-psi", type=float, default=d.class_psi,
-                   help=f"fail when the top-1 class mix's PSI exceeds this (default {d.class_psi})")
+                   help=f"{fails} when the top-1 class mix's PSI exceeds this (default {d.class_psi})")
     p.add_argument("--confidence-psi", type=float, default=d.confidence_psi,
-                   help=f"fail when the confidence histogram's PSI exceeds this (default {d.confidence_psi})")
+                   help=f"{fails} when the confidence histogram's PSI exceeds this (default {d.confidence_psi})")
     p.add_argument("--p-value", type=float, default=d.ood_rate_p_value,
-                   help=f"fail the OOD-rate and OOD-score tests below this p-value (default {d.ood_rate_p_value})")
+                   help=f"{fails} for the OOD-rate and OOD-score tests below this p-value (default "
+                        f"{d.ood_rate_p_value})")
     p.add_argument("--min-window", type=int, default=d.min_window,
                    help=f"refuse windows of fewer decided crops (default {d.min_window})")
     p.add_argument("--version", default=None, metavar="N",
@@ -41,14 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "exit 1 when it drifted")
     d.add_argument("head", type=Path, help="the head's artifact directory (what `headserve train` wrote)")
     d.add_argument("window", type=Path, help="JSON Lines of served answers (`headserve classify --output`)")
-    d.add_argument("--out", type=Path, required=True, help="report directory to write (drift.md, drift.json, PNG)")
-    _window_args(d)
+    d.add_argument("--out", type=Path, required=True, help="report directory to write (drift.md, drift.json, drift.png)")
+    _window_args(d, "fail (exit 1)")
     d.set_defaults(func=_drift)
-    r = sub.add_parser("report", help="a head's training metrics and reliability, beside a production window")
+    r = sub.add_parser("report", help="a head's training metrics and reliability, beside a production window",
+                       description="Write a head's training metrics and reliability diagram, beside a production "
+                                   "window when one is given, for a person to read; always exits 0 (for a verdict "
+                                   "that fails, use `headserve drift`).")
     r.add_argument("head", type=Path, help="the head's artifact directory")
     r.add_argument("--window", type=Path, default=None, help="JSON Lines of served answers to show beside training")
-    r.add_argument("--out", type=Path, required=True, help="report directory to write")
-    _window_args(r)
+    r.add_argument("--out", type=Path, required=True,
+                   help="report directory to write: drift.md, drift.json and drift.png with --window; training.md, "
+                        "training.json and training.png without one")
+    _window_args(r, "with --window: mark DRIFT in the report")
     r.set_defaults(func=_report)
 
 

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     head = what.add_parser("head", help="export a head artifact and its ensemble (and its encoder if missing)")
     head.add_argument("artifact", type=Path, help="directory with meta.json and head.safetensors")
     add_repo_args(head)
-    add_encoder_args(head, default="")
+    add_encoder_args(head, default="", default_help="the encoder the artifact's meta.json names")
     add_server_arg(head)
     head.set_defaults(func=_export_head)
 

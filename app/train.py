@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from headserve.app.arguments import (
     parse_hidden,
 )
 
+DEFAULT_PROFILE = "full"  # the recipe profile `train` uses without --profile
 PROFILE_HELP = "recipe profile: base, center_std, effective, hardmine, gelu_ln, calib, full, logit_train, " \
                "logit_infer, logit_both, arcface, supcon, feataug, center, crt"
 
@@ -34,16 +36,32 @@ def _bool(text: str) -> bool:
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig knob (--label-smoothing, --arcface-margin, ...), overriding the profile."""
-    from headserve.train.trainer import TrainConfig
+    """One option per TrainConfig knob (--label-smoothing, --arcface-margin, ...), overriding the profile.
 
-    group = p.add_argument_group("recipe knobs", "each overrides the value the profile sets")
+    Each help names the value the default profile sets, since a profile always applies (torch-free: fast help).
+    """
+    from headserve.train.profiles import profile_config
+    from headserve.train.recipe import TrainConfig
+
+    preset = profile_config(DEFAULT_PROFILE)
+    group = p.add_argument_group("recipe knobs", f"each overrides the value --profile sets (shown for the default "
+                                                 f"profile, {DEFAULT_PROFILE})")
     for f in fields(TrainConfig):
         default = f.default
         kind = _bool if isinstance(default, bool) else type(default)
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"knob_{f.name}", default=None, type=kind,
                            metavar=type(default).__name__.upper(),
-                           help=f"{f.metadata['help']} (default without a profile: {default!r})")
+                           help=f"{f.metadata['help']} (default: from --profile; {DEFAULT_PROFILE}: "
+                                f"{getattr(preset, f.name)!r})")
+
+
+def _name_of(dataset: Path) -> str:
+    """A served model name from the dataset folder's name: characters Triton model names may not hold become _."""
+    from headserve.contract import MULTI_HEAD_SEPARATOR
+
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", dataset.resolve().name).strip("_-")
+    name = re.sub(f"{MULTI_HEAD_SEPARATOR}+", "_", name)  # a multi-head ensemble's separator is never in a name
+    return name or "head"
 
 
 def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,20 +70,25 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a calibrated head on a YOLO dataset")
-    p.add_argument("dataset", type=Path, help="YOLO dataset root (images/, labels/, data.yaml)")
+    p.add_argument("dataset", type=Path, help="YOLO dataset root (images/, labels/, data.yaml); a data.yaml naming "
+                                              "train: and val: folders sets the split (val: is the test split)")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    p.add_argument("--name", default="head", help="head name; becomes the served model name")
+    p.add_argument("--name", default=None,
+                   help="head name; becomes the served model name, so two heads need two names (default: the "
+                        "dataset folder's name, made a valid model name, and printed)")
     add_encoder_args(p)
     add_device_args(p)
-    p.add_argument("--hidden", type=parse_hidden, default=(256,), help="MLP widths, e.g. 768,384; 'logreg' for none")
-    p.add_argument("--profile", default="full", help=PROFILE_HELP + " (default full)")
+    p.add_argument("--hidden", type=parse_hidden, default=(256,),
+                   help="MLP widths, e.g. 768,384; 'logreg' for none (default 256)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=PROFILE_HELP + f" (default {DEFAULT_PROFILE})")
     p.add_argument("--bg", type=int, default=1, metavar="N",
                    help="N background classes of random crops overlapping no box, split by k-means (default 1)")
     p.add_argument("--no-background", action="store_true", help="do not add background classes")
     p.add_argument("--strict", action="store_true", help="bad label lines are errors instead of skips")
     p.add_argument("--reject-outside", action="store_true",
                    help="skip label lines with coordinates outside [0, 1] instead of clipping them")
-    p.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
+    p.add_argument("--cache", type=Path, default=Path(".headserve-cache"),
+                   help="embedding cache directory (default %(default)s)")
     p.add_argument("--report", type=Path, default=None, help="report directory (default OUT.report)")
     p.add_argument("--ood-holdout", default=None, metavar="CLASS", help="leave CLASS out and report OOD AUROC on it")
     p.add_argument("--select", action="store_true",
@@ -73,21 +96,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "macro F1, early stopping in each fit) from the grid hidden {logreg, 256, 512,256} x weight "
                         "decay {1e-4, 1e-2} x label smoothing {0, 0.1} on top of the profile; the grid, every "
                         "score and the choice go into meta.json and the report")
-    add_later(p, _add_recipe_args)  # TrainConfig's module imports torch: only when `train` is parsed
+    add_later(p, _add_recipe_args)  # only when `train` is parsed: the other commands never read the profiles
     p.set_defaults(func=_train)
 
     s = sub.add_parser("sweep", help="train profiles x encoders x MLP sizes x label smoothing on cached embeddings")
     s.add_argument("dataset", type=Path, help="YOLO dataset root")
     s.add_argument("--out", type=Path, required=True, help="directory for the sweep table and per-run metrics")
-    s.add_argument("--profiles", type=_csv, default=["base", "full"], help="comma-separated profile names")
-    s.add_argument("--encoders", type=_csv, default=["clip:tiny", "dinov3:tiny"], help="comma-separated encoders")
+    s.add_argument("--profiles", type=_csv, default=["base", "full"], help="comma-separated profile names (default base,full)")
+    s.add_argument("--encoders", type=_csv, default=["clip:tiny", "dinov3:tiny"],
+                   help="comma-separated encoders (default clip:tiny,dinov3:tiny: untrained twins)")
     s.add_argument("--hidden", type=lambda t: [parse_hidden(h) for h in t.split(";")], default=[(256,)],
-                   help="';'-separated MLP sizes, e.g. '768,384;1024,512;logreg'")
+                   help="';'-separated MLP sizes, e.g. '768,384;1024,512;logreg' (default 256)")
     s.add_argument("--label-smoothing", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 0.1],
-                   help="comma-separated label smoothing values")
-    s.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs")
+                   help="comma-separated label smoothing values (default 0,0.1)")
+    s.add_argument("--epochs", type=int, default=None, help="override the maximum number of epochs (default: the profile's)")
     s.add_argument("--bg", type=int, default=1, metavar="N", help="background classes (default 1)")
-    s.add_argument("--cache", type=Path, default=Path(".headserve-cache"), help="embedding cache directory")
+    s.add_argument("--cache", type=Path, default=Path(".headserve-cache"),
+                   help="embedding cache directory (default %(default)s)")
     s.add_argument("--seeds", type=lambda t: tuple(int(v) for v in t.split(",")), default=(42, 43, 44),
                    help="comma-separated training seeds of every row (default 42,43,44; at least 3 for the ± sd)")
     s.add_argument("--select", action="store_true",
@@ -97,11 +122,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from headserve.encoders import UNTRAINED_NOTE
     from headserve.train.pipeline import TrainRequest, train_from_yolo
     from headserve.train.profiles import profile_config
 
     overrides = _recipe_overrides(args)
-    req = TrainRequest(dataset=args.dataset, encoder=encoder_from_args(args), out=args.out, name=args.name,
+    name = args.name or _name_of(args.dataset)
+    encoder = encoder_from_args(args)
+    if args.name is None:
+        print(f"head name: {name} (the dataset folder's name; pass --name to choose another)")
+    if encoder.is_tiny:
+        print(f"encoder: {encoder.name}, the default tiny twin: {UNTRAINED_NOTE}; pass --encoder to train on a "
+              "real one, e.g. clip:ViT-B-32")
+    req = TrainRequest(dataset=args.dataset, encoder=encoder, out=args.out, name=name,
                        hidden=args.hidden, background=not args.no_background, bg_classes=args.bg,
                        strict=args.strict, reject_outside=args.reject_outside,
                        train=profile_config(args.profile, **overrides),
@@ -117,7 +150,9 @@ def _train(args: argparse.Namespace) -> int:
         print(line)
     keep = ("macro_f1_fg", "weighted_f1_fg", "ece_before", "ece_after", "temperature", "ood_auroc", "ood_auroc_all")
     print(json.dumps({k: outcome.metrics[k] for k in keep if k in outcome.metrics}, indent=2))
-    print(f"artifact: {outcome.artifact}")
+    print(f"artifact: {outcome.artifact} (head {outcome.meta.name})")
+    if outcome.meta.encoder_untrained:
+        print(f"note: {UNTRAINED_NOTE}")
     print(summary)  # what was skipped, last so it is not scrolled away
     return 0
 

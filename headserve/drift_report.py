@@ -33,9 +33,33 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "drift.md"
 RESULT_FILE = "drift.json"
+FIGURE_FILE = "drift.png"
+# Without a window nothing is compared, so the files are not called drift: training.md, training.json, training.png.
+TRAINING_STEM = "training"
 # The training metrics shown, in this order, when the head has them (meta.json "metrics").
 TRAINING_KEYS: tuple[str, ...] = ("macro_f1_fg", "accuracy", "ece_before", "ece_after", "temperature",
-                                  "ood_auroc", "ood_flagged_test", "n_train", "n_val", "n_test")
+                                  "ood_auroc", "ood_flagged_test_fg", "ood_flagged_test_background", "n_train",
+                                  "n_val", "n_test")
+# What a training metric counts, where its name alone could be misread; both reports print it beside the name.
+METRIC_MEANINGS: Mapping[str, str] = {
+    "accuracy": "top-1 accuracy over every test crop, background crops included",
+    "ece_before": "expected calibration error (15 bins) before temperature scaling, every test crop",
+    "ece_after": "expected calibration error (15 bins) of the served probabilities, every test crop",
+    "ood_flagged_test_fg": "share of test objects (foreground crops) above the OOD threshold; "
+                           "near 1 - the quantile it was set at (0.05 at 0.95)",
+    "ood_flagged_test_background": "share of test background crops above the OOD threshold (usually high, and "
+                                   "harmless: background is answered as its own class)",
+    "n_train": "crops the head was fitted on, background crops included",
+    "n_val": "validation crops (early stopping, calibration), background crops included",
+    "n_test": "test crops, background crops included",
+}
+# Each check's statistic, and on which side of its threshold it fails (headserve.drift's checks by name).
+STATISTICS: Mapping[str, tuple[str, str]] = {
+    "class_psi": ("PSI", "above"),
+    "confidence_psi": ("PSI", "above"),
+    "ood_rate": ("p-value", "below"),
+    "ood_scores_ks": ("p-value", "below"),
+}
 VERDICTS: Mapping[bool, str] = {True: "pass", False: "DRIFT"}
 
 
@@ -66,21 +90,24 @@ def summary_of(meta: HeadMeta) -> HeadSummary:
 
 def write_drift_report(directory: str | Path, result: DriftResult | None, reference: DriftReference,
                        head: HeadSummary) -> Path:
-    """Write drift.md, drift.json and the figures into ``directory`` (replaced whole); returns drift.md's path.
+    """Write drift.md, drift.json and drift.png into ``directory`` (replaced whole); returns drift.md's path.
 
-    ``result`` None: no production window yet; the report shows training and validation alone.
+    ``result`` None: no production window yet; the report shows training and validation alone, in training.md,
+    training.json and training.png.
     """
+    report, verdict_file, figure = ((REPORT_FILE, RESULT_FILE, FIGURE_FILE) if result is not None else
+                                    tuple(f"{TRAINING_STEM}{suffix}" for suffix in (".md", ".json", ".png")))
     tmp = staging_dir(directory)
     try:
-        figures = _plot_all(tmp, result or _NO_WINDOW, reference, head)
+        figures = _plot_all(tmp / figure, result or _NO_WINDOW, reference, head)
         verdict = result.to_dict() if result is not None else {"drifted": None, "window_size": 0}
-        (tmp / RESULT_FILE).write_text(json.dumps({"head": head.name, "version": head.version,
-                                                   **verdict}, indent=1) + "\n")
-        (tmp / REPORT_FILE).write_text(markdown(result, reference, head, figures))
+        (tmp / verdict_file).write_text(json.dumps({"head": head.name, "version": head.version,
+                                                    **verdict}, indent=1) + "\n")
+        (tmp / report).write_text(markdown(result, reference, head, figures))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return publish_dir(tmp, directory) / REPORT_FILE
+    return publish_dir(tmp, directory) / report
 
 
 def markdown(result: DriftResult | None, reference: DriftReference, head: HeadSummary,
@@ -99,25 +126,47 @@ def markdown(result: DriftResult | None, reference: DriftReference, head: HeadSu
     lines = [f"# Drift report: head `{head.name}`{version}", "",
              f"- verdict: {verdict}",
              window,
-             (f"- reference: {reference.n} validation crops, {len(reference.classes)} classes"
+             (f"- reference: {reference.n} validation objects (foreground crops only; training's n_val also "
+              f"counts background crops), {len(reference.classes)} classes"
               + (f", OOD threshold {reference.ood_threshold:.4g} set at the {reference.ood_quantile:g} quantile"
                  if reference.ood_threshold is not None and reference.ood_quantile is not None else "")),
              ""]
     if result is not None:
-        lines += ["## Checks", "", "| check | value | threshold | verdict | detail |", "|---|---|---|---|---|"]
-        lines += [f"| {c.name} | {c.value:.4g} | {c.threshold:g} | {VERDICTS[c.passed]} | {c.detail} |"
-                  for c in result.checks]
+        lines += ["## Checks", "", "| check | statistic | value | fails | verdict | detail |",
+                  "|---|---|---|---|---|---|"]
+        for c in result.checks:
+            statistic, side = _statistic(c.name)
+            lines.append(f"| {c.name} | {statistic} | {c.value:.4g} | {side} {c.threshold:g} | {VERDICTS[c.passed]} "
+                         f"| {c.detail} |")
     if result is not None and result.notes:
         lines += ["", *[f"- {note}" for note in result.notes]]
     lines += ["", "## Training (held-out test split)", ""]
     shown = [k for k in TRAINING_KEYS if k in head.metrics]
     if shown:
-        lines += ["| metric | value |", "|---|---|", *[f"| {k} | {_number(head.metrics[k])} |" for k in shown]]
+        lines += ["| metric | value | what it counts |", "|---|---|---|",
+                  *[f"| {k} | {_number(head.metrics[k])} | {METRIC_MEANINGS.get(k, '')} |" for k in shown]]
     else:
         lines.append("No training metrics were given.")
     if figures:
         lines += ["", "## Figures", "", *[f"![{title}]({name})\n" for name, title in figures.items()]]
     return "\n".join(lines) + "\n"
+
+
+def _statistic(check: str) -> tuple[str, str]:
+    """The statistic a check's value is, and on which side of the threshold it fails."""
+    if check not in STATISTICS:
+        raise DriftReportError(f"check {check!r} has no statistic in headserve.drift_report.STATISTICS; add it there "
+                               "so its value is labelled")
+    return STATISTICS[check]
+
+
+def edge_labels(edges: Sequence[float]) -> list[str]:
+    """Bin labels "a-b" with the fewest significant digits (3 at least) that tell every edge from its neighbours."""
+    for digits in range(3, 10):
+        shown = [f"{e:.{digits}g}" for e in edges]
+        if all(a != b for a, b in itertools.pairwise(shown)):
+            break
+    return [f"{a}-{b}" for a, b in itertools.pairwise(shown)]
 
 
 def _number(value: Any) -> str:
@@ -129,7 +178,7 @@ def _shares(counts: Sequence[int] | np.ndarray) -> np.ndarray:
     return counts / counts.sum() if counts.sum() > 0 else counts
 
 
-def _plot_all(directory: Path, result: DriftResult, reference: DriftReference,
+def _plot_all(path: Path, result: DriftResult, reference: DriftReference,
               head: HeadSummary) -> dict[str, str]:
     """Draw each figure that has data; file name -> caption."""
     import matplotlib
@@ -150,9 +199,9 @@ def _plot_all(directory: Path, result: DriftResult, reference: DriftReference,
     title = "training only" if result is _NO_WINDOW else ("DRIFT" if result.drifted else "no drift")
     fig.suptitle(f"{head.name}: {title}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(directory / "drift.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return {"drift.png": " | ".join(title for _, title in panels)}
+    return {path.name: " | ".join(title for _, title in panels)}
 
 
 def _bars(ax: Axes, positions: np.ndarray, reference: np.ndarray, window: np.ndarray) -> None:
@@ -176,8 +225,7 @@ def _histogram_bins(ax: Axes, reference: Histogram, window: Histogram | None, xl
                                "report a result with the reference it was compared against")
     x = np.arange(len(reference.counts))
     _bars(ax, x, _shares(reference.counts), _shares(window.counts if window is not None else np.zeros_like(x)))
-    edges = [f"{e:.3g}" for e in reference.edges]
-    ax.set_xticks(x, [f"{a}-{b}" for a, b in itertools.pairwise(edges)], rotation=90, fontsize=6)
+    ax.set_xticks(x, edge_labels(reference.edges), rotation=90, fontsize=6)
     ax.set_xlabel(xlabel, fontsize=8)
 
 

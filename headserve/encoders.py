@@ -33,6 +33,8 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 # How the centre crop's offset is rounded when the margin is odd: torchvision's CenterCrop (open_clip)
 # rounds half to even, the transformers image processors (DINOv2) truncate.
 CROP_OFFSETS = ("round", "floor")
+# What training, the report and export say of a head on a tiny twin, so no one reads its figures as a result.
+UNTRAINED_NOTE = "untrained encoder (random weights): numbers mean nothing"
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ from headserve.yolo import (
     shared_label_message,
 )
 
-__all__ = ["COORD_SLACK", "IMAGE_SUFFIXES", "DataReport", "LabelledObject", "YoloDataset", "background_objects",
-           "load_crop", "read_class_names", "read_yolo"]
+__all__ = ["COORD_SLACK", "DECLARED_SPLITS", "IMAGE_SUFFIXES", "DataReport", "LabelledObject", "YoloDataset",
+           "background_objects", "load_crop", "read_class_names", "read_declared_split", "read_yolo"]
 
+# The data.yaml keys of a declared split (Ultralytics): images to fit on, and images to measure on.
+DECLARED_SPLITS = ("train", "val")
 # The smallest background crop is this fraction of the image's short side (the largest is 0.4).
 BG_MIN_FRACTION, BG_MAX_FRACTION = 0.15, 0.4
 
@@ -79,20 +81,26 @@ class YoloDataset:
     objects: list[LabelledObject]
     images: list[Path]
     report: DataReport
+    declared: dict[str, tuple[Path, ...]] = field(default_factory=dict)  # data.yaml's train/val folders; {}: none
+
+
+def _read_data_yaml(yaml_path: Path) -> object:
+    """data.yaml parsed; a YAML error is one line naming the file and line at fault."""
+    import yaml
+
+    try:
+        return yaml.safe_load(_utf8_text(yaml_path)) or {}
+    except yaml.YAMLError as exc:  # PyYAML's text spans lines (context, caret); keep one line, at the fault
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{yaml_path}:{mark.line + 1}" if mark is not None else str(yaml_path)
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise DatasetError(f"{where}: not valid YAML ({problem}); fix that line") from None
 
 
 def read_class_names(root: Path) -> list[str]:
     yaml_path, txt_path = root / "data.yaml", root / "classes.txt"
     if yaml_path.is_file():
-        import yaml
-
-        try:
-            data = yaml.safe_load(_utf8_text(yaml_path)) or {}
-        except yaml.YAMLError as exc:  # PyYAML's text spans lines (context, caret); keep one line, at the fault
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{yaml_path}:{mark.line + 1}" if mark is not None else str(yaml_path)
-            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-            raise DatasetError(f"{where}: not valid YAML ({problem}); fix that line") from None
+        data = _read_data_yaml(yaml_path)
         names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
             names = _names_by_id(names, yaml_path)
@@ -105,6 +113,35 @@ def read_class_names(root: Path) -> list[str]:
             return check_class_names(names, str(txt_path))
         raise DatasetError(f"{txt_path}: no class names in it; write one name per line")
     raise DatasetError(f"{root}: neither data.yaml nor classes.txt found; add one that lists the class names")
+
+
+def read_declared_split(root: Path) -> dict[str, tuple[Path, ...]]:
+    """The folders data.yaml declares for ``train`` and ``val`` (Ultralytics layout), or {} when it declares none.
+
+    Each value is a folder or a list of folders, relative to the dataset root (or absolute). Both keys or
+    neither: a split with one side only cannot be honoured, and guessing the other side would be silent.
+    """
+    yaml_path = root / "data.yaml"
+    data = _read_data_yaml(yaml_path) if yaml_path.is_file() else {}
+    if not isinstance(data, dict) or not any(k in data for k in DECLARED_SPLITS):
+        return {}
+    missing = [k for k in DECLARED_SPLITS if not data.get(k)]
+    if missing:
+        raise DatasetError(f"{yaml_path}: declares {' and '.join(k for k in DECLARED_SPLITS if k not in missing)} "
+                           f"but no {missing[0]!r} folder; declare both train: and val:, or neither to let "
+                           "headserve split by source image")
+    declared: dict[str, tuple[Path, ...]] = {}
+    for key in DECLARED_SPLITS:
+        values = data[key] if isinstance(data[key], list) else [data[key]]
+        folders = []
+        for value in values:
+            folder = root / str(value)
+            if not folder.is_dir():
+                raise DatasetError(f"{yaml_path}: {key}: {value!r} is not a folder under {root} (lists of images in "
+                                   f".txt files are not read); point {key}: at the folder of its images")
+            folders.append(folder.resolve())
+        declared[key] = tuple(folders)
+    return declared
 
 
 def _utf8_text(path: Path) -> str:
@@ -178,7 +215,8 @@ def read_yolo(root: str | Path, strict: bool = False, reject_outside: bool = Fal
     for cid, name in enumerate(names):
         if found[cid] == 0:
             report.skip("empty class", f"class {cid} ({name})", "has no labelled examples")
-    return YoloDataset(root=root, names=names, objects=objects, images=usable, report=report)
+    return YoloDataset(root=root, names=names, objects=objects, images=usable, report=report,
+                       declared=read_declared_split(root))
 
 
 def _read_labels(path: Path, image: Path, width: int, height: int, num_classes: int,

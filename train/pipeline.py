@@ -25,7 +25,7 @@ from headserve.train.embed import EmbedConfig, Extraction, extract, pixels_of
 from headserve.train.evaluation import classification_metrics, expected_calibration_error, ood_auroc, reliability
 from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
 from headserve.train.profiles import describe
-from headserve.train.split import group_split
+from headserve.train.split import declared_split, group_split
 from headserve.train.trainer import TrainConfig, fit_head, head_config_for
 
 BACKGROUND_NAME = "background"
@@ -106,6 +106,7 @@ class PreparedData:
     cache: EmbeddingCache | None
     timings: dict[str, float]
     extraction: dict[str, object] = field(default_factory=dict)  # device, precision, fp32 check, rate
+    split: str = ""  # how the rows were split into fit, validation and test, for the output and the report
 
 
 def prepare(req: TrainRequest) -> PreparedData:
@@ -154,10 +155,36 @@ def prepare(req: TrainRequest) -> PreparedData:
     timings["embed"] = time.perf_counter() - t0
 
     groups = [str(o.image) for o in objects]
-    train_idx, test_idx = group_split(groups, req.test_size, req.seed)
+    train_idx, test_idx, split = _split(data, objects, req)
     sub_train, sub_val = group_split([groups[i] for i in train_idx], req.val_size, req.seed)
+    split += (f"; validation (early stopping, calibration, OOD threshold): {req.val_size:.0%} of the training "
+              f"images, drawn by source image (seed {req.seed})")
     return PreparedData(spec, fp, data, classes, background, objects, emb, labels, holdout_emb,
-                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings, _described(run))
+                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings, _described(run), split)
+
+
+def _split(data: YoloDataset, objects: list[LabelledObject], req: TrainRequest) -> tuple[np.ndarray, np.ndarray, str]:
+    """Rows to train on (fit + validation), rows the report measures, and one sentence saying how they were chosen.
+
+    A split data.yaml declares (``train:``/``val:``) is honoured: val's images are the test split. Otherwise
+    whole source images are held out at random, so no image's crops sit on both sides.
+    """
+    if not data.declared:
+        train_idx, test_idx = group_split([str(o.image) for o in objects], req.test_size, req.seed)
+        return train_idx, test_idx, (f"split: no train/val declared in data.yaml, so {req.test_size:.0%} of the "
+                                     f"source images are held out as the test split (seed {req.seed})")
+    train_idx, test_idx = declared_split([o.image for o in objects], data.declared)
+    folders = {k: ", ".join(str(f.relative_to(data.root.resolve())) if f.is_relative_to(data.root.resolve())
+                            else str(f) for f in v) for k, v in data.declared.items()}
+    left = len(objects) - len(train_idx) - len(test_idx)
+    for side, rows, least in (("train", train_idx, 2), ("val", test_idx, 1)):  # 2: validation takes one of train's
+        images = len({str(objects[i].image) for i in rows})
+        if images < least:
+            raise DatasetError(f"{data.root / 'data.yaml'}: {side}: {folders[side]} holds {images} usable labelled "
+                               f"image(s); a declared split needs at least {least} there")
+    return train_idx, test_idx, (f"split: as data.yaml declares it: train on {folders['train']} "
+                                 f"({len(train_idx)} crops), test on val: {folders['val']} ({len(test_idx)} crops)"
+                                 + (f", {left} crops in neither folder left out" if left else ""))
 
 
 def _described(run: Extraction) -> dict[str, object]:
@@ -195,7 +222,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         head_config=head_config.to_dict(),
         temperature=fit.temperature,
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "per_class")},
-        extra={"profile": req.profile, "recipe": dict(describe(req.train)), "embedding": p.extraction,
+        extra={"profile": req.profile, "recipe": dict(describe(req.train)), "embedding": p.extraction, "split": p.split,
                "log_priors": fit.log_priors,
                "class_weights": fit.class_weights, "drift_reference": drift.to_dict(ood_figures=False),
                "reliability_test": reliability(test.probs, p.labels[p.test_idx]),
@@ -205,7 +232,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
         ood_quantile=req.ood_quantile,
     )
     artifact = save_head(req.out, meta, fit.head)
-    lines = [p.data.report.summary(), *p.data.report.problems[:20]]
+    lines = [p.data.report.summary(), *p.data.report.problems[:20], p.split]
     if p.cache is not None:
         lines.append(p.cache.stats.summary())
         metrics["cache_hit_rate"] = p.cache.stats.hit_rate
@@ -263,7 +290,13 @@ def _evaluate(p: PreparedData, head: ServingHead, threshold: float) -> _TestAnsw
     metrics["ece_before"] = expected_calibration_error(uncalibrated, labels)
     metrics["ece_after"] = expected_calibration_error(probs, labels)
     test_ood = ood_scores(head, p.emb[p.test_idx])
-    metrics["ood_flagged_test"] = float((test_ood > threshold).mean())
+    # Known objects above the threshold: what the threshold promises to keep near 1 - quantile. Background crops
+    # are a catch-all of scenes and score high by design, so they are counted apart, not mixed in.
+    fg = foreground(labels, p.background)
+    if fg.any():
+        metrics["ood_flagged_test_fg"] = float((test_ood[fg] > threshold).mean())
+    if not fg.all():
+        metrics["ood_flagged_test_background"] = float((test_ood[~fg] > threshold).mean())
     if len(p.holdout_emb):  # held-out crops against known foreground crops, and against every known crop
         unknown = ood_scores(head, p.holdout_emb)
         metrics["ood_auroc"] = ood_auroc(test_ood[foreground(labels, p.background)], unknown)

@@ -12,6 +12,8 @@ from typing import Mapping
 import numpy as np
 
 from headserve.artifact import HeadMeta
+from headserve.drift_report import METRIC_MEANINGS
+from headserve.encoders import UNTRAINED_NOTE
 from headserve.fsutil import publish_dir, staging_dir
 from headserve.train.dataset import DataReport
 from headserve.train.evaluation import ece_interval, reliability
@@ -59,7 +61,7 @@ def _plot_reliability(path: Path, before: np.ndarray, after: np.ndarray, labels:
 
 
 def class_groups(meta: HeadMeta) -> dict[str, list[int]]:
-    """Foreground classes split by training frequency: ``head`` at or above the median count, ``tail`` below.
+    """Foreground classes split by training frequency: ``frequent`` at or above the median count, ``rare`` below.
 
     The frequencies come from meta.json's ``log_priors`` (log training class frequencies), so a
     report can be rebuilt from the artifact alone. Background classes belong to neither group.
@@ -69,7 +71,7 @@ def class_groups(meta: HeadMeta) -> dict[str, list[int]]:
     if len(priors) != len(meta.classes) or not fg:
         return {"all": fg}
     median = float(np.median(priors[fg]))
-    return {"head": [c for c in fg if priors[c] >= median], "tail": [c for c in fg if priors[c] < median]}
+    return {"frequent": [c for c in fg if priors[c] >= median], "rare": [c for c in fg if priors[c] < median]}
 
 
 def _plot_reliability_groups(path: Path, groups: Mapping[str, list[int]], before: np.ndarray, after: np.ndarray,
@@ -145,16 +147,20 @@ def write_report(directory: str | Path, meta: HeadMeta, metrics: Mapping[str, ob
     _plot_reliability_groups(tmp / "reliability_groups.png", groups, uncalibrated, probs, labels)
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     keys = ("macro_f1_fg", "weighted_f1_fg", "macro_precision_fg", "macro_recall_fg", "accuracy", "ece_before",
-            "ece_after", "temperature", "ood_auroc", "ood_auroc_all", "ood_flagged_test", "epochs", "n_train", "n_val",
-            "n_test")
+            "ece_after", "temperature", "ood_auroc", "ood_auroc_all", "ood_flagged_test_fg", "ood_flagged_test_background",
+            "epochs", "n_train", "n_val", "n_test")
     lines = [f"# Head `{meta.name}`", "",
+             *([f"**{UNTRAINED_NOTE}** (encoder {meta.encoder.name}, a tiny twin for trying the commands)", ""]
+               if meta.encoder_untrained else []),
              f"- encoder: {meta.encoder.name or meta.encoder.model} ({meta.encoder.encoder_type}), head: {meta.head_type} "
              f"{meta.head_config.get('hidden', ())}, classifier: {meta.head_config.get('classifier', 'linear')}, "
              f"profile: {meta.extra.get('profile', 'custom')}",
              f"- recipe knobs: {meta.extra.get('recipe', {})}",
-             f"- OOD threshold (Mahalanobis, shared covariance): {meta.ood_threshold}", f"- {data.summary()}", "",
-             "## Metrics (held-out test split, foreground classes)", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {fmt(metrics[k])} |" for k in keys if k in metrics]
+             f"- OOD threshold (Mahalanobis, shared covariance): {meta.ood_threshold}", f"- {data.summary()}",
+             *([f"- {meta.extra['split']}"] if meta.extra.get("split") else []), "",
+             "## Metrics (held-out test split; `_fg`: foreground classes only, others as their row says)", "",
+             "| metric | value | what it counts |", "|---|---|---|"]
+    lines += [f"| {k} | {fmt(metrics[k])} | {METRIC_MEANINGS.get(k, '')} |" for k in keys if metrics.get(k) is not None]
     lines += ["", *_calibration_lines(meta, groups, probs, uncalibrated, labels), *_selection_lines(meta)]
     lines += ["## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for name, row in metrics["per_class"].items():  # type: ignore[union-attr]

@@ -134,9 +134,10 @@ def test_drift_command_exits_1_on_the_shifted_window_of_classify_output_and_repo
     assert "| class_psi |" in text and "DRIFT" in text and "macro_f1_fg" in text
 
     assert main(["report", artifact, "--out", str(tmp_path / "training")]) == 0
-    text = (tmp_path / "training" / "drift.md").read_text()
+    text = (tmp_path / "training" / "training.md").read_text()  # no window, nothing compared: not called drift
     assert "training and validation only" in text and "## Checks" not in text
-    assert (tmp_path / "training" / "drift.png").stat().st_size > 0
+    assert (tmp_path / "training" / "training.png").stat().st_size > 0
+    assert not (tmp_path / "training" / "drift.md").exists()
 
 
 def _headserve(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:

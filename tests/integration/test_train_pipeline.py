@@ -67,6 +67,9 @@ def test_train_command_writes_artifact_report_and_background_classes(digits_data
     assert meta["classes"][-3:] == ["background_0", "background_1", "background_2"]
     assert meta["background_indices"] == [4, 5, 6] and "digit_4" not in meta["classes"]
     assert 0.0 <= meta["metrics"]["ood_auroc"] <= 1.0 and 0.0 <= meta["metrics"]["ood_auroc_all"] <= 1.0
+    # the OOD share of known objects and that of background crops, apart (the threshold promises ~5% of the first)
+    assert 0.0 <= meta["metrics"]["ood_flagged_test_fg"] <= 1.0 and 0.0 <= meta["metrics"]["ood_flagged_test_background"] <= 1.0
+    assert "ood_flagged_test" not in meta["metrics"]
     # every recipe knob is a named option that overrides the profile
     assert (meta["head_config"]["classifier"], meta["head_config"]["scale"]) == ("arcface", 16.0)
     assert meta["extra"]["recipe"]["arcface_margin"] == 20.0 and meta["temperature"] == 1.0
@@ -78,6 +81,8 @@ def test_train_command_writes_artifact_report_and_background_classes(digits_data
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "embedding cache:" in printed and "artifact:" in printed
+    assert f"head name: {digits_dataset.name} (the dataset folder's name" in printed
+    assert "split: no train/val declared in data.yaml, so 20% of the source images are held out" in printed
 
 
 def test_sweep_writes_profile_averages_best_per_backbone_and_delta_vs_full(digits_dataset: Path, tmp_path: Path):

@@ -42,7 +42,7 @@ def test_train_select_records_grid_and_choice_and_meta_alone_reproduces_the_head
 
     report = (tmp_path / "head.report" / "report.md").read_text()
     assert "## Model selection (validation split)" in report and "## Calibration" in report
-    assert "| head |" in report and "| tail |" in report
+    assert "| frequent |" in report and "| rare |" in report and "| head |" not in report  # groups, not the classifier
     assert (tmp_path / "head.report" / "reliability_groups.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from headserve.drift import DriftResult, ServedWindow, compare, reference_from_validation
-from headserve.drift_report import HeadSummary, markdown, write_drift_report
+from headserve.drift_report import HeadSummary, edge_labels, markdown, write_drift_report
 from headserve.errors import DriftReportError
 
 CLASSES = ("cat", "dog", "fox", "background")
@@ -44,7 +44,10 @@ def test_the_report_names_each_check_with_its_value_and_verdict_and_draws_a_png(
     assert path.name == "drift.md" and "# Drift report: head `pets` version 2" in text
     assert "**drifted**" in text
     for check in result.checks:
-        row = f"| {check.name} | {check.value:.4g} | {check.threshold:g} | {'pass' if check.passed else 'DRIFT'} |"
+        statistic, side = {"class_psi": ("PSI", "above"), "confidence_psi": ("PSI", "above"),
+                           "ood_rate": ("p-value", "below"), "ood_scores_ks": ("p-value", "below")}[check.name]
+        row = (f"| {check.name} | {statistic} | {check.value:.4g} | {side} {check.threshold:g} | "
+               f"{'pass' if check.passed else 'DRIFT'} |")
         assert row in text, row
     assert "| macro_f1_fg | 0.9100 |" in text and "| n_test | 400 |" in text
     assert "![" in text and "(drift.png)" in text and "reliability diagram" in text
@@ -93,3 +96,33 @@ def test_reliability_points_that_are_not_probabilities_are_refused_by_name():
 def test_the_result_counts_window_classes_on_the_reference_order():
     result: DriftResult = compare(REFERENCE, _window(*_answers(400, 8)))
     assert list(result.window_class_counts) == list(CLASSES) and sum(result.window_class_counts.values()) == 400
+
+
+def test_the_checks_table_names_each_rows_statistic_apart_from_its_value():
+    text = markdown(compare(REFERENCE, _window(*_answers(800, 4))), REFERENCE, HEAD)
+    assert "| check | statistic | value | fails | verdict | detail |" in text
+    assert "| check | value |" not in text
+
+
+def test_without_a_window_the_files_are_named_for_training_not_drift(tmp_path: Path):
+    path = write_drift_report(tmp_path / "report", None, REFERENCE, HEAD)
+    assert path.name == "training.md"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["training.json", "training.md", "training.png"]
+    assert "(training.png)" in path.read_text()
+
+
+def test_the_reference_size_says_it_counts_objects_and_training_sizes_say_what_they_count():
+    head = HeadSummary(name="pets", metrics={"n_val": 108, "ood_flagged_test_fg": 0.05})
+    text = markdown(None, REFERENCE, head)
+    assert f"- reference: {REFERENCE.n} validation objects (foreground crops only; training's n_val also counts " \
+           "background crops)" in text
+    assert "| n_val | 108 | validation crops (early stopping, calibration), background crops included |" in text
+    assert "| ood_flagged_test_fg | 0.0500 | share of test objects (foreground crops) above the OOD threshold;" in text
+
+
+@pytest.mark.parametrize(("edges", "labels"), [
+    ((0.0, 0.5, 1.0), ["0-0.5", "0.5-1"]),
+    ((0.9991, 0.9995, 0.9998, 1.0), ["0.9991-0.9995", "0.9995-0.9998", "0.9998-1"]),  # .3g made these "1-1"
+])
+def test_histogram_bins_are_labelled_with_enough_digits_to_tell_their_edges_apart(edges, labels):
+    assert edge_labels(edges) == labels
