@@ -40,8 +40,8 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
     Each help names the value the default profile sets, since a profile always applies (torch-free: fast help).
     """
+    from headserve.train.config import TrainConfig
     from headserve.train.profiles import profile_config
-    from headserve.train.recipe import TrainConfig
 
     preset = profile_config(DEFAULT_PROFILE)
     group = p.add_argument_group("recipe knobs", f"each overrides the value --profile sets (shown for the default "

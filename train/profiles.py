@@ -12,8 +12,8 @@ from dataclasses import fields, replace
 from typing import Any, Mapping
 
 from headserve.errors import ConfigError
+from headserve.train.config import TrainConfig
 from headserve.train.errors import RecipeError, UnknownProfileError
-from headserve.train.recipe import TrainConfig
 
 BASE = TrainConfig(label_smoothing=0.1, mixup=0.1, class_weights="balanced", gelu_ln=False, standardize=False,
                    hardmine_epochs=0, calibrate=False)

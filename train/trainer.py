@@ -26,7 +26,7 @@ from torch import nn
 
 from headserve.errors import ConfigError
 from headserve.head import HeadConfig, MLPHead, ServingHead
-from headserve.train.recipe import CLASS_WEIGHTINGS, TrainConfig  # TrainConfig: callers import it from here too
+from headserve.train.config import CLASS_WEIGHTINGS, TrainConfig  # TrainConfig: callers import it from here too
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T at either end means the optimum lies outside: keep T = 1
 NLL_TOLERANCE = 1e-6  # a fitted T must lower validation NLL by more than this to be kept

@@ -72,7 +72,7 @@ def test_train_names_an_unnamed_head_after_its_dataset_folder(tmp_path: Path, fo
 
 def test_the_recipe_knows_every_classifier_the_served_head_has():
     from headserve.head import CLASSIFIERS
-    from headserve.train.recipe import CLASSIFIER_NAMES
+    from headserve.train.config import CLASSIFIER_NAMES
 
     assert sorted(CLASSIFIER_NAMES) == sorted(CLASSIFIERS)
 

@@ -1,4 +1,4 @@
-"""The training recipe's knobs: ``TrainConfig``, torch-free so that `headserve train --help` lists them fast.
+"""What a training run can set: ``TrainConfig``, torch-free so that `headserve train --help` lists it fast.
 
 The fitting code that reads these knobs is in trainer.py; named presets of them are in profiles.py.
 """
