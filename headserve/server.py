@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -129,12 +130,19 @@ def _pytriton_root() -> Path:
 
 
 def _backend_dir(root: Path) -> Path:
-    """backends/python with the stub for this interpreter's version; built once per user."""
+    """backends/python with the stub for this interpreter's version; built once per user and installation.
+
+    The directory holds links into one nvidia-pytriton installation, so it is keyed by that installation's
+    path too: two environments of one user (two projects, two checkouts) sharing it would re-point each
+    other's links while their servers run, and a running server would start its next stub from the other
+    environment, or from one since deleted.
+    """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise ServerError(f"nvidia-pytriton has no python backend stub for Python {version} ({stub})")
-    base = Path(tempfile.gettempdir()) / f"headserve-triton-{os.getuid()}-{version}" / "backends"
+    installation = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    base = Path(tempfile.gettempdir()) / f"headserve-triton-{os.getuid()}-{version}-{installation}" / "backends"
     python_dir = base / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
     src = root / "tritonserver" / "backends" / "python"
