@@ -132,3 +132,23 @@ class ServerCounts:
 def server_counts() -> Callable[[str], ServerCounts]:
     """Build a :class:`ServerCounts` for a server's gRPC url."""
     return ServerCounts
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (``ray.cluster_utils.Cluster``), this process connected to it.
+
+    Started once, as Ray's testing guide advises: a start costs seconds. The head has two CPUs. A test that needs
+    a second node adds one (``ray_cluster.add_node(num_cpus=1)``) and removes it when done; a process under test
+    (``headserve embed --ray ADDRESS``) joins with ``ray_cluster.address``.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
