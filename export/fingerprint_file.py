@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from headserve.contract import EncoderIdentity, MissingParameterError
+from headserve.errors import RepositoryError
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -43,9 +44,29 @@ def fingerprint_bytes(params: Mapping[str, str], check: Mapping[str, Any] | None
     return (json.dumps(fingerprint_record(params, check), indent=2, sort_keys=True) + "\n").encode()
 
 
+class FingerprintFileError(RepositoryError):
+    """A fingerprint.json that exists but does not read as a record: cut short by a copy, or edited by hand.
+
+    Read as absent, it would let ``repo validate`` pass a version whose weights nothing vouches for and let
+    ``export head`` take the default engine figures instead of the recorded ones.
+    """
+
+
 def read_fingerprint(path: Path) -> dict[str, Any] | None:
-    """The record at ``path``, or None when the file is absent or unreadable (validate reports the config)."""
+    """The record at ``path``, or None when the version has no such file (exported before fingerprint files)."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FingerprintFileError(f"{path}: cannot be read ({exc}); export the encoder again") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FingerprintFileError(f"{path}: is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; "
+                                   f"{len(text)} bytes, cut short?); export the encoder again") from None
+    if not isinstance(record, dict):
+        raise FingerprintFileError(f"{path}: holds a JSON {type(record).__name__}, not a fingerprint record; "
+                                   "export the encoder again")
+    return record

@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from headserve.contract import MATCH_KEYS, PIXELS, EncoderIdentity, MalformedParameterError, ServedHead
 from headserve.errors import RepositoryError
-from headserve.export.fingerprint_file import FINGERPRINT_FILE, read_fingerprint
+from headserve.export.fingerprint_file import FINGERPRINT_FILE, FingerprintFileError, read_fingerprint
 from headserve.export.model_config import parameters_of
 
 CONFIG_FILE = "config.pbtxt"
@@ -241,7 +241,12 @@ def _check_fingerprint_file(entry: ModelEntry, problems: list[Problem]) -> None:
     if not declared or not entry.versions:
         return
     path = entry.directory / str(entry.versions[-1]) / FINGERPRINT_FILE
-    recorded = read_fingerprint(path)
+    try:
+        recorded = read_fingerprint(path)
+    except FingerprintFileError as exc:
+        problems.append(Problem(path, str(exc).removeprefix(f"{path}: ").split("; ")[0] + ".",
+                                "export the encoder again so the weights are vouched for."))
+        return
     if recorded is not None and recorded.get("fingerprint") != declared:
         problems.append(Problem(path, f"fingerprint {recorded.get('fingerprint')} of the exported weights differs "
                                       f"from the config's encoder_fingerprint {declared}.",

@@ -71,6 +71,25 @@ def test_a_fingerprint_file_that_disagrees_with_the_config_is_reported(tmp_path)
     assert "differs from the config's encoder_fingerprint" in problems[0].message
 
 
+@pytest.mark.parametrize("content", [b'{"fingerprint": "sha256:ab', b"[1, 2]", b"\xff\xfe not text"])
+def test_a_fingerprint_file_cut_short_or_not_a_record_is_reported_not_read_as_absent(tmp_path, content):
+    repo = shutil.copytree(REPOS / "valid", tmp_path / "repo")
+    path = repo / "encoder_toy" / "1" / "fingerprint.json"
+    path.write_bytes(content)
+    problems = validate_repository(repo)
+    assert [p.path for p in problems] == [path]
+    assert "export the encoder again" in problems[0].fix
+
+
+def test_export_reads_a_cut_short_fingerprint_file_as_an_error_naming_it_and_an_absent_one_as_none(tmp_path):
+    from headserve.export.fingerprint_file import FingerprintFileError, read_fingerprint
+
+    assert read_fingerprint(tmp_path / "fingerprint.json") is None
+    (tmp_path / "fingerprint.json").write_text('{"fingerprint": "sha')
+    with pytest.raises(FingerprintFileError, match=re.escape(str(tmp_path / "fingerprint.json")) + ".*cut short"):
+        read_fingerprint(tmp_path / "fingerprint.json")
+
+
 def test_only_versions_that_triton_would_load_are_checked(tmp_path):
     repo = shutil.copytree(REPOS / "valid", tmp_path / "repo")
     old = repo / "toy_head" / "0"
