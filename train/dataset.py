@@ -12,6 +12,7 @@ Bad lines are never learned from silently: each is recorded with its file and li
 from __future__ import annotations
 
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Iterator
 from PIL import Image
 
 from headserve.class_names import check_class_names
-from headserve.errors import DatasetError, ImageDecodeError
+from headserve.errors import DatasetError, HeadserveWarning, ImageDecodeError
 from headserve.preprocess import MIN_SIDE, crop_box, load_image, oriented_size
 from headserve.yolo import (
     COORD_SLACK,
@@ -35,6 +36,10 @@ from headserve.yolo import (
 
 __all__ = ["COORD_SLACK", "DECLARED_SPLITS", "IMAGE_SUFFIXES", "DataReport", "LabelledObject", "YoloDataset",
            "background_objects", "load_crop", "read_class_names", "read_declared_split", "read_yolo"]
+
+class DatasetPathWarning(HeadserveWarning):
+    """A data.yaml ``path:`` that names no folder on this machine, so train:/val: are read from the dataset root."""
+
 
 # The data.yaml keys of a declared split (Ultralytics): images to fit on, and images to measure on.
 DECLARED_SPLITS = ("train", "val")
@@ -115,6 +120,31 @@ def read_class_names(root: Path) -> list[str]:
     raise DatasetError(f"{root}: neither data.yaml nor classes.txt found; add one that lists the class names")
 
 
+def _check_declared_root(root: Path, declared: object, yaml_path: Path) -> None:
+    """Refuse a data.yaml whose ``path:`` names another folder than the dataset root it sits in.
+
+    Ultralytics reads ``train:``/``val:`` relative to ``path:``; headserve reads them relative to the folder it
+    is given, where the labels are. The two agree when ``path:`` is absent, ``.``, or resolves (absolutely or
+    from data.yaml's folder) to the root; when it names another folder, reading relative to the root would
+    train on other images than the user meant, so it is refused. A ``path:`` that names no folder here (one
+    relative to a training machine's datasets directory, as Ultralytics' own files have) cannot be honoured
+    either way and is ignored with a warning.
+    """
+    if declared in (None, ""):
+        return
+    where = Path(str(declared)).expanduser()
+    target = where if where.is_absolute() else root / where
+    if not target.is_dir():
+        warnings.warn(DatasetPathWarning(
+            f"{yaml_path}: path: {declared!r} is not a folder here; train: and val: are read relative to {root}, "
+            "the folder data.yaml sits in"))
+        return
+    if target.resolve() != root.resolve():
+        raise DatasetError(f"{yaml_path}: path: {declared!r} is the folder {target.resolve()}, not {root.resolve()} "
+                           "where this data.yaml sits; pass that folder as the dataset (its labels/ beside its "
+                           "images/), or remove path: to read train: and val: relative to this one")
+
+
 def read_declared_split(root: Path) -> dict[str, tuple[Path, ...]]:
     """The folders data.yaml declares for ``train`` and ``val`` (Ultralytics layout), or {} when it declares none.
 
@@ -125,6 +155,7 @@ def read_declared_split(root: Path) -> dict[str, tuple[Path, ...]]:
     data = _read_data_yaml(yaml_path) if yaml_path.is_file() else {}
     if not isinstance(data, dict) or not any(k in data for k in DECLARED_SPLITS):
         return {}
+    _check_declared_root(root, data.get("path"), yaml_path)
     missing = [k for k in DECLARED_SPLITS if not data.get(k)]
     if missing:
         raise DatasetError(f"{yaml_path}: declares {' and '.join(k for k in DECLARED_SPLITS if k not in missing)} "

@@ -76,6 +76,40 @@ def test_a_split_declared_on_one_side_only_is_refused_naming_the_missing_side(tm
         read_declared_split(tmp_path)
 
 
+def test_a_path_naming_another_folder_is_refused_since_train_and_val_would_be_read_from_the_wrong_root(tmp_path: Path):
+    other = tmp_path / "elsewhere"
+    (other / "images" / "train").mkdir(parents=True)
+    (other / "images" / "val").mkdir(parents=True)
+    ds = tmp_path / "ds"
+    (ds / "images" / "train").mkdir(parents=True)
+    (ds / "images" / "val").mkdir(parents=True)
+    (ds / "data.yaml").write_text(f"path: ../elsewhere\ntrain: images/train\nval: images/val\n{NAMES}")
+    with pytest.raises(DatasetError, match=r"path: '\.\./elsewhere' is the folder .*elsewhere, not .*ds where this "
+                                           r"data\.yaml sits; pass that folder as the dataset"):
+        read_declared_split(ds)
+
+
+@pytest.mark.parametrize("path_value", [".", "{root}"])
+def test_a_path_naming_the_dataset_root_itself_is_honoured(tmp_path: Path, path_value: str):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "data.yaml").write_text(f"path: {path_value.format(root=tmp_path)}\ntrain: images/train\n"
+                                        f"val: images/val\n{NAMES}")
+    assert read_declared_split(tmp_path) == {"train": ((tmp_path / "images" / "train").resolve(),),
+                                             "val": ((tmp_path / "images" / "val").resolve(),)}
+
+
+def test_a_path_naming_no_folder_here_warns_and_reads_relative_to_the_dataset_root(tmp_path: Path):
+    from headserve.train.dataset import DatasetPathWarning
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "data.yaml").write_text(f"path: coco8\ntrain: images/train\nval: images/val\n{NAMES}")
+    with pytest.warns(DatasetPathWarning, match=r"path: 'coco8' is not a folder here; train: and val: are read "
+                                                r"relative to"):
+        assert set(read_declared_split(tmp_path)) == {"train", "val"}
+
+
 def test_a_declared_folder_that_does_not_exist_is_refused_naming_the_key_and_value(tmp_path: Path):
     (tmp_path / "images" / "train").mkdir(parents=True)
     (tmp_path / "data.yaml").write_text(f"train: images/train\nval: images/valid\n{NAMES}")
