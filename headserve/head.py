@@ -144,6 +144,24 @@ class CosineClassifier(nn.Module):
 CLASSIFIERS: dict[str, type[nn.Module]] = {"linear": LinearClassifier, "arcface": CosineClassifier}
 
 
+# A standardised feature's scale is at least a tenth of the median feature's. An embedding dimension that
+# barely moves on the training crops (std 1e-6) would otherwise be divided by its tiny std at serving, so a
+# crop whose embedding moves there by an ordinary 0.01 lands 10^4 standard deviations out and gets a
+# confident answer from a direction the head never saw vary.
+STD_FLOOR_SHARE = 0.1
+
+
+def floored_std(std: np.ndarray) -> np.ndarray:
+    """Per-feature scales for standardisation: ``std``, raised to ``STD_FLOOR_SHARE`` of its median (and 1e-6).
+
+    The one rule for every head that standardises (the gradient-trained MLP and the tuned scikit-learn
+    linear head), applied before fitting so the weights are learnt on the inputs the served head computes.
+    """
+    std = np.asarray(std, dtype=np.float64)
+    floor = max(1e-6, STD_FLOOR_SHARE * float(np.median(std))) if std.size else 1e-6
+    return np.maximum(std, floor)
+
+
 class MLPHead(nn.Module):
     """embedding -> [standardise] -> (Linear [-> LayerNorm] -> act -> Dropout)* -> classifier -> logits."""
 

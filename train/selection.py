@@ -142,8 +142,11 @@ def _tune_logreg(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    from headserve.head import floored_std
+
     fg = foreground_classes(n_classes, background)
     scaler = StandardScaler().fit(x_fit)
+    scaler.scale_ = floored_std(scaler.scale_)  # the served head's scales (headserve.head.floored_std)
     xs_fit = scaler.transform(x_fit)  # validation goes through TunedLogreg, which scales it itself
     fitted: list[tuple[Candidate, Any]] = []
     for c, weight in itertools.product(grid.c, grid.class_weight):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headserve.errors import ConfigError
-from headserve.head import HeadConfig, MLPHead, ServingHead
+from headserve.head import HeadConfig, MLPHead, ServingHead, floored_std
 from headserve.train.config import CLASS_WEIGHTINGS, TrainConfig  # TrainConfig: callers import it from here too
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T at either end means the optimum lies outside: keep T = 1
@@ -223,7 +223,7 @@ def _start(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: n
     head = MLPHead(head_config)
     if head_config.standardize:
         head.emb_mean.copy_(xt.mean(0))  # (D,)
-        head.emb_std.copy_(xt.std(0).clamp_min(1e-6))  # (D,)
+        head.emb_std.copy_(torch.from_numpy(floored_std(xt.std(0).numpy())))  # (D,)
     head = head.to(device)
     aux = _AuxLosses(_feature_width(head_config), head_config.num_classes, config).to(device)
     optim = torch.optim.AdamW([*head.parameters(), *aux.parameters()], lr=config.lr, weight_decay=config.weight_decay)

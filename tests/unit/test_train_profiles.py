@@ -10,7 +10,7 @@ from headserve.errors import ConfigError
 from headserve.head import HeadConfig
 from headserve.train.errors import UnknownProfileError
 from headserve.train.profiles import PROFILES, profile_config
-from headserve.train.trainer import TrainConfig, class_weights, fit_head, head_config_for, log_priors
+from headserve.train.trainer import TrainConfig, class_weights, fit_head, fits_by_sklearn, head_config_for, log_priors
 
 REQUIRED_PROFILES = ("base", "center_std", "effective", "hardmine", "gelu_ln", "calib", "full", "logit_train",
                      "logit_infer", "logit_both", "arcface", "supcon")
@@ -77,6 +77,29 @@ def test_standardisation_stats_live_in_the_head_buffers(long_tailed_embeddings):
     x, y = long_tailed_embeddings
     fit = fit_head(x, y, x, y, HeadConfig(16, 4, standardize=True), profile_config("center_std", epochs=2))
     assert np.allclose(fit.head.head.emb_mean.numpy(), x.mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [(32,), ()], ids=["mlp", "linear-sklearn"])
+def test_a_dimension_constant_in_training_cannot_swing_the_served_answer(hidden, long_tailed_embeddings):
+    """Dimension 3 barely moves on the training crops; at serving it moves by 0.02, as an embedding's dims do."""
+    from headserve.head import STD_FLOOR_SHARE
+
+    x, y = long_tailed_embeddings
+    x = x.copy()
+    rng = np.random.default_rng(1)
+    x[:, 3] = 0.1 + rng.standard_normal(len(x)).astype(np.float32) * 1e-7
+    cfg = profile_config("center_std", epochs=30, patience=30, lr=5e-3)
+    hc = head_config_for(cfg, 16, 4, hidden)
+    assert fits_by_sklearn(hc, cfg) == (not hidden)  # the tuned linear head standardises through its scaler
+    fit = fit_head(x[::2], y[::2], x[1::2], y[1::2], hc, cfg)
+    std = fit.head.head.emb_std.numpy()
+    assert std[3] >= STD_FLOOR_SHARE * np.median(std) * 0.999
+    moved = x[1::2].copy()
+    moved[:, 3] += 0.02
+    with torch.no_grad():
+        before = fit.head(torch.from_numpy(x[1::2]))[1].numpy()
+        after = fit.head(torch.from_numpy(moved))[1].numpy()
+    assert np.abs(after - before).max() < 0.5, "a 0.02 move in a dimension constant in training flipped answers"
 
 
 def test_temperature_scaling_lowers_validation_nll_of_an_overconfident_head():
