@@ -85,6 +85,11 @@ from headserve.head import ServingHead
 from headserve.lockfile import check_repository_path, repository_lock
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
+# In every head version directory: the record (``ServedHead`` parameters, JSON) its ensemble published when that
+# version was exported, so `repo pin` re-renders the ensemble of an earlier version with that version's classes,
+# labels and head_id, never the newest one's.
+SERVED_RECORD = "served.json"
+HEAD_KEEP_VERSIONS = 2  # head versions Triton keeps loaded (ModelDesc.keep_versions) while none is pinned
 # encoder_model_name and head_model_name are re-exported from headserve.contract.
 __all__ = ["encoder_model_name", "head_model_name"]
 
@@ -301,10 +306,11 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
             outputs=outputs,
             max_batch_size=max_batch_size,
             light=True,
-            keep_versions=2,
+            keep_versions=HEAD_KEEP_VERSIONS,
         )
+        record = json.dumps(served.to_parameters(), indent=1, sort_keys=True).encode() + b"\n"
         with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
-            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path},
+            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path, SERVED_RECORD: record},
                                              meta.classes, options)
             written_head = WrittenModel(head_name, version, path, graph.max_abs_diff)
             ensemble = write_ensemble(Path(repo), served, encoder_name, head_name, runtime, max_batch_size,
@@ -478,7 +484,10 @@ def _keep_dependents(repo: Path, served: ServedHead) -> ServedHead:
         previous = ServedHead.from_parameters(served.name, parameters_of(read_config(path)), where=str(path))
     except ParameterError:  # not a readable head ensemble: the export replaces it with one
         return served
-    if previous.prompt_model and (repo / previous.prompt_model / "config.pbtxt").is_file():
+    # prompts name class indices: they stay only while the classes are the same (a pinned or new version with
+    # other classes loses them until `export prompts` is run for it)
+    if (previous.prompt_model and previous.classes == served.classes
+            and (repo / previous.prompt_model / "config.pbtxt").is_file()):
         served = replace(served, prompt_model=previous.prompt_model, prompt_classes=previous.prompt_classes)
     if previous.encoded_model and (repo / previous.encoded_model / "config.pbtxt").is_file():
         served = replace(served, encoded_model=previous.encoded_model)
