@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headserve.contract import (
+    HEAD_OUTPUT_WIDTHS,
     LABELS_FILE,
     ServedHead,
     decoder_model_name,
@@ -103,7 +104,11 @@ def pin_head(repo: str | Path, head: str, version: int | None) -> Pinned:
                                   "they were written with; pinning would leave them on a version Triton no longer "
                                   f"loads: remove them first (`headserve repo remove {head}` names how)")
         record = version_record(head_dir, target, head)
-        _set_policy(head_dir, target if version is not None else None)
+        if version is not None:
+            keep = None
+        else:  # the newest versions, as export leaves them: the one before too while it has as many classes
+            keep = 1 if len(versions) < 2 else _keep_after(head_dir, versions[-2], head, len(record.classes))
+        _set_policy(head_dir, target, keep, len(record.classes))
         write_text_atomic(head_dir / LABELS_FILE, "\n".join(record.classes) + "\n")
         pinned = replace(wiring, head_version=target)
         ensemble = write_ensemble(repo, record, wiring.encoder_model, wiring.head_model, Runtime.LOCAL,
@@ -115,17 +120,34 @@ def pin_head(repo: str | Path, head: str, version: int | None) -> Pinned:
     return Pinned(head, target, version is not None, record, tuple(written))
 
 
-def _set_policy(head_dir: Path, version: int | None) -> None:
-    """The head model's version policy: only ``version``, or (None) the newest HEAD_KEEP_VERSIONS."""
-    from headserve.export.repository import HEAD_KEEP_VERSIONS
+def _keep_after(head_dir: Path, previous: int, head: str, classes: int) -> int:
+    """Export's rule (``head_keep_versions``) for the version before the newest; one without a record: 1."""
+    from headserve.export.repository import head_keep_versions
 
+    try:
+        width = len(version_record(head_dir, previous, head).classes)
+    except RepositoryError:
+        return 1  # its class count is unknown: serving it under the newest widths could fail every answer
+    return head_keep_versions(width, classes)
+
+
+def _set_policy(head_dir: Path, version: int, keep: int | None, classes: int) -> None:
+    """The head model's config for ``version``: its output widths, and a policy loading only it (``keep``
+    None: pinned) or the newest ``keep`` versions.
+
+    The head's config holds what export's record does not (instances, threads, runtime), so it is read
+    back and only the per-version fields are set, rather than rendered afresh.
+    """
     path = head_dir / "config.pbtxt"
     config = read_config(path)
-    if version is None:
-        config.version_policy.latest.num_versions = HEAD_KEEP_VERSIONS
+    for output in config.output:
+        output.dims[:] = [HEAD_OUTPUT_WIDTHS.get(output.name, classes)]
+    if keep is None:
+        config.version_policy.specific.versions[:] = [version]
+    elif keep > 1:
+        config.version_policy.latest.num_versions = keep
     else:
-        del config.version_policy.specific.versions[:]
-        config.version_policy.specific.versions.append(version)
+        config.ClearField("version_policy")  # Triton's default: the newest version only, as export renders it
     write_text_atomic(path, to_text(config))
 
 

@@ -300,22 +300,41 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
     # Scratch outside the repository: the head's directory is created only by the publish below.
     with tempfile.TemporaryDirectory(prefix=f"headserve-{head_name}-") as scratch:
         graph = graph or export_head_graph(meta, module, Path(scratch))
-        desc = ModelDesc(
-            name=head_name,
-            inputs=(TensorSpec(EMBEDDING, DataType.TYPE_FP32, (meta.embedding_dim,)),),
-            outputs=outputs,
-            max_batch_size=max_batch_size,
-            light=True,
-            keep_versions=HEAD_KEEP_VERSIONS,
-        )
         record = json.dumps(served.to_parameters(), indent=1, sort_keys=True).encode() + b"\n"
         with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
+            desc = ModelDesc(
+                name=head_name,
+                inputs=(TensorSpec(EMBEDDING, DataType.TYPE_FP32, (meta.embedding_dim,)),),
+                outputs=outputs,
+                max_batch_size=max_batch_size,
+                light=True,
+                keep_versions=head_keep_versions(declared_classes(head_dir), len(meta.classes)),
+            )
             version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path, SERVED_RECORD: record},
                                              meta.classes, options)
             written_head = WrittenModel(head_name, version, path, graph.max_abs_diff)
             ensemble = write_ensemble(Path(repo), served, encoder_name, head_name, runtime, max_batch_size,
                                       head_version=version)
     return written_head, ensemble
+
+
+def head_keep_versions(previous: int | None, classes: int) -> int:
+    """How many newest head versions Triton keeps loaded once a version with ``classes`` classes is published.
+
+    One config declares the output widths of every loaded version, so the previous version stays loaded
+    (for requests in flight across a swap) only when it has as many classes (``previous``; None: no
+    previous version). Otherwise it would be served under the new widths and fail every answer.
+    """
+    return HEAD_KEEP_VERSIONS if previous in (None, classes) else 1
+
+
+def declared_classes(head_dir: Path) -> int | None:
+    """The class count a head model's config declares (its ``probs`` width); None when it has no config."""
+    path = Path(head_dir) / "config.pbtxt"
+    if not path.is_file():
+        return None
+    widths = [int(o.dims[0]) for o in read_config(path).output if o.name == PROBS and len(o.dims) == 1]
+    return widths[0] if widths else None
 
 
 def _head_output_spec(output: str, classes: int, labels: str | None = LABELS_FILE, name: str | None = None) -> TensorSpec:

@@ -121,7 +121,7 @@ def refuse_existing_artifact(out: Path, overwrite: bool) -> None:
     found = [f for f in (META_FILE, WEIGHTS_FILE) if (Path(out) / f).exists()]
     if found and not overwrite:
         raise ConfigError.bad_value("out", out, f"already holds a trained artifact ({', '.join(found)}); pass "
-                                    "`overwrite` to replace it, or choose another directory")
+                                    "`overwrite` to replace it, or another `out`")
 
 
 def prepare(req: TrainRequest) -> PreparedData:
