@@ -138,6 +138,10 @@ def _state(entries: Sequence[Mapping[str, str]]) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:
+        from headserve.errors import ConfigError
+
+        raise ConfigError(f"--timeout {args.timeout}: a deadline must be a positive number of seconds")
     rows = served_rows(args.url, args.timeout)
     if args.json:
         for row in rows:

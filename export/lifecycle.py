@@ -89,7 +89,7 @@ def pin_head(repo: str | Path, head: str, version: int | None) -> Pinned:
     from headserve.export.multi_head import multi_head_ensembles
     from headserve.export.repository import WrittenModel, read_served_head, write_ensemble
 
-    repo = Path(repo)
+    repo = _require_head(Path(repo), head)
     with repository_lock(repo):
         _, wiring = read_served_head(repo, head, "pinning it")
         head_dir = repo / wiring.head_model
@@ -129,6 +129,14 @@ def _keep_after(head_dir: Path, previous: int, head: str, classes: int) -> int:
     except RepositoryError:
         return 1  # its class count is unknown: serving it under the newest widths could fail every answer
     return head_keep_versions(width, classes)
+
+
+def _require_head(repo: Path, head: str) -> Path:
+    """``repo``, once it is seen to hold ``head``'s ensemble (before the writer lock, which would create it)."""
+    if not (repo / head / "config.pbtxt").is_file():
+        raise RepositoryError(f"{repo} holds no head {head!r}" + ("" if repo.is_dir() else " (it is not a directory)")
+                              + f"; `headserve repo list {repo}` shows the heads of a repository")
+    return repo
 
 
 def _set_policy(head_dir: Path, version: int, keep: int | None, classes: int) -> None:
@@ -180,7 +188,7 @@ def remove_head(repo: str | Path, head: str, with_multi_head: bool = False, prun
     from headserve.export.multi_head import multi_head_ensembles
     from headserve.export.repository import read_served_head
 
-    repo = Path(repo)
+    repo = _require_head(Path(repo), head)
     with repository_lock(repo):
         _, wiring = read_served_head(repo, head, "removing it")
         multi = sorted(m for m, heads in multi_head_ensembles(repo).items() if head in heads)

@@ -28,6 +28,17 @@ def _run(*argv: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(headserve_argv(*argv), capture_output=True, text=True, timeout=timeout)
 
 
+def _main(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """The console script's ``main`` in this process (torch is imported here already, a process would import it
+    again for seconds): for the second path of a command that one test already drives as a process."""
+    from headserve.app.cli import main
+
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     from headserve.encoders import get_encoder
@@ -54,7 +65,7 @@ def _status(url: str) -> dict[str, dict]:
     return {row["model"]: row for row in map(json.loads, done.stdout.splitlines())}
 
 
-def test_repo_pin_rolls_the_served_head_back_to_a_version_with_its_own_classes_and_latest_undoes_it(served):
+def test_repo_pin_rolls_the_served_head_back_to_a_version_with_its_own_classes_and_latest_undoes_it(served, capsys):
     from headserve.client import HeadClient
 
     server, repo = served
@@ -85,24 +96,24 @@ def test_repo_pin_rolls_the_served_head_back_to_a_version_with_its_own_classes_a
                                         "encoder": "clip:tiny"}
         assert status[f"{HEAD}_head"]["versions"] == ["1"]
 
-        done = _run("repo", "pin", HEAD, "--latest", "--repo", str(repo))
-        assert done.returncode == 0, done.stderr
-        assert f"{HEAD}: unpinned, on the newest head version 2" in done.stdout
+        code, out, err = _main(capsys, "repo", "pin", HEAD, "--latest", "--repo", str(repo))
+        assert code == 0, err
+        assert f"{HEAD}: unpinned, on the newest head version 2" in out and "1 of 1 replica(s) ready" in out
         preds = client.classify(HEAD, crops, top_k=len(V2))
         assert client.info(HEAD).classes == V2
         assert all({name for name, _ in p.top_k} == set(V2) for p in preds)
     assert _status(server.url)[HEAD]["head"]["head_version"] == "2"
 
-    missing = _run("repo", "pin", HEAD, "--version", "7", "--repo", str(repo), timeout=60)
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
-    assert "has no version 7 (it has 1, 2)" in missing.stderr
+    code, _, err = _main(capsys, "repo", "pin", HEAD, "--version", "7", "--repo", str(repo))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "has no version 7 (it has 1, 2)" in err
 
 
-def test_repo_remove_refuses_while_a_multi_head_ensemble_serves_the_head_then_removes_and_unloads_it(served):
+def test_repo_remove_refuses_while_a_multi_head_ensemble_serves_the_head_then_removes_and_unloads_it(served, capsys):
     server, repo = served
-    refused = _run("repo", "remove", SPARE, "--repo", str(repo), timeout=60)
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "spare_multi" in refused.stderr and "--with-multi-head" in refused.stderr
+    code, _, err = _main(capsys, "repo", "remove", SPARE, "--repo", str(repo))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "spare_multi" in err and "--with-multi-head" in err
     assert (repo / SPARE).is_dir() and _status(server.url)[SPARE]["state"] == "READY"
 
     done = _run("repo", "remove", SPARE, "--repo", str(repo), "--with-multi-head", "--prune-encoder", timeout=60)
