@@ -1,0 +1,40 @@
+"""`train --out` and `sweep --out` over earlier artifacts: refused unless --overwrite, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from headserve.app.cli import EXIT_BAD_INPUT, main
+from headserve.errors import ConfigError
+from headserve.train.pipeline import refuse_existing_artifact
+
+
+def _artifact(directory: Path, *files: str) -> Path:
+    directory.mkdir(parents=True)
+    for name in files:
+        (directory / name).write_text("{}")
+    return directory
+
+
+def test_an_out_holding_either_artifact_file_is_refused_and_overwrite_lets_it_through(tmp_path):
+    for files in (("meta.json",), ("head.safetensors",)):
+        out = _artifact(tmp_path / files[0], *files)
+        with pytest.raises(ConfigError, match=rf"out {out}: already holds a trained artifact \({files[0]}\); pass "
+                                              r"`overwrite` to replace it, or another `out`"):
+            refuse_existing_artifact(out, overwrite=False)
+        refuse_existing_artifact(out, overwrite=True)
+    refuse_existing_artifact(tmp_path / "new", overwrite=False)  # a fresh directory is what --out is for
+    refuse_existing_artifact(_artifact(tmp_path / "empty"), overwrite=False)
+
+
+def test_sweep_refuses_an_out_with_an_earlier_sweeps_heads_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    head = _artifact(tmp_path / "o" / "heads" / "base_clip_tiny", "meta.json", "head.safetensors")
+    before = (head / "meta.json").read_text()
+    assert main(["sweep", "ds", "--out", "o"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == ("headserve sweep: error: --out o/heads/base_clip_tiny: already holds a trained "
+                                       "artifact (meta.json, head.safetensors); pass --overwrite to replace it, or "
+                                       "another --out\n")
+    assert (head / "meta.json").read_text() == before
