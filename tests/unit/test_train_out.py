@@ -38,3 +38,13 @@ def test_sweep_refuses_an_out_with_an_earlier_sweeps_heads_in_one_line(tmp_path,
                                        "artifact (meta.json, head.safetensors); pass --overwrite to replace it, or "
                                        "another --out\n")
     assert (head / "meta.json").read_text() == before
+
+
+def test_artifacts_list_names_an_unreadable_meta_json_and_skips_folders_being_written(tmp_path, capsys):
+    broken = _artifact(tmp_path / "heads" / "broken", "head.safetensors")
+    (broken / "meta.json").write_text("{not json")
+    _artifact(tmp_path / "heads" / ".parts.staging.x1", "meta.json")  # an artifact being written: not listed
+    assert main(["artifacts", "list", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith(f"headserve artifacts: skipped {broken / 'meta.json'}: ") and err.count("\n") == 1, err
+    assert out == f"{tmp_path}: no artifacts (folders with meta.json) found\n"
