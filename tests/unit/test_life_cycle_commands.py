@@ -1,4 +1,4 @@
-"""`train --out` and `sweep --out` over earlier artifacts: refused unless --overwrite, before any work."""
+"""The life-cycle commands without a server: `train`/`sweep --out` over earlier artifacts, `artifacts list`, `repo remove`."""
 
 from __future__ import annotations
 
@@ -48,3 +48,25 @@ def test_artifacts_list_names_an_unreadable_meta_json_and_skips_folders_being_wr
     out, err = capsys.readouterr()
     assert err.startswith(f"headserve artifacts: skipped {broken / 'meta.json'}: ") and err.count("\n") == 1, err
     assert out == f"{tmp_path}: no artifacts (folders with meta.json) found\n"
+
+
+def test_repo_remove_prunes_the_encoder_only_when_asked_and_no_head_runs_on_it(tmp_path, capsys):
+    """On a copy of the committed example repository (configs only): dinov3's one head, then a clip head."""
+    import shutil
+
+    repo = shutil.copytree(Path(__file__).parents[2] / "model_repository", tmp_path / "repo")
+    assert main(["repo", "remove", "digits_dinov3_tiny", "--repo", str(repo), "--prune-encoder"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"removed from {repo}: digits_dinov3_tiny_encoded, digits_dinov3_tiny, "
+                          "digits_dinov3_tiny_head, decode_dinov3_tiny, encoder_dinov3_tiny\n"), out
+    assert "removed encoder encoder_dinov3_tiny: no head runs on it any more" in out
+    assert not [p for p in repo.iterdir() if "dinov3" in p.name], "a removed model (or its renamed copy) is left"
+    assert main(["repo", "remove", "digits_dinov2_tiny", "--repo", str(repo)]) == 0
+    assert "kept encoder encoder_dinov2_tiny, which no head runs on any more; --prune-encoder removes it" in \
+        capsys.readouterr().out
+    assert (repo / "encoder_dinov2_tiny").is_dir() and not (repo / "digits_dinov2_tiny_head").exists()
+    assert main(["repo", "remove", "digits_clip_tiny", "--repo", str(repo), "--with-multi-head",
+                 "--prune-encoder"]) == 0
+    out = capsys.readouterr().out
+    assert "heads_clip_tiny" in out.splitlines()[0] and "kept encoder encoder_clip_tiny: textures_clip_tiny" in out
+    assert (repo / "encoder_clip_tiny").is_dir() and (repo / "textures_clip_tiny").is_dir()
