@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--version", type=int, metavar="N", help="the head version to answer with (repo list's "
                                                                 "versions of HEAD_head)")
     which.add_argument("--latest", action="store_true", help="unpin: answer with the newest version again")
-    add_server_arg(pin)
+    add_server_arg(pin, "load the pinned version there and wait until it is ready")
     pin.set_defaults(func=_repo_pin)
 
 

@@ -101,8 +101,8 @@ def pin_head(repo: str | Path, head: str, version: int | None) -> Pinned:
         others = {m: heads for m, heads in multi_head_ensembles(repo).items() if head in heads}
         if others and version is not None:
             raise RepositoryError(f"multi-head ensemble(s) {', '.join(sorted(others))} serve {head!r} at the version "
-                                  "they were written with; pinning would leave them on a version Triton no longer "
-                                  f"loads: remove them first (`headserve repo remove {head}` names how)")
+                                  "they were written with, which the pin would unload: export multi-head again "
+                                  f"without {head!r} (or delete those ensembles) before pinning it")
         record = version_record(head_dir, target, head)
         if version is not None:
             keep = None
