@@ -70,3 +70,17 @@ def test_repo_remove_prunes_the_encoder_only_when_asked_and_no_head_runs_on_it(t
     out = capsys.readouterr().out
     assert "heads_clip_tiny" in out.splitlines()[0] and "kept encoder encoder_clip_tiny: textures_clip_tiny" in out
     assert (repo / "encoder_clip_tiny").is_dir() and (repo / "textures_clip_tiny").is_dir()
+
+
+def test_artifacts_list_status_and_repo_list_run_without_loading_torch(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).parents[2] / "model_repository"
+    code = ("import sys; from headserve.app.cli import main; "
+            f"codes = (main(['artifacts', 'list', {str(tmp_path)!r}]), main(['repo', 'list', {str(repo)!r}]), "
+            "main(['status', '--url', '127.0.0.1:1', '--timeout', '2'])); "
+            "print(codes, ','.join(m for m in ('torch', 'transformers', 'open_clip', 'onnxruntime') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "(0, 0, 2) ", done.stdout + done.stderr  # status: nothing listens there
+    assert "headserve status: error: reading what 127.0.0.1:1 serves failed (StatusCode.UNAVAILABLE" in done.stderr
