@@ -1,4 +1,4 @@
-"""`headserve export encoder|head|multi-head|prompts|example|encoded` and `headserve repo validate|list`.
+"""`headserve export encoder|head|multi-head|prompts|example|encoded` and `headserve repo validate|list|remove|pin`.
 
 Flags to the exporter's typed options (RuntimeOptions); writing and checking the repository is headserve.export's.
 """
