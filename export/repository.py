@@ -308,7 +308,7 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
                 outputs=outputs,
                 max_batch_size=max_batch_size,
                 light=True,
-                keep_versions=head_keep_versions(declared_classes(head_dir), len(meta.classes)),
+                keep_versions=head_keep_versions(newest_classes(head_dir), len(meta.classes)),
             )
             version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path, SERVED_RECORD: record},
                                              meta.classes, options)
@@ -322,19 +322,32 @@ def head_keep_versions(previous: int | None, classes: int) -> int:
     """How many newest head versions Triton keeps loaded once a version with ``classes`` classes is published.
 
     One config declares the output widths of every loaded version, so the previous version stays loaded
-    (for requests in flight across a swap) only when it has as many classes (``previous``; None: no
-    previous version). Otherwise it would be served under the new widths and fail every answer.
+    (for requests in flight across a swap) only when it has as many classes (``previous``; None: there is
+    no previous version; 0: its class count is unknown). Otherwise it would be served under the new widths
+    and fail every answer.
     """
     return HEAD_KEEP_VERSIONS if previous in (None, classes) else 1
 
 
-def declared_classes(head_dir: Path) -> int | None:
-    """The class count a head model's config declares (its ``probs`` width); None when it has no config."""
-    path = Path(head_dir) / "config.pbtxt"
-    if not path.is_file():
+def newest_classes(head_dir: Path) -> int | None:
+    """The class count of a head model's newest version: from its record, or for a version exported before
+    records were kept, from the config's ``probs`` width unless a pin set the config to another version;
+    0 when unknown, None when the head has no version yet."""
+    versions = [int(p.name) for p in Path(head_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    if not versions:
         return None
-    widths = [int(o.dims[0]) for o in read_config(path).output if o.name == PROBS and len(o.dims) == 1]
-    return widths[0] if widths else None
+    record = Path(head_dir) / str(max(versions)) / SERVED_RECORD
+    if record.is_file():
+        try:
+            return len(json.loads(json.loads(record.read_text())["classes"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+    path = Path(head_dir) / "config.pbtxt"
+    config = read_config(path) if path.is_file() else None
+    if config is None or config.version_policy.WhichOneof("policy_choice") == "specific":
+        return 0
+    widths = [int(o.dims[0]) for o in config.output if o.name == PROBS and len(o.dims) == 1]
+    return widths[0] if widths else 0
 
 
 def _head_output_spec(output: str, classes: int, labels: str | None = LABELS_FILE, name: str | None = None) -> TensorSpec:

@@ -84,3 +84,21 @@ def test_artifacts_list_status_and_repo_list_run_without_loading_torch(tmp_path)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "(0, 0, 2) ", done.stdout + done.stderr  # status: nothing listens there
     assert "headserve status: error: reading what 127.0.0.1:1 serves failed (StatusCode.UNAVAILABLE" in done.stderr
+
+
+def test_a_head_keeps_its_previous_version_loaded_only_while_the_newest_has_as_many_classes(tmp_path):
+    """The newest version's class count comes from its record, not from a config a pin set to an older one."""
+    import json
+
+    from headserve.export.repository import SERVED_RECORD, head_keep_versions, newest_classes
+
+    head_dir = tmp_path / "h_head"
+    assert newest_classes(head_dir) is None and head_keep_versions(None, 3) == 2  # the first version
+    for version, classes in ((1, ["a", "b", "bg"]), (2, ["a", "b", "c", "bg"])):
+        (head_dir / str(version)).mkdir(parents=True)
+        (head_dir / str(version) / SERVED_RECORD).write_text(json.dumps({"classes": json.dumps(classes)}))
+    (head_dir / "config.pbtxt").write_text('name: "h_head"\nversion_policy { specific { versions: 1 } }\n')
+    assert newest_classes(head_dir) == 4  # version 2's, although the pinned config serves version 1
+    assert head_keep_versions(4, 4) == 2 and head_keep_versions(4, 3) == 1
+    (head_dir / "2" / SERVED_RECORD).unlink()  # exported before records were kept, and the config is pinned
+    assert newest_classes(head_dir) == 0 and head_keep_versions(0, 4) == 1
