@@ -14,6 +14,9 @@ if TYPE_CHECKING:  # for the annotations only: the client's commands must not im
 # different flags in different commands, is left out; library messages never name flags themselves.
 FLAG_OF_SETTING: dict[str, str] = {
     "bg_classes": "--bg",  # TrainRequest
+    "out": "--out",  # TrainRequest, SweepConfig, DemoConfig: every command's output directory
+    "overwrite": "--overwrite",  # TrainRequest
+    "with_multi_head": "--with-multi-head",  # remove_head (`repo remove`)
     "ood_holdout": "--ood-holdout",  # TrainRequest
     "workers": "--workers",  # EmbedConfig
     "engine": "--engine",  # EmbedConfig, EngineChoice (export)

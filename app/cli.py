@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "headserve.app.train",
     "headserve.app.legacy",
     "headserve.app.export",
+    "headserve.app.inventory",
     "headserve.app.serve",
     "headserve.app.soak",
     "headserve.app.classify",

@@ -1,4 +1,4 @@
-"""`headserve export encoder|head|multi-head|prompts|example|encoded` and `headserve repo validate|list`.
+"""`headserve export encoder|head|multi-head|prompts|example|encoded` and `headserve repo validate|list|remove|pin`.
 
 Flags to the exporter's typed options (RuntimeOptions); writing and checking the repository is headserve.export's.
 """
@@ -68,18 +68,39 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "encoder fingerprints")
     validate.add_argument("repository", type=Path)
     validate.set_defaults(func=_repo_validate)
-    listing = action.add_parser("list", help="one line per model: kind, versions, runtime, encoder, classes")
+    listing = action.add_parser("list", help="one line per model: kind, versions, pinned version, runtime, encoder, "
+                                              "classes")
     listing.add_argument("repository", type=Path)
     listing.set_defaults(func=_repo_list)
+    remove = action.add_parser("remove", help="remove a head: its ensemble, _head, _encoded and _prompts models "
+                                              "(and unload them from a `headserve serve` on --repo)")
+    remove.add_argument("head", help="head ensemble name, as `headserve repo list` shows it")
+    remove.add_argument("--repo", type=Path, required=True, help="model repository directory")
+    remove.add_argument("--with-multi-head", action="store_true",
+                        help="also remove the multi-head ensembles that serve the head (refused without it)")
+    remove.add_argument("--prune-encoder", action="store_true",
+                        help="also remove the head's encoder (and its decoder) when no other head runs on it")
+    add_server_arg(remove, "unload the removed models there")
+    remove.set_defaults(func=_repo_remove)
+    pin = action.add_parser("pin", help="roll a head back: its ensemble answers with head version N (its classes, "
+                                        "labels and head id) until --latest or the next export")
+    pin.add_argument("head", help="head ensemble name, as `headserve repo list` shows it")
+    pin.add_argument("--repo", type=Path, required=True, help="model repository directory")
+    which = pin.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=int, metavar="N", help="the head version to answer with (repo list's "
+                                                                "versions of HEAD_head)")
+    which.add_argument("--latest", action="store_true", help="unpin: answer with the newest version again")
+    add_server_arg(pin, "load the pinned version there and wait until it is ready")
+    pin.set_defaults(func=_repo_pin)
 
 
-def add_server_arg(p: argparse.ArgumentParser) -> None:
+def add_server_arg(p: argparse.ArgumentParser,
+                   what: str = "load the new versions there and wait until they are ready") -> None:
     p.add_argument("--server", action="append", default=None, metavar="HOST:PORT|dns:///SERVICE:PORT",
-                   help="gRPC address of a Triton in --model-control-mode=explicit: load the new versions there "
-                        "and wait until they are ready. Repeat for several replicas, or give dns:///SERVICE:PORT "
-                        "for every replica behind a Kubernetes headless Service (deploy/README.md); exits "
-                        "non-zero if any replica failed. Without it, a `headserve serve` running on --repo is "
-                        "found by itself")
+                   help=f"gRPC address of a Triton in --model-control-mode=explicit: {what}. Repeat for several "
+                        "replicas, or give dns:///SERVICE:PORT for every replica behind a Kubernetes headless "
+                        "Service (deploy/README.md); exits non-zero if any replica failed. Without it, a "
+                        "`headserve serve` running on --repo is found by itself")
 
 
 def add_repo_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -212,7 +233,7 @@ def report_written(written: Sequence[Any], servers: list[str] | None, repo: Path
         require_all_ready(results)
 
 
-def _running_serve(repo: Path) -> list[str] | None:
+def _running_serve(repo: Path, doing: str = "loading the new versions there") -> list[str] | None:
     """The gRPC URL of the `headserve serve` running on ``repo`` when it can load new versions, after saying so."""
     from headserve.server import ServeState
 
@@ -221,7 +242,7 @@ def _running_serve(repo: Path) -> list[str] | None:
         return None
     who = f"`headserve serve` (pid {state.pid}, gRPC {state.grpc_url}) serves {repo}"
     if state.model_control == "explicit":
-        print(f"{who}: loading the new versions there", flush=True)
+        print(f"{who}: {doing}", flush=True)
         return [state.grpc_url]
     if state.model_control == "poll":
         print(f"{who} in poll mode: it loads the new versions within {state.poll_secs}s", flush=True)
@@ -244,17 +265,53 @@ def _repo_validate(args: argparse.Namespace) -> int:
 
 
 def _repo_list(args: argparse.Namespace) -> int:
+    from headserve.app.inventory import print_table
+    from headserve.contract import head_model_name
+    from headserve.export.lifecycle import pinned_version
     from headserve.export.validation import list_models
 
     rows = list_models(args.repository)
     if not rows:
         print(f"{args.repository}: no models")
         return 0
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
-    for row in rows:
-        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:  # a head model, and the head ensemble over it, show the version `repo pin` chose
+        head_dir = args.repository / (row["model"] if row["kind"] == "head" else head_model_name(row["model"]))
+        pinned = pinned_version(head_dir) if row["kind"] in ("head", "ensemble") else None
+        row["pinned"] = "" if pinned is None else str(pinned)
+    print_table([{k: r[k] for k in ("model", "kind", "versions", "pinned", "runtime", "encoder", "classes")}
+                 for r in rows])
+    return 0
+
+
+def _repo_remove(args: argparse.Namespace) -> int:
+    from headserve.export.lifecycle import remove_head
+
+    removed = remove_head(args.repo, args.head, args.with_multi_head, args.prune_encoder)
+    print(f"removed from {args.repo}: {', '.join(removed.models)}")
+    if removed.encoder in removed.models:
+        print(f"removed encoder {removed.encoder}: no head runs on it any more")
+    elif removed.encoder_users:
+        print(f"kept encoder {removed.encoder}: {', '.join(removed.encoder_users)} run(s) on it")
+    else:
+        print(f"kept encoder {removed.encoder}, which no head runs on any more; --prune-encoder removes it")
+    servers = args.server or _running_serve(args.repo, "unloading the removed models there")
+    if servers:
+        from headserve.export.server_load import expand_endpoint, unload_on_server
+
+        for address in (a for e in servers for a in expand_endpoint(e)):
+            unloaded = unload_on_server(address, removed.models)
+            print(f"unloaded on {address}: {', '.join(unloaded)}")
+    return 0
+
+
+def _repo_pin(args: argparse.Namespace) -> int:
+    from headserve.export.lifecycle import pin_head
+
+    pinned = pin_head(args.repo, args.head, None if args.latest else args.version)
+    classes = ", ".join(pinned.record.classes)
+    print(f"{args.head}: " + (f"pinned to head version {pinned.version}" if pinned.pinned
+                              else f"unpinned, on the newest head version {pinned.version}") + f" (classes {classes})")
+    report_written(pinned.written, args.server, args.repo)
     return 0
 
 

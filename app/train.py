@@ -72,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a calibrated head on a YOLO dataset")
     p.add_argument("dataset", type=Path, help="YOLO dataset root (images/, labels/, data.yaml); a data.yaml naming "
                                               "train: and val: folders sets the split (val: is the test split)")
-    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--out", type=Path, required=True,
+                   help="artifact directory to write; one that holds an artifact already is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the artifact (and its report) already in --out; the new one is written beside "
+                        "and renamed in, so a run stopped half-way keeps the old one")
     p.add_argument("--name", default=None,
                    help="head name; becomes the served model name, so two heads need two names (default: the "
                         "dataset folder's name, made a valid model name, and printed)")
@@ -102,6 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sweep", help="train profiles x encoders x MLP sizes x label smoothing on cached embeddings")
     s.add_argument("dataset", type=Path, help="YOLO dataset root")
     s.add_argument("--out", type=Path, required=True, help="directory for the sweep table and per-run metrics")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the heads of an earlier sweep in --out (refused without it)")
     s.add_argument("--profiles", type=_csv, default=["base", "full"], help="comma-separated profile names (default base,full)")
     s.add_argument("--encoders", type=_csv, default=["clip:tiny", "dinov3:tiny"],
                    help="comma-separated encoders (default clip:tiny,dinov3:tiny: untrained twins)")
@@ -140,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
                        train=profile_config(args.profile, **overrides),
                        embed=embed_config_from_args(args), profile=args.profile,
                        cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
-                       ood_holdout=args.ood_holdout, progress=True)
+                       ood_holdout=args.ood_holdout, progress=True, overwrite=args.overwrite)
     if args.select:
         outcome = _train_selected(req)
     else:
@@ -174,8 +180,11 @@ def _train_selected(req: Any) -> Any:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from headserve.train.pipeline import refuse_existing_artifact
     from headserve.train.sweep import SweepConfig, run_sweep
 
+    for earlier in sorted((args.out / "heads").glob("*")):  # each run's head artifact, as run_sweep names them
+        refuse_existing_artifact(earlier, args.overwrite)
     config = SweepConfig(dataset=args.dataset, out=args.out, profiles=tuple(args.profiles),
                          encoders=tuple(args.encoders), hidden=tuple(args.hidden),
                          label_smoothing=tuple(args.label_smoothing), epochs=args.epochs, bg_classes=args.bg,

@@ -85,6 +85,11 @@ from headserve.head import ServingHead
 from headserve.lockfile import check_repository_path, repository_lock
 
 RUNNER_SOURCE = Path(__file__).with_name("onnx_runner_model.py")
+# In every head version directory: the record (``ServedHead`` parameters, JSON) its ensemble published when that
+# version was exported, so `repo pin` re-renders the ensemble of an earlier version with that version's classes,
+# labels and head_id, never the newest one's.
+SERVED_RECORD = "served.json"
+HEAD_KEEP_VERSIONS = 2  # head versions Triton keeps loaded (ModelDesc.keep_versions) while none is pinned
 # encoder_model_name and head_model_name are re-exported from headserve.contract.
 __all__ = ["encoder_model_name", "head_model_name"]
 
@@ -295,21 +300,54 @@ def add_head(repo: Path, meta: HeadMeta, module: ServingHead, encoder: WrittenMo
     # Scratch outside the repository: the head's directory is created only by the publish below.
     with tempfile.TemporaryDirectory(prefix=f"headserve-{head_name}-") as scratch:
         graph = graph or export_head_graph(meta, module, Path(scratch))
-        desc = ModelDesc(
-            name=head_name,
-            inputs=(TensorSpec(EMBEDDING, DataType.TYPE_FP32, (meta.embedding_dim,)),),
-            outputs=outputs,
-            max_batch_size=max_batch_size,
-            light=True,
-            keep_versions=2,
-        )
+        record = json.dumps(served.to_parameters(), indent=1, sort_keys=True).encode() + b"\n"
         with repository_lock(repo):  # the head's version and the ensemble naming it are one step for readers
-            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path},
+            desc = ModelDesc(
+                name=head_name,
+                inputs=(TensorSpec(EMBEDDING, DataType.TYPE_FP32, (meta.embedding_dim,)),),
+                outputs=outputs,
+                max_batch_size=max_batch_size,
+                light=True,
+                keep_versions=head_keep_versions(newest_classes(head_dir), len(meta.classes)),
+            )
+            version, path = publish_version(head_dir, desc, runtime, {"model.onnx": graph.path, SERVED_RECORD: record},
                                              meta.classes, options)
             written_head = WrittenModel(head_name, version, path, graph.max_abs_diff)
             ensemble = write_ensemble(Path(repo), served, encoder_name, head_name, runtime, max_batch_size,
                                       head_version=version)
     return written_head, ensemble
+
+
+def head_keep_versions(previous: int | None, classes: int) -> int:
+    """How many newest head versions Triton keeps loaded once a version with ``classes`` classes is published.
+
+    One config declares the output widths of every loaded version, so the previous version stays loaded
+    (for requests in flight across a swap) only when it has as many classes (``previous``; None: there is
+    no previous version; 0: its class count is unknown). Otherwise it would be served under the new widths
+    and fail every answer.
+    """
+    return HEAD_KEEP_VERSIONS if previous in (None, classes) else 1
+
+
+def newest_classes(head_dir: Path) -> int | None:
+    """The class count of a head model's newest version: from its record, or for a version exported before
+    records were kept, from the config's ``probs`` width unless a pin set the config to another version;
+    0 when unknown, None when the head has no version yet."""
+    versions = [int(p.name) for p in Path(head_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        return None
+    record = Path(head_dir) / str(max(versions)) / SERVED_RECORD
+    if record.is_file():
+        try:
+            return len(json.loads(json.loads(record.read_text())["classes"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+    path = Path(head_dir) / "config.pbtxt"
+    config = read_config(path) if path.is_file() else None
+    if config is None or config.version_policy.WhichOneof("policy_choice") == "specific":
+        return 0
+    widths = [int(o.dims[0]) for o in config.output if o.name == PROBS and len(o.dims) == 1]
+    return widths[0] if widths else 0
 
 
 def _head_output_spec(output: str, classes: int, labels: str | None = LABELS_FILE, name: str | None = None) -> TensorSpec:
@@ -478,7 +516,10 @@ def _keep_dependents(repo: Path, served: ServedHead) -> ServedHead:
         previous = ServedHead.from_parameters(served.name, parameters_of(read_config(path)), where=str(path))
     except ParameterError:  # not a readable head ensemble: the export replaces it with one
         return served
-    if previous.prompt_model and (repo / previous.prompt_model / "config.pbtxt").is_file():
+    # prompts name class indices: they stay only while the classes are the same (a pinned or new version with
+    # other classes loses them until `export prompts` is run for it)
+    if (previous.prompt_model and previous.classes == served.classes
+            and (repo / previous.prompt_model / "config.pbtxt").is_file()):
         served = replace(served, prompt_model=previous.prompt_model, prompt_classes=previous.prompt_classes)
     if previous.encoded_model and (repo / previous.encoded_model / "config.pbtxt").is_file():
         served = replace(served, encoded_model=previous.encoded_model)

@@ -165,3 +165,27 @@ def require_all_ready(results: Sequence[ReplicaResult]) -> None:
             + "; ".join(f"{r.address}: {r.error}" for r in failed)
             + ". Fix those replicas and re-run the same command: loading is idempotent, and replicas already "
             "on the new version stay there.")
+
+
+def unload_on_server(url: str, models: Sequence[str], timeout_s: float = 60.0) -> list[str]:
+    """Unload ``models`` (in order: dependents first) from a Triton in explicit model control.
+
+    Triton unloads a model whose directory is gone already (it asks the server, not the disk); one it
+    cannot unload raises naming it, so `repo remove` says that the server still answers with it.
+    """
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url)
+    unloaded = []
+    try:
+        for name in models:
+            try:
+                client.unload_model(name, client_timeout=timeout_s)
+            except InferenceServerException as exc:
+                raise RepositoryError(f"Triton at {url} did not unload {name}: {exc.message()}; it may still answer "
+                                      "with it: check the address (host:gRPC port), or restart it") from exc
+            unloaded.append(name)
+    finally:
+        client.close()
+    return unloaded

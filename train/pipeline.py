@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from headserve.artifact import HeadMeta
+from headserve.artifact import META_FILE, WEIGHTS_FILE, HeadMeta
 from headserve.backbones import encoder_graph, fingerprint, load_encoder
 from headserve.contract import SCORE_OUTPUTS, EncoderIdentity
 from headserve.drift import DriftReference, reference_from_validation
@@ -57,6 +57,8 @@ class TrainRequest:
     ood_holdout: str | None = None  # class left out of training and scored as OOD, for the OOD AUROC
     progress: bool = False  # show a progress bar while embedding
     selection: Mapping[str, Any] | None = None  # the --select grid, every point's score and the choice, for meta.json
+    # replace an artifact already at ``out``; False refuses it before any work (the CLI's default, --overwrite)
+    overwrite: bool = True
 
     def __post_init__(self) -> None:
         if self.bg_classes < 1:
@@ -109,8 +111,22 @@ class PreparedData:
     split: str = ""  # how the rows were split into fit, validation and test, for the output and the report
 
 
+def refuse_existing_artifact(out: Path, overwrite: bool) -> None:
+    """Refuse ``out`` when it already holds an artifact, unless told to overwrite it.
+
+    Retraining into the same directory would otherwise replace the previous head and its report without a
+    word. With ``overwrite`` the new artifact is still written beside and renamed in (``save_artifact``), so a
+    run killed half-way leaves the old one whole.
+    """
+    found = [f for f in (META_FILE, WEIGHTS_FILE) if (Path(out) / f).exists()]
+    if found and not overwrite:
+        raise ConfigError.bad_value("out", out, f"already holds a trained artifact ({', '.join(found)}); pass "
+                                    "`overwrite` to replace it, or another `out`")
+
+
 def prepare(req: TrainRequest) -> PreparedData:
     """Read the dataset, embed every crop (through the cache) and split by source image."""
+    refuse_existing_artifact(req.out, req.overwrite)  # before minutes of embedding, not at the save
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = read_yolo(req.dataset, strict=req.strict, reject_outside=req.reject_outside)

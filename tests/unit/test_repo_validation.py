@@ -115,5 +115,5 @@ def test_repo_list_shows_kind_versions_and_classes(capsys):
     assert rows["toy_head"] == {"model": "toy_head", "kind": "head", "versions": "1", "runtime": "onnxruntime_onnx",
                                 "encoder": "", "classes": ""}
     assert run_cli("repo", "list", str(REPOS / "valid")) == 0
-    assert capsys.readouterr().out.splitlines()[0].split() == ["model", "kind", "versions", "runtime", "encoder",
-                                                               "classes"]
+    assert capsys.readouterr().out.splitlines()[0].split() == ["model", "kind", "versions", "pinned", "runtime",
+                                                               "encoder", "classes"]
