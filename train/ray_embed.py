@@ -175,19 +175,32 @@ def actor_resources(engine: str, gpus: float, requested: int, cpus: float) -> tu
 def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
                  preprocess: "PreprocessSpec", done: dict[int, ShardDone]) -> Mapping[str, Any]:
     """Compute the shards ``todo`` on Ray Data; each written shard is added to ``done`` as its record arrives."""
-    from dataclasses import replace
-
     import ray
     import ray.data
 
     connect(req.ray)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = req.progress
+    before = (context.enable_progress_bars, context.enable_auto_log_stats)
+    context.enable_progress_bars = req.progress  # a caller's own Ray Data work keeps its settings (restored below)
     context.enable_auto_log_stats = False
+    try:
+        return _run(req, index, todo, fingerprint, preprocess, done)
+    finally:
+        context.enable_progress_bars, context.enable_auto_log_stats = before
+
+
+def _run(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
+         preprocess: "PreprocessSpec", done: dict[int, ShardDone]) -> Mapping[str, Any]:
+    """The pipeline of ``embed_on_ray``, once connected."""
+    from dataclasses import replace
+
+    import ray
+    import ray.data
+
     resources = ray.cluster_resources()
     size, remote, device = actor_resources(req.embed.engine, float(resources.get("GPU", 0)), req.actors,
                                            float(resources.get("CPU", 1)))
-    if req.embed.device not in ("auto", device, "cpu" if device == "cpu" else "cuda"):
+    if req.embed.device != "auto" and req.embed.device.split(":")[0] != device:
         raise ConfigError.bad_value("device", req.embed.device, f"Ray's encoder actors run on {device} here "
                                                                 "(the cluster's resources decide); use `device` auto")
     batch = BATCH_BY_DEVICE[device]

@@ -82,6 +82,7 @@ def test_a_head_trained_from_the_store_is_byte_identical_to_one_trained_from_the
     assert (from_store / "head.safetensors").read_bytes() == (from_images.artifact / "head.safetensors").read_bytes()
     meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (from_images.artifact, from_store))
     assert meta_a["classes"] == meta_b["classes"] and meta_a["metrics"] == meta_b["metrics"]
+    assert meta_b["extra"]["embedding"]["store"] == str(built_in_store.resolve())
 
 
 def test_train_refuses_a_store_of_another_encoder_naming_both(built_in_store: Path, tmp_path: Path):
