@@ -117,6 +117,16 @@ def test_an_interrupted_embed_is_resumed_computing_only_the_missing_shard(built_
     assert max(float(np.abs(got[k] - want[k]).max()) for k in want) == 0.0
 
 
+def test_a_shard_replaced_after_the_store_was_written_is_refused_naming_it(built_in_store: Path, tmp_path: Path):
+    from headserve.train.errors import EmbeddingStoreError
+
+    store = tmp_path / "emb"
+    shutil.copytree(built_in_store, store)
+    shutil.copy(store / "shards" / "part-00002.parquet", store / "shards" / "part-00001.parquet")  # same schema
+    with pytest.raises(EmbeddingStoreError, match=r"part-00001.parquet: missing, or not the file the manifest lists"):
+        list(Store.open(store).rows())
+
+
 def _dying_encoder(marker: Path):
     import ray.cloudpickle
 
