@@ -208,7 +208,8 @@ def _run(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPla
     shards = ray.data.from_items([_shard_item(p, index) for p in todo], override_num_blocks=len(todo))
     # Decoding stays a Ray task of its own: tasks scale over every CPU of the cluster while the actors hold the
     # GPUs. Its memory reservation (which the actors do not make) also keeps Ray Data from fusing it into the actor.
-    decoded = shards.map_batches(decode_shards,  # type: ignore[arg-type]  # Ray's stubs do not know fn_kwargs batch_size=1, num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
+    decoded = shards.map_batches(decode_shards,  # type: ignore[arg-type]  # Ray's stubs miss fn_kwargs' arguments
+                                 batch_size=1, num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
                                  fn_kwargs={"root": str(Path(req.dataset).resolve()),
                                             "preprocess": preprocess.to_json()})  # as loaded: a hub processor sets it
     encoded = decoded.map_batches(ShardEncoder, batch_size=1, batch_format="numpy",
