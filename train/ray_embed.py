@@ -43,8 +43,10 @@ CPUS_PER_CPU_ACTOR = 1  # an encoder actor on a CPU node; its torch/OpenVINO thr
 def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` ("" or None: RAY_ADDRESS, else a new local Ray), unless already joined.
 
-    A local Ray starts without its dashboard (a web server and an agent process per node that embedding has
-    no use for) and without forwarding worker logs to this terminal.
+    A local Ray starts without its dashboard's web server and modules, without usage reporting, and without
+    forwarding worker logs to this terminal. What Ray still runs (docs/architecture.md, "The embeddings store"):
+    the GCS and raylet, a minimal dashboard head, the dashboard and runtime-env agents, the log monitor, and
+    Ray Data's stats, autoscaling-coordinator and actor-location actors.
     """
     import ray
 
@@ -55,6 +57,7 @@ def connect(address: str | None) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, configure_logging=False)
     else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a Ray only this run uses
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
