@@ -18,6 +18,10 @@ FLAG_OF_SETTING: dict[str, str] = {
     "overwrite": "--overwrite",  # TrainRequest
     "with_multi_head": "--with-multi-head",  # remove_head (`repo remove`)
     "ood_holdout": "--ood-holdout",  # TrainRequest
+    "shard_rows": "--shard-rows",  # EmbedRequest
+    "actors": "--actors",  # EmbedRequest
+    "bg_per_image": "--bg-per-image",  # EmbedRequest
+    "reject_outside": "--reject-outside",  # TrainRequest, EmbedRequest
     "workers": "--workers",  # EmbedConfig
     "engine": "--engine",  # EmbedConfig, EngineChoice (export)
     "precision": "--precision",  # EmbedConfig, EngineChoice (export)

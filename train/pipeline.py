@@ -26,6 +26,7 @@ from headserve.train.evaluation import classification_metrics, expected_calibrat
 from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
 from headserve.train.profiles import describe
 from headserve.train.split import declared_split, group_split
+from headserve.train.store import Store
 from headserve.train.trainer import TrainConfig, fit_head, head_config_for
 
 BACKGROUND_NAME = "background"
@@ -59,6 +60,7 @@ class TrainRequest:
     selection: Mapping[str, Any] | None = None  # the --select grid, every point's score and the choice, for meta.json
     # replace an artifact already at ``out``; False refuses it before any work (the CLI's default, --overwrite)
     overwrite: bool = True
+    embeddings: Path | None = None  # an embeddings store (`headserve embed`) to train from: no image is opened
 
     def __post_init__(self) -> None:
         if self.bg_classes < 1:
@@ -129,7 +131,13 @@ def prepare(req: TrainRequest) -> PreparedData:
     refuse_existing_artifact(req.out, req.overwrite)  # before minutes of embedding, not at the save
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = read_yolo(req.dataset, strict=req.strict, reject_outside=req.reject_outside)
+    store = Store.open(req.embeddings) if req.embeddings is not None else None
+    stored_background: list[LabelledObject] = []
+    if store is not None:
+        store.require_options(req.bg_per_image, req.seed, req.background, req.reject_outside)
+        data, stored_background = store.dataset(strict=req.strict)
+    else:
+        data = read_yolo(req.dataset, strict=req.strict, reject_outside=req.reject_outside)
     _check_labelled(data)  # before background crops, which every image gives, make a dataset look labelled
     classes = list(data.names)
     objects = list(data.objects)
@@ -141,7 +149,8 @@ def prepare(req: TrainRequest) -> PreparedData:
     if req.background:
         background = list(range(n_fg, n_fg + req.bg_classes))
         classes += [BACKGROUND_NAME] if req.bg_classes == 1 else [f"{BACKGROUND_NAME}_{i}" for i in range(req.bg_classes)]
-        objects += background_objects(data, req.bg_per_image, background[0], seed=req.seed)
+        objects += ([replace(o, class_id=background[0]) for o in stored_background] if store is not None
+                    else background_objects(data, req.bg_per_image, background[0], seed=req.seed))
     _check_usable(data, objects)
     timings["read"] = time.perf_counter() - t0
 
@@ -151,10 +160,15 @@ def prepare(req: TrainRequest) -> PreparedData:
     graph = encoder_graph(loaded)
     fp = fingerprint(graph, spec.preprocess)
     cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision, req.embed.engine)
-             if req.cache_dir else None)
+             if req.cache_dir and store is None else None)
     everything = objects + holdout
-    run = extract([o.image for o in everything], [o.box for o in everything], graph, spec.preprocess,
-                  spec.embedding_dim, req.embed, cache, scratch=req.cache_dir or req.out.parent, progress=req.progress)
+    if store is not None:
+        store.require(EncoderIdentity.from_spec(spec, fp), req.embed)
+        run = store.extraction(everything, spec.embedding_dim)
+    else:
+        run = extract([o.image for o in everything], [o.box for o in everything], graph, spec.preprocess,
+                      spec.embedding_dim, req.embed, cache, scratch=req.cache_dir or req.out.parent,
+                      progress=req.progress)
     for path, why in run.failures:  # strict mode raises here, naming the image
         data.report.skip("unreadable image", path, f"skipped with its objects: {why}")
     for i, why in run.bad_crops:
@@ -176,7 +190,8 @@ def prepare(req: TrainRequest) -> PreparedData:
     split += (f"; validation (early stopping, calibration, OOD threshold): {req.val_size:.0%} of the training "
               f"images, drawn by source image (seed {req.seed})")
     return PreparedData(spec, fp, data, classes, background, objects, emb, labels, holdout_emb,
-                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings, _described(run), split)
+                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings,
+                        {**_described(run), **({"store": str(store.path.resolve())} if store is not None else {})}, split)
 
 
 def _split(data: YoloDataset, objects: list[LabelledObject], req: TrainRequest) -> tuple[np.ndarray, np.ndarray, str]:
