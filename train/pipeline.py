@@ -13,8 +13,15 @@ import numpy as np
 import torch
 
 from headserve.artifact import HeadMeta
-from headserve.backbones import EncoderGraph, RegionEncoderGraph, encoder_graph, fingerprint, load_encoder, region_graph, \
-    region_spec_for
+from headserve.backbones import (
+    EncoderGraph,
+    RegionEncoderGraph,
+    encoder_graph,
+    fingerprint,
+    load_encoder,
+    region_graph,
+    region_spec_for,
+)
 from headserve.contract import SCORE_OUTPUTS, EncoderIdentity
 from headserve.drift import DriftReference, reference_from_validation
 from headserve.encoders import EncoderSpec, require_region_pooling
@@ -219,7 +226,8 @@ def _split(data: YoloDataset, objects: list[LabelledObject], req: TrainRequest) 
 
 def _described(run: Extraction, region: RegionSpec | None = None) -> dict[str, object]:
     """What meta.json and the report record of how the embeddings were computed."""
-    return {"mode": mode_label(region), "device": run.device, "engine": run.engine, "precision": run.precision, "min_cosine_to_fp32": run.min_cosine,
+    return {"mode": mode_label(region), "device": run.device, "engine": run.engine, "precision": run.precision,
+            "min_cosine_to_fp32": run.min_cosine,
             "crops": int(run.ok.sum()), "unreadable_images": len(run.failures),
             "crops_per_s": round(float(run.ok.sum()) / run.seconds, 1) if run.seconds else None}
 
