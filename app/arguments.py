@@ -42,6 +42,7 @@ FLAG_OF_SETTING: dict[str, str] = {
     "pooling": "--pooling",  # TrainRequest, SweepConfig: crop or region mode
     "region_resolution": "--region-resolution",  # TrainRequest, SweepConfig
     "resolution": "--region-resolution",  # RegionSpec
+    "weights": "--encoder-weights",  # SweepConfig: NAME=PATH pairs
 }
 
 POOLING_HELP = ("crop: one encoder pass per object crop (default); region: one pass per whole image letterboxed to "

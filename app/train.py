@@ -120,6 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--select", action="store_true",
                    help="add a row per encoder for the head that `train --select` would choose")
     add_pooling_args(s, many=True)
+    s.add_argument("--encoder-weights", dest="sweep_weights", action="append", default=[], metavar="NAME=PATH",
+                   help="load encoder NAME (one of --encoders) from local weights PATH, as `train --encoder-weights` "
+                        "does; repeat for several")
     add_device_args(s)
     s.set_defaults(func=_sweep)
 
@@ -177,6 +180,15 @@ def _train_selected(req: Any) -> Any:
     return train_from_yolo(replace(req, hidden=sel.hidden, train=sel.config, selection=sel.describe()), prepared)
 
 
+def _weights_pair(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        from headserve.errors import ConfigError
+
+        raise ConfigError(f"--encoder-weights {text!r} is not NAME=PATH (e.g. dinov3:vits16=/models/dinov3-vits16)")
+    return name, path
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from headserve.train.sweep import SweepConfig, run_sweep
 
@@ -185,6 +197,7 @@ def _sweep(args: argparse.Namespace) -> int:
                          label_smoothing=tuple(args.label_smoothing), epochs=args.epochs, bg_classes=args.bg,
                          cache_dir=args.cache, seeds=args.seeds, select=args.select,
                          embed=embed_config_from_args(args), pooling=args.pooling,
+                         weights=dict(_weights_pair(w) for w in args.sweep_weights),
                          region_resolution=args.region_resolution)
     table = run_sweep(config)
     print(table.read_text())

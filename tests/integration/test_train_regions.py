@@ -91,5 +91,6 @@ def test_sweep_puts_crop_and_region_rows_on_one_split(digits_dataset: Path, cach
                                   cache_dir=cache_dir, pooling=("crop", "region"))).read_text()
     assert "- dinov3:tiny / base: " in table and "- dinov3:tiny+region / base: " in table
     assert "- dinov3:tiny+region: macro_f1_fg" in table  # the region mode's own tuned baseline
+    assert "| dinov3:tiny+region | base | logreg | " in table  # region against crop, paired on the same objects
     runs = (tmp_path / "runs.csv").read_text().splitlines()
     assert len(runs) == 3 and runs[2].startswith(f"{digits_dataset.name}_dinov3_tiny+region_logreg")
