@@ -43,6 +43,7 @@ FLAG_OF_SETTING: dict[str, str] = {
     "region_resolution": "--region-resolution",  # TrainRequest, SweepConfig
     "resolution": "--region-resolution",  # RegionSpec
     "weights": "--encoder-weights",  # SweepConfig: NAME=PATH pairs
+    "encoders": "--encoders",  # SweepConfig
 }
 
 POOLING_HELP = ("crop: one encoder pass per object crop (default); region: one pass per whole image letterboxed to "

@@ -249,8 +249,8 @@ class EncoderIdentity:
                 f"head {head!r} was trained on {self.label} in {self.mode} mode, but the {where} is {other.label} in "
                 f"{other.mode} mode: pooled region features and crop embeddings of the same box differ, so the "
                 f"head's answers would be wrong. Serve it on a {self.mode.split(' ')[0]} encoder (export the encoder "
-                f"in the mode the head was trained in), or retrain it with `--pooling "
-                f"{'region' if other.region is not None else 'crop'}`."
+                f"in the mode the head was trained in), or retrain it with `pooling` "
+                f"{'region' if other.region is not None else 'crop'}."
             )
         raise EncoderMismatchError(
             f"head {head!r} was trained on {self.label} "

@@ -66,7 +66,7 @@ class SweepConfig:
         stray = sorted(set(self.weights) - set(self.encoders))
         if stray:
             raise ConfigError.bad_value("weights", ",".join(stray), "names encoders the sweep does not run; name "
-                                                                    "one of --encoders")
+                                                                    "one of `encoders`")
         bad = [m for m in self.pooling if m not in MODES]
         if bad or not self.pooling or len(set(self.pooling)) != len(self.pooling):
             raise ConfigError.bad_value("pooling", ",".join(self.pooling),

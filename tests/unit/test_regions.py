@@ -143,7 +143,7 @@ def test_a_crop_head_is_refused_on_a_region_encoder_and_the_reverse_naming_both_
     crop, region = _identities()
     with pytest.raises(EncoderMismatchError, match=r"head 'h' was trained on dinov3:tiny-dinov3 in crop mode, but the "
                                                    r"encoder is dinov3:tiny-dinov3 in region \(masked-mean, 64 px, "
-                                                   r"patch 8\) mode.*--pooling region"):
+                                                   r"patch 8\) mode.*retrain it with `pooling` region\."):
         crop.require_match(region, "h")
     with pytest.raises(EncoderMismatchError, match=r"trained on dinov3:tiny-dinov3 in region \(masked-mean, 64 px, "
                                                    r"patch 8\) mode, but the encoder is dinov3:tiny-dinov3 in crop mode"):
