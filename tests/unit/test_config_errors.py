@@ -96,6 +96,17 @@ CASES: list[tuple[str, Callable[[], object], str | None, str, str]] = [
     ("EmbedRequest", lambda: importlib.import_module("headserve.train.store").EmbedRequest(
         dataset=Path("d"), encoder=importlib.import_module("headserve.encoders").get_encoder("clip:tiny"),
         out=Path("o"), actors=-1), "actors", "headserve.errors:ConfigError", "actors -1: must be 0 or more"),
+    ("RegionSpec", _make("headserve.regions:RegionSpec", resolution=450), "resolution",
+     "headserve.errors:ConfigError", "resolution 450: must be a positive multiple of the encoder's patch size 16"),
+    ("RegionSpec", _make("headserve.regions:RegionSpec", pooling="roi-max"), "pooling",
+     "headserve.errors:ConfigError", "pooling 'roi-max': is not one of masked-mean"),
+    ("TrainRequest", lambda: importlib.import_module("headserve.train.pipeline").TrainRequest(
+        dataset=Path("d"), encoder=importlib.import_module("headserve.encoders").get_encoder("clip:tiny"),
+        out=Path("o"), pooling="region"), "pooling", "headserve.errors:RegionModeError",
+     r"`pooling` region is not available for clip:tiny \(family clip\)"),
+    ("SweepConfig", _make("headserve.train.sweep:SweepConfig", dataset=Path("d"), out=Path("o"),
+                          pooling=("crop", "crop")), "pooling", "headserve.errors:ConfigError",
+     "pooling crop,crop: must name distinct modes"),
     ("TensorRTOptions", _make("headserve.export.model_config:TensorRTOptions", precision="INT8"), None,
      "headserve.errors:ConfigError", "TensorRT precision 'INT8'"),
     ("RuntimeOptions", _make("headserve.export.model_config:RuntimeOptions", instances=0), "instances",
