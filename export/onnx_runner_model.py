@@ -3,7 +3,9 @@
 The tritonserver inside the nvidia-pytriton wheel carries only the python backend, so the local
 repository serves each ONNX graph through this file; the official containers run the same ONNX file
 with the native onnxruntime backend. Requests queued together by dynamic batching are concatenated
-into one ONNX Runtime call and split again, as the native backend does.
+into one ONNX Runtime call and split again, as the native backend does. A model without batching
+(``max_batch_size`` 0: the region encoder, whose one image carries K boxes) runs each request alone and
+answers its outputs whole, whatever their first dimension.
 
 Threads: ``intra_op_threads`` "0" gives the session this machine's cores (the process's CPU
 affinity) shared among the model's instances, decided when the model loads, so one repository uses
@@ -50,6 +52,7 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
+        self.batched = int(config.get("max_batch_size", 0)) > 0  # rows of every tensor are the batch
 
     def execute(self, requests):
         # A float input holding NaN or Inf would come back as NaN probabilities with no error, so each such
@@ -72,12 +75,19 @@ class TritonPythonModel:
             sizes.append(arrays[self.inputs[0]].shape[0])
             kept.append(i)
             inputs.append(arrays)
-        if kept:
-            batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
+        # Batched models: one session run for every request, split by rows. Without batching each request's
+        # tensors are whole (an image and its K boxes), so each runs alone and keeps every output row.
+        groups = [list(range(len(kept)))] if self.batched else [[j] for j in range(len(kept))]
+        for group in groups:
+            if not group:
+                continue
+            batch = {name: np.concatenate([feeds[name][j] for j in group]) for name in self.inputs}
             results = self.session.run(self.outputs, batch)
             start = 0
-            for i, size, arrays in zip(kept, sizes, inputs):
-                parts = {name: r[start:start + size] for name, r in zip(self.outputs, results)}
+            for j in group:
+                i, size, arrays = kept[j], sizes[j], inputs[j]
+                parts = ({name: r[start:start + size] for name, r in zip(self.outputs, results)} if self.batched
+                         else dict(zip(self.outputs, results)))
                 start += size
                 problem = _non_finite_outputs(self.name, parts, arrays)
                 if problem:
@@ -166,7 +176,7 @@ def _non_finite_outputs(model, outputs, inputs):
     """
     bad_rows, names = set(), []
     for name, array in outputs.items():
-        if array.dtype.kind != "f":
+        if array.dtype.kind != "f" or array.size == 0:  # no rows (an image without boxes): nothing to check
             continue
         bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
         if bad.any():

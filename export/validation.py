@@ -255,9 +255,11 @@ def _check_fingerprint_file(entry: ModelEntry, problems: list[Problem]) -> None:
 def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: set[str],
                     problems: list[Problem]) -> None:
     config_path = entry.directory / CONFIG_FILE
-    # Every tensor available inside the ensemble: name -> (dtype, dims, who provides it).
+    # Every tensor available inside the ensemble: name -> (dtype, full dims, who provides it). Dims are compared
+    # whole, the batch dimension (-1) included for batching models, as Triton does: a non-batching producer's
+    # [-1, D] (a region encoder's K boxes) feeds a batching consumer's [D] (a head, K rows as its batch).
     available: dict[str, tuple[int, list[int], str]] = {
-        t.name: (t.data_type, list(t.dims), "the ensemble input") for t in entry.config.input
+        t.name: (t.data_type, _full_dims(entry, t), "the ensemble input") for t in entry.config.input
     }
     steps = list(entry.config.ensemble_scheduling.step)
     if not steps:
@@ -286,7 +288,7 @@ def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: se
                                                      f"({[t.name for t in model.config.output]}).",
                                         "map one of the model's outputs, or re-export the ensemble."))
                 continue
-            available[value] = (out.data_type, list(out.dims), f"{step.model_name}.{key}")
+            available[value] = (out.data_type, _full_dims(model, out), f"{step.model_name}.{key}")
     for step in steps:
         model = models.get(step.model_name)
         if model is None:
@@ -306,8 +308,8 @@ def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: se
                                                      f"an ensemble input (available: {sorted(available)}).",
                                         "map it from an earlier step's output_map value or an ensemble input."))
                 continue
-            _compare_wire(config_path, f"{step.model_name}.{key}", (inp.data_type, list(inp.dims)), value, source,
-                          problems)
+            _compare_wire(config_path, f"{step.model_name}.{key}", (inp.data_type, _full_dims(model, inp)), value,
+                          source, problems)
     for out in entry.config.output:
         source = available.get(out.name)
         if source is None:
@@ -315,9 +317,14 @@ def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: se
                                                  f"(step outputs: {sorted(available)}).",
                                     "add it to a step's output_map, or remove the output."))
             continue
-        _compare_wire(config_path, f"ensemble output {out.name}", (out.data_type, list(out.dims)), out.name, source,
-                      problems)
+        _compare_wire(config_path, f"ensemble output {out.name}", (out.data_type, _full_dims(entry, out)), out.name,
+                      source, problems)
     _check_encoder_agreement(entry, steps, models, problems)
+
+
+def _full_dims(model: ModelEntry, tensor) -> list[int]:
+    """A tensor's dims with the batch dimension (-1) in front when its model batches."""
+    return ([-1] if model.config.max_batch_size > 0 else []) + list(tensor.dims)
 
 
 def _compare_wire(config_path: Path, consumer: str, wanted: tuple[int, list[int]], tensor: str,
