@@ -53,6 +53,10 @@ class TritonPythonModel:
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
         self.batched = int(config.get("max_batch_size", 0)) > 0  # rows of every tensor are the batch
+        # A region encoder's frame side (its encoder_region parameter): boxes are checked against it, since a box
+        # with no area in the frame pools nothing (NaN) and the graph cannot say which box that was.
+        region = params.get("encoder_region")
+        self.frame = int(json.loads(region)["resolution"]) if region else None
 
     def execute(self, requests):
         # A float input holding NaN or Inf would come back as NaN probabilities with no error, so each such
@@ -66,9 +70,12 @@ class TritonPythonModel:
             arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
             problem = _non_finite(arrays)
             if problem:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(
-                    f"{problem}; send finite numbers (an embedding from the encoder is "
-                    "L2-normalised, so every value lies in [-1, 1])"))
+                problem += ("; send finite numbers (an embedding from the encoder is L2-normalised, so every value "
+                            "lies in [-1, 1])")
+            elif self.frame:
+                problem = _bad_box(arrays.get("boxes"), self.frame)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(problem))
                 continue
             for name, array in arrays.items():
                 feeds[name].append(array)
@@ -165,6 +172,23 @@ def _non_finite(arrays):
             row = int(np.argwhere(bad)[0][0])
             return f"input {name!r} holds {int(bad.sum())} NaN or infinite value(s) (first in row {row})"
     return ""
+
+
+def _bad_box(boxes, frame):
+    """'box I (...) ...' for the first box with no area inside the frame (0, 0)-(frame, frame), else ''."""
+    if boxes is None or boxes.size == 0:
+        return ""
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        return f"input 'boxes' has shape {list(boxes.shape)}; send (K, 4) rows of x1, y1, x2, y2"
+    x1, y1 = np.clip(boxes[:, 0], 0, frame), np.clip(boxes[:, 1], 0, frame)
+    x2, y2 = np.clip(boxes[:, 2], 0, frame), np.clip(boxes[:, 3], 0, frame)
+    bad = np.flatnonzero((x2 <= x1) | (y2 <= y1))
+    if not len(bad):
+        return ""
+    i = int(bad[0])
+    return (f"input 'boxes' row {i} ({', '.join(f'{float(v):g}' for v in boxes[i])}) has no area inside the "
+            f"{frame}x{frame} frame ({len(bad)} such box(es)); send x1 < x2 and y1 < y2 in pixels of the letterboxed "
+            "frame, each overlapping it")
 
 
 def _non_finite_outputs(model, outputs, inputs):
