@@ -16,14 +16,18 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from headserve.contract import EMBEDDING, HEAD_FEED, LOGITS, PIXELS, PROBS
+from headserve.contract import BOXES, EMBEDDING, HEAD_FEED, LOGITS, PIXELS, PROBS, REGION_PIXELS, EncoderIdentity
 from headserve.errors import ExportParityError
+from headserve.regions import RegionSpec
+
+if TYPE_CHECKING:
+    from headserve.backbones import LoadedEncoder
 
 OPSET = 17
 # Max |ONNX - fp32 PyTorch| allowed on the L2-normalised embedding, per encoder precision. fp16 is
@@ -52,6 +56,8 @@ class GraphSpec:
     # (reference module, inputs) -> output -> the scale its float32 rounding grows with, shaped as the output
     scales: Callable[[nn.Module, tuple[torch.Tensor, ...]], Mapping[str, torch.Tensor]] | None = None
     argmax: str | None = None  # output whose top entry per row must be PyTorch's wherever its top two differ by > atol
+    # tensor -> {axis: name} of its dynamic axes; None: axis 0 of every input and output is the shared "batch"
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
 
 
 def encoder_graph_spec(name: str, input_size: int) -> GraphSpec:
@@ -96,6 +102,69 @@ def encoder_export(graph: nn.Module, precision: str) -> nn.Module:
     if precision not in PRECISION_ATOL:
         raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISION_ATOL)}")
     return EncoderExport(graph) if precision == "fp32" else Fp16EncoderExport(copy.deepcopy(graph))
+
+
+def parity_boxes(count: int, resolution: int, patch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, 4) float32 frame boxes that exercise the pooling: the whole frame, one inside a single patch,
+    one past the bottom-right edge (the graph clips it), then random boxes of every size."""
+    fixed = [[0.0, 0.0, resolution, resolution],
+             [patch_size + 1.5, patch_size + 2.0, patch_size + 3.25, patch_size + 5.0],
+             [resolution - 1.5 * patch_size, resolution - patch_size, resolution + 9.0, resolution + 3.0]]
+    xy = rng.uniform(0, resolution - 1, size=(count, 2))
+    wh = rng.uniform(0.5, resolution, size=(count, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, resolution)], axis=1)
+    boxes[:min(count, len(fixed))] = fixed[:count]
+    return boxes.astype(np.float32)
+
+
+def region_graph_spec(name: str, region: RegionSpec) -> GraphSpec:
+    """A region encoder: one letterboxed image and K boxes -> K embeddings (both roles); K is the dynamic axis.
+
+    The parity check's "batch" is the box count; the image is fixed at (1, R, R, 3).
+    """
+    def inputs(boxes: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        pixels = rng.integers(0, 256, size=(1, region.resolution, region.resolution, 3), dtype=np.uint8)
+        return pixels, parity_boxes(boxes, region.resolution, region.patch_size, rng)
+
+    axes = {BOXES: {0: "boxes"}, EMBEDDING: {0: "boxes"}, HEAD_FEED: {0: "boxes"}}
+    return GraphSpec(name, (REGION_PIXELS, BOXES), (EMBEDDING, HEAD_FEED), inputs, atol=1e-5, dynamic_axes=axes)
+
+
+class RegionEncoderExport(nn.Module):
+    """The exported region encoder: the K box embeddings, published under both of their ensemble roles."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.graph(pixels, boxes)  # (1, R, R, 3), (K, 4) -> (K, D)
+        return emb, emb.clone()
+
+
+@dataclass(frozen=True)
+class RegionEncoderFile:
+    """A region encoder written to ONNX and checked against PyTorch."""
+
+    path: Path  # the model.onnx written
+    identity: EncoderIdentity  # what its parameters publish: family, model, width, fingerprint, region spec
+    diffs: dict[str, float]  # output -> max |ONNX - PyTorch| over the parity inputs
+
+
+def export_region_encoder(loaded: "LoadedEncoder", region: RegionSpec, path: str | os.PathLike,
+                          external_data_bytes: int = EXTERNAL_DATA_BYTES) -> RegionEncoderFile:
+    """Write ``loaded``'s region encoder (``region``'s resolution and pooling) to ``path``, fp32, after checking
+    it against PyTorch over 1, 3 and 8 boxes; ``ExportParityError`` (nothing written) when it is not exact.
+
+    ``region_spec_for(loaded)`` gives the default spec. The identity's fingerprint covers the region spec.
+    """
+    from headserve.backbones import fingerprint, region_graph
+
+    graph = region_graph(loaded, region)
+    diffs = export_onnx(RegionEncoderExport(graph), region_graph_spec(f"{loaded.spec.name} ({region.label})", region),
+                        path, external_data_bytes=external_data_bytes)
+    identity = EncoderIdentity.from_spec(loaded.spec, fingerprint(graph, loaded.spec.preprocess, region), region)
+    return RegionEncoderFile(Path(path), identity, diffs)
 
 
 # Tolerances of a head graph against PyTorch. Probabilities and the OOD score are what users put thresholds
@@ -178,7 +247,8 @@ def export_onnx(module: nn.Module, spec: GraphSpec, path: str | os.PathLike, see
                     str(tmp),
                     input_names=list(spec.inputs),
                     output_names=list(spec.outputs),
-                    dynamic_axes={n: {0: "batch"} for n in (*spec.inputs, *spec.outputs)},
+                    dynamic_axes=({n: dict(a) for n, a in spec.dynamic_axes.items()} if spec.dynamic_axes is not None
+                                  else {n: {0: "batch"} for n in (*spec.inputs, *spec.outputs)}),
                     opset_version=OPSET,
                     dynamo=False,
                 )

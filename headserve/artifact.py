@@ -21,16 +21,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from headserve.contract import EncoderIdentity
+from headserve.contract import REGION_KEY, EncoderIdentity
 from headserve.encoders import DEFAULT_ENCODER_TYPE, EncoderSpec, PreprocessSpec, get_encoder
 from headserve.errors import (
     ArtifactError,
+    ConfigError,
     EncoderLoadError,
     PreprocessSpecError,
     UnverifiedWeightsWarning,
     WeightsMismatchError,
 )
 from headserve.fsutil import publish_dir, staging_dir
+from headserve.regions import RegionSpec
 
 META_FILE = "meta.json"
 WEIGHTS_FILE = "head.safetensors"
@@ -46,6 +48,7 @@ FIELD_KINDS: Mapping[str, tuple[str, bool]] = {  # field -> (kind, None allowed)
     "preprocess": (_MAP, True), "encoder_name": (_TEXT, True), "encoder_pretrained": (_TEXT, True),
     "encoder_fingerprint": (_TEXT, True), "metrics": (_MAP, False), "extra": (_MAP, False),
     "ood_threshold": (_NUMBER, True), "ood_quantile": (_NUMBER, True), "weights_sha256": (_TEXT, True), "format": (_TEXT, False),
+    REGION_KEY: (_MAP, True),
 }
 
 
@@ -65,7 +68,7 @@ def _is_kind(value: Any, kind: str) -> bool:
 ENCODER_FIELDS: Mapping[str, str] = {"encoder_type": "encoder_type", "encoder_model": "model",
                                      "embedding_dim": "embedding_dim", "encoder_fingerprint": "fingerprint",
                                      "encoder_name": "name", "encoder_pretrained": "pretrained",
-                                     "preprocess": "preprocess"}
+                                     "preprocess": "preprocess", REGION_KEY: "region"}
 
 
 @dataclass
@@ -133,6 +136,11 @@ class HeadMeta:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "encoder"}
         data.update({key: getattr(self.encoder, attr) for key, attr in ENCODER_FIELDS.items()})
         data["preprocess"] = self.encoder.preprocess.to_dict() if self.encoder.preprocess is not None else None
+        # region mode only: a crop head's meta.json keeps the bytes it always had, and reads back as crop
+        if self.encoder.region is not None:
+            data[REGION_KEY] = self.encoder.region.to_dict()
+        else:
+            del data[REGION_KEY]
         return data
 
     def to_json(self) -> str:
@@ -198,6 +206,13 @@ def _encoder_from_fields(values: Mapping[str, Any], origin: str) -> EncoderIdent
         except PreprocessSpecError as exc:
             raise ArtifactError(f"{origin}: field 'preprocess': {exc}; export the head with the headserve "
                                 "that trained it, or retrain it with this one") from None
+    region = None
+    if values.get(REGION_KEY) is not None:  # absent (every meta.json written before region mode): a crop head
+        try:
+            region = RegionSpec.from_dict(values[REGION_KEY], f"{origin}: field {REGION_KEY!r}")
+        except ConfigError as exc:
+            raise ArtifactError(f"{exc}; export the head with the headserve that trained it, or retrain it with "
+                                "this one") from None
     dim = values["embedding_dim"]
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
         raise ArtifactError(f"{origin}: field 'embedding_dim' is {dim!r}, not a whole number of 0 or more; the "
@@ -205,7 +220,7 @@ def _encoder_from_fields(values: Mapping[str, Any], origin: str) -> EncoderIdent
     return EncoderIdentity(
         encoder_type=values["encoder_type"], model=values["encoder_model"], embedding_dim=dim,
         fingerprint=values.get("encoder_fingerprint") or None, name=values.get("encoder_name") or None,
-        pretrained=values.get("encoder_pretrained") or None, preprocess=preprocess)
+        pretrained=values.get("encoder_pretrained") or None, preprocess=preprocess, region=region)
 
 
 def save_artifact(directory: str | os.PathLike, meta: HeadMeta, tensors: Mapping[str, np.ndarray]) -> Path:

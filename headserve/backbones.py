@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headserve.encoders import INTERPOLATIONS, EncoderSpec, PreprocessSpec, has_text_tower
-from headserve.errors import EncoderLoadError
+from headserve.encoders import INTERPOLATIONS, EncoderSpec, PreprocessSpec, has_text_tower, require_region_pooling
+from headserve.errors import EncoderLoadError, RegionModeError
+from headserve.regions import RegionSpec, default_resolution
 
 
 @dataclass
@@ -99,6 +100,109 @@ class EncoderGraph(nn.Module):
         x = (x - self.mean) / self.std
         features = self.backbone(x)  # (B, D)
         return F.normalize(features, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Region mode: one pass over a letterboxed image, every box pooled from the patch grid (headserve.regions).
+
+
+class DinoPatchGrid(nn.Module):
+    """transformers DINOv3 / DINOv2: the patch tokens of ``last_hidden_state`` as a grid.
+
+    ``last_hidden_state`` is the final layer norm's output: the CLS token, then ``num_register_tokens``
+    register tokens (DINOv3; DINOv2 has none), then the patches row by row.
+    """
+
+    def __init__(self, model: nn.Module, patch_size: int, prefix_tokens: int) -> None:
+        super().__init__()
+        self.model = model
+        self.patch_size = patch_size
+        self.prefix_tokens = prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, R, R) -> (B, G, G, D)
+        tokens = self.model(pixel_values=x).last_hidden_state  # (B, prefix + G * G, D)
+        grid_h, grid_w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
+        patches = tokens[:, self.prefix_tokens:]  # (B, G * G, D)
+        return patches.reshape(patches.shape[0], grid_h, grid_w, patches.shape[-1])
+
+
+def _dino_grid(loaded: LoadedEncoder) -> DinoPatchGrid:
+    config = loaded.full_model.config
+    return DinoPatchGrid(loaded.full_model, int(config.patch_size), 1 + int(getattr(config, "num_register_tokens", 0)))
+
+
+# The families whose patch grid region mode reads, by encoder_type; the others say why not in their
+# EncoderFamily.no_region_pooling (a unit test keeps the two in step).
+PATCH_GRIDS: dict[str, Callable[[LoadedEncoder], nn.Module]] = {"dinov3": _dino_grid, "dinov2": _dino_grid}
+
+
+def region_spec_for(loaded: LoadedEncoder, resolution: int | None = None) -> RegionSpec:
+    """The region spec of a loaded encoder: its own patch size, and ``resolution`` (default: twice its crop
+    side in whole patches, 448 for 224 px encoders). An encoder whose family has no patch grid is refused."""
+    require_region_pooling(loaded.spec)
+    patch = int(loaded.full_model.config.patch_size)
+    return RegionSpec(resolution=resolution or default_resolution(loaded.spec.preprocess.input_size, patch),
+                      patch_size=patch)
+
+
+def patch_weights(boxes: torch.Tensor, resolution: int, patch_size: int) -> torch.Tensor:
+    """(K, 4) frame-pixel boxes -> (K, G * G) overlap area of each box with each patch (row-major), in pixels².
+
+    Boxes are clipped to the frame first. Separable: the x overlap with each column times the y overlap
+    with each row, so the graph is a few element-wise ops and one outer product.
+    """
+    grid = resolution // patch_size
+    lo = torch.arange(grid, dtype=boxes.dtype, device=boxes.device) * patch_size  # (G,) patch starts
+    hi = lo + patch_size
+    b = boxes.clamp(0.0, float(resolution))
+    ox = (torch.minimum(b[:, 2:3], hi) - torch.maximum(b[:, 0:1], lo)).clamp(min=0.0)  # (K, G) columns
+    oy = (torch.minimum(b[:, 3:4], hi) - torch.maximum(b[:, 1:2], lo)).clamp(min=0.0)  # (K, G) rows
+    return (oy.unsqueeze(2) * ox.unsqueeze(1)).reshape(boxes.shape[0], grid * grid)  # (K, G * G)
+
+
+class RegionEncoderGraph(nn.Module):
+    """uint8 (1, R, R, 3) letterboxed image + (K, 4) frame-pixel boxes -> (K, D) L2-normalised box embeddings.
+
+    One backbone pass, then each box's masked mean over the patch tokens it covers (headserve.regions
+    explains the choice; ``reference_pool`` is the plain numpy version). Preprocessing lives in the graph
+    as in ``EncoderGraph``. A box with no area inside the frame gets NaN (0 / 0): callers check boxes
+    first (``check_boxes``), and a NaN cannot pass for an answer the way a zero vector could.
+    """
+
+    def __init__(self, grid: nn.Module, preprocess: PreprocessSpec, region: RegionSpec) -> None:
+        super().__init__()
+        self.grid = grid
+        self.region = region
+        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, R, R, 3) uint8 -> (B, G, G, D)
+        x = pixels.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0  # (B, 3, R, R)
+        return self.grid((x - self.mean) / self.std)
+
+    def pool(self, tokens: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:  # (G, G, D), (K, 4) -> (K, D)
+        weights = patch_weights(boxes.float(), self.region.resolution, self.region.patch_size)  # (K, G * G)
+        flat = tokens.reshape(-1, tokens.shape[-1]).float()  # (G * G, D)
+        pooled = (weights @ flat) / weights.sum(dim=1, keepdim=True)  # (K, D); 0 / 0 = NaN for an empty box
+        return F.normalize(pooled, dim=-1)
+
+    def forward(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:  # (1, R, R, 3), (K, 4) -> (K, D)
+        return self.pool(self.tokens(pixels)[0], boxes)
+
+
+def region_graph(loaded: LoadedEncoder, region: RegionSpec) -> RegionEncoderGraph:
+    """The region encoder of a loaded encoder; its family must have a patch grid, of ``region``'s patch size."""
+    require_region_pooling(loaded.spec)
+    build = PATCH_GRIDS.get(loaded.spec.encoder_type)
+    if build is None:
+        raise RegionModeError(f"{loaded.spec.name}: family {loaded.spec.encoder_type} declares region pooling but "
+                              "headserve has no patch grid for it; use `pooling` crop").about("pooling", "region")
+    grid = build(loaded)
+    patch = getattr(grid, "patch_size", region.patch_size)
+    if patch != region.patch_size:
+        raise RegionModeError(f"region spec patch size {region.patch_size} is not {loaded.spec.name}'s patch size "
+                              f"{patch}; build the spec with region_spec_for").about("patch_size", region.patch_size)
+    return RegionEncoderGraph(grid, loaded.spec.preprocess, region).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,10 +509,13 @@ def encoder_graph(loaded: LoadedEncoder) -> EncoderGraph:
     return EncoderGraph(loaded.backbone, loaded.spec.preprocess).eval()
 
 
-def fingerprint(module: nn.Module, preprocess: PreprocessSpec) -> str:
-    """sha256 over the weights and the preprocessing: two encoders agree only if both agree."""
+def fingerprint(module: nn.Module, preprocess: PreprocessSpec, region: RegionSpec | None = None) -> str:
+    """sha256 over the weights, the preprocessing and (region mode) the region spec: two encoders agree only
+    if all agree. Crop encoders hash what they always did, so their recorded fingerprints stay valid."""
     digest = hashlib.sha256()
     digest.update(json.dumps(preprocess.to_dict(), sort_keys=True).encode())
+    if region is not None:
+        digest.update(b"region:" + region.to_json().encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

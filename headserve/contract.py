@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from headserve.encoders import DEFAULT_ENCODER_TYPE, EncoderSpec, PreprocessSpec
 from headserve.errors import ConfigError, EncoderMismatchError, MalformedParameterError, MissingParameterError, ParameterError
+from headserve.regions import RegionSpec, mode_label
 
 # ---------------------------------------------------------------------------------------------
 # Tensor names: every ONNX input and output headserve exports, and every name a client sends or reads.
@@ -48,6 +49,11 @@ HEAD_OUTPUT_WIDTHS: Mapping[str, int] = {OOD_SCORE: 1, HEAD_ID: 1}  # widths tha
 HEAD_OUTPUT_TYPES: Mapping[str, str] = {HEAD_ID: "INT64"}  # Triton data types that are not FP32
 HEAD_ID_BITS = 52  # ids fit a float64 exactly, so parity checks and JSON carry them unchanged
 PROMPT_OUTPUT = "similarity"  # FP32 (B, P): the prompt model's output, from its `embedding` input
+# The region encoder (headserve.regions): one letterboxed image and its boxes in, one row per box out. Its
+# outputs reuse the names above with K rows: EMBEDDING and HEAD_FEED (K, D); a region head's LOGITS, PROBS,
+# OOD_SCORE and HEAD_ID (K, ...) as a crop head's are (B, ...).
+REGION_PIXELS = "region_pixels"  # uint8 (1, R, R, 3): one image letterboxed to the RegionSpec's resolution
+BOXES = "boxes"  # FP32 (K, 4): x1, y1, x2, y2 in pixels of that R x R frame (Letterbox.to_frame)
 IMAGE = "image"  # BYTES [1]: encoded JPEG/PNG, the input of a decoder and of an `_encoded` ensemble
 LABELS_FILE = "labels.txt"  # one class name per line, in output order, beside a model's config.pbtxt
 MULTI_HEAD_SEPARATOR = "__"  # "<head>__<output>" in a multi-head ensemble; model names never contain it
@@ -157,11 +163,14 @@ def _finite(text: str) -> float:
 # ---------------------------------------------------------------------------------------------
 # Encoder identity
 
+# The parameter (and meta.json field) holding a region encoder's RegionSpec as JSON; absent means crop mode.
+REGION_KEY = "encoder_region"
+CROP_MODE = "crop"  # the value matching_values gives REGION_KEY for a crop encoder: never "unrecorded"
 # Fields two identities must agree on for one's embeddings to suit the other's head, as parameter keys.
-MATCH_KEYS: tuple[str, ...] = ("encoder_type", "encoder_model", "embedding_dim", "encoder_fingerprint")
+MATCH_KEYS: tuple[str, ...] = ("encoder_type", "encoder_model", "embedding_dim", "encoder_fingerprint", REGION_KEY)
 # Every parameter an identity publishes (on encoder models, head ensembles and multi-head ensembles).
 IDENTITY_KEYS: tuple[str, ...] = ("encoder_type", "encoder_model", "encoder_name", "embedding_dim",
-                                  "encoder_fingerprint", "preprocess")
+                                  "encoder_fingerprint", "preprocess", REGION_KEY)
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,10 @@ class EncoderIdentity:
     name: str | None = None  # registry key, e.g. "dinov3:vitb16"; None when not recorded
     pretrained: str | None = None  # open_clip pretrained tag or local checkpoint file; None for hub models
     preprocess: PreprocessSpec | None = None  # how crops become its input; None when not recorded
+    # crop mode (None): one encoder pass per box. A RegionSpec: one pass per image, boxes pooled from its
+    # patch grid. The two give different embeddings of the same box, so a head of one mode is never paired
+    # with an encoder of the other; an identity written before modes existed reads as crop.
+    region: RegionSpec | None = None
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 0:
@@ -183,20 +196,32 @@ class EncoderIdentity:
                 "embedding_dim", self.embedding_dim)
 
     @classmethod
-    def from_spec(cls, spec: EncoderSpec, fingerprint: str | None = None) -> "EncoderIdentity":
-        """The identity of a registry encoder, as loaded (with ``fingerprint`` once its weights are hashed)."""
+    def from_spec(cls, spec: EncoderSpec, fingerprint: str | None = None,
+                  region: RegionSpec | None = None) -> "EncoderIdentity":
+        """The identity of a registry encoder, as loaded (with ``fingerprint`` once its weights are hashed), in
+        crop mode or, with ``region``, in region mode."""
         return cls(encoder_type=spec.encoder_type, model=spec.model_id, embedding_dim=spec.embedding_dim,
-                   fingerprint=fingerprint, name=spec.name, pretrained=spec.pretrained, preprocess=spec.preprocess)
+                   fingerprint=fingerprint, name=spec.name, pretrained=spec.pretrained, preprocess=spec.preprocess,
+                   region=region)
 
     @property
     def label(self) -> str:
         """``type:model``, as messages name an encoder."""
         return f"{self.encoder_type}:{self.model}"
 
+    @property
+    def mode(self) -> str:
+        """``crop`` or ``region (masked-mean, 448 px, patch 16)``: how messages name the encoder's mode."""
+        return mode_label(self.region)
+
     def matching_values(self) -> dict[str, str | None]:
-        """The values another encoder must share, by parameter key (None: not recorded, so not compared)."""
+        """The values another encoder must share, by parameter key (None: not recorded, so not compared).
+
+        The mode is always recorded: an identity without a region spec is a crop encoder's.
+        """
         return {"encoder_type": self.encoder_type, "encoder_model": self.model,
-                "embedding_dim": str(self.embedding_dim), "encoder_fingerprint": self.fingerprint}
+                "embedding_dim": str(self.embedding_dim), "encoder_fingerprint": self.fingerprint,
+                REGION_KEY: self.region.to_json() if self.region is not None else CROP_MODE}
 
     def differences(self, other: "EncoderIdentity", skip_unknown: bool = True) -> list[tuple[str, str, str]]:
         """(key, ours, theirs) for each identifying field on which the two disagree.
@@ -216,14 +241,24 @@ class EncoderIdentity:
 
     def require_match(self, other: "EncoderIdentity", head: str, where: str = "encoder") -> None:
         """Refuse to pair a head trained on ``self`` with the encoder ``other``: type, model, dim, fingerprint."""
-        if self.differences(other, skip_unknown=False):
+        diffs = self.differences(other, skip_unknown=False)
+        if not diffs:
+            return
+        if any(key == REGION_KEY for key, _, _ in diffs):
             raise EncoderMismatchError(
-                f"head {head!r} was trained on {self.label} "
-                f"(embedding_dim {self.embedding_dim}, fingerprint {self.fingerprint or 'unrecorded'}), "
-                f"but the {where} is {other.label} (embedding_dim {other.embedding_dim}, "
-                f"fingerprint {other.fingerprint or 'unrecorded'}). Retrain the head on this encoder's embeddings "
-                "or serve it with the encoder it was trained on."
+                f"head {head!r} was trained on {self.label} in {self.mode} mode, but the {where} is {other.label} in "
+                f"{other.mode} mode: pooled region features and crop embeddings of the same box differ, so the "
+                f"head's answers would be wrong. Serve it on a {self.mode.split(' ')[0]} encoder (export the encoder "
+                f"in the mode the head was trained in), or retrain it with `--pooling "
+                f"{'region' if other.region is not None else 'crop'}`."
             )
+        raise EncoderMismatchError(
+            f"head {head!r} was trained on {self.label} "
+            f"(embedding_dim {self.embedding_dim}, fingerprint {self.fingerprint or 'unrecorded'}), "
+            f"but the {where} is {other.label} (embedding_dim {other.embedding_dim}, "
+            f"fingerprint {other.fingerprint or 'unrecorded'}). Retrain the head on this encoder's embeddings "
+            "or serve it with the encoder it was trained on."
+        )
 
     def to_parameters(self) -> dict[str, str]:
         """The identity as config parameters; fingerprint and preprocessing only when recorded."""
@@ -237,6 +272,8 @@ class EncoderIdentity:
             params["preprocess"] = self.preprocess.to_json()
         if self.fingerprint:
             params["encoder_fingerprint"] = self.fingerprint
+        if self.region is not None:  # crop encoders publish none: repositories written before modes read unchanged
+            params[REGION_KEY] = self.region.to_json()
         return params
 
     @classmethod
@@ -250,6 +287,7 @@ class EncoderIdentity:
         dim = _read(params, "embedding_dim", _width, where) if params.get("embedding_dim") else 0
         preprocess = (_read(params, "preprocess", PreprocessSpec.from_json, where)
                       if read_preprocess and params.get("preprocess") else None)
+        region = _read(params, REGION_KEY, RegionSpec.from_json, where) if params.get(REGION_KEY) else None
         return cls(
             encoder_type=params.get("encoder_type") or DEFAULT_ENCODER_TYPE,
             model=params.get("encoder_model", ""),
@@ -257,6 +295,7 @@ class EncoderIdentity:
             fingerprint=params.get("encoder_fingerprint") or None,
             name=params.get("encoder_name") or None,
             preprocess=preprocess,
+            region=region,
         )
 
 
@@ -403,6 +442,7 @@ class ServedHead:
 __all__ = [
     "EMBEDDING", "HEAD_FEED", "HEAD_OUTPUTS", "HEAD_OUTPUT_WIDTHS", "HEAD_OUTPUT_TYPES", "HEAD_ID",
     "HEAD_ID_BITS", "SCORE_OUTPUTS", "head_id_of", "IMAGE", "LABELS_FILE", "LOGITS",
+    "REGION_PIXELS", "BOXES", "REGION_KEY", "CROP_MODE",
     "MULTI_HEAD_SEPARATOR", "OOD_SCORE", "PIXELS", "PROBS", "PROMPT_OUTPUT",
     "encoder_model_name", "head_model_name", "prompt_model_name", "encoded_model_name", "decoder_model_name",
     "multi_head_model_name", "multi_head_output_name",

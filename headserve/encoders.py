@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from headserve.errors import ConfigError, PreprocessSpecError, UnknownEncoderError
+from headserve.errors import ConfigError, PreprocessSpecError, RegionModeError, UnknownEncoderError
 
 # open_clip's OPENAI_DATASET_MEAN/STD; the LAION-trained CLIP checkpoints use the same values.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -157,6 +157,8 @@ class EncoderFamily:
     # Why the family's graph cannot be exported in float16, or "" when it can (the export's parity check
     # then decides per model).
     no_fp16_export: str = ""
+    # Why the family's boxes cannot be pooled from its patch grid (`--pooling region`), or "" when they can.
+    no_region_pooling: str = ""
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
@@ -172,7 +174,11 @@ class EncoderFamily:
 
 FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (
     EncoderFamily("clip", text_tower=True, resize="shortest_side_center_crop", interpolation="bicubic",
-                  weights_field="pretrained"),
+                  weights_field="pretrained",
+                  no_region_pooling="CLIP trains only its pooled class token against text; its patch tokens are not "
+                                    "in that space, and pooled CLIP region features differ markedly from CLIP crop "
+                                    "embeddings (RegionCLIP, CLIPSelf), so a head on them would rest on features the "
+                                    "model never learned"),
     # The DINOv3 processors squash to the input size; the DINOv2 ones resize the short side and crop.
     EncoderFamily("dinov3", text_tower=False, resize="squash", interpolation="bilinear", weights_field="model_id"),
     EncoderFamily("dinov2", text_tower=False, resize="shortest_side_center_crop", interpolation="bicubic",
@@ -181,13 +187,18 @@ FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (
     # RoPE periods in fp32, so its embeddings are not bit-for-bit the transformers ones: another identity.
     # Its pretrained configs resize the short side to 256 and crop 256 (crop_pct 1.0), bicubic.
     EncoderFamily("dinov3-timm", text_tower=False, resize="shortest_side_center_crop", interpolation="bicubic",
-                  weights_field="pretrained"),
+                  weights_field="pretrained",
+                  no_region_pooling="headserve takes region patch grids from the transformers DINOv3 and DINOv2 "
+                                    "models (CLS, register and patch tokens in a known order); timm's build is not "
+                                    "wired for it; use a dinov3: encoder"),
     # V-JEPA 2 video encoders embedding one image: the video processor resizes the short side to
     # crop * 256 / 224 and centre-crops, bilinear.
     EncoderFamily("vjepa2", text_tower=False, resize="shortest_side_center_crop", interpolation="bilinear",
                   weights_field="model_id",
                   no_fp16_export="its 3D RoPE builds token positions with arange in the compute dtype, and "
-                                 "ONNX's Range operator has no float16"),
+                                 "ONNX's Range operator has no float16",
+                  no_region_pooling="it encodes an image as a video tubelet at a fixed size and has no CLS or "
+                                    "register layout to take a patch grid from; use a dinov3: or dinov2: encoder"),
 )}
 
 
@@ -206,6 +217,16 @@ def require_export_precision(spec: "EncoderSpec", precision: str) -> None:
     if reason:
         raise ConfigError(f"{spec.name} cannot be exported with `precision` fp16: {reason}. "
                           "Export it with `precision` fp32")
+
+
+def require_region_pooling(spec: "EncoderSpec") -> None:
+    """Refuse, before any work, region pooling on an encoder whose family cannot give it (RegionModeError)."""
+    reason = spec.family.no_region_pooling
+    if reason:
+        supported = ", ".join(sorted(f.name for f in FAMILIES.values() if not f.no_region_pooling))
+        raise RegionModeError(f"`pooling` region is not available for {spec.name} (family {spec.encoder_type}): "
+                              f"{reason}. Use `pooling` crop, or an encoder of a family that pools regions "
+                              f"({supported})").about("pooling", "region")
 
 
 def has_text_tower(encoder_type: str) -> bool:
@@ -484,6 +505,7 @@ __all__ = [
     "get_family",
     "has_text_tower",
     "require_export_precision",
+    "require_region_pooling",
     "PreprocessSpec",
     "REGISTRY",
     "DEFAULT_ENCODER_TYPE",

@@ -76,6 +76,23 @@ class ImageDecodeError(HeadserveError):
     """An image file or buffer that does not decode."""
 
 
+class RegionBoxError(HeadserveError, ValueError):
+    """A box that region pooling cannot pool: zero area, outside the image, not finite, or a bad array.
+
+    ``index`` is the box's position in what the caller passed (None when the whole array is at fault) and
+    ``box`` its value, so a caller can name the object (its detector's row) in its own terms.
+    """
+
+    def __init__(self, message: str, index: int | None = None, box: tuple[float, ...] | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.box = box
+
+
+class RegionModeError(ConfigError):
+    """Region pooling asked of an encoder family that cannot give it (its reason is the message)."""
+
+
 class ImageTooLargeError(ImageDecodeError):
     """An image whose decoded size exceeds the pixel cap (a decompression bomb, or a photo too big to serve)."""
 
