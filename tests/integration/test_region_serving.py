@@ -8,6 +8,7 @@ exported and served once for the module; the in-process side is the region encod
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -240,3 +241,21 @@ def test_the_production_region_repository_validates_and_refuses_tensorrt(region_
     with pytest.raises(Exception, match="TensorRT"):
         export_head(region_repo["artifacts"]["rg_b"], tmp_path / "trt", "production",
                     options=replace(RuntimeOptions(), tensorrt=TensorRTOptions()))
+
+
+def test_classify_regions_command_writes_one_row_per_box_as_the_library_call_decides_it(served, digits_dataset, tmp_path):
+    from headserve.client.crops import crops_from_yolo
+
+    refs = list(crops_from_yolo(digits_dataset))
+    out = tmp_path / "rows.jsonl"
+    done = subprocess.run([sys.executable, "-m", "headserve.app", "classify", "--yolo", str(digits_dataset),
+                           "--regions", "--head", "rg_a", "--url", served.grpc_url, "--output", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["source"], r["box_xyxy"]) for r in rows] == [(r.origin, [round(v, 2) for v in r.box_xyxy]) for r in refs]
+    first = [i for i, r in enumerate(refs) if r.image == refs[0].image]
+    with HeadClient(served.grpc_url) as client:
+        expected = client.classify_regions("rg_a", refs[0].image, [refs[i].box_xyxy for i in first])
+    assert [(rows[i]["label"], rows[i]["decision"]) for i in first] == [(p.label, p.reason.value) for p in expected]
+    assert rows[0]["version"] == "1"
