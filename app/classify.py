@@ -118,7 +118,6 @@ def _client(args: argparse.Namespace) -> HeadClient:
 
 def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[Sequence[int]], list[Any]]]:
     """Row descriptions and a loader of the crops at given positions."""
-    from headserve.client.crops import crops_from_yolo
     from headserve.client.errors import BadInputError
 
     if args.yolo is not None:
