@@ -28,7 +28,7 @@ from headserve.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from headserve.regions import ClippedBox, Letterbox, RegionSpec, check_boxes, letterbox_pixels
 
 # The region ensemble's parameter holding its cap on boxes per image (written by export.region_ensemble's
-# MAX_BOXES_KEY; the client cannot import the exporter, and tests/unit/test_region_ensemble.py keeps the two equal).
+# MAX_BOXES_KEY; the client cannot import the exporter; test_region_serving.py reads the exporter's value with this key).
 MAX_BOXES_KEY = "max_boxes"
 log = logging.getLogger("headserve.client.regions")
 

@@ -259,3 +259,14 @@ def test_classify_regions_command_writes_one_row_per_box_as_the_library_call_dec
         expected = client.classify_regions("rg_a", refs[0].image, [refs[i].box_xyxy for i in first])
     assert [(rows[i]["label"], rows[i]["decision"]) for i in first] == [(p.label, p.reason.value) for p in expected]
     assert rows[0]["version"] == "1"
+
+
+def test_an_encoded_image_variant_of_a_region_head_is_refused_naming_why(region_repo, tmp_path):
+    from headserve.errors import RepositoryError
+    from headserve.export.encoded_input import add_encoded_input
+
+    repo = tmp_path / "repo"
+    shutil.copytree(region_repo["repo"], repo)
+    with pytest.raises(RepositoryError, match="'rg_a' is a region head .* has no boxes to send"):
+        add_encoded_input(repo, "rg_a")
+    assert not (repo / "rg_a_encoded").exists()
