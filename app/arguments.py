@@ -39,7 +39,29 @@ FLAG_OF_SETTING: dict[str, str] = {
     "ood_rate_p_value": "--p-value",  # DriftThresholds: one flag sets both tests' p-value
     "ks_p_value": "--p-value",  # DriftThresholds
     "min_window": "--min-window",  # DriftThresholds
+    "pooling": "--pooling",  # TrainRequest, SweepConfig: crop or region mode
+    "region_resolution": "--region-resolution",  # TrainRequest, SweepConfig
+    "resolution": "--region-resolution",  # RegionSpec
+    "weights": "--encoder-weights",  # SweepConfig: NAME=PATH pairs
 }
+
+POOLING_HELP = ("crop: one encoder pass per object crop (default); region: one pass per whole image letterboxed to "
+                "--region-resolution, each object pooled from the patch grid (DINOv3, DINOv2). A head is served only "
+                "on an encoder of its own mode")
+
+
+def add_pooling_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """--pooling (one mode; ``many``: a comma-separated list of modes) and --region-resolution."""
+    if many:
+        p.add_argument("--pooling", type=lambda t: tuple(v.strip() for v in t.split(",") if v.strip()),
+                       default=("crop",), metavar="MODES",
+                       help="comma-separated encoder modes, each a row on the same split: crop, region or "
+                            "crop,region. " + POOLING_HELP)
+    else:
+        p.add_argument("--pooling", choices=("crop", "region"), default="crop", help=POOLING_HELP)
+    p.add_argument("--region-resolution", type=int, default=None, metavar="PX",
+                   help="side of the letterboxed frame in region mode, a multiple of the encoder's patch size "
+                        "(default: twice the encoder's crop side, 448 for 224 px encoders)")
 
 
 def flag_for(setting: str) -> str | None:

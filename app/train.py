@@ -13,6 +13,7 @@ from headserve.app.arguments import (
     add_device_args,
     add_encoder_args,
     add_later,
+    add_pooling_args,
     embed_config_from_args,
     encoder_from_args,
     parse_hidden,
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="head name; becomes the served model name, so two heads need two names (default: the "
                         "dataset folder's name, made a valid model name, and printed)")
     add_encoder_args(p)
+    add_pooling_args(p)
     add_device_args(p)
     p.add_argument("--hidden", type=parse_hidden, default=(256,),
                    help="MLP widths, e.g. 768,384; 'logreg' for none (default 256)")
@@ -117,6 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated training seeds of every row (default 42,43,44; at least 3 for the ± sd)")
     s.add_argument("--select", action="store_true",
                    help="add a row per encoder for the head that `train --select` would choose")
+    add_pooling_args(s, many=True)
+    s.add_argument("--encoder-weights", dest="sweep_weights", action="append", default=[], metavar="NAME=PATH",
+                   help="load encoder NAME (one of --encoders) from local weights PATH, as `train --encoder-weights` "
+                        "does; repeat for several")
     add_device_args(s)
     s.set_defaults(func=_sweep)
 
@@ -140,7 +146,8 @@ def _train(args: argparse.Namespace) -> int:
                        train=profile_config(args.profile, **overrides),
                        embed=embed_config_from_args(args), profile=args.profile,
                        cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
-                       ood_holdout=args.ood_holdout, progress=True)
+                       ood_holdout=args.ood_holdout, progress=True, pooling=args.pooling,
+                       region_resolution=args.region_resolution)
     if args.select:
         outcome = _train_selected(req)
     else:
@@ -173,6 +180,15 @@ def _train_selected(req: Any) -> Any:
     return train_from_yolo(replace(req, hidden=sel.hidden, train=sel.config, selection=sel.describe()), prepared)
 
 
+def _weights_pair(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        from headserve.errors import ConfigError
+
+        raise ConfigError(f"--encoder-weights {text!r} is not NAME=PATH (e.g. dinov3:vits16=/models/dinov3-vits16)")
+    return name, path
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from headserve.train.sweep import SweepConfig, run_sweep
 
@@ -180,7 +196,9 @@ def _sweep(args: argparse.Namespace) -> int:
                          encoders=tuple(args.encoders), hidden=tuple(args.hidden),
                          label_smoothing=tuple(args.label_smoothing), epochs=args.epochs, bg_classes=args.bg,
                          cache_dir=args.cache, seeds=args.seeds, select=args.select,
-                         embed=embed_config_from_args(args))
+                         embed=embed_config_from_args(args), pooling=args.pooling,
+                         weights=dict(_weights_pair(w) for w in args.sweep_weights),
+                         region_resolution=args.region_resolution)
     table = run_sweep(config)
     print(table.read_text())
     return 0

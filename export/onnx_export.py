@@ -113,7 +113,8 @@ def parity_boxes(count: int, resolution: int, patch_size: int, rng: np.random.Ge
     xy = rng.uniform(0, resolution - 1, size=(count, 2))
     wh = rng.uniform(0.5, resolution, size=(count, 2))
     boxes = np.concatenate([xy, np.minimum(xy + wh, resolution)], axis=1)
-    boxes[:min(count, len(fixed))] = fixed[:count]
+    n = min(count, len(fixed))
+    boxes[:n] = np.asarray(fixed[:n], dtype=np.float64).reshape(n, 4)
     return boxes.astype(np.float32)
 
 

@@ -7,6 +7,10 @@ fp32 and bf16 embeddings, and PyTorch's and OpenVINO's bf16 never mix; the key i
 the sha256 of the resized crop's pixels (the image content as the encoder sees it). Entries are
 written only after their whole batch was embedded, each through a temp file and a rename, so an
 interrupted run leaves whole entries only and the next run resumes from them.
+
+Region mode (``--pooling region``) keeps one entry per image: the (K, D) embeddings of its boxes, keyed by
+``region_key`` (the mode, the letterboxed frame's pixels and the boxes in it). Its fingerprint covers the
+region spec (resolution, pooling), so region and crop entries also live in different directories.
 Entries load with ``allow_pickle=False``.
 """
 
@@ -59,6 +63,23 @@ class EmbeddingCache:
         h = hashlib.sha256(str(pixels.shape).encode())
         h.update(np.ascontiguousarray(pixels).tobytes())
         return h.hexdigest()
+
+    @staticmethod
+    def region_key(pixels: np.ndarray, boxes: np.ndarray) -> str:
+        """sha256 of the region mode, one letterboxed frame's uint8 pixels and its float32 frame boxes."""
+        h = hashlib.sha256(b"region:" + str(pixels.shape).encode())
+        h.update(np.ascontiguousarray(pixels).tobytes())
+        h.update(np.ascontiguousarray(boxes, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+    def lookup(self, key: str) -> np.ndarray | None:
+        """``get``, counted in ``stats`` as a hit or a miss (a miss is then computed and ``put`` by the caller)."""
+        found = self.get(key)
+        if found is None:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
+        return found
 
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"

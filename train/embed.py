@@ -22,19 +22,21 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from headserve.backbones import EncoderGraph
+from headserve.backbones import EncoderGraph, RegionEncoderGraph
 from headserve.device import autocast, check_precision, check_supported, get_precision, resolve_device
 from headserve.encoders import PreprocessSpec
 from headserve.errors import ConfigError, HeadserveError
 from headserve.export.engine import ENGINES, check_parity, choose_engine, compile_graph
 from headserve.preprocess import crop_box, load_image, resize_for_encoder
+from headserve.regions import RegionSpec, check_boxes, letterbox_pixels
 from headserve.train.cache import EmbeddingCache
 
 
@@ -115,22 +117,27 @@ def _grouped(images: Sequence[Path]) -> list[tuple[Path, list[int]]]:
     return list(groups.items())
 
 
+_Decoded = TypeVar("_Decoded")
+
+
 def _decoded_in_order(groups: list[tuple[Path, list[int]]], boxes: Sequence[tuple[float, float, float, float]],
-                      spec: PreprocessSpec, workers: int) -> Iterator[tuple[Path, list[int], list[np.ndarray] | _ImageFailed]]:
-    """Decode images on ``workers`` threads, at most 4 per worker ahead of the consumer, in order."""
+                      decode: Callable[[Path, list[tuple[float, float, float, float]]], _Decoded], workers: int,
+                      ) -> Iterator[tuple[Path, list[int], _Decoded]]:
+    """``decode(path, its boxes)`` of every image on ``workers`` threads, at most 4 per worker ahead of the
+    consumer, in order."""
     ahead = 4 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headserve-decode") as pool:
         pending: deque[tuple[Path, list[int], Future]] = deque()
         it = iter(groups)
         for path, idx in it:
-            pending.append((path, idx, pool.submit(_decode, path, [boxes[i] for i in idx], spec)))
+            pending.append((path, idx, pool.submit(decode, path, [boxes[i] for i in idx])))
             if len(pending) >= ahead:
                 break
         while pending:
             path, idx, fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt[0], nxt[1], pool.submit(_decode, nxt[0], [boxes[i] for i in nxt[1]], spec)))
+                pending.append((nxt[0], nxt[1], pool.submit(decode, nxt[0], [boxes[i] for i in nxt[1]])))
             yield path, idx, fut.result()
 
 
@@ -233,7 +240,7 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
         batch_idx.clear()
         batch_px.clear()
 
-    for path, idx, result in _decoded_in_order(groups, boxes, spec, workers):
+    for path, idx, result in _decoded_in_order(groups, boxes, partial(_decode, spec=spec), workers):
         if isinstance(result, _ImageFailed):
             failures.append((str(path), str(result)))
             if bar is not None:
@@ -254,6 +261,153 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
         bar.close()
     return Extraction(out, ok, failures, bad_crops, str(encoder.device), encoder.precision.name,
                       encoder.min_cosine, time.perf_counter() - t0, encoder.engine, encoder.check_seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Region mode: each image letterboxed and encoded once, every one of its boxes pooled from that pass.
+
+
+@dataclass
+class _Frame:
+    """One image as the region encoder takes it, with the boxes of its objects that can be pooled."""
+
+    pixels: np.ndarray  # (R, R, 3) uint8, letterboxed
+    rows: list[int]  # positions (in the image's object list) of the poolable boxes
+    boxes: np.ndarray  # (len(rows), 4) float32 frame-pixel boxes
+    bad: list[tuple[int, str]]  # (position, why) of the boxes refused
+
+
+def _decode_region(path: Path, boxes: Sequence[tuple[float, float, float, float]], region: RegionSpec,
+                   ) -> _Frame | _ImageFailed:
+    """One image, decoded and letterboxed once; a box that cannot be pooled costs only its own object."""
+    from headserve.errors import RegionBoxError
+
+    try:
+        image = load_image(path)
+    except HeadserveError as exc:
+        return _ImageFailed(str(exc))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return _ImageFailed(f"{path}: {exc.__class__.__name__}: {exc}")
+    pixels, letterbox = letterbox_pixels(image, region)
+    rows, kept, bad = [], [], []
+    for pos, box in enumerate(boxes):
+        try:  # one box at a time: the refusal names the object, and the image's other boxes still pool
+            checked = check_boxes([box], image.width, image.height, origin=str(path))
+        except RegionBoxError as exc:
+            bad.append((pos, str(exc)))
+            continue
+        rows.append(pos)
+        kept.append(checked.boxes[0])
+    frame_boxes = letterbox.to_frame(np.asarray(kept)) if kept else np.zeros((0, 4), np.float32)
+    return _Frame(pixels, rows, frame_boxes, bad)
+
+
+class _RegionEncoder:
+    """The region graph on its device and precision: patch grids of a batch of frames, pooled per frame in
+    float32, with the fp32 check of the first frame at a lower precision."""
+
+    def __init__(self, graph: RegionEncoderGraph, config: EmbedConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.precision = get_precision(config.precision)
+        check_supported(self.device, self.precision)
+        self.graph = graph.to(self.device).eval()
+        self.min_cosine: float | None = None
+        self.check_seconds = 0.0
+
+    @torch.inference_mode()
+    def __call__(self, frames: list[_Frame]) -> list[np.ndarray]:
+        pixels = torch.from_numpy(np.stack([f.pixels for f in frames])).to(self.device)  # (B, R, R, 3)
+        with autocast(self.device, self.precision):
+            tokens = self.graph.tokens(pixels)  # (B, G, G, D)
+        out = [self.graph.pool(t, torch.from_numpy(f.boxes).to(self.device)).cpu().numpy()  # (K, D) each
+               for t, f in zip(tokens, frames)]
+        if self.min_cosine is None:
+            self.min_cosine = 1.0
+            if self.precision.name != "fp32" and len(frames[0].boxes):
+                t0 = time.perf_counter()
+                reference = self.graph(pixels[:1], torch.from_numpy(frames[0].boxes).to(self.device))
+                self.min_cosine = check_precision(reference.float().cpu().numpy(), out[0], self.precision,
+                                                  where=f"region encoder on {self.device}")
+                self.check_seconds = time.perf_counter() - t0
+        return [o.astype(np.float32, copy=False) for o in out]
+
+
+def frames_per_batch(config: EmbedConfig, crop_size: int, region: RegionSpec) -> int:
+    """Frames per encoder call: about the tokens of ``config.batch_size`` crops (16 frames of 448 for 64 of 224)."""
+    return max(1, config.batch_size * crop_size * crop_size // (region.resolution * region.resolution))
+
+
+def extract_regions(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, float]],
+                    graph: RegionEncoderGraph, spec: PreprocessSpec, dim: int, config: EmbedConfig = EmbedConfig(),
+                    cache: EmbeddingCache | None = None, scratch: Path | None = None,
+                    progress: bool = False) -> Extraction:
+    """Embed ``boxes[i]`` of ``images[i]`` for every i by region pooling: one encoder pass per image.
+
+    The same streaming as ``extract`` (threads decode and letterbox ahead, a memory-mapped output), with a
+    cache entry per image (its frame and boxes); a box that cannot be pooled (no area, outside its image)
+    is reported in ``bad_crops`` and costs only its object.
+    """
+    if config.engine != "torch":
+        raise ConfigError.bad_value("engine", config.engine, "region pooling is computed by eager PyTorch; use "
+                                                             "`engine` torch with `pooling` region")
+    region = graph.region
+    encoder = _RegionEncoder(graph, config)
+    t0 = time.perf_counter()
+    workers = config.workers or os.cpu_count() or 1
+    out = scratch_array(len(images), dim, scratch)
+    ok = np.zeros(len(images), dtype=bool)
+    failures: list[tuple[str, str]] = []
+    bad_crops: list[tuple[int, str]] = []
+    bar = None
+    if progress and images:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), desc="embedding regions", unit="box")
+    per_call = frames_per_batch(config, spec.input_size, region)
+    batch: list[tuple[list[int], _Frame, str | None]] = []
+
+    def store(idx: list[int], emb: np.ndarray) -> None:
+        out[idx] = emb
+        ok[idx] = True
+        if bar is not None:
+            bar.update(len(idx))
+
+    def flush() -> None:
+        if not batch:
+            return
+        for (idx, frame, key), emb in zip(batch, encoder([f for _, f, _ in batch])):
+            if cache is not None and key is not None:
+                cache.put(key, emb)  # after the whole batch was embedded, as crop entries are
+            store(idx, emb)
+        batch.clear()
+
+    for path, idx, frame in _decoded_in_order(_grouped(images), boxes, partial(_decode_region, region=region),
+                                              workers):
+        if isinstance(frame, _ImageFailed):
+            failures.append((str(path), str(frame)))
+            if bar is not None:
+                bar.update(len(idx))
+            continue
+        for pos, why in frame.bad:
+            bad_crops.append((idx[pos], why))
+        if bar is not None and frame.bad:
+            bar.update(len(frame.bad))
+        rows = [idx[pos] for pos in frame.rows]
+        if not rows:
+            continue
+        key = cache.region_key(frame.pixels, frame.boxes) if cache is not None else None
+        hit = cache.lookup(key) if cache is not None and key is not None else None
+        if hit is not None and hit.shape == (len(rows), dim):
+            store(rows, hit)
+            continue
+        batch.append((rows, frame, key))
+        if len(batch) >= per_call:
+            flush()
+    flush()
+    if bar is not None:
+        bar.close()
+    return Extraction(out, ok, failures, bad_crops, str(encoder.device), encoder.precision.name,
+                      encoder.min_cosine, time.perf_counter() - t0, "torch", encoder.check_seconds)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,15 +13,24 @@ import numpy as np
 import torch
 
 from headserve.artifact import HeadMeta
-from headserve.backbones import encoder_graph, fingerprint, load_encoder
+from headserve.backbones import (
+    EncoderGraph,
+    RegionEncoderGraph,
+    encoder_graph,
+    fingerprint,
+    load_encoder,
+    region_graph,
+    region_spec_for,
+)
 from headserve.contract import SCORE_OUTPUTS, EncoderIdentity
 from headserve.drift import DriftReference, reference_from_validation
-from headserve.encoders import EncoderSpec
+from headserve.encoders import EncoderSpec, require_region_pooling
 from headserve.errors import ConfigError, DatasetError
 from headserve.head import ServingHead, save_head
+from headserve.regions import MODES, RegionSpec, mode_label
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import LabelledObject, YoloDataset, background_objects, load_crop, read_yolo
-from headserve.train.embed import EmbedConfig, Extraction, extract, pixels_of
+from headserve.train.embed import EmbedConfig, Extraction, extract, extract_regions, pixels_of
 from headserve.train.evaluation import classification_metrics, expected_calibration_error, ood_auroc, reliability
 from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
 from headserve.train.profiles import describe
@@ -57,8 +66,22 @@ class TrainRequest:
     ood_holdout: str | None = None  # class left out of training and scored as OOD, for the OOD AUROC
     progress: bool = False  # show a progress bar while embedding
     selection: Mapping[str, Any] | None = None  # the --select grid, every point's score and the choice, for meta.json
+    # "crop": one encoder pass per object crop; "region": one pass per image, each object pooled from its patch
+    # grid (headserve.regions). The mode is part of the head's encoder identity: it is served only in that mode.
+    pooling: str = "crop"
+    region_resolution: int | None = None  # region mode's frame side; None: twice the encoder's crop side (448)
 
     def __post_init__(self) -> None:
+        if self.pooling not in MODES:
+            raise ConfigError.bad_value("pooling", self.pooling, f"is not one of {', '.join(MODES)}")
+        if self.pooling == "region":
+            require_region_pooling(self.encoder)  # CLIP and the others say why, before any work
+            if self.embed.engine != "torch":
+                raise ConfigError.bad_value("engine", self.embed.engine, "region pooling is computed by eager "
+                                                                         "PyTorch; use `engine` torch")
+        elif self.region_resolution is not None:
+            raise ConfigError.bad_value("region_resolution", self.region_resolution,
+                                        "applies to `pooling` region only")
         if self.bg_classes < 1:
             raise DatasetError.bad_value("bg_classes", self.bg_classes,
                                          "the number of background classes must be at least 1")
@@ -83,7 +106,11 @@ class TrainOutcome:
     @cached_property
     def test_pixels(self) -> np.ndarray:
         """(N, S, S, 3) uint8: the held-out crops as the encoder sees them, decoded on first use only,
-        so that training itself never holds crops in memory."""
+        so that training itself never holds crops in memory. A region head has none: its encoder takes whole
+        images and boxes (``test_objects`` hold them)."""
+        if self.meta.encoder.region is not None:
+            raise ConfigError(f"head {self.meta.name!r} was trained in {self.meta.encoder.mode} mode: its encoder "
+                              "takes whole images and boxes, not crops; embed test_objects by region instead")
         return pixels_of((load_crop(o) for o in self.test_objects), self.meta.preprocess_spec)
 
 
@@ -107,6 +134,7 @@ class PreparedData:
     timings: dict[str, float]
     extraction: dict[str, object] = field(default_factory=dict)  # device, precision, fp32 check, rate
     split: str = ""  # how the rows were split into fit, validation and test, for the output and the report
+    region: RegionSpec | None = None  # region mode's spec; None: crop embeddings
 
 
 def prepare(req: TrainRequest) -> PreparedData:
@@ -132,17 +160,25 @@ def prepare(req: TrainRequest) -> PreparedData:
     t0 = time.perf_counter()
     loaded = load_encoder(req.encoder)
     spec = loaded.spec
-    graph = encoder_graph(loaded)
-    fp = fingerprint(graph, spec.preprocess)
+    everything = objects + holdout
+    region = region_spec_for(loaded, req.region_resolution) if req.pooling == "region" else None
+    # one graph per mode; the fingerprint covers the region spec, so the cache keeps the modes apart too
+    graph: EncoderGraph | RegionEncoderGraph = (encoder_graph(loaded) if region is None
+                                                else region_graph(loaded, region))
+    fp = fingerprint(graph, spec.preprocess, region)
     cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision, req.embed.engine)
              if req.cache_dir else None)
-    everything = objects + holdout
-    run = extract([o.image for o in everything], [o.box for o in everything], graph, spec.preprocess,
-                  spec.embedding_dim, req.embed, cache, scratch=req.cache_dir or req.out.parent, progress=req.progress)
+    where = dict(cache=cache, scratch=req.cache_dir or req.out.parent, progress=req.progress)
+    images, boxes = [o.image for o in everything], [o.box for o in everything]
+    if isinstance(graph, RegionEncoderGraph):
+        run = extract_regions(images, boxes, graph, spec.preprocess, spec.embedding_dim, req.embed, **where)
+    else:
+        run = extract(images, boxes, graph, spec.preprocess, spec.embedding_dim, req.embed, **where)
     for path, why in run.failures:  # strict mode raises here, naming the image
         data.report.skip("unreadable image", path, f"skipped with its objects: {why}")
     for i, why in run.bad_crops:
-        data.report.skip("box too small to crop", everything[i].source, f"skipped: {why}")
+        data.report.skip("box too small to crop" if region is None else "box not poolable", everything[i].source,
+                         f"skipped: {why}")
     keep, keep_holdout = run.ok[:len(objects)], run.ok[len(objects):]
     emb = run.emb[:len(objects)][keep] if not keep.all() else run.emb[:len(objects)]
     holdout_emb = np.asarray(run.emb[len(objects):][keep_holdout])
@@ -160,7 +196,8 @@ def prepare(req: TrainRequest) -> PreparedData:
     split += (f"; validation (early stopping, calibration, OOD threshold): {req.val_size:.0%} of the training "
               f"images, drawn by source image (seed {req.seed})")
     return PreparedData(spec, fp, data, classes, background, objects, emb, labels, holdout_emb,
-                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings, _described(run), split)
+                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings, _described(run, region),
+                        split, region)
 
 
 def _split(data: YoloDataset, objects: list[LabelledObject], req: TrainRequest) -> tuple[np.ndarray, np.ndarray, str]:
@@ -187,9 +224,10 @@ def _split(data: YoloDataset, objects: list[LabelledObject], req: TrainRequest) 
                                  + (f", {left} crops in neither folder left out" if left else ""))
 
 
-def _described(run: Extraction) -> dict[str, object]:
+def _described(run: Extraction, region: RegionSpec | None = None) -> dict[str, object]:
     """What meta.json and the report record of how the embeddings were computed."""
-    return {"device": run.device, "engine": run.engine, "precision": run.precision, "min_cosine_to_fp32": run.min_cosine,
+    return {"mode": mode_label(region), "device": run.device, "engine": run.engine, "precision": run.precision,
+            "min_cosine_to_fp32": run.min_cosine,
             "crops": int(run.ok.sum()), "unreadable_images": len(run.failures),
             "crops_per_s": round(float(run.ok.sum()) / run.seconds, 1) if run.seconds else None}
 
@@ -214,7 +252,7 @@ def train_from_yolo(req: TrainRequest, prepared: PreparedData | None = None) -> 
 
     meta = HeadMeta(
         name=req.name,
-        encoder=EncoderIdentity.from_spec(p.spec, p.fingerprint),
+        encoder=EncoderIdentity.from_spec(p.spec, p.fingerprint, p.region),
         encoder_untrained=p.spec.is_tiny,
         classes=p.classes,
         background_indices=p.background,

@@ -152,7 +152,8 @@ def write_report(directory: str | Path, meta: HeadMeta, metrics: Mapping[str, ob
     lines = [f"# Head `{meta.name}`", "",
              *([f"**{UNTRAINED_NOTE}** (encoder {meta.encoder.name}, a tiny twin for trying the commands)", ""]
                if meta.encoder_untrained else []),
-             f"- encoder: {meta.encoder.name or meta.encoder.model} ({meta.encoder.encoder_type}), head: {meta.head_type} "
+             f"- encoder: {meta.encoder.name or meta.encoder.model} ({meta.encoder.encoder_type}, {meta.encoder.mode} "
+             f"mode), head: {meta.head_type} "
              f"{meta.head_config.get('hidden', ())}, classifier: {meta.head_config.get('classifier', 'linear')}, "
              f"profile: {meta.extra.get('profile', 'custom')}",
              f"- recipe knobs: {meta.extra.get('recipe', {})}",

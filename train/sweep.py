@@ -9,6 +9,11 @@ bootstrap 95% interval over the test crops, and written as a tie where that inte
 ``select`` adds the row that ``headserve train --select`` would train. The output keeps the table
 format of the earlier sweep reports (profile averages, best per backbone and profile, each
 profile's delta against ``full``), adds the comparison with the baseline, and writes runs.csv.
+
+``pooling`` runs every encoder in each mode it names (``crop``, ``region``): a region row is labelled
+``<encoder>+region`` and sits on the same split as the crop rows (same images, seed and objects; checked),
+and each region row is compared with its crop row (same recipe and seeds) by a paired bootstrap 95% interval
+over the same test objects. ``weights`` loads registry encoders from local weights (``--encoder-weights``).
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from headserve.contract import PROBS
-from headserve.encoders import get_encoder
-from headserve.errors import ConfigError
+from headserve.encoders import EncoderSpec, get_encoder, require_region_pooling
+from headserve.errors import ConfigError, DatasetError
 from headserve.fsutil import write_text_atomic
+from headserve.regions import MODES
 from headserve.train.embed import EmbedConfig
 from headserve.train.errors import UnknownProfileError
 from headserve.train.evaluation import comparison, macro_f1_fg, paired_f1_difference
@@ -51,8 +58,22 @@ class SweepConfig:
     seeds: tuple[int, ...] = (42, 43, 44)  # training seeds of every row: the table shows their mean ± sd
     select: bool = False  # add per encoder the head `train --select` chooses (first profile, first seed)
     embed: EmbedConfig = field(default_factory=EmbedConfig)  # engine, device and precision of the embeddings
+    pooling: tuple[str, ...] = ("crop",)  # encoder modes, each a set of rows on the same split: crop, region
+    region_resolution: int | None = None  # region mode's frame side; None: twice the encoder's crop side
+    weights: Mapping[str, str] = field(default_factory=dict)  # registry name -> local weights (file or directory)
 
     def __post_init__(self) -> None:
+        stray = sorted(set(self.weights) - set(self.encoders))
+        if stray:
+            raise ConfigError.bad_value("weights", ",".join(stray), "names encoders the sweep does not run; name "
+                                                                    "one of --encoders")
+        bad = [m for m in self.pooling if m not in MODES]
+        if bad or not self.pooling or len(set(self.pooling)) != len(self.pooling):
+            raise ConfigError.bad_value("pooling", ",".join(self.pooling),
+                                        f"must name distinct modes among {', '.join(MODES)}")
+        if "region" in self.pooling:
+            for enc in self.encoders:  # a family without a patch grid fails now, not after the crop rows
+                require_region_pooling(get_encoder(enc))
         unknown = [p for p in self.profiles if p not in PROFILES]
         if unknown:
             raise UnknownProfileError(f"sweep profiles {unknown} are not among {', '.join(PROFILES)}")
@@ -93,15 +114,81 @@ def _row(name: str, enc: str, profile: str, hidden: tuple[int, ...], ls: float, 
             "delta_low": delta.low, "delta_high": delta.high, "verdict": comparison(delta)}
 
 
+def mode_name(encoder: str, pooling: str) -> str:
+    """How rows name an encoder in a mode: ``dinov3:vits16`` (crop) or ``dinov3:vits16+region``."""
+    return encoder if pooling == "crop" else f"{encoder}+{pooling}"
+
+
+def _require_same_split(first: PreparedData, other: PreparedData, enc: str) -> None:
+    """Rows of two modes of one encoder are compared only on the same test objects."""
+    def tested(p: PreparedData) -> list[tuple[str, int, tuple[float, ...]]]:
+        return [(str(p.objects[i].image), p.objects[i].class_id, p.objects[i].box) for i in p.test_idx]
+
+    a, b = tested(first), tested(other)
+    if a != b:
+        raise DatasetError(f"{enc}: the crop and region modes kept different test objects ({len(a)} vs {len(b)}; a "
+                           "box one mode can embed and the other cannot, see each mode's skipped lines), so their "
+                           "rows would not share a split; fix or drop those boxes, or sweep one mode")
+
+
+def _spec(config: SweepConfig, name: str) -> EncoderSpec:
+    spec = get_encoder(name)
+    return spec.with_weights(config.weights[name]) if name in config.weights else spec
+
+
+@dataclass(frozen=True)
+class _Answers:
+    """A row's test predictions (one argmax vector per seed), kept to compare the modes of one encoder."""
+
+    labels: np.ndarray
+    preds: list[np.ndarray]
+    fg: list[int]
+    n_classes: int
+
+
+def mode_table(rows: list[dict[str, object]], answers: Mapping[str, _Answers]) -> list[str]:
+    """Each region row against the crop row of the same encoder, recipe and seeds: paired bootstrap over the
+    same test objects. Empty when the sweep ran one mode."""
+    crop_runs = {(r["encoder"], r["profile"], r["hidden"], r["ls"]): str(r["run"]) for r in rows}
+    pairs = []
+    for r in rows:
+        encoder, _, mode = str(r["encoder"]).partition("+")
+        crop = crop_runs.get((encoder, r["profile"], r["hidden"], r["ls"])) if mode else None
+        if crop is not None:
+            pairs.append((str(r["run"]), crop, r))
+    if not pairs:
+        return []
+    lines = ["Region vs crop (same encoder, recipe, seeds and test objects; macro_f1_fg of each, the difference region "
+             "- crop with a paired bootstrap 95% interval; a tie where it spans zero):", "",
+             "| encoder | profile | hidden | region | crop | region - crop [95%] | verdict |", "|---|---|---|---|---|---|---|"]
+    for region_run, crop_run, r in pairs:
+        a, b = answers[region_run], answers[crop_run]
+        if not np.array_equal(a.labels, b.labels):  # several k-means background classes label each mode apart
+            lines.append(f"| {r['encoder']} | {r['profile']} | {r['hidden']} | - | - | not comparable: the modes' "
+                         "background labels differ (use one background class) | - |")
+            continue
+        delta = paired_f1_difference(a.labels, a.preds, b.preds, a.fg, a.n_classes)
+        f1 = [float(np.mean([macro_f1_fg(p, x.labels, x.fg, x.n_classes) for p in x.preds])) for x in (a, b)]
+        lines.append(f"| {r['encoder']} | {r['profile']} | {r['hidden'] or 'logreg'} | {f1[0]:.4f} | {f1[1]:.4f} | "
+                     f"{delta.value:+.4f} [{delta.low:+.4f}, {delta.high:+.4f}] | {comparison(delta)} |")
+    return lines
+
+
 def run_sweep(config: SweepConfig) -> Path:
     """Train the grid; write runs.csv, baselines.csv and sweep.md under ``config.out``; returns sweep.md's path."""
     rows: list[dict[str, object]] = []
     baselines: list[dict[str, object]] = []
     first = config.seeds[0]
-    for enc in config.encoders:
-        base_req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc), out=config.out / "heads" / "_",
-                                bg_classes=config.bg_classes, cache_dir=config.cache_dir, embed=config.embed)
+    firsts: dict[str, PreparedData] = {}
+    answers: dict[str, _Answers] = {}
+    for enc_name, pooling in itertools.product(config.encoders, config.pooling):
+        enc = mode_name(enc_name, pooling)
+        modes = {"pooling": pooling,
+                 "region_resolution": config.region_resolution if pooling == "region" else None}
+        base_req = TrainRequest(dataset=config.dataset, encoder=_spec(config, enc_name), out=config.out / "heads" / "_",
+                                bg_classes=config.bg_classes, cache_dir=config.cache_dir, embed=config.embed, **modes)
         prepared = prepare(base_req)
+        _require_same_split(firsts.setdefault(enc_name, prepared), prepared, enc_name)
         fit, val, test = prepared.fit_idx, prepared.val_idx, prepared.test_idx
         n_cls, labels = len(prepared.classes), prepared.labels
         tuned = tune_logreg(prepared.emb[fit], labels[fit], prepared.emb[val], labels[val], n_cls, prepared.background)
@@ -115,12 +202,13 @@ def run_sweep(config: SweepConfig) -> Path:
             name = run_name(config.dataset.name, enc, hidden, ls, profile, config.bg_classes)
             outcomes = []
             for seed in config.seeds:
-                req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc),
+                req = TrainRequest(dataset=config.dataset, encoder=_spec(config, enc_name),
                                    out=_seed_out(config.out / "heads" / name, seed, first), name="h", hidden=hidden,
                                    bg_classes=config.bg_classes, profile=profile, embed=config.embed,
-                                   train=profile_config(profile, **overrides, seed=seed))
+                                   train=profile_config(profile, **overrides, seed=seed), **modes)
                 outcomes.append(train_from_yolo(req, prepared))
             rows.append(_row(name, enc, profile, hidden, ls, outcomes, prepared, baseline_pred))
+            answers[name] = _Answers(labels[test], [o.test_outputs[PROBS].argmax(1) for o in outcomes], fg, n_cls)
         if config.select:
             profile = config.profiles[0]
             name = f"{config.dataset.name}_{enc.replace(':', '_')}_selected_{profile}_bg{config.bg_classes}"
@@ -130,11 +218,11 @@ def run_sweep(config: SweepConfig) -> Path:
                               prepared.background)
             outcomes = []
             for seed in config.seeds:
-                req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc),
+                req = TrainRequest(dataset=config.dataset, encoder=_spec(config, enc_name),
                                    out=_seed_out(config.out / "heads" / name, seed, first), name="h",
                                    hidden=sel.hidden, bg_classes=config.bg_classes, profile=profile,
                                    embed=config.embed, train=replace(sel.config, seed=seed),
-                                   selection=sel.describe())
+                                   selection=sel.describe(), **modes)
                 outcomes.append(train_from_yolo(req, prepared))
             rows.append(_row(name, enc, "selected", (), -1.0, outcomes, prepared, baseline_pred))
     config.out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +235,8 @@ def run_sweep(config: SweepConfig) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     lines = [*sweep_table(rows), "", *baseline_table(rows, baselines, config.seeds)]
+    modes = mode_table(rows, answers)
+    lines += ["", *modes] if modes else []
     return write_text_atomic(config.out / "sweep.md", "\n".join(lines) + "\n")
 
 
