@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from headserve.artifact import HeadMeta, trained_encoder
 from headserve.contract import (
@@ -38,6 +38,7 @@ from headserve.contract import (
     ServedHead,
     encoder_model_name,
 )
+from headserve.encoders import EncoderSpec
 from headserve.export.errors import OptionsError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, fingerprint_bytes
 from headserve.export.model_config import (
@@ -52,6 +53,12 @@ from headserve.export.model_config import (
 )
 from headserve.fsutil import staging_dir
 from headserve.regions import RegionSpec
+
+if TYPE_CHECKING:
+    from headserve.backbones import LoadedEncoder
+    from headserve.export.example import ExampleHead
+    from headserve.export.repository import EnsembleWiring, HeadGraph, WrittenModel
+    from headserve.head import ServingHead
 
 MAX_BOXES = 256  # boxes per image a region ensemble accepts: its head model's max_batch_size
 MAX_BOXES_KEY = "max_boxes"  # the ensemble parameter publishing that cap to clients
@@ -76,8 +83,7 @@ def per_box(spec: TensorSpec) -> TensorSpec:
     return replace(spec, dims=(-1, *spec.dims))
 
 
-def region_encoder_desc(name: str, identity: EncoderIdentity, resolution: int, params: dict[str, str],
-                        **runtime: object) -> ModelDesc:
+def region_encoder_desc(name: str, identity: EncoderIdentity, resolution: int, params: dict[str, str]) -> ModelDesc:
     """A region encoder model: one letterboxed image and its boxes -> an embedding per box, under both
     ensemble roles (``embedding`` for the caller, ``head_input`` for the heads)."""
     return ModelDesc(
@@ -87,7 +93,6 @@ def region_encoder_desc(name: str, identity: EncoderIdentity, resolution: int, p
         max_batch_size=0,
         dynamic_batching=False,  # a non-batching model must not declare a dynamic batcher
         parameters=dict(params),
-        **runtime,  # type: ignore[arg-type]
     )
 
 
@@ -99,7 +104,7 @@ def check_region_options(options: RuntimeOptions | None) -> None:
                            "CUDA provider runs it)").about("tensorrt", options.tensorrt.precision)
 
 
-def region_ensemble_desc(served: ServedHead, wiring) -> ModelDesc:
+def region_ensemble_desc(served: ServedHead, wiring: EnsembleWiring) -> ModelDesc:
     """The ensemble a client calls with one image and its boxes: region encoder -> the wiring's head version.
 
     ``wiring`` (``export.repository.EnsembleWiring``) names the models; its ``max_batch_size`` is the head
@@ -153,8 +158,8 @@ def max_boxes_of(params: dict[str, str], where: str) -> int:
 # Export: the region encoder (once per repository) and a region head on it.
 
 
-def add_region_encoder(repo: Path, loaded, region: RegionSpec, runtime: Runtime,
-                       options: RuntimeOptions | None = None, log: Log = lambda line: None):
+def add_region_encoder(repo: str | Path, loaded: LoadedEncoder, region: RegionSpec, runtime: Runtime,
+                       options: RuntimeOptions | None = None, log: Log = lambda line: None) -> WrittenModel:
     """Export ``loaded``'s region encoder as the next version of its model; checked against PyTorch first
     (``ExportParityError``, nothing written, when it is not exact). ONNX Runtime fp32 in both runtimes."""
     from headserve.export.onnx_export import export_region_encoder
@@ -188,8 +193,9 @@ def add_region_encoder(repo: Path, loaded, region: RegionSpec, runtime: Runtime,
     return WrittenModel(name, version, path, written.diffs)
 
 
-def export_region_head(meta: HeadMeta, module, graph, name: str, repo: Path, runtime: Runtime,
-                       encoder_weights: str | None, options: RuntimeOptions | None, log: Log) -> list:
+def export_region_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, name: str, repo: Path,
+                       runtime: Runtime, encoder_weights: str | None, options: RuntimeOptions | None,
+                       log: Log) -> list[WrittenModel]:
     """``export head`` for a head trained on region embeddings (``meta.encoder.region``), under the repository
     lock: its region encoder (exported the first time), the head with ``MAX_BOXES`` as its batch, and the region
     ensemble. A head whose mode, resolution or weights differ from the served region encoder's is refused
@@ -214,7 +220,7 @@ def export_region_head(meta: HeadMeta, module, graph, name: str, repo: Path, run
         params = identity.to_parameters()
     served_encoder = EncoderIdentity.from_parameters(params, f"encoder {model}")
     meta.encoder.require_match(served_encoder, meta.name, where=f"encoder {model}")
-    written = []
+    written: list[WrittenModel] = []
     if loaded is not None:
         written.append(add_region_encoder(repo, loaded, region, runtime, options, log))
     meta.encoder = replace(meta.encoder, name=meta.encoder.name or name)
@@ -223,7 +229,8 @@ def export_region_head(meta: HeadMeta, module, graph, name: str, repo: Path, run
     return written
 
 
-def write_example_region_head(spec, example, out: str | Path, resolution: int | None = None) -> Path:
+def write_example_region_head(spec: EncoderSpec, example: ExampleHead, out: str | Path,
+                              resolution: int | None = None) -> Path:
     """The example head (``export.example``) trained, as it were, on ``spec``'s region embeddings at
     ``resolution`` (default: the encoder's own, ``region_spec_for``): untrained weights with a region encoder's
     identity, fingerprint included, for tests and benchmarks that need a region head without training."""
