@@ -45,7 +45,7 @@ from headserve.client.operations import (
 )
 from headserve.client.options import ConnectionOptions
 from headserve.client.prefilter import PrefilterPolicy
-from headserve.client.regions import empty_outputs, region_inputs, region_requests
+from headserve.client.regions import empty_outputs, region_inputs, region_requests, require_crop_head
 from headserve.contract import EMBEDDING, HEAD_ID, OOD_SCORE, PIXELS, PROBS, PROMPT_OUTPUT
 from headserve.preprocess import ImageSource
 
@@ -155,6 +155,7 @@ class ClientCore:
         """Answers for crops, pinned to the head's version and checked against it (``_checked_answer``)."""
 
         def build(info: HeadInfo) -> tuple[BatchPlan, tuple[Request, ...]]:
+            require_crop_head(info)
             pixels = prepare(images, info, self.options.max_pixels)  # per read: a new version may resize otherwise
             batches = BatchPlan(len(pixels), info.max_batch_size)
             outputs = head_outputs(info, embedding)

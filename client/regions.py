@@ -32,7 +32,8 @@ from headserve.regions import ClippedBox, Letterbox, RegionSpec, check_boxes, le
 MAX_BOXES_KEY = "max_boxes"
 log = logging.getLogger("headserve.client.regions")
 
-__all__ = ["MAX_BOXES_KEY", "RegionInputs", "max_boxes", "region_inputs", "region_of", "region_requests"]
+__all__ = ["MAX_BOXES_KEY", "RegionInputs", "max_boxes", "region_inputs", "region_of", "region_requests",
+           "require_crop_head"]
 
 
 def region_of(info: HeadInfo) -> RegionSpec:
@@ -42,6 +43,14 @@ def region_of(info: HeadInfo) -> RegionSpec:
         raise BadInputError(f"head {info.name!r} was trained on crop embeddings ({info.served.encoder.label}); "
                             "classify its crops with `classify`, or call a head trained with `--pooling region`")
     return region
+
+
+def require_crop_head(info: HeadInfo) -> None:
+    """Refuse crops for a region head, whose ensemble takes an image and its boxes, pointing at that call."""
+    if info.served.encoder.region is not None:
+        raise BadInputError(f"head {info.name!r} was trained on region embeddings ({info.served.encoder.mode}); "
+                            "its ensemble takes a whole image and its boxes: call classify_regions(head, image, "
+                            "boxes), or `headserve classify --yolo DIR --regions`")
 
 
 def max_boxes(info: HeadInfo) -> int:

@@ -155,6 +155,11 @@ def test_a_box_that_pools_nothing_is_refused_by_index_before_anything_is_sent(se
         client.classify_regions("rg_a", image, [[0, 0, 10, 10], box])
 
 
+def test_crops_sent_to_a_region_head_are_refused_pointing_at_the_region_call(served, image):
+    with HeadClient(served.grpc_url) as client, pytest.raises(BadInputError, match="call classify_regions"):
+        client.classify("rg_a", [image.crop((0, 0, 40, 40))])
+
+
 def test_the_served_encoder_refuses_a_frame_box_without_area_naming_its_row(served, image):
     with HeadClient(served.grpc_url) as client:
         frame = region_inputs(client.info("rg_a"), image, BOXES_XYXY[:1]).frame
