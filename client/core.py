@@ -267,6 +267,7 @@ class ClientCore:
     def _estimate(self, head: str, candidates: int, batch_size: int, repeats: int) -> Plan[ComputeEstimate]:
         """Latencies measured now, one request at a time so they do not overlap."""
         info = yield from self._read_head(head)
+        require_crop_head(info)  # the estimate times crops
         probe = EstimateProbe.for_head(info, batch_size)
         b = probe.batch_size
         preprocess_s = median_seconds(lambda: prepare([probe.image] * b, info), repeats) / b
