@@ -41,7 +41,7 @@ def region_of(info: HeadInfo) -> RegionSpec:
     region = info.served.encoder.region
     if region is None:
         raise BadInputError(f"head {info.name!r} was trained on crop embeddings ({info.served.encoder.label}); "
-                            "classify its crops with `classify`, or call a head trained with `--pooling region`")
+                            "classify its crops with `classify`, or call a head trained with `pooling` region")
     return region
 
 
@@ -50,7 +50,7 @@ def require_crop_head(info: HeadInfo) -> None:
     if info.served.encoder.region is not None:
         raise BadInputError(f"head {info.name!r} was trained on region embeddings ({info.served.encoder.mode}); "
                             "its ensemble takes a whole image and its boxes: call classify_regions(head, image, "
-                            "boxes), or `headserve classify --yolo DIR --regions`")
+                            "boxes)")
 
 
 def max_boxes(info: HeadInfo) -> int:
