@@ -168,12 +168,13 @@ def prepare(req: TrainRequest) -> PreparedData:
     fp = fingerprint(graph, spec.preprocess, region)
     cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision, req.embed.engine)
              if req.cache_dir else None)
-    where = dict(cache=cache, scratch=req.cache_dir or req.out.parent, progress=req.progress)
+    scratch = req.cache_dir or req.out.parent
     images, boxes = [o.image for o in everything], [o.box for o in everything]
     if isinstance(graph, RegionEncoderGraph):
-        run = extract_regions(images, boxes, graph, spec.preprocess, spec.embedding_dim, req.embed, **where)
+        run = extract_regions(images, boxes, graph, spec.preprocess, spec.embedding_dim, req.embed, cache, scratch,
+                              req.progress)
     else:
-        run = extract(images, boxes, graph, spec.preprocess, spec.embedding_dim, req.embed, **where)
+        run = extract(images, boxes, graph, spec.preprocess, spec.embedding_dim, req.embed, cache, scratch, req.progress)
     for path, why in run.failures:  # strict mode raises here, naming the image
         data.report.skip("unreadable image", path, f"skipped with its objects: {why}")
     for i, why in run.bad_crops:

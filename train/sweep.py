@@ -183,10 +183,10 @@ def run_sweep(config: SweepConfig) -> Path:
     answers: dict[str, _Answers] = {}
     for enc_name, pooling in itertools.product(config.encoders, config.pooling):
         enc = mode_name(enc_name, pooling)
-        modes = {"pooling": pooling,
-                 "region_resolution": config.region_resolution if pooling == "region" else None}
+        resolution = config.region_resolution if pooling == "region" else None
         base_req = TrainRequest(dataset=config.dataset, encoder=_spec(config, enc_name), out=config.out / "heads" / "_",
-                                bg_classes=config.bg_classes, cache_dir=config.cache_dir, embed=config.embed, **modes)
+                                bg_classes=config.bg_classes, cache_dir=config.cache_dir, embed=config.embed, pooling=pooling,
+                                region_resolution=resolution)
         prepared = prepare(base_req)
         _require_same_split(firsts.setdefault(enc_name, prepared), prepared, enc_name)
         fit, val, test = prepared.fit_idx, prepared.val_idx, prepared.test_idx
@@ -205,7 +205,8 @@ def run_sweep(config: SweepConfig) -> Path:
                 req = TrainRequest(dataset=config.dataset, encoder=_spec(config, enc_name),
                                    out=_seed_out(config.out / "heads" / name, seed, first), name="h", hidden=hidden,
                                    bg_classes=config.bg_classes, profile=profile, embed=config.embed,
-                                   train=profile_config(profile, **overrides, seed=seed), **modes)
+                                   train=profile_config(profile, **overrides, seed=seed), pooling=pooling,
+                                   region_resolution=resolution)
                 outcomes.append(train_from_yolo(req, prepared))
             rows.append(_row(name, enc, profile, hidden, ls, outcomes, prepared, baseline_pred))
             answers[name] = _Answers(labels[test], [o.test_outputs[PROBS].argmax(1) for o in outcomes], fg, n_cls)
@@ -222,7 +223,7 @@ def run_sweep(config: SweepConfig) -> Path:
                                    out=_seed_out(config.out / "heads" / name, seed, first), name="h",
                                    hidden=sel.hidden, bg_classes=config.bg_classes, profile=profile,
                                    embed=config.embed, train=replace(sel.config, seed=seed),
-                                   selection=sel.describe(), **modes)
+                                   selection=sel.describe(), pooling=pooling, region_resolution=resolution)
                 outcomes.append(train_from_yolo(req, prepared))
             rows.append(_row(name, enc, "selected", (), -1.0, outcomes, prepared, baseline_pred))
     config.out.mkdir(parents=True, exist_ok=True)
@@ -235,8 +236,8 @@ def run_sweep(config: SweepConfig) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     lines = [*sweep_table(rows), "", *baseline_table(rows, baselines, config.seeds)]
-    modes = mode_table(rows, answers)
-    lines += ["", *modes] if modes else []
+    by_mode = mode_table(rows, answers)
+    lines += ["", *by_mode] if by_mode else []
     return write_text_atomic(config.out / "sweep.md", "\n".join(lines) + "\n")
 
 
