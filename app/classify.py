@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from headserve.app.results_file import ResultsFile
 
 if TYPE_CHECKING:
-    from headserve.client import HeadClient, Thresholds
+    from headserve.client import CropRef, HeadClient, Thresholds
 
 CHUNK = 64  # crops per client call: results stream out at this granularity
 
@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--top-k", type=int, default=3, metavar="K",
                    help="how many classes, most probable first, each answer lists (default %(default)s)")
+    p.add_argument("--regions", action="store_true",
+                   help="with --yolo and a head trained with --pooling region: send each image once with all its "
+                        "boxes (one encoder pass per image) instead of one crop per box")
     p.set_defaults(func=_classify)
     g = sub.add_parser("gate", help="keep or drop mining candidates for a target class (JSON Lines out)")
     _common(g)
@@ -115,21 +118,29 @@ def _client(args: argparse.Namespace) -> HeadClient:
 
 def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[Sequence[int]], list[Any]]]:
     """Row descriptions and a loader of the crops at given positions."""
-    from headserve.client.crops import crops_from_yolo
     from headserve.client.errors import BadInputError
 
     if args.yolo is not None:
-        if args.images:
-            raise BadInputError("pass image files or --yolo DIR, not both")
-        refs = list(crops_from_yolo(args.yolo))
-        if not refs:
-            raise BadInputError(f"YOLO dataset {args.yolo} has no labelled boxes; nothing to classify")
+        refs = _yolo_refs(args)
         return [r.to_json() for r in refs], lambda idx: [refs[i].load() for i in idx]
     if not args.images:
         raise BadInputError("no crops given; pass image files or --yolo DIR")
     for path in args.images:  # before anything is sent or written: a bad path must not stop a run half-way
         _check_crop_path(path)
     return [{"image": str(p)} for p in args.images], lambda idx: [str(args.images[i]) for i in idx]
+
+
+def _yolo_refs(args: argparse.Namespace) -> list[CropRef]:
+    """Every labelled box of ``--yolo DIR``, in file order; none is a ``BadInputError``."""
+    from headserve.client.crops import crops_from_yolo
+    from headserve.client.errors import BadInputError
+
+    if args.images:
+        raise BadInputError("pass image files or --yolo DIR, not both")
+    refs = list(crops_from_yolo(args.yolo))
+    if not refs:
+        raise BadInputError(f"YOLO dataset {args.yolo} has no labelled boxes; nothing to classify")
+    return refs
 
 
 def _check_crop_path(path: Path) -> None:
@@ -172,12 +183,35 @@ def _results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Iterator[t
 
 
 def _classify(args: argparse.Namespace) -> int:
+    if args.regions:
+        return _classify_regions(args)
     rows, load = _sources(args)
     thresholds = _thresholds(args)
     with _notices(), _results(args, rows) as (out, todo), _client(args) as client:
         for idx in _chunks(todo):
             for i, pred in zip(idx, client.classify(args.head, load(idx), args.top_k, thresholds)):
                 out.write({**rows[i], **pred.to_json()})
+    return 0
+
+
+def _classify_regions(args: argparse.Namespace) -> int:
+    """``classify --yolo DIR --regions``: each image's boxes of a chunk in one region request; rows as without."""
+    from headserve.client.errors import BadInputError
+
+    if args.yolo is None:
+        raise BadInputError("--regions classifies the boxes of a YOLO dataset's images; pass --yolo DIR")
+    refs = _yolo_refs(args)
+    rows = [r.to_json() for r in refs]
+    thresholds = _thresholds(args)
+    with _notices(), _results(args, rows) as (out, todo), _client(args) as client:
+        for idx in _chunks(todo):
+            by_image: dict[Path, list[int]] = {}
+            for i in idx:
+                by_image.setdefault(refs[i].image, []).append(i)
+            for image, members in by_image.items():
+                boxes = [refs[i].box_xyxy for i in members]
+                for i, pred in zip(members, client.classify_regions(args.head, image, boxes, args.top_k, thresholds)):
+                    out.write({**rows[i], **pred.to_json()})
     return 0
 
 

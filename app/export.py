@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from headserve.app.arguments import add_encoder_args
+from headserve.app.arguments import add_encoder_args, add_pooling_args
 
 if TYPE_CHECKING:
     from headserve.export.model_config import RuntimeOptions
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     enc.add_argument("name", help="encoder registry name, e.g. clip:ViT-B-32")
     enc.add_argument("--encoder-weights", default=None, metavar="PATH")
     add_repo_args(enc)
+    add_pooling_args(enc)
     enc.set_defaults(func=_export_encoder, encoder=None)
 
     head = what.add_parser("head", help="export a head artifact and its ensemble (and its encoder if missing)")
@@ -155,6 +156,16 @@ def _export_encoder(args: argparse.Namespace) -> int:
     if args.encoder_weights:
         spec = spec.with_weights(args.encoder_weights)
     runtime = Runtime(args.runtime)
+    if args.pooling == "region":  # one pass per image, boxes pooled: the region encoder, ONNX Runtime fp32
+        from headserve.backbones import region_spec_for
+        from headserve.export.region_ensemble import add_region_encoder
+
+        loaded = load_encoder(spec)
+        written = add_region_encoder(args.repo, loaded, region_spec_for(loaded, args.region_resolution), runtime,
+                                     options, log=print)
+        print(f"{written.name} version {written.version}: {written.path} "
+              f"(max |ONNX - torch| {_fmt(written.max_abs_diff)})")
+        return 0
     choice = choose_engine(args.engine, args.precision, gpu=options.kind_for(runtime) is InstanceKind.KIND_GPU)
     check_choice_usable(choice, options.cpu_threads)
     written = add_encoder(args.repo, load_encoder(spec), runtime, options=options, choice=choice, log=print)

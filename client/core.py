@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from headserve.client.operations import (
 )
 from headserve.client.options import ConnectionOptions
 from headserve.client.prefilter import PrefilterPolicy
+from headserve.client.regions import empty_outputs, region_inputs, region_requests, require_crop_head
 from headserve.contract import EMBEDDING, HEAD_ID, OOD_SCORE, PIXELS, PROBS, PROMPT_OUTPUT
 from headserve.preprocess import ImageSource
 
@@ -109,6 +110,15 @@ class ClientCore:
                  timeout_s: float | None) -> Plan[list[Prediction]]:
         return self._observed(head, self._classify(head, images, top_k, thresholds or Thresholds(), timeout_s))
 
+    def region_outputs(self, head: str, image: ImageSource, boxes: Any, embedding: bool,
+                       timeout_s: float | None) -> Plan[dict[str, np.ndarray]]:
+        return self._observed(head, self._region_outputs(head, image, boxes, embedding, timeout_s))
+
+    def classify_regions(self, head: str, image: ImageSource, boxes: Any, top_k: int, thresholds: Thresholds | None,
+                         timeout_s: float | None) -> Plan[list[Prediction]]:
+        return self._observed(head, self._classify_regions(head, image, boxes, top_k, thresholds or Thresholds(),
+                                                           timeout_s))
+
     def similarities(self, head: str, embeddings: np.ndarray, timeout_s: float | None) -> Plan[np.ndarray]:
         return self._observed(head, self._similarities(head, embeddings, timeout_s))
 
@@ -142,15 +152,27 @@ class ClientCore:
 
     def _head_answer(self, head: str, images: Sequence[ImageSource], embedding: bool,
                      timeout_s: float | None) -> Plan[HeadAnswer]:
-        """Answers pinned to the head's version and checked against it; a swap mid-call is re-read once, then
-        refused with ``HeadChangedError``."""
-        info = yield from self._read_head(head)
-        for attempt in range(2):
-            pixels = prepare(images, info, self.options.max_pixels)  # again: a new version may resize otherwise
+        """Answers for crops, pinned to the head's version and checked against it (``_checked_answer``)."""
+
+        def build(info: HeadInfo) -> tuple[BatchPlan, tuple[Request, ...]]:
+            require_crop_head(info)
+            pixels = prepare(images, info, self.options.max_pixels)  # per read: a new version may resize otherwise
             batches = BatchPlan(len(pixels), info.max_batch_size)
             outputs = head_outputs(info, embedding)
-            requests = tuple(Request(head, (Tensor(PIXELS, part, "UINT8"),), outputs, info.version, timeout_s)
-                             for part in batches.split(pixels))
+            return batches, tuple(Request(head, (Tensor(PIXELS, part, "UINT8"),), outputs, info.version, timeout_s)
+                                  for part in batches.split(pixels))
+
+        return (yield from self._checked_answer(head, build))
+
+    def _checked_answer(self, head: str, build: Callable[[HeadInfo], tuple[BatchPlan, tuple[Request, ...]]],
+                        ) -> Plan[HeadAnswer]:
+        """The requests ``build`` makes for the head as read, answered and checked against it; a swap mid-call is
+        re-read once (and the requests built again from the new version), then refused with ``HeadChangedError``."""
+        info = yield from self._read_head(head)
+        for attempt in range(2):
+            batches, requests = build(info)
+            if not requests:  # nothing to ask (an image without boxes)
+                return HeadAnswer(info, batches, ())
             try:
                 answers = tuple((yield Send(requests)))
                 for request, answer in zip(requests, answers):
@@ -166,6 +188,21 @@ class ClientCore:
     def _outputs(self, head: str, images: Sequence[ImageSource], embedding: bool,
                  timeout_s: float | None) -> Plan[dict[str, np.ndarray]]:
         return (yield from self._head_answer(head, images, embedding, timeout_s)).outputs()
+
+    def _region_answer(self, head: str, image: ImageSource, boxes: Any, embedding: bool,
+                       timeout_s: float | None) -> Plan[HeadAnswer]:
+        """One request for an image and all its boxes (``client.regions``), checked as crop answers are."""
+
+        def build(info: HeadInfo) -> tuple[BatchPlan, tuple[Request, ...]]:
+            inputs = region_inputs(info, image, boxes, self.options.max_pixels)  # per read: the frame may change
+            return region_requests(head, info, inputs, head_outputs(info, embedding), timeout_s)
+
+        return (yield from self._checked_answer(head, build))
+
+    def _region_outputs(self, head: str, image: ImageSource, boxes: Any, embedding: bool,
+                        timeout_s: float | None) -> Plan[dict[str, np.ndarray]]:
+        answer = yield from self._region_answer(head, image, boxes, embedding, timeout_s)
+        return answer.outputs() if answer.answers else empty_outputs(answer.info, head_outputs(answer.info, embedding))
 
     def _similarities(self, head: str, embeddings: np.ndarray, timeout_s: float | None) -> Plan[np.ndarray]:
         info = yield from self._read_head(head)
@@ -205,6 +242,16 @@ class ClientCore:
         self._observe_batches(answer, predictions)
         return predictions
 
+    def _classify_regions(self, head: str, image: ImageSource, boxes: Any, top_k: int, thresholds: Thresholds,
+                          timeout_s: float | None) -> Plan[list[Prediction]]:
+        answer = yield from self._region_answer(head, image, boxes, False, timeout_s)
+        if not answer.answers:  # an image without boxes: no decisions, but the thresholds are still checked
+            thresholds.check_classes(answer.info)
+            return []
+        predictions = self._decide(answer, thresholds, top_k)
+        self._observe_batches(answer, predictions)
+        return predictions
+
     def _gate(self, head: str, images: Sequence[ImageSource], config: GateConfig,
               timeout_s: float | None) -> Plan[list[GateResult]]:
         prefilter = self.prefilter.active((yield from self._read_head(head)), config.use_prefilter)
@@ -220,6 +267,7 @@ class ClientCore:
     def _estimate(self, head: str, candidates: int, batch_size: int, repeats: int) -> Plan[ComputeEstimate]:
         """Latencies measured now, one request at a time so they do not overlap."""
         info = yield from self._read_head(head)
+        require_crop_head(info)  # the estimate times crops
         probe = EstimateProbe.for_head(info, batch_size)
         b = probe.batch_size
         preprocess_s = median_seconds(lambda: prepare([probe.image] * b, info), repeats) / b

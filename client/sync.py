@@ -154,6 +154,22 @@ class HeadClient:
         """Label, calibrated confidence, top-k and a decision with its reason, per crop."""
         return self._drive(self._core.classify(head, images, top_k, thresholds, timeout_s))
 
+    def classify_regions(self, head: str, image: ImageSource, boxes: Any, top_k: int = 3,
+                         thresholds: Thresholds | None = None, timeout_s: float | None = None) -> list[Prediction]:
+        """One decision per box of ``image`` from a region head, in the boxes' order, with one request.
+
+        ``boxes``: (K, 4) x1, y1, x2, y2 in pixels of the image as displayed (EXIF-rotated). Boxes reaching past
+        an edge are clipped (and logged); a box with no area, outside the image or not finite, and more boxes
+        than the head's cap, are a ``BadInputError`` naming them. No boxes: an empty list, no request.
+        """
+        return self._drive(self._core.classify_regions(head, image, boxes, top_k, thresholds, timeout_s))
+
+    def region_outputs(self, head: str, image: ImageSource, boxes: Any, embedding: bool = False,
+                       timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Raw outputs of a region head for ``image``'s boxes: ``probs`` (K, C), plus ``ood_score`` and
+        ``embedding`` when present/asked; K rows in the boxes' order (as ``classify_regions``)."""
+        return self._drive(self._core.region_outputs(head, image, boxes, embedding, timeout_s))
+
     def similarities(self, head: str, embeddings: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """(N, P) similarity of each embedding to each prompt, from the head's prompt model (CLIP heads)."""
         return self._drive(self._core.similarities(head, embeddings, timeout_s))

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from headserve.contract import IMAGE, PIXELS, ServedHead, decoder_model_name, encoded_model_name
+from headserve.errors import RepositoryError
 from headserve.export.model_config import (
     DataType,
     EnsembleStep,
@@ -57,6 +58,10 @@ def add_encoded_input(repo: str | Path, head: str, runtime: Runtime | str = Runt
     """Write the decoder of the head's encoder (once) and the head's encoded-image ensemble."""
     repo, runtime = Path(repo), Runtime(runtime)
     served, wiring = read_served_head(repo, head, "its encoded-image variant")
+    if served.encoder.region is not None:  # its encoder takes a letterboxed frame and boxes, not decoded crops
+        raise RepositoryError(f"head {head!r} is a region head ({served.encoder.mode}): its ensemble takes an image "
+                              "and its boxes, which `classify_regions` letterboxes on the client; an encoded-image "
+                              "variant decodes crops and has no boxes to send")
     size = served.preprocess.input_size
     written: list[WrittenModel] = []
     decoder = decoder_model_name(wiring.encoder_model)

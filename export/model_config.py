@@ -174,7 +174,9 @@ def render(desc: ModelDesc, runtime: Runtime, options: ProductionOptions | None 
     _set_instance_group(config, desc, runtime, options)
     if runtime is Runtime.PRODUCTION and options.tensorrt is not None and desc.engine == "onnxruntime":
         _set_tensorrt(config, desc, options.tensorrt)
-    if options.warmup:
+    # A non-batching model (the region encoder: an image and its boxes) gets no warm-up: Triton's warm-up data is
+    # zeros or random bytes, and neither is a box with area (zeros pool nothing; random floats are no coordinates).
+    if options.warmup and desc.max_batch_size > 0:
         # Locally the graphs run on a CPU shared with everything else: warm up at batch 1 only. The local
         # runner refuses NaN/Inf inputs, and random bytes read as floats hold some about once in 256 values.
         local = runtime is Runtime.LOCAL

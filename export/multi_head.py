@@ -84,6 +84,10 @@ def write_multi_head_ensemble(repo: str | Path, heads: Sequence[str], runtime: R
         steps=tuple(steps),
         parameters=params,
     )
+    if first.encoder.region is not None:  # region heads: image and boxes in, one row per box out
+        from headserve.export.region_ensemble import multi_head_region_desc
+
+        desc = multi_head_region_desc(desc, first.encoder.region, min(w.max_batch_size for _, w in served.values()))
     model_dir = repo / desc.name
     for file, text in labels.items():
         write_text_atomic(model_dir / file, text)

@@ -3,7 +3,9 @@
 The tritonserver inside the nvidia-pytriton wheel carries only the python backend, so the local
 repository serves each ONNX graph through this file; the official containers run the same ONNX file
 with the native onnxruntime backend. Requests queued together by dynamic batching are concatenated
-into one ONNX Runtime call and split again, as the native backend does.
+into one ONNX Runtime call and split again, as the native backend does. A model without batching
+(``max_batch_size`` 0: the region encoder, whose one image carries K boxes) runs each request alone and
+answers its outputs whole, whatever their first dimension.
 
 Threads: ``intra_op_threads`` "0" gives the session this machine's cores (the process's CPU
 affinity) shared among the model's instances, decided when the model loads, so one repository uses
@@ -50,6 +52,11 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
+        self.batched = int(config.get("max_batch_size", 0)) > 0  # rows of every tensor are the batch
+        # A region encoder's frame side (its encoder_region parameter): boxes are checked against it, since a box
+        # with no area in the frame pools nothing (NaN) and the graph cannot say which box that was.
+        region = params.get("encoder_region")
+        self.frame = int(json.loads(region)["resolution"]) if region else None
 
     def execute(self, requests):
         # A float input holding NaN or Inf would come back as NaN probabilities with no error, so each such
@@ -63,21 +70,31 @@ class TritonPythonModel:
             arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
             problem = _non_finite(arrays)
             if problem:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(
-                    f"{problem}; send finite numbers (an embedding from the encoder is "
-                    "L2-normalised, so every value lies in [-1, 1])"))
+                problem += ("; send finite numbers (an embedding from the encoder is L2-normalised, so every value "
+                            "lies in [-1, 1])")
+            elif self.frame:
+                problem = _bad_box(arrays.get("boxes"), self.frame)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(problem))
                 continue
             for name, array in arrays.items():
                 feeds[name].append(array)
             sizes.append(arrays[self.inputs[0]].shape[0])
             kept.append(i)
             inputs.append(arrays)
-        if kept:
-            batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
+        # Batched models: one session run for every request, split by rows. Without batching each request's
+        # tensors are whole (an image and its K boxes), so each runs alone and keeps every output row.
+        groups = [list(range(len(kept)))] if self.batched else [[j] for j in range(len(kept))]
+        for group in groups:
+            if not group:
+                continue
+            batch = {name: np.concatenate([feeds[name][j] for j in group]) for name in self.inputs}
             results = self.session.run(self.outputs, batch)
             start = 0
-            for i, size, arrays in zip(kept, sizes, inputs):
-                parts = {name: r[start:start + size] for name, r in zip(self.outputs, results)}
+            for j in group:
+                i, size, arrays = kept[j], sizes[j], inputs[j]
+                parts = ({name: r[start:start + size] for name, r in zip(self.outputs, results)} if self.batched
+                         else dict(zip(self.outputs, results)))
                 start += size
                 problem = _non_finite_outputs(self.name, parts, arrays)
                 if problem:
@@ -157,6 +174,23 @@ def _non_finite(arrays):
     return ""
 
 
+def _bad_box(boxes, frame):
+    """'box I (...) ...' for the first box with no area inside the frame (0, 0)-(frame, frame), else ''."""
+    if boxes is None or boxes.size == 0:
+        return ""
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        return f"input 'boxes' has shape {list(boxes.shape)}; send (K, 4) rows of x1, y1, x2, y2"
+    x1, y1 = np.clip(boxes[:, 0], 0, frame), np.clip(boxes[:, 1], 0, frame)
+    x2, y2 = np.clip(boxes[:, 2], 0, frame), np.clip(boxes[:, 3], 0, frame)
+    bad = np.flatnonzero((x2 <= x1) | (y2 <= y1))
+    if not len(bad):
+        return ""
+    i = int(bad[0])
+    return (f"input 'boxes' row {i} ({', '.join(f'{float(v):g}' for v in boxes[i])}) has no area inside the "
+            f"{frame}x{frame} frame ({len(bad)} such box(es)); send x1 < x2 and y1 < y2 in pixels of the letterboxed "
+            "frame, each overlapping it")
+
+
 def _non_finite_outputs(model, outputs, inputs):
     """The error for a request whose finite inputs gave NaN or infinite outputs, else None.
 
@@ -166,7 +200,7 @@ def _non_finite_outputs(model, outputs, inputs):
     """
     bad_rows, names = set(), []
     for name, array in outputs.items():
-        if array.dtype.kind != "f":
+        if array.dtype.kind != "f" or array.size == 0:  # no rows (an image without boxes): nothing to check
             continue
         bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
         if bad.any():

@@ -74,6 +74,12 @@ def export_head(artifact: str | Path, repo: str | Path, runtime: str | Runtime =
     with tempfile.TemporaryDirectory(prefix="headserve-export-") as scratch:
         graph = export_head_graph(meta, module, Path(scratch))
         with repository_lock(Path(repo)):
+            if meta.encoder.region is not None:  # one pass per image, boxes pooled: its own encoder and ensemble
+                from headserve.export.region_ensemble import export_region_head
+
+                written = export_region_head(meta, module, graph, name, Path(repo), Runtime(runtime),
+                                             encoder_weights, options, log)
+                return written + _refresh_dependents(Path(repo), meta.name, Runtime(runtime), options)
             return _export_head(meta, module, graph, name, Path(repo), Runtime(runtime), encoder_weights, options,
                                 precision, engine, log)
 

@@ -432,7 +432,12 @@ class EnsembleWiring:
 
 
 def head_ensemble_desc(served: ServedHead, wiring: EnsembleWiring) -> ModelDesc:
-    """The ensemble clients call, rendered from the record: pixels -> encoder -> head, plus the embedding."""
+    """The ensemble clients call, rendered from the record: pixels -> encoder -> head, plus the embedding.
+    A region head's takes one image and its boxes instead (``export.region_ensemble``)."""
+    if served.encoder.region is not None:
+        from headserve.export.region_ensemble import region_ensemble_desc
+
+        return region_ensemble_desc(served, wiring)
     size = served.preprocess.input_size
     return ModelDesc(
         name=served.name,
@@ -486,11 +491,16 @@ def read_served_head(repo: Path, head: str, purpose: str) -> tuple[ServedHead, E
                               "head step, with a preprocess parameter); pass a name `headserve repo list` shows as "
                               "an ensemble")
     served = ServedHead.from_parameters(head, params, where=str(path))
+    max_batch = config.max_batch_size
+    if served.encoder.region is not None:  # a non-batching region ensemble: its head's batch is the box cap
+        from headserve.export.region_ensemble import max_boxes_of
+
+        max_batch = max_boxes_of(params, str(path))
     wiring = EnsembleWiring(
         encoder_model=steps[0].model_name,
         head_model=steps[1].model_name,
         head_version=steps[1].model_version,
-        max_batch_size=config.max_batch_size,
+        max_batch_size=max_batch,
         head_outputs=tuple(o.name for o in config.output if o.name != EMBEDDING),
     )
     return served, wiring

@@ -16,7 +16,15 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from headserve.contract import MATCH_KEYS, PIXELS, EncoderIdentity, MalformedParameterError, ServedHead
+from headserve.contract import (
+    MATCH_KEYS,
+    PIXELS,
+    REGION_KEY,
+    REGION_PIXELS,
+    EncoderIdentity,
+    MalformedParameterError,
+    ServedHead,
+)
 from headserve.errors import RepositoryError
 from headserve.export.fingerprint_file import FINGERPRINT_FILE, FingerprintFileError, read_fingerprint
 from headserve.export.model_config import parameters_of
@@ -121,7 +129,7 @@ def validate_repository(repo: str | Path) -> list[Problem]:
         _check_labels(entry, problems)
         if entry.is_ensemble:
             _check_ensemble(entry, models, broken, problems)
-            _check_served_head(entry, problems)
+            _check_served_head(entry, models, problems)
         elif _is_python_model(entry):
             for version in entry.versions:
                 if not (entry.directory / str(version) / "model.py").is_file():
@@ -260,9 +268,11 @@ def _check_fingerprint_file(entry: ModelEntry, problems: list[Problem]) -> None:
 def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: set[str],
                     problems: list[Problem]) -> None:
     config_path = entry.directory / CONFIG_FILE
-    # Every tensor available inside the ensemble: name -> (dtype, dims, who provides it).
+    # Every tensor available inside the ensemble: name -> (dtype, full dims, who provides it). Dims are compared
+    # whole, the batch dimension (-1) included for batching models, as Triton does: a non-batching producer's
+    # [-1, D] (a region encoder's K boxes) feeds a batching consumer's [D] (a head, K rows as its batch).
     available: dict[str, tuple[int, list[int], str]] = {
-        t.name: (t.data_type, list(t.dims), "the ensemble input") for t in entry.config.input
+        t.name: (t.data_type, _full_dims(entry, t), "the ensemble input") for t in entry.config.input
     }
     steps = list(entry.config.ensemble_scheduling.step)
     if not steps:
@@ -291,7 +301,7 @@ def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: se
                                                      f"({[t.name for t in model.config.output]}).",
                                         "map one of the model's outputs, or re-export the ensemble."))
                 continue
-            available[value] = (out.data_type, list(out.dims), f"{step.model_name}.{key}")
+            available[value] = (out.data_type, _full_dims(model, out), f"{step.model_name}.{key}")
     for step in steps:
         model = models.get(step.model_name)
         if model is None:
@@ -311,8 +321,8 @@ def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: se
                                                      f"an ensemble input (available: {sorted(available)}).",
                                         "map it from an earlier step's output_map value or an ensemble input."))
                 continue
-            _compare_wire(config_path, f"{step.model_name}.{key}", (inp.data_type, list(inp.dims)), value, source,
-                          problems)
+            _compare_wire(config_path, f"{step.model_name}.{key}", (inp.data_type, _full_dims(model, inp)), value,
+                          source, problems)
     for out in entry.config.output:
         source = available.get(out.name)
         if source is None:
@@ -320,9 +330,14 @@ def _check_ensemble(entry: ModelEntry, models: dict[str, ModelEntry], broken: se
                                                  f"(step outputs: {sorted(available)}).",
                                     "add it to a step's output_map, or remove the output."))
             continue
-        _compare_wire(config_path, f"ensemble output {out.name}", (out.data_type, list(out.dims)), out.name, source,
-                      problems)
+        _compare_wire(config_path, f"ensemble output {out.name}", (out.data_type, _full_dims(entry, out)), out.name,
+                      source, problems)
     _check_encoder_agreement(entry, steps, models, problems)
+
+
+def _full_dims(model: ModelEntry, tensor) -> list[int]:
+    """A tensor's dims with the batch dimension (-1) in front when its model batches."""
+    return ([-1] if model.config.max_batch_size > 0 else []) + list(tensor.dims)
 
 
 def _compare_wire(config_path: Path, consumer: str, wanted: tuple[int, list[int]], tensor: str,
@@ -374,7 +389,7 @@ def _identity(entry: ModelEntry, problems: list[Problem]) -> EncoderIdentity | N
         return None
 
 
-def _check_served_head(entry: ModelEntry, problems: list[Problem]) -> None:
+def _check_served_head(entry: ModelEntry, models: dict[str, ModelEntry], problems: list[Problem]) -> None:
     """A head ensemble's record reads back (``ServedHead.from_parameters``) and names its labels file's classes."""
     params = entry.parameters
     if "classes" not in params or "preprocess" not in params:
@@ -385,6 +400,8 @@ def _check_served_head(entry: ModelEntry, problems: list[Problem]) -> None:
     except MalformedParameterError as exc:
         problems.append(Problem(config_path, f"{exc}.", f"re-export the head, or correct parameter {exc.key!r}."))
         return
+    if served.encoder.region is not None:
+        _check_region_head(entry, served.encoder.region.resolution, models, problems)
     size = served.preprocess.input_size
     pixels = entry.tensor(PIXELS, inputs=True)
     if not served.encoded_input and pixels is not None and list(pixels.dims) != [size, size, 3]:
@@ -402,6 +419,36 @@ def _check_served_head(entry: ModelEntry, problems: list[Problem]) -> None:
                                 "re-export the head, which writes labels and classes from one record."))
 
 
+def _check_region_head(entry: ModelEntry, resolution: int, models: dict[str, ModelEntry],
+                       problems: list[Problem]) -> None:
+    """A region ensemble takes the frame its record's resolution letterboxes to, and publishes a cap on boxes
+    that its head step accepts (a larger cap would let clients send boxes that Triton refuses)."""
+    from headserve.export.region_ensemble import MAX_BOXES_KEY, max_boxes_of
+
+    config_path = entry.directory / CONFIG_FILE
+    frame = entry.tensor(REGION_PIXELS, inputs=True)
+    if frame is None or list(frame.dims) != [1, resolution, resolution, 3] or entry.config.max_batch_size != 0:
+        problems.append(Problem(config_path, f"a region head's ensemble takes {REGION_PIXELS!r} [1, {resolution}, "
+                                             f"{resolution}, 3] without batching (max_batch_size 0), as its "
+                                             f"{REGION_KEY} parameter says; it declares "
+                                             f"{list(frame.dims) if frame is not None else 'no such input'} with "
+                                             f"max_batch_size {entry.config.max_batch_size}.",
+                                "re-export the head, which writes its inputs and its region spec from one record."))
+    try:
+        cap = max_boxes_of(entry.parameters, str(config_path))
+    except MalformedParameterError as exc:
+        problems.append(Problem(config_path, f"{exc}.", f"re-export the head, or correct parameter {exc.key!r}."))
+        return
+    steps = entry.config.ensemble_scheduling.step
+    head = models.get(steps[-1].model_name) if steps else None
+    if head is not None and 0 < head.config.max_batch_size < cap:
+        problems.append(Problem(config_path, f"{MAX_BOXES_KEY} {cap} exceeds the max_batch_size "
+                                             f"{head.config.max_batch_size} of its head step {head.name!r}, which "
+                                             "Triton enforces on the boxes of one image.",
+                                f"set {MAX_BOXES_KEY} to at most {head.config.max_batch_size}, or re-export the "
+                                "head."))
+
+
 def describe(problems: list[Problem]) -> str:
     return "\n".join(f"- {p}" for p in problems)
 
@@ -416,10 +463,11 @@ def list_models(repo: str | Path) -> list[dict[str, str]]:
     rows = []
     for entry in load_models(repo, problems).values():
         params = entry.parameters
+        region = " (regions)" if REGION_KEY in params else ""  # one image and its boxes in
         if entry.is_ensemble:
-            kind, runtime = "ensemble", "ensemble"
+            kind, runtime = "ensemble" + region, "ensemble"
         else:
-            kind = ("decoder" if _is_python_model(entry) else "encoder" if "encoder_fingerprint" in params
+            kind = ("decoder" if _is_python_model(entry) else "encoder" + region if "encoder_fingerprint" in params
                     else "prompts" if "prompts" in params else "head")
             runtime = entry.config.platform or entry.config.backend
         classes = json.loads(params["classes"]) if "classes" in params else []

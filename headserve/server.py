@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
+from headserve.contract import BOXES
 from headserve.errors import ConfigError, PortInUseError, ServerError, ServerExitedError, StubUnhealthyError
 from headserve.processes import command_line, listening_inodes, session_members, socket_inodes, stub_processes
 
@@ -526,6 +527,8 @@ def _probe_inputs(specs: list[dict[str, Any]], batch: list[int]) -> list[Any] | 
             return None
         shape = batch + [max(1, int(d)) for d in spec.get("dims", [])]
         array = np.full(shape, shape[-1] ** -0.5, dtype) if np.dtype(dtype).kind == "f" else np.zeros(shape, dtype)
+        if spec["name"] == BOXES:  # a region encoder's boxes: one with area (a point pools nothing and is refused)
+            array = np.array([[0.0, 0.0, 1.0, 1.0]], dtype).reshape(shape)
         tensor = grpcclient.InferInput(spec["name"], shape, kind)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

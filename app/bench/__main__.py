@@ -25,6 +25,7 @@ BENCHMARKS: tuple[str, ...] = (
     "headserve.app.bench.engines",
     "headserve.app.bench.client",
     "headserve.app.bench.client:metrics",
+    "headserve.app.bench.regions",
 )
 
 
