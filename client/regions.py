@@ -22,14 +22,22 @@ from headserve.client.batching import BatchPlan
 from headserve.client.discovery import HeadInfo
 from headserve.client.errors import BadInputError, ServerSideError
 from headserve.client.operations import Request, Tensor
-from headserve.contract import BOXES, EMBEDDING, HEAD_ID, LOGITS, OOD_SCORE, PROBS, REGION_PIXELS
+from headserve.contract import (
+    BOXES,
+    EMBEDDING,
+    HEAD_ID,
+    LOGITS,
+    MAX_BOXES_KEY,
+    OOD_SCORE,
+    PROBS,
+    REGION_PIXELS,
+    MalformedParameterError,
+    max_boxes_of,
+)
 from headserve.errors import ImageDecodeError, RegionBoxError
 from headserve.preprocess import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from headserve.regions import ClippedBox, Letterbox, RegionSpec, check_boxes, letterbox_pixels
 
-# The region ensemble's parameter holding its cap on boxes per image (written by export.region_ensemble's
-# MAX_BOXES_KEY; the client cannot import the exporter; test_region_serving.py reads the exporter's value with this key).
-MAX_BOXES_KEY = "max_boxes"
 log = logging.getLogger("headserve.client.regions")
 
 __all__ = ["MAX_BOXES_KEY", "RegionInputs", "max_boxes", "region_inputs", "region_of", "region_requests",
@@ -55,11 +63,10 @@ def require_crop_head(info: HeadInfo) -> None:
 
 def max_boxes(info: HeadInfo) -> int:
     """The cap on boxes per image the head's ensemble publishes; a missing or bad one is the server's fault."""
-    value = info.served.extra.get(MAX_BOXES_KEY, "")
-    if not value.isdigit() or int(value) < 1:
-        raise ServerSideError(f"head {info.name!r} is a region head but publishes {MAX_BOXES_KEY!r} {value!r}, not a "
-                              "positive whole number of boxes; re-export it with `headserve export head`")
-    return int(value)
+    try:
+        return max_boxes_of(info.served.extra, f"region head {info.name!r}")
+    except MalformedParameterError as exc:
+        raise ServerSideError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,11 @@ from headserve.contract import (
     BOXES,
     EMBEDDING,
     HEAD_FEED,
+    MAX_BOXES_KEY,
     REGION_PIXELS,
     EncoderIdentity,
     ServedHead,
-    encoder_model_name,
+    region_encoder_model_name,
 )
 from headserve.encoders import EncoderSpec
 from headserve.export.errors import OptionsError
@@ -61,15 +62,8 @@ if TYPE_CHECKING:
     from headserve.head import ServingHead
 
 MAX_BOXES = 256  # boxes per image a region ensemble accepts: its head model's max_batch_size
-MAX_BOXES_KEY = "max_boxes"  # the ensemble parameter publishing that cap to clients
 REGION_STEP_INPUTS = {REGION_PIXELS: REGION_PIXELS, BOXES: BOXES}  # the encoder step reads both ensemble inputs
 Log = Callable[[str], None]
-
-
-def region_encoder_model_name(encoder_name: str, region: RegionSpec) -> str:
-    """``dinov3:vits16`` at 448 px -> ``encoder_dinov3_vits16_region448``: beside the crop encoder of the same
-    weights, so crop and region heads of one encoder share a repository."""
-    return f"{encoder_model_name(encoder_name)}_region{region.resolution}"
 
 
 def region_inputs(resolution: int) -> tuple[TensorSpec, ...]:
@@ -143,17 +137,6 @@ def multi_head_region_desc(desc: ModelDesc, region: RegionSpec, max_boxes: int) 
     )
 
 
-def max_boxes_of(params: dict[str, str], where: str) -> int:
-    """The cap a region ensemble publishes; a missing or malformed one is a ``MalformedParameterError``."""
-    from headserve.contract import MalformedParameterError
-
-    value = params.get(MAX_BOXES_KEY, "")
-    if not value.isdigit() or int(value) < 1:
-        raise MalformedParameterError(f"{where} publishes {MAX_BOXES_KEY!r} {value!r}, not a positive whole number "
-                                      "of boxes; re-export the head with `headserve export head`", MAX_BOXES_KEY)
-    return int(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # Export: the region encoder (once per repository) and a region head on it.
 
@@ -166,7 +149,7 @@ def add_region_encoder(repo: str | Path, loaded: LoadedEncoder, region: RegionSp
     from headserve.export.repository import WrittenModel, publish_version
 
     check_region_options(options)
-    name = region_encoder_model_name(loaded.spec.name, region)
+    name = region_encoder_model_name(loaded.spec.name, region.resolution)
     model_dir = Path(repo) / name
     new_model = not model_dir.exists()
     tmp = staging_dir(model_dir / "export")
@@ -206,7 +189,7 @@ def export_region_head(meta: HeadMeta, module: ServingHead, graph: HeadGraph, na
     region = meta.encoder.region
     assert region is not None  # the caller dispatches region heads here
     check_region_options(options)
-    model = region_encoder_model_name(name, region)
+    model = region_encoder_model_name(name, region.resolution)
     config_path = repo / model / "config.pbtxt"
     loaded = None
     if config_path.is_file() and any(p.is_dir() and p.name.isdigit() for p in (repo / model).iterdir()):

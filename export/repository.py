@@ -43,6 +43,7 @@ from headserve.contract import (
     encoder_model_name,
     head_id_of,
     head_model_name,
+    max_boxes_of,
 )
 from headserve.encoders import EncoderSpec, require_export_precision
 from headserve.errors import ExportParityError, RepositoryError
@@ -493,8 +494,6 @@ def read_served_head(repo: Path, head: str, purpose: str) -> tuple[ServedHead, E
     served = ServedHead.from_parameters(head, params, where=str(path))
     max_batch = config.max_batch_size
     if served.encoder.region is not None:  # a non-batching region ensemble: its head's batch is the box cap
-        from headserve.export.region_ensemble import max_boxes_of
-
         max_batch = max_boxes_of(params, str(path))
     wiring = EnsembleWiring(
         encoder_model=steps[0].model_name,

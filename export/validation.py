@@ -423,7 +423,7 @@ def _check_region_head(entry: ModelEntry, resolution: int, models: dict[str, Mod
                        problems: list[Problem]) -> None:
     """A region ensemble takes the frame its record's resolution letterboxes to, and publishes a cap on boxes
     that its head step accepts (a larger cap would let clients send boxes that Triton refuses)."""
-    from headserve.export.region_ensemble import MAX_BOXES_KEY, max_boxes_of
+    from headserve.contract import MAX_BOXES_KEY, max_boxes_of
 
     config_path = entry.directory / CONFIG_FILE
     frame = entry.tensor(REGION_PIXELS, inputs=True)

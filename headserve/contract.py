@@ -93,6 +93,25 @@ def multi_head_model_name(encoder_model: str) -> str:
     return "heads_" + encoder_model.removeprefix("encoder_")
 
 
+def region_encoder_model_name(encoder_name: str, resolution: int) -> str:
+    """``dinov3:vits16`` at 448 px -> ``encoder_dinov3_vits16_region448``: beside the crop encoder of the same
+    weights, so crop and region heads of one encoder share a repository."""
+    return f"{encoder_model_name(encoder_name)}_region{resolution}"
+
+
+# A region ensemble publishes its cap on boxes per image (its head model's max_batch_size) under this key.
+MAX_BOXES_KEY = "max_boxes"
+
+
+def max_boxes_of(params: Mapping[str, str], where: str) -> int:
+    """The cap a region ensemble publishes; a missing or malformed one is a ``MalformedParameterError``."""
+    value = params.get(MAX_BOXES_KEY, "")
+    if not value.isdigit() or int(value) < 1:
+        raise MalformedParameterError(f"{where} publishes {MAX_BOXES_KEY!r} {value!r}, not a positive whole number "
+                                      "of boxes; re-export the head with `headserve export head`", MAX_BOXES_KEY)
+    return int(value)
+
+
 def multi_head_output_name(head: str, output: str) -> str:
     """A head's output inside a multi-head ensemble."""
     return f"{head}{MULTI_HEAD_SEPARATOR}{output}"

@@ -25,15 +25,24 @@ from tritonclient.utils import InferenceServerException
 
 from headserve.backbones import load_encoder, region_graph
 from headserve.client import AsyncHeadClient, BadInputError, HeadClient, Thresholds, decide
-from headserve.client.regions import MAX_BOXES_KEY, region_inputs
-from headserve.contract import BOXES, EMBEDDING, PROBS, REGION_PIXELS, SCORE_OUTPUTS, multi_head_output_name
+from headserve.client.regions import region_inputs
+from headserve.contract import (
+    BOXES,
+    EMBEDDING,
+    MAX_BOXES_KEY,
+    PROBS,
+    REGION_PIXELS,
+    SCORE_OUTPUTS,
+    multi_head_output_name,
+    region_encoder_model_name,
+)
 from headserve.encoders import get_encoder
 from headserve.errors import EncoderMismatchError
 from headserve.export.example import ExampleHead, write_example_head
 from headserve.export.model_config import RuntimeOptions, TensorRTOptions, parse
 from headserve.export.multi_head import write_multi_head_ensemble
 from headserve.export.pipeline import export_head
-from headserve.export.region_ensemble import MAX_BOXES, region_encoder_model_name, write_example_region_head
+from headserve.export.region_ensemble import MAX_BOXES, write_example_region_head
 from headserve.export.validation import validate_repository
 from headserve.head import load_head
 from headserve.server import LocalTriton, ServerConfig
@@ -211,7 +220,7 @@ def test_repo_validate_and_list_understand_the_region_ensemble_and_catch_a_cap_i
 def test_a_crop_head_and_a_region_head_are_each_refused_on_the_other_modes_encoder(region_repo, tmp_path):
     spec = get_encoder(ENCODER)
     crop = write_example_head(spec, ExampleHead("crop_t"), tmp_path / "crop_t")
-    region_model = region_encoder_model_name(ENCODER, load_head(region_repo["artifacts"]["rg_a"])[0].encoder.region)
+    region_model = region_encoder_model_name(ENCODER, load_head(region_repo["artifacts"]["rg_a"])[0].encoder.region.resolution)
     # a repository whose crop encoder's place holds the region encoder: the crop head is refused, nothing written
     planted = tmp_path / "planted"
     _plant(region_repo["repo"] / region_model, planted / "encoder_dinov3_tiny")
