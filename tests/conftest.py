@@ -3,6 +3,7 @@ repository served by the real tritonserver. Session-scoped: they are built once 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,13 @@ from pathlib import Path
 
 import pytest
 from support.twins import TINY_ENCODERS, head_name
+
+# One OpenMP thread for torch in this process and in every command a test starts (they inherit it), set before
+# anything imports torch. The tests' models are tiny twins and heads of a few thousand weights: a second thread
+# only adds a barrier per operation, and on a loaded 2-core runner each barrier waits for a descheduled thread
+# (a 40-epoch head fit measured 0.2 s of CPU with one thread, 3 s with two). tritonserver's stubs already get 1
+# (headserve.server.server_env). A value set outside the run is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @dataclass
