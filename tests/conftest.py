@@ -81,6 +81,25 @@ def local_repo(trained_heads: dict[str, TrainedHead], tmp_path_factory: pytest.T
 
 
 @pytest.fixture(scope="session")
+def two_family_repo(local_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``local_repo`` cut to the CLIP and DINOv3 twins' models (ensemble, encoder, head), copied.
+
+    For a test that starts a server of its own to kill a stub, fail a start, or stand beside ``triton``: two
+    families show that as five do, and each start loads 4 python stubs instead of 10. A test that counts or
+    serves every family keeps ``local_repo``.
+    """
+    import shutil
+
+    from headserve.contract import encoder_model_name, head_model_name
+
+    repo = tmp_path_factory.mktemp("two_families") / "model_repository"
+    for encoder in ("clip:tiny", "dinov3:tiny"):
+        for model in (head_name(encoder), head_model_name(head_name(encoder)), encoder_model_name(encoder)):
+            shutil.copytree(local_repo / model, repo / model)
+    return repo
+
+
+@pytest.fixture(scope="session")
 def triton(local_repo: Path):
     """The real tritonserver from the nvidia-pytriton wheel, serving ``local_repo`` on loopback."""
     from headserve.server import LocalTriton, ServerConfig
