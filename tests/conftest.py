@@ -3,6 +3,7 @@ repository served by the real tritonserver. Session-scoped: they are built once 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,13 @@ from pathlib import Path
 
 import pytest
 from support.twins import TINY_ENCODERS, head_name
+
+# One OpenMP thread for torch in this process and in every command a test starts (they inherit it), set before
+# anything imports torch. The tests' models are tiny twins and heads of a few thousand weights: a second thread
+# only adds a barrier per operation, and on a loaded 2-core runner each barrier waits for a descheduled thread
+# (a 40-epoch head fit measured 0.2 s of CPU with one thread, 3 s with two). tritonserver's stubs already get 1
+# (headserve.server.server_env). A value set outside the run is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @dataclass
@@ -69,6 +77,25 @@ def local_repo(trained_heads: dict[str, TrainedHead], tmp_path_factory: pytest.T
     repo = tmp_path_factory.mktemp("repo") / "model_repository"
     for head in trained_heads.values():
         export_head(head.artifact, repo, "local")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def two_family_repo(local_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``local_repo`` cut to the CLIP and DINOv3 twins' models (ensemble, encoder, head), copied.
+
+    For a test that starts a server of its own to kill a stub, fail a start, or stand beside ``triton``: two
+    families show that as five do, and each start loads 4 python stubs instead of 10. A test that counts or
+    serves every family keeps ``local_repo``.
+    """
+    import shutil
+
+    from headserve.contract import encoder_model_name, head_model_name
+
+    repo = tmp_path_factory.mktemp("two_families") / "model_repository"
+    for encoder in ("clip:tiny", "dinov3:tiny"):
+        for model in (head_name(encoder), head_model_name(head_name(encoder)), encoder_model_name(encoder)):
+            shutil.copytree(local_repo / model, repo / model)
     return repo
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.waiting import wait_until
 
 from headserve.processes import session_members
 from headserve.server import LocalTriton, ServerConfig
@@ -58,7 +59,7 @@ def _inferences(server: LocalTriton, model: str) -> int:
 
 
 def test_killed_server_leaves_whole_unique_lines_and_resume_classifies_only_the_missing_crops(
-        local_repo, crop_files, tmp_path):
+        local_repo, triton, crop_files, tmp_path):
     output = tmp_path / "results.jsonl"
     partial = tmp_path / "results.jsonl.partial"
     with LocalTriton(ServerConfig(repository=local_repo)) as server:
@@ -80,18 +81,18 @@ def test_killed_server_leaves_whole_unique_lines_and_resume_classifies_only_the_
     assert images == [str(p) for p in crop_files[:len(images)]]
     assert session_members(pid) == []
 
-    with LocalTriton(ServerConfig(repository=local_repo)) as server:
-        before = _inferences(server, HEAD)  # the start-up probe's one request per model
-        run = _classify(server.grpc_url, output, crop_files, "--resume")
-        _, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err[-2000:]
-        missing = CROPS - len(first)
-        # The restarted server saw exactly the missing crops, no more (the ensemble counts requests only;
-        # its steps also count warm-up). Ensemble statistics land just after the response: wait for them.
-        deadline = time.monotonic() + 10
-        while _inferences(server, HEAD) - before < missing and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _inferences(server, HEAD) - before == missing
+    # Resume against a live server on the same repository: the session's (a server of its own would cost
+    # another start of every family's models, and the killed one is gone either way).
+    before = _inferences(triton, HEAD)
+    run = _classify(triton.grpc_url, output, crop_files, "--resume")
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-2000:]
+    missing = CROPS - len(first)
+    # The server saw exactly the missing crops, no more (the ensemble counts requests only; its steps also
+    # count warm-up). Ensemble statistics land just after the response: wait for them.
+    wait_until(lambda: _inferences(triton, HEAD) - before >= missing, f"{missing} inferences of {HEAD} counted",
+               timeout_s=10)
+    assert _inferences(triton, HEAD) - before == missing
     assert not partial.exists()
     rows = _lines(output)
     assert len(rows) == CROPS

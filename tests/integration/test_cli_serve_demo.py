@@ -22,12 +22,12 @@ def _headserve(*args: str) -> list[str]:
     return [sys.executable, "-m", "headserve.app", *args]
 
 
-def test_serve_answers_until_ctrl_c_then_exits_cleanly(local_repo, tmp_path):
+def test_serve_answers_until_ctrl_c_then_exits_cleanly(two_family_repo, tmp_path):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     port = free_port()
-    proc = subprocess.Popen(_headserve("serve", str(local_repo), "--grpc-port", str(port), "--http-port",
+    proc = subprocess.Popen(_headserve("serve", str(two_family_repo), "--grpc-port", str(port), "--http-port",
                                        str(free_port()), "--metrics-port", str(free_port()),
                                        "--log-file", str(tmp_path / "tritonserver.log")),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

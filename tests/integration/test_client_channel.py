@@ -75,7 +75,7 @@ def _head_requests(url: str, model: str) -> int:
 
 
 def test_round_robin_spreads_a_long_lived_clients_requests_over_every_address_and_pick_first_does_not(
-        trained_heads, crops, triton, local_repo, tmp_path):
+        trained_heads, crops, triton, two_family_repo, tmp_path):
     """Two real servers behind one target (what a headless Service's DNS name resolves to): with ROUND_ROBIN
     (`classify --round-robin`) both answer; with gRPC's default every request of a channel goes to one."""
     from headserve.client.options import ROUND_ROBIN
@@ -83,7 +83,7 @@ def test_round_robin_spreads_a_long_lived_clients_requests_over_every_address_an
 
     head = trained_heads["clip:tiny"].name
     few = crops[:2]
-    with LocalTriton(ServerConfig(repository=local_repo)) as second:
+    with LocalTriton(ServerConfig(repository=two_family_repo)) as second:  # serves the same head, fewer models
         urls = (triton.grpc_url, second.grpc_url)
         target = "ipv4:" + ",".join(urls)  # one name, two addresses, as gRPC's resolver hands them to the policy
 

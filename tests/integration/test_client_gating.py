@@ -93,7 +93,8 @@ class GateServer:
 
 
 @pytest.fixture(scope="module")
-def gate_server(trained_heads, local_repo, tmp_path_factory):
+def gate_server(trained_heads, two_family_repo, tmp_path_factory):
+    """The CLIP and DINOv3 heads these tests call, a gate ensemble and prompt models beside them, served."""
     from headserve.backbones import encoder_graph, load_encoder
     from headserve.encoders import get_encoder
     from headserve.export.model_config import DataType, parse, to_text
@@ -130,12 +131,12 @@ def gate_server(trained_heads, local_repo, tmp_path_factory):
     threshold = (far + near) / 2
 
     repo = tmp_path_factory.mktemp("gate") / "model_repository"
-    shutil.copytree(local_repo, repo, symlinks=True)
+    shutil.copytree(two_family_repo, repo, symlinks=True)
     prompt_model, ood_model = f"{head.name}_gate_prompts", f"{head.name}_gate_ood"
     _add_model(repo, prompt_model, PromptSimilarity(prompts), emb.shape[1], "similarity", len(prompts),
                max_batch_size=16)  # smaller than the ensemble's: the client splits embeddings itself
-    _add_model(repo, ood_model, OodScorer(protos), emb.shape[1], "ood_score", 1, config_max_batch(local_repo, head.name))
-    config = parse((local_repo / head.name / "config.pbtxt").read_text())
+    _add_model(repo, ood_model, OodScorer(protos), emb.shape[1], "ood_score", 1, config_max_batch(two_family_repo, head.name))
+    config = parse((two_family_repo / head.name / "config.pbtxt").read_text())
     gate_name = f"{head.name}_gate"
     config.name = gate_name
     for step in config.ensemble_scheduling.step:  # the ood_score here comes from the scorer below
@@ -152,7 +153,7 @@ def gate_server(trained_heads, local_repo, tmp_path_factory):
     config.parameters["prompt_classes"].string_value = json.dumps(prompt_classes)
     config.parameters["ood_threshold"].string_value = repr(threshold)
     (repo / gate_name / "1").mkdir(parents=True)
-    shutil.copyfile(local_repo / head.name / "labels.txt", repo / gate_name / "labels.txt")
+    shutil.copyfile(two_family_repo / head.name / "labels.txt", repo / gate_name / "labels.txt")
     (repo / gate_name / "config.pbtxt").write_text(to_text(config))
 
     # The repository's own prompt prefilter (export.prompts), baked from the CLIP text tower, on the plain head.

@@ -40,14 +40,15 @@ class TlsTriton(LocalTriton):
         raise AssertionError("TLS tritonserver never became ready:\n" + self.log_tail())
 
     def _probe_models(self) -> None:
-        """The start-up probe speaks plaintext gRPC; the plain `triton` fixture serves and probes the same repository."""
+        """The start-up probe speaks plaintext gRPC; the plain `triton` fixture serves and probes the same models."""
 
 
 @pytest.fixture(scope="module")
-def tls_triton(local_repo):
+def tls_triton(two_family_repo):
+    """The DINOv3 head these tests call (and the CLIP one) behind mutual TLS; fewer models start than ``local_repo``'s."""
     args = ("--grpc-use-ssl-mutual=true", f"--grpc-server-cert={TLS / 'server.pem'}",
             f"--grpc-server-key={TLS / 'server.key'}", f"--grpc-root-cert={TLS / 'ca.pem'}")
-    with TlsTriton(ServerConfig(repository=local_repo, extra_args=args)) as server:
+    with TlsTriton(ServerConfig(repository=two_family_repo, extra_args=args)) as server:
         yield server
 
 

@@ -95,7 +95,7 @@ def test_serve_on_a_port_another_tritonserver_answers_on_fails_naming_the_port(t
     assert triton.process.poll() is None and triton.is_healthy()
 
 
-def test_a_listener_that_sneaks_onto_the_port_after_the_check_is_still_caught(local_repo, monkeypatch):
+def test_a_listener_that_sneaks_onto_the_port_after_the_check_is_still_caught(two_family_repo, monkeypatch):
     """The race between the port check and tritonserver's own bind: another process takes the port in
     between. The check is skipped here (a mock, because that window cannot be hit on purpose); what
     must catch it is the second defence, which looks at who holds the listening sockets."""
@@ -107,7 +107,7 @@ def test_a_listener_that_sneaks_onto_the_port_after_the_check_is_still_caught(lo
     monkeypatch.setattr(LocalTriton, "_check_ports_free", lambda self: None)
     try:
         with pytest.raises(PortInUseError, match=rf"\b{port}\b"):
-            with LocalTriton(ServerConfig(repository=local_repo, grpc_port=port, startup_timeout_s=90)):
+            with LocalTriton(ServerConfig(repository=two_family_repo, grpc_port=port, startup_timeout_s=90)):
                 pass
     finally:
         other.close()
@@ -170,8 +170,8 @@ def test_the_server_and_its_stubs_get_only_allow_listed_environment_variables(lo
         serve.kill()
 
 
-def test_a_killed_stub_is_reloaded_in_explicit_mode_so_requests_succeed_again(local_repo):
-    serve = Serve(local_repo, "--model-control-mode", "explicit")
+def test_a_killed_stub_is_reloaded_in_explicit_mode_so_requests_succeed_again(two_family_repo):
+    serve = Serve(two_family_repo, "--model-control-mode", "explicit")
     url = f"127.0.0.1:{serve.grpc_port}"
     try:
         pid = serve.wait_ready()
@@ -193,8 +193,8 @@ def test_a_killed_stub_is_reloaded_in_explicit_mode_so_requests_succeed_again(lo
 
 
 @pytest.mark.parametrize("mode", ["none", "poll"])
-def test_a_killed_stub_without_explicit_mode_stops_serve_naming_the_model(local_repo, mode):
-    serve = Serve(local_repo, "--model-control-mode", mode)
+def test_a_killed_stub_without_explicit_mode_stops_serve_naming_the_model(two_family_repo, mode):
+    serve = Serve(two_family_repo, "--model-control-mode", mode)
     try:
         pid = serve.wait_ready()
         victim = next(s for s in stub_processes(pid) if s.model == "t_dinov3_tiny_head")
@@ -208,8 +208,8 @@ def test_a_killed_stub_without_explicit_mode_stops_serve_naming_the_model(local_
     assert session_members(pid) == []
 
 
-def test_local_triton_reports_unhealthy_while_triton_says_ready_after_a_stub_dies(local_repo):
-    with LocalTriton(ServerConfig(repository=local_repo)) as server:
+def test_local_triton_reports_unhealthy_while_triton_says_ready_after_a_stub_dies(two_family_repo):
+    with LocalTriton(ServerConfig(repository=two_family_repo)) as server:
         assert server.is_healthy() and server.dead_stubs() == []
         victim = next(s for s in stub_processes(server.process.pid) if s.model == "encoder_clip_tiny")
         os.kill(victim.pid, signal.SIGKILL)
@@ -246,8 +246,8 @@ instance_group { kind: KIND_CPU count: 1 }
 '''
 
 
-def test_serve_is_not_ready_while_a_ready_model_answers_empty_tensors_and_names_it(local_repo, tmp_path):
-    repo = shutil.copytree(local_repo, tmp_path / "repo")
+def test_serve_is_not_ready_while_a_ready_model_answers_empty_tensors_and_names_it(two_family_repo, tmp_path):
+    repo = shutil.copytree(two_family_repo, tmp_path / "repo")
     (repo / "hollow" / "1").mkdir(parents=True)
     (repo / "hollow" / "1" / "model.py").write_text(EMPTY_ANSWER_MODEL)
     (repo / "hollow" / "config.pbtxt").write_text(EMPTY_ANSWER_CONFIG)
