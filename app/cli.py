@@ -22,6 +22,7 @@ from headserve.errors import HeadserveError, HeadserveWarning
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "headserve.app.demo",
     "headserve.app.train",
+    "headserve.app.embed",
     "headserve.app.legacy",
     "headserve.app.export",
     "headserve.app.serve",

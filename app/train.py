@@ -70,8 +70,12 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a calibrated head on a YOLO dataset")
-    p.add_argument("dataset", type=Path, help="YOLO dataset root (images/, labels/, data.yaml); a data.yaml naming "
-                                              "train: and val: folders sets the split (val: is the test split)")
+    p.add_argument("dataset", type=Path, nargs="?", default=None,
+                   help="YOLO dataset root (images/, labels/, data.yaml); a data.yaml naming train: and val: folders "
+                        "sets the split (val: is the test split); optional with --embeddings")
+    p.add_argument("--embeddings", type=Path, default=None, metavar="EMB",
+                   help="train from an embeddings store written by `headserve embed` instead of the images: no image "
+                        "is opened; --encoder, --engine and --precision must be the store's")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--name", default=None,
                    help="head name; becomes the served model name, so two heads need two names (default: the "
@@ -113,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--bg", type=int, default=1, metavar="N", help="background classes (default 1)")
     s.add_argument("--cache", type=Path, default=Path(".headserve-cache"),
                    help="embedding cache directory (default %(default)s)")
+    s.add_argument("--embeddings", type=lambda t: tuple(Path(v) for v in _csv(t)), default=(), metavar="EMB[,EMB]",
+                   help="embeddings stores (`headserve embed`), one per --encoders entry in order, instead of the images")
     s.add_argument("--seeds", type=lambda t: tuple(int(v) for v in t.split(",")), default=(42, 43, 44),
                    help="comma-separated training seeds of every row (default 42,43,44; at least 3 for the ± sd)")
     s.add_argument("--select", action="store_true",
@@ -127,6 +133,7 @@ def _train(args: argparse.Namespace) -> int:
     from headserve.train.profiles import profile_config
 
     overrides = _recipe_overrides(args)
+    args.dataset = _dataset_of(args)
     name = args.name or _name_of(args.dataset)
     encoder = encoder_from_args(args)
     if args.name is None:
@@ -140,7 +147,7 @@ def _train(args: argparse.Namespace) -> int:
                        train=profile_config(args.profile, **overrides),
                        embed=embed_config_from_args(args), profile=args.profile,
                        cache_dir=args.cache, report_dir=args.report or args.out.with_name(args.out.name + ".report"),
-                       ood_holdout=args.ood_holdout, progress=True)
+                       ood_holdout=args.ood_holdout, progress=True, embeddings=args.embeddings)
     if args.select:
         outcome = _train_selected(req)
     else:
@@ -155,6 +162,24 @@ def _train(args: argparse.Namespace) -> int:
         print(f"note: {UNTRAINED_NOTE}")
     print(summary)  # what was skipped, last so it is not scrolled away
     return 0
+
+
+def _dataset_of(args: argparse.Namespace) -> Path:
+    """DATASET, or with --embeddings the dataset the store was written from (the one DATASET must then be)."""
+    from headserve.errors import ConfigError
+
+    if args.embeddings is None:
+        if args.dataset is None:
+            raise ConfigError("no dataset: pass DATASET (a YOLO dataset root) or --embeddings EMB (a store written by "
+                              "headserve embed)")
+        return Path(args.dataset)
+    from headserve.train.store import Store
+
+    root = Store.open(args.embeddings).root
+    if args.dataset is not None and Path(args.dataset).resolve() != root:
+        raise ConfigError(f"DATASET {args.dataset} is not the dataset {args.embeddings} was embedded from ({root}); "
+                          "leave DATASET out or pass that one")
+    return root
 
 
 def _train_selected(req: Any) -> Any:
@@ -179,7 +204,7 @@ def _sweep(args: argparse.Namespace) -> int:
     config = SweepConfig(dataset=args.dataset, out=args.out, profiles=tuple(args.profiles),
                          encoders=tuple(args.encoders), hidden=tuple(args.hidden),
                          label_smoothing=tuple(args.label_smoothing), epochs=args.epochs, bg_classes=args.bg,
-                         cache_dir=args.cache, seeds=args.seeds, select=args.select,
+                         cache_dir=args.cache, seeds=args.seeds, select=args.select, embeddings=args.embeddings,
                          embed=embed_config_from_args(args))
     table = run_sweep(config)
     print(table.read_text())

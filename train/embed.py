@@ -200,8 +200,13 @@ def scratch_array(rows: int, dim: int, directory: Path | None) -> np.ndarray:
 
 def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, float]], graph: EncoderGraph,
             spec: PreprocessSpec, dim: int, config: EmbedConfig = EmbedConfig(),
-            cache: EmbeddingCache | None = None, scratch: Path | None = None, progress: bool = False) -> Extraction:
-    """Embed the crop ``boxes[i]`` of ``images[i]`` for every i, streaming; see the module docstring."""
+            cache: EmbeddingCache | None = None, scratch: Path | None = None, progress: bool = False,
+            on_done: Callable[[Sequence[int], np.ndarray | None, str | None, str], None] | None = None) -> Extraction:
+    """Embed the crop ``boxes[i]`` of ``images[i]`` for every i, streaming; see the module docstring.
+
+    ``on_done(indices, embeddings, why, kind)`` hears of each finished batch (``why`` None) and of each crop that
+    failed (``embeddings`` None; ``kind`` "image" or "crop"), in order: the embeddings store writes its shards
+    from it as they complete."""
     encoder = _Encoder(graph, config, spec.input_size)  # OpenVINO compiles here, once, before the clock starts
     t0 = time.perf_counter()
     workers = config.workers or os.cpu_count() or 1
@@ -228,6 +233,8 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
             emb = encoder(pixels)
         out[batch_idx] = emb
         ok[batch_idx] = True
+        if on_done is not None:
+            on_done(list(batch_idx), emb, None, "")
         if bar is not None:
             bar.update(len(batch_idx))
         batch_idx.clear()
@@ -236,12 +243,16 @@ def extract(images: Sequence[Path], boxes: Sequence[tuple[float, float, float, f
     for path, idx, result in _decoded_in_order(groups, boxes, spec, workers):
         if isinstance(result, _ImageFailed):
             failures.append((str(path), str(result)))
+            if on_done is not None:
+                on_done(idx, None, str(result), "image")
             if bar is not None:
                 bar.update(len(idx))
             continue
         for i, px in zip(idx, result):
             if isinstance(px, _ImageFailed):
                 bad_crops.append((i, str(px)))
+                if on_done is not None:
+                    on_done([i], None, str(px), "crop")
                 if bar is not None:
                     bar.update(1)
                 continue

@@ -18,3 +18,8 @@ class UnknownProfileError(HeadserveError, KeyError):
 
 class RecipeError(ConfigError):
     """A profile with overrides that ``TrainConfig`` refuses (out of range, unknown choice)."""
+
+
+class EmbeddingStoreError(HeadserveError):
+    """An embeddings store that cannot be used as asked: unfinished, damaged, or of another encoder, engine or
+    precision than the run that reads it (the message names both)."""

@@ -26,6 +26,7 @@ from headserve.train.evaluation import classification_metrics, expected_calibrat
 from headserve.train.ood import attach_ood, choose_threshold, fit_ood, foreground, ood_scores
 from headserve.train.profiles import describe
 from headserve.train.split import declared_split, group_split
+from headserve.train.store import Store
 from headserve.train.trainer import TrainConfig, fit_head, head_config_for
 
 BACKGROUND_NAME = "background"
@@ -57,6 +58,7 @@ class TrainRequest:
     ood_holdout: str | None = None  # class left out of training and scored as OOD, for the OOD AUROC
     progress: bool = False  # show a progress bar while embedding
     selection: Mapping[str, Any] | None = None  # the --select grid, every point's score and the choice, for meta.json
+    embeddings: Path | None = None  # an embeddings store (`headserve embed`) to train from: no image is opened
 
     def __post_init__(self) -> None:
         if self.bg_classes < 1:
@@ -113,7 +115,13 @@ def prepare(req: TrainRequest) -> PreparedData:
     """Read the dataset, embed every crop (through the cache) and split by source image."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = read_yolo(req.dataset, strict=req.strict, reject_outside=req.reject_outside)
+    store = Store.open(req.embeddings) if req.embeddings is not None else None
+    stored_background: list[LabelledObject] = []
+    if store is not None:
+        store.require_options(req.bg_per_image, req.seed, req.background, req.reject_outside)
+        data, stored_background = store.dataset(strict=req.strict)
+    else:
+        data = read_yolo(req.dataset, strict=req.strict, reject_outside=req.reject_outside)
     _check_labelled(data)  # before background crops, which every image gives, make a dataset look labelled
     classes = list(data.names)
     objects = list(data.objects)
@@ -125,7 +133,8 @@ def prepare(req: TrainRequest) -> PreparedData:
     if req.background:
         background = list(range(n_fg, n_fg + req.bg_classes))
         classes += [BACKGROUND_NAME] if req.bg_classes == 1 else [f"{BACKGROUND_NAME}_{i}" for i in range(req.bg_classes)]
-        objects += background_objects(data, req.bg_per_image, background[0], seed=req.seed)
+        objects += ([replace(o, class_id=background[0]) for o in stored_background] if store is not None
+                    else background_objects(data, req.bg_per_image, background[0], seed=req.seed))
     _check_usable(data, objects)
     timings["read"] = time.perf_counter() - t0
 
@@ -137,8 +146,13 @@ def prepare(req: TrainRequest) -> PreparedData:
     cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision, req.embed.engine)
              if req.cache_dir else None)
     everything = objects + holdout
-    run = extract([o.image for o in everything], [o.box for o in everything], graph, spec.preprocess,
-                  spec.embedding_dim, req.embed, cache, scratch=req.cache_dir or req.out.parent, progress=req.progress)
+    if store is not None:
+        store.require(EncoderIdentity.from_spec(spec, fp), req.embed)
+        run = store.extraction(everything, spec.embedding_dim)
+    else:
+        run = extract([o.image for o in everything], [o.box for o in everything], graph, spec.preprocess,
+                      spec.embedding_dim, req.embed, cache, scratch=req.cache_dir or req.out.parent,
+                      progress=req.progress)
     for path, why in run.failures:  # strict mode raises here, naming the image
         data.report.skip("unreadable image", path, f"skipped with its objects: {why}")
     for i, why in run.bad_crops:

@@ -51,6 +51,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (42, 43, 44)  # training seeds of every row: the table shows their mean ± sd
     select: bool = False  # add per encoder the head `train --select` chooses (first profile, first seed)
     embed: EmbedConfig = field(default_factory=EmbedConfig)  # engine, device and precision of the embeddings
+    embeddings: tuple[Path, ...] = ()  # embeddings stores, one per encoder in order, instead of the images; (): none
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.profiles if p not in PROFILES]
@@ -59,6 +60,9 @@ class SweepConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"sweep seeds {self.seeds} must be distinct and at least one (three for a sd)").about(
                 "seeds", self.seeds)
+        if self.embeddings and len(self.embeddings) != len(self.encoders):
+            raise ConfigError(f"{len(self.embeddings)} embeddings store(s) for {len(self.encoders)} encoder(s) "
+                              f"{', '.join(self.encoders)}; pass one store per encoder, in the same order")
 
 
 def _fmt(v: float) -> str:
@@ -98,9 +102,10 @@ def run_sweep(config: SweepConfig) -> Path:
     rows: list[dict[str, object]] = []
     baselines: list[dict[str, object]] = []
     first = config.seeds[0]
-    for enc in config.encoders:
+    for n, enc in enumerate(config.encoders):
         base_req = TrainRequest(dataset=config.dataset, encoder=get_encoder(enc), out=config.out / "heads" / "_",
-                                bg_classes=config.bg_classes, cache_dir=config.cache_dir, embed=config.embed)
+                                bg_classes=config.bg_classes, cache_dir=config.cache_dir, embed=config.embed,
+                                embeddings=config.embeddings[n] if config.embeddings else None)
         prepared = prepare(base_req)
         fit, val, test = prepared.fit_idx, prepared.val_idx, prepared.test_idx
         n_cls, labels = len(prepared.classes), prepared.labels

@@ -1,0 +1,218 @@
+"""`headserve embed --ray`: the embeddings store's shards computed on Ray Data, from a laptop to a cluster.
+
+The driver builds the object index and the plan once (``train.store``) and hands Ray one row per missing
+shard, carrying that shard's crops (image, box, key, class). Then:
+
+1. decode (Ray tasks, one CPU each): a shard's images are decoded once each for all their objects, cropped
+   and resized by the encoder's rule (``train.embed._decode``, the built-in path's own function); the result is
+   one row holding the shard's pixels, so a shard is never split across encoder calls;
+2. encode (an actor pool, ``ray.data.ActorPoolStrategy``): each actor loads the encoder once, checks its
+   fingerprint against the driver's, embeds the shard in batches sized for its device (``num_gpus=1`` per
+   actor where the cluster has GPUs), and writes the shard itself (``train.store.write_shard``: temp path,
+   rename), returning only the shard's row count and sha256.
+
+What streams back to the driver is one small record per shard, so the driver's memory does not grow with
+the dataset; the workers hold a few shards' pixels at a time (Ray Data's backpressure). A killed task or
+actor is retried by Ray (actors restart, ``max_restarts=-1``); the retry writes the same shard name with the
+same rows, so nothing is duplicated, and the driver writes the manifest only once every shard is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from headserve.errors import ConfigError
+from headserve.train.errors import EmbeddingStoreError
+from headserve.train.store import IndexRow, ShardDone, ShardPlan, Skipped, write_shard
+
+if TYPE_CHECKING:
+    from headserve.encoders import EncoderSpec
+    from headserve.train.embed import EmbedConfig
+    from headserve.train.store import EmbedRequest
+
+BATCH_BY_DEVICE = {"cpu": 64, "cuda": 256, "mps": 64}  # crops per encoder call, by the actor's device kind
+DECODE_RETRIES = 3  # a decode task whose worker dies is run again this many times before the run fails
+CPUS_PER_CPU_ACTOR = 1  # an encoder actor on a CPU node; its torch/OpenVINO threads use that many cores
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` ("" or None: RAY_ADDRESS, else a new local Ray), unless already joined.
+
+    A local Ray starts without its dashboard (a web server and an agent process per node that embedding has
+    no use for) and without forwarding worker logs to this terminal.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def _shard_item(plan: ShardPlan, index: Sequence[IndexRow]) -> dict[str, Any]:
+    rows = [index[i] for i in plan.rows]
+    return {"shard": plan.number, "plan": json.dumps({
+        "digest": plan.digest, "rows": list(plan.rows),
+        "index": [[r.index, r.key, r.class_id, r.class_name, r.image, list(r.box), r.source] for r in rows]})}
+
+
+def _plan_of(shard: int, text: str) -> tuple[ShardPlan, dict[int, IndexRow]]:
+    """A shard row's plan and its crops, as ``_shard_item`` wrote them."""
+    data = json.loads(text)
+    rows = {int(r[0]): IndexRow(int(r[0]), r[1], int(r[2]), r[3], r[4], tuple(r[5]), r[6]) for r in data["index"]}
+    return ShardPlan(shard, tuple(data["rows"]), data["digest"]), rows
+
+
+def decode_shards(batch: dict[str, np.ndarray], root: str, preprocess: str) -> dict[str, Any]:
+    """Ray task: each shard's images decoded once, cropped and resized; one output row per shard."""
+    from headserve.encoders import PreprocessSpec
+    from headserve.train.embed import _decode, _grouped, _ImageFailed
+
+    spec = PreprocessSpec.from_json(preprocess)
+    out: dict[str, list[Any]] = {"shard": [], "plan": [], "pixels": [], "ok": [], "skipped": []}
+    for shard, text in zip(batch["shard"], batch["plan"]):
+        plan, rows = _plan_of(int(shard), str(text))
+        order = list(plan.rows)
+        groups = _grouped([rows[i].image for i in order])  # images in order of first appearance
+        pixels: list[np.ndarray] = []
+        ok: list[int] = []
+        skipped: list[list[Any]] = []
+        for image, positions in groups:
+            result = _decode(Path(root) / image, [rows[order[p]].box for p in positions], spec)
+            if isinstance(result, _ImageFailed):
+                skipped += [[order[p], "image", str(result)] for p in positions]
+                continue
+            for p, px in zip(positions, result):
+                if isinstance(px, _ImageFailed):
+                    skipped.append([order[p], "crop", str(px)])
+                else:
+                    pixels.append(px)
+                    ok.append(order[p])
+        size = spec.input_size
+        out["shard"].append(int(shard))
+        out["plan"].append(str(text))
+        out["pixels"].append(np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8))
+        out["ok"].append(np.asarray(ok, dtype=np.int64))
+        out["skipped"].append(json.dumps(skipped))
+    return {"shard": np.asarray(out["shard"], dtype=np.int64), "plan": np.asarray(out["plan"], dtype=object),
+            "pixels": _ragged(out["pixels"]), "ok": _ragged(out["ok"]), "skipped": np.asarray(out["skipped"], dtype=object)}
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """A column of arrays of different lengths (Ray Data stores it as a variable-shaped tensor column)."""
+    column = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        column[i] = a
+    return column
+
+
+class ShardEncoder:
+    """Ray actor: the encoder loaded once; each call embeds whole shards and writes them to the store."""
+
+    def __init__(self, spec: "EncoderSpec", config: "EmbedConfig", fingerprint: str, store: str) -> None:
+        from headserve.backbones import encoder_graph, load_encoder
+        from headserve.backbones import fingerprint as fingerprint_of
+        from headserve.train.embed import _Encoder
+
+        loaded = load_encoder(spec)
+        graph = encoder_graph(loaded)
+        got = fingerprint_of(graph, loaded.spec.preprocess)
+        if got != fingerprint:  # another node's weights would write another encoder's embeddings under this name
+            raise EmbeddingStoreError(f"encoder {spec.name} on node {_node()} has fingerprint {got[:12]}, the driver's "
+                                      f"is {fingerprint[:12]}: every node must load the same weights")
+        self.encoder = _Encoder(graph, config, loaded.spec.preprocess.input_size)
+        self.dim = loaded.spec.embedding_dim
+        self.batch = config.batch_size
+        self.store = Path(store)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done = []
+        for shard, text, pixels, ok, skipped in zip(batch["shard"], batch["plan"], batch["pixels"], batch["ok"],
+                                                    batch["skipped"]):
+            plan, rows = _plan_of(int(shard), str(text))
+            pixels = np.asarray(pixels)
+            ok = np.asarray(ok, dtype=np.int64)
+            emb: dict[int, np.ndarray] = {}
+            for start in range(0, len(ok), self.batch):
+                out = self.encoder(pixels[start:start + self.batch])
+                emb.update(zip(ok[start:start + self.batch].tolist(), out))
+            gone = [Skipped(int(i), str(k), str(w)) for i, k, w in json.loads(str(skipped))]
+            written = write_shard(self.store, plan, rows, emb, gone, self.dim)
+            done.append(json.dumps({"file": written.name, "rows": written.rows, "sha256": written.sha256,
+                                    "skipped": [[s.index, s.kind, s.why] for s in written.skipped],
+                                    "device": str(self.encoder.device), "min_cosine": self.encoder.min_cosine}))
+        return {"shard": np.asarray(batch["shard"], dtype=np.int64), "done": np.asarray(done, dtype=object)}
+
+
+def _node() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())[:12]
+
+
+def actor_resources(engine: str, gpus: float, requested: int, cpus: float) -> tuple[int, dict[str, Any], str]:
+    """(pool size, the actor's Ray resources, its device) for the cluster at hand.
+
+    GPUs: one actor per GPU (``requested`` caps it), each on ``cuda``. No GPUs, or OpenVINO (the CPU
+    engine of export/engine.py): actors of CPUS_PER_CPU_ACTOR each, leaving at least one CPU for decoding.
+    """
+    if engine == "torch" and gpus >= 1:
+        size = min(int(gpus), requested) if requested else int(gpus)
+        return size, {"num_gpus": 1}, "cuda"
+    size = max(1, int(cpus - 1) // CPUS_PER_CPU_ACTOR)
+    return (min(size, requested) if requested else size), {"num_cpus": CPUS_PER_CPU_ACTOR}, "cpu"
+
+
+def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
+                 done: dict[int, ShardDone]) -> Mapping[str, Any]:
+    """Compute the shards ``todo`` on Ray Data; each written shard is added to ``done`` as its record arrives."""
+    from dataclasses import replace
+
+    import ray
+    import ray.data
+
+    from headserve.backbones import load_encoder
+
+    connect(req.ray)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = req.progress
+    context.enable_auto_log_stats = False
+    resources = ray.cluster_resources()
+    size, remote, device = actor_resources(req.embed.engine, float(resources.get("GPU", 0)), req.actors,
+                                           float(resources.get("CPU", 1)))
+    if req.embed.device not in ("auto", device, "cpu" if device == "cpu" else "cuda"):
+        raise ConfigError.bad_value("device", req.embed.device, f"Ray's encoder actors run on {device} here "
+                                                                "(the cluster's resources decide); use `device` auto")
+    batch = BATCH_BY_DEVICE[device]
+    config = replace(req.embed, device=device, batch_size=batch, workers=1)
+    spec = load_encoder(req.encoder).spec  # the preprocessing as loaded (a hub processor may set it)
+    shards = ray.data.from_items([_shard_item(p, index) for p in todo], override_num_blocks=len(todo))
+    # Decoding stays a Ray task of its own (Ray Data would fuse it into the actor when their resources match):
+    # tasks scale over every CPU of the cluster while the actors hold the GPUs. max_retries differs from the
+    # actors' options, which keeps the two apart, and bounds the retries of a task whose worker dies.
+    decoded = shards.map_batches(decode_shards, batch_size=1, num_cpus=1, batch_format="numpy", max_retries=DECODE_RETRIES,
+                                 fn_kwargs={"root": str(Path(req.dataset).resolve()),
+                                            "preprocess": spec.preprocess.to_json()})
+    encoded = decoded.map_batches(ShardEncoder, batch_size=1, batch_format="numpy",
+                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+                                  fn_constructor_kwargs={"spec": req.encoder, "config": config,
+                                                         "fingerprint": fingerprint, "store": str(req.out.resolve())},
+                                  **remote)
+    facts: dict[str, Any] = {"device": device, "min_cosine_to_fp32": None}
+    for row in encoded.iter_rows():
+        record = json.loads(str(row["done"]))
+        skipped = tuple(Skipped(int(i), str(k), str(w)) for i, k, w in record["skipped"])
+        done[int(row["shard"])] = ShardDone(record["file"], int(record["rows"]), skipped, record["sha256"])
+        if record["min_cosine"] is not None:
+            low = facts["min_cosine_to_fp32"]
+            facts["min_cosine_to_fp32"] = record["min_cosine"] if low is None else min(low, record["min_cosine"])
+    return facts
