@@ -15,6 +15,10 @@ if TYPE_CHECKING:  # for the annotations only: the client's commands must not im
 FLAG_OF_SETTING: dict[str, str] = {
     "bg_classes": "--bg",  # TrainRequest
     "ood_holdout": "--ood-holdout",  # TrainRequest
+    "shard_rows": "--shard-rows",  # EmbedRequest
+    "actors": "--actors",  # EmbedRequest
+    "bg_per_image": "--bg-per-image",  # EmbedRequest
+    "reject_outside": "--reject-outside",  # TrainRequest, EmbedRequest
     "workers": "--workers",  # EmbedConfig
     "engine": "--engine",  # EmbedConfig, EngineChoice (export)
     "precision": "--precision",  # EmbedConfig, EngineChoice (export)

@@ -32,10 +32,13 @@ from PIL import Image
 from headserve.backbones import EncoderGraph
 from headserve.device import autocast, check_precision, check_supported, get_precision, resolve_device
 from headserve.encoders import PreprocessSpec
-from headserve.errors import ConfigError, HeadserveError
+from headserve.errors import ConfigError
 from headserve.export.engine import ENGINES, check_parity, choose_engine, compile_graph
-from headserve.preprocess import crop_box, load_image, resize_for_encoder
+from headserve.preprocess import resize_for_encoder
 from headserve.train.cache import EmbeddingCache
+from headserve.train.decode import ImageFailed as _ImageFailed
+from headserve.train.decode import decode_crops as _decode
+from headserve.train.decode import grouped_by_image as _grouped
 
 
 @dataclass(frozen=True)
@@ -82,37 +85,6 @@ class Extraction:
     # of ``seconds``, the one-time fp32 comparison of the first batch (eager PyTorch on ``check_sample`` crops):
     # a fixed cost like the engine's compile, reported apart so a rate can be read for any dataset size
     check_seconds: float = 0.0
-
-
-class _ImageFailed(HeadserveError):
-    """An image that does not decode; its objects are skipped and reported."""
-
-
-def _decode(path: Path, boxes: Sequence[tuple[float, float, float, float]], spec: PreprocessSpec,
-            ) -> list[np.ndarray | _ImageFailed] | _ImageFailed:
-    """One image, decoded once: the encoder-sized uint8 crop of each box, or why that box (or the whole
-    image) failed; a box too small to crop costs only its own object."""
-    try:
-        image = load_image(path)
-    except HeadserveError as exc:  # ImageDecodeError: truncated or unreadable, too many pixels
-        return _ImageFailed(str(exc))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL errors past the header
-        return _ImageFailed(f"{path}: {exc.__class__.__name__}: {exc}")
-    crops: list[np.ndarray | _ImageFailed] = []
-    for box in boxes:
-        try:
-            crops.append(resize_for_encoder(crop_box(image, box, origin=str(path)), spec))
-        except HeadserveError as exc:
-            crops.append(_ImageFailed(str(exc)))
-    return crops
-
-
-def _grouped(images: Sequence[Path]) -> list[tuple[Path, list[int]]]:
-    """Object indices grouped by image, images in order of first appearance."""
-    groups: dict[Path, list[int]] = {}
-    for i, path in enumerate(images):
-        groups.setdefault(path, []).append(i)
-    return list(groups.items())
 
 
 def _decoded_in_order(groups: list[tuple[Path, list[int]]], boxes: Sequence[tuple[float, float, float, float]],

@@ -4,7 +4,7 @@ The driver builds the object index and the plan once (``train.store``) and hands
 shard, carrying that shard's crops (image, box, key, class). Then:
 
 1. decode (Ray tasks, one CPU each): a shard's images are decoded once each for all their objects, cropped
-   and resized by the encoder's rule (``train.embed._decode``, the built-in path's own function); the result is
+   and resized by the encoder's rule (``train.decode``, the built-in path's own function); the result is
    one row holding the shard's pixels, so a shard is never split across encoder calls;
 2. encode (an actor pool, ``ray.data.ActorPoolStrategy``): each actor loads the encoder once, checks its
    fingerprint against the driver's, embeds the shard in batches sized for its device (``num_gpus=1`` per
@@ -31,12 +31,12 @@ from headserve.train.errors import EmbeddingStoreError
 from headserve.train.store import IndexRow, ShardDone, ShardPlan, Skipped, write_shard
 
 if TYPE_CHECKING:
-    from headserve.encoders import EncoderSpec
+    from headserve.encoders import EncoderSpec, PreprocessSpec
     from headserve.train.embed import EmbedConfig
     from headserve.train.store import EmbedRequest
 
 BATCH_BY_DEVICE = {"cpu": 64, "cuda": 256, "mps": 64}  # crops per encoder call, by the actor's device kind
-DECODE_RETRIES = 3  # a decode task whose worker dies is run again this many times before the run fails
+DECODE_MEMORY = 512 << 20  # bytes a decode task reserves: a shard's pixels (store.MAX_SHARD_PIXEL_BYTES), a photo
 CPUS_PER_CPU_ACTOR = 1  # an encoder actor on a CPU node; its torch/OpenVINO threads use that many cores
 
 
@@ -75,24 +75,24 @@ def _plan_of(shard: int, text: str) -> tuple[ShardPlan, dict[int, IndexRow]]:
 def decode_shards(batch: dict[str, np.ndarray], root: str, preprocess: str) -> dict[str, Any]:
     """Ray task: each shard's images decoded once, cropped and resized; one output row per shard."""
     from headserve.encoders import PreprocessSpec
-    from headserve.train.embed import _decode, _grouped, _ImageFailed
+    from headserve.train.decode import ImageFailed, decode_crops, grouped_by_image
 
     spec = PreprocessSpec.from_json(preprocess)
     out: dict[str, list[Any]] = {"shard": [], "plan": [], "pixels": [], "ok": [], "skipped": []}
     for shard, text in zip(batch["shard"], batch["plan"]):
         plan, rows = _plan_of(int(shard), str(text))
         order = list(plan.rows)
-        groups = _grouped([rows[i].image for i in order])  # images in order of first appearance
+        groups = grouped_by_image([Path(rows[i].image) for i in order])  # images in order of first appearance
         pixels: list[np.ndarray] = []
         ok: list[int] = []
         skipped: list[list[Any]] = []
         for image, positions in groups:
-            result = _decode(Path(root) / image, [rows[order[p]].box for p in positions], spec)
-            if isinstance(result, _ImageFailed):
+            result = decode_crops(Path(root) / image, [rows[order[p]].box for p in positions], spec)
+            if isinstance(result, ImageFailed):
                 skipped += [[order[p], "image", str(result)] for p in positions]
                 continue
             for p, px in zip(positions, result):
-                if isinstance(px, _ImageFailed):
+                if isinstance(px, ImageFailed):
                     skipped.append([order[p], "crop", str(px)])
                 else:
                     pixels.append(px)
@@ -173,14 +173,12 @@ def actor_resources(engine: str, gpus: float, requested: int, cpus: float) -> tu
 
 
 def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
-                 done: dict[int, ShardDone]) -> Mapping[str, Any]:
+                 preprocess: "PreprocessSpec", done: dict[int, ShardDone]) -> Mapping[str, Any]:
     """Compute the shards ``todo`` on Ray Data; each written shard is added to ``done`` as its record arrives."""
     from dataclasses import replace
 
     import ray
     import ray.data
-
-    from headserve.backbones import load_encoder
 
     connect(req.ray)
     context = ray.data.DataContext.get_current()
@@ -194,14 +192,12 @@ def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[
                                                                 "(the cluster's resources decide); use `device` auto")
     batch = BATCH_BY_DEVICE[device]
     config = replace(req.embed, device=device, batch_size=batch, workers=1)
-    spec = load_encoder(req.encoder).spec  # the preprocessing as loaded (a hub processor may set it)
     shards = ray.data.from_items([_shard_item(p, index) for p in todo], override_num_blocks=len(todo))
-    # Decoding stays a Ray task of its own (Ray Data would fuse it into the actor when their resources match):
-    # tasks scale over every CPU of the cluster while the actors hold the GPUs. max_retries differs from the
-    # actors' options, which keeps the two apart, and bounds the retries of a task whose worker dies.
-    decoded = shards.map_batches(decode_shards, batch_size=1, num_cpus=1, batch_format="numpy", max_retries=DECODE_RETRIES,
+    # Decoding stays a Ray task of its own: tasks scale over every CPU of the cluster while the actors hold the
+    # GPUs. Its memory reservation (which the actors do not make) also keeps Ray Data from fusing it into the actor.
+    decoded = shards.map_batches(decode_shards,  # type: ignore[arg-type]  # Ray's stubs do not know fn_kwargs batch_size=1, num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
                                  fn_kwargs={"root": str(Path(req.dataset).resolve()),
-                                            "preprocess": spec.preprocess.to_json()})
+                                            "preprocess": preprocess.to_json()})  # as loaded: a hub processor sets it
     encoded = decoded.map_batches(ShardEncoder, batch_size=1, batch_format="numpy",
                                   compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
                                   fn_constructor_kwargs={"spec": req.encoder, "config": config,

@@ -307,6 +307,7 @@ class _Prepared:
     engine_identity: dict[str, Any]
     plans: list[ShardPlan]
     shard_rows: int
+    loaded: Any  # the encoder as loaded on the driver (headserve.backbones.LoadedEncoder)
 
 
 def _prepare(req: EmbedRequest) -> _Prepared:
@@ -327,7 +328,7 @@ def _prepare(req: EmbedRequest) -> _Prepared:
     engine_identity = {"encoder": identity.to_parameters(), "engine": req.embed.engine,
                        "precision": req.embed.precision}
     rows = shard_rows_for(loaded.spec.preprocess.input_size, req.shard_rows)
-    return _Prepared(data, index, identity, engine_identity, plan_shards(index, rows, engine_identity), rows)
+    return _Prepared(data, index, identity, engine_identity, plan_shards(index, rows, engine_identity), rows, loaded)
 
 
 def _refuse_other_store(req: EmbedRequest, prepared: _Prepared) -> None:
@@ -342,36 +343,42 @@ def _refuse_other_store(req: EmbedRequest, prepared: _Prepared) -> None:
     if ours != theirs:
         raise EmbeddingStoreError(f"{req.out} already holds the embeddings of {_describe(old)}; this run would "
                                   f"write {_describe({**prepared.engine_identity, 'dataset': {'root': str(req.dataset)}})}"
-                                  "; choose another --out or delete that store")
+                                  "; write it to another directory or delete that store")
 
 
 def embed_dataset(req: EmbedRequest) -> EmbedOutcome:
     """Embed every crop of ``req.dataset`` into the store ``req.out``, computing only shards not already there.
 
     The built-in runner streams today's extraction (``train.embed.extract``) into shards; ``req.ray`` runs the
-    same plan on Ray Data (``train.ray_embed``). Either way the manifest is written last.
+    same plan on Ray Data (``train.ray_embed``). Either way the manifest is written last. One run at a time
+    writes a store (the writer lock of ``headserve.lockfile``): a second waits, then finds the shards done.
     """
-    prepared = _prepare(req)
-    _refuse_other_store(req, prepared)
-    ensure_dir(req.out / SHARDS)
-    done: dict[int, ShardDone] = {}
-    for plan in prepared.plans:
-        have = finished_shard(req.out, plan)
-        if have is not None:
-            done[plan.number] = have
-    todo = [p for p in prepared.plans if p.number not in done]
-    t0 = time.perf_counter()
-    runner = "built-in" if req.ray is None else "ray"
-    facts: dict[str, Any] = {"device": "cpu", "min_cosine_to_fp32": None}
-    if todo and req.ray is None:
-        facts = _embed_built_in(req, prepared, todo, done)
-    elif todo:
-        from headserve.train.ray_embed import embed_on_ray
+    from headserve.lockfile import repository_lock
 
-        facts = embed_on_ray(req, prepared.index, todo, prepared.identity.fingerprint or "", done)
-    seconds = time.perf_counter() - t0
-    manifest = _manifest(req, prepared, done, runner, facts)
-    write_text_atomic(req.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    prepared = _prepare(req)
+    with repository_lock(req.out):
+        _refuse_other_store(req, prepared)
+        ensure_dir(req.out / SHARDS)
+        done: dict[int, ShardDone] = {}
+        for plan in prepared.plans:
+            have = finished_shard(req.out, plan)
+            if have is not None:
+                done[plan.number] = have
+        todo = [p for p in prepared.plans if p.number not in done]
+        t0 = time.perf_counter()
+        runner = "built-in" if req.ray is None else "ray"
+        facts: Mapping[str, Any] = {"device": "cpu", "min_cosine_to_fp32": None}
+        if todo and req.ray is None:
+            facts = _embed_built_in(req, prepared, todo, done)
+        elif todo:
+            from headserve.train.ray_embed import embed_on_ray
+
+            facts = embed_on_ray(req, prepared.index, todo, prepared.identity.fingerprint or "",
+                                 prepared.loaded.spec.preprocess, done)
+        seconds = time.perf_counter() - t0
+        manifest = _manifest(req, prepared, done, runner, facts)
+        _remove_strays(req.out, prepared.plans)
+        write_text_atomic(req.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     rows = sum(d.rows for d in done.values())
     skipped = sum(len(d.skipped) for d in done.values())
     lines = [f"store: {req.out} ({len(prepared.plans)} shard(s), {rows} crops embedded, {skipped} skipped)",
@@ -381,13 +388,22 @@ def embed_dataset(req: EmbedRequest) -> EmbedOutcome:
     return EmbedOutcome(req.out, len(prepared.plans), len(todo), rows, skipped, seconds, runner, lines)
 
 
+def _remove_strays(store: Path, plans: Sequence[ShardPlan]) -> None:
+    """Shards of an earlier, unfinished plan (another --shard-rows, encoder or dataset) and temp files of killed
+    writers: the manifest lists only this plan's shards, so nothing else is left beside them."""
+    keep = {(store / p.name).name for p in plans}
+    for path in (store / SHARDS).iterdir():
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
 def _embed_built_in(req: EmbedRequest, prepared: _Prepared, todo: list[ShardPlan],
                     done: dict[int, ShardDone]) -> dict[str, Any]:
     """Today's streaming extraction over the missing shards' crops, each shard written once its crops are in."""
-    from headserve.backbones import encoder_graph, load_encoder
+    from headserve.backbones import encoder_graph
     from headserve.train.dataset import LabelledObject
 
-    loaded = load_encoder(req.encoder)
+    loaded = prepared.loaded
     graph = encoder_graph(loaded)
     order = [i for plan in todo for i in plan.rows]  # extraction order: shard by shard, image by image
     root = prepared.data.root
@@ -457,7 +473,7 @@ def read_manifest(store: Path) -> dict[str, Any]:
     if not path.is_file():
         hint = " (an interrupted `headserve embed`: run it again to finish)" if (Path(store) / SHARDS).is_dir() else ""
         raise EmbeddingStoreError(f"{store}: no {MANIFEST}, so not a finished embeddings store{hint}; write one with "
-                                  "headserve embed DATASET --encoder NAME --out EMB")
+                                  "headserve embed")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -472,10 +488,12 @@ def read_manifest(store: Path) -> dict[str, Any]:
 
 
 def _describe(manifest: Mapping[str, Any]) -> str:
+    """``clip:tiny (fingerprint 8791f5732b34, engine torch, precision fp32) of /data/root``, as messages name a store."""
     enc = manifest.get("encoder") or {}
-    return (f"{enc.get('encoder_name') or enc.get('encoder_type', '?') + ':' + enc.get('encoder_model', '?')} "
-            f"(fingerprint {str(enc.get('encoder_fingerprint', 'unrecorded'))[:12]}, engine {manifest.get('engine')}, "
-            f"precision {manifest.get('precision')}) of {manifest.get('dataset', {}).get('root')}")
+    name = enc.get("encoder_name") or f"{enc.get('encoder_type', '?')}:{enc.get('encoder_model', '?')}"
+    fp = str(enc.get("encoder_fingerprint", "unrecorded")).removeprefix("sha256:")[:12]
+    return (f"{name} (fingerprint {fp}, engine {manifest.get('engine')}, precision {manifest.get('precision')}) "
+            f"of {manifest.get('dataset', {}).get('root')}")
 
 
 @dataclass
@@ -503,8 +521,8 @@ class Store:
             mine = {"encoder": ours, "engine": embed.engine, "precision": embed.precision, "dataset": self.manifest["dataset"]}
             raise EmbeddingStoreError(
                 f"{self.path} holds the embeddings of {_describe(self.manifest).rsplit(' of ', 1)[0]}, but this run "
-                f"embeds with {_describe(mine).rsplit(' of ', 1)[0]}; pass the store's --encoder, --engine and "
-                "--precision, or write a store for this encoder with headserve embed")
+                f"embeds with {_describe(mine).rsplit(' of ', 1)[0]}; use the store's `encoder_name`, `engine` "
+                "and `precision`, or write a store for this encoder with headserve embed")
 
     def require_options(self, bg_per_image: int, seed: int, background: bool, reject_outside: bool) -> None:
         """Background crops and clipping are fixed when the store is written; a train asking for others is refused."""
@@ -517,7 +535,7 @@ class Store:
                 "store's")
         if ds["reject_outside"] != reject_outside:
             raise EmbeddingStoreError(f"{self.path} was written with reject_outside {ds['reject_outside']}; train "
-                                      f"with the same (--reject-outside {'on' if ds['reject_outside'] else 'off'})")
+                                      f"with the same `reject_outside`")
 
     def rows(self) -> Iterator[Any]:
         """Each shard's table in turn (pyarrow), after checking its sha256 against the manifest."""
@@ -537,7 +555,7 @@ class Store:
         """(object index, kind, why) of every crop without a row."""
         import pyarrow.parquet as pq
 
-        out = []
+        out: list[tuple[int, str, str]] = []
         for shard in self.manifest["shards"]:
             meta = json.loads((pq.read_schema(self.path / shard["file"]).metadata or {}).get(SHARD_META, b"{}"))
             out.extend((int(i), str(k), str(w)) for i, k, w in meta.get("skipped", []))
@@ -562,7 +580,7 @@ class Store:
             cols = table.select(["index", "class_id", "image", "box", "source"]).to_pydict()
             for i, cid, image, box, source in zip(cols["index"], cols["class_id"], cols["image"], cols["box"],
                                                   cols["source"]):
-                objects[i] = LabelledObject(root / image, cid, tuple(box), source)  # type: ignore[arg-type]
+                objects[i] = LabelledObject(root / image, cid, (box[0], box[1], box[2], box[3]), source)
         for i, kind, why in self.skipped():  # reported as `train` reports them; they have no row to train on
             report.skip("unreadable image" if kind == "image" else "box too small to crop", f"crop {i}", why)
         ordered = [objects[i] for i in sorted(objects)]
@@ -590,10 +608,9 @@ class Store:
             keys = table.column("key").to_pylist()
             matrix = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
             for key, row in zip(keys, matrix):
-                n = where.get(key)
-                if n is not None:
-                    emb[n] = row
-                    ok[n] = True
+                if key in where:
+                    emb[where[key]] = row
+                    ok[where[key]] = True
         return Extraction(emb, ok, [], [], str(self.manifest.get("device") or "cpu"),
                           str(self.manifest["precision"]), self.manifest.get("min_cosine_to_fp32"), 0.0,
                           str(self.manifest["engine"]))

@@ -17,6 +17,7 @@ CASES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("demo",), ("--out", "o", "--images", "0"), "--images 0: the demo dataset needs at least one image"),
     (("train",), ("ds", "--out", "o", "--bg", "0"), "--bg 0: the number of background classes must be at least 1"),
     (("sweep",), ("ds", "--out", "o", "--seeds", "42,42"), "sweep seeds (42, 42) must be distinct"),
+    (("embed",), ("ds", "--out", "o", "--shard-rows", "0"), "--shard-rows 0: a shard holds at least one crop"),
     (("import-legacy",), ("gone.pkl", "--out", "o", "--trust-pickle"), "gone.pkl does not exist"),
     (("export", "encoder"), ("clip:tiny", "--repo", "r", "--cpu-threads", "-1"), "--cpu-threads -1: use 0"),
     (("export", "head"), ("gone", "--repo", "r"), "gone/meta.json does not exist"),

@@ -90,6 +90,12 @@ CASES: list[tuple[str, Callable[[], object], str | None, str, str]] = [
     ("TrainRequest", lambda: importlib.import_module("headserve.train.pipeline").TrainRequest(
         dataset=Path("d"), encoder=importlib.import_module("headserve.encoders").get_encoder("clip:tiny"),
         out=Path("o"), ood_quantile=1.0), "ood_quantile", "headserve.errors:ConfigError", "ood_quantile 1.0"),
+    ("EmbedRequest", lambda: importlib.import_module("headserve.train.store").EmbedRequest(
+        dataset=Path("d"), encoder=importlib.import_module("headserve.encoders").get_encoder("clip:tiny"),
+        out=Path("o"), shard_rows=0), "shard_rows", "headserve.errors:ConfigError", "shard_rows 0: a shard holds"),
+    ("EmbedRequest", lambda: importlib.import_module("headserve.train.store").EmbedRequest(
+        dataset=Path("d"), encoder=importlib.import_module("headserve.encoders").get_encoder("clip:tiny"),
+        out=Path("o"), actors=-1), "actors", "headserve.errors:ConfigError", "actors -1: must be 0 or more"),
     ("TensorRTOptions", _make("headserve.export.model_config:TensorRTOptions", precision="INT8"), None,
      "headserve.errors:ConfigError", "TensorRT precision 'INT8'"),
     ("RuntimeOptions", _make("headserve.export.model_config:RuntimeOptions", instances=0), "instances",

@@ -11,6 +11,7 @@ import torch
 from headserve.backbones import encoder_graph, load_encoder
 from headserve.encoders import get_encoder
 from headserve.errors import DatasetError, PrecisionError
+from headserve.train import decode as decode_module
 from headserve.train import embed as embed_module
 from headserve.train.cache import EmbeddingCache
 from headserve.train.dataset import load_crop, read_yolo
@@ -50,13 +51,13 @@ def test_streamed_embeddings_equal_embedding_each_crop_in_memory(dataset, clip):
 
 def test_each_image_is_decoded_once_for_all_its_objects(dataset, clip, monkeypatch):
     opened: list[str] = []
-    real = embed_module.load_image
+    real = decode_module.load_image
 
     def counting(source, origin=None):  # a spy: the real decoder runs, the call is counted
         opened.append(str(source))
         return real(source, origin)
 
-    monkeypatch.setattr(embed_module, "load_image", counting)
+    monkeypatch.setattr(decode_module, "load_image", counting)  # the built-in path's decoding (train/decode.py)
     data, objects, run = _run(dataset, clip)
     assert len(objects) > len({o.image for o in objects})  # several objects per image
     assert sorted(opened) == sorted({str(o.image) for o in objects})
