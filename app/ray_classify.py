@@ -118,15 +118,6 @@ def _load(image: str, source: str, class_id: int, box: Any) -> Any:
     return CropRef(Path(image), int(class_id), tuple(float(v) for v in box), str(source)).load()
 
 
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` (or RAY_ADDRESS, or start a local one); a joined session is kept."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=address, log_to_driver=False, configure_logging=False)
-
-
 def _pool(config: RayClassifyConfig) -> Any:
     """The actor pool: ``actors`` fixed when set, else from one up to one per CPU of the cluster. An actor
     holds two batches (one running, one queued) so that batches spread over a new actor instead of queueing."""
@@ -150,10 +141,11 @@ def classify_on_ray(config: RayClassifyConfig, items: list[dict[str, Any]],
     import ray.data
 
     from headserve.client import HeadClient
+    from headserve.train.ray_embed import connect
 
     with HeadClient(config.url, config.options) as client:  # a wrong address or head fails here, before Ray starts
         config.thresholds.check_classes(client.info(config.head))
-    connect(config.address)
+    connect(config.address)  # the one way headserve joins Ray: `embed --ray` joins the same way
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
     # The pool's first actors are all up before any batch goes out, so a fixed pool shares the work from the
