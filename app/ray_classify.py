@@ -137,8 +137,12 @@ def classify_on_ray(config: RayClassifyConfig, items: list[dict[str, Any]],
     Raises the first headserve error an actor raised (a bad crop, the server gone) unwrapped from Ray's, so
     the command prints it as one line; the answers written before it stay written.
     """
-    import ray
-    import ray.data
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:  # the client extra stays light: Ray comes with its own extra
+        raise HeadserveError(f"classifying on Ray needs Ray ({exc}); install it with "
+                             "pip install \"headserve[ray]\"") from None
 
     from headserve.client import HeadClient
     from headserve.train.ray_embed import connect
@@ -155,7 +159,8 @@ def classify_on_ray(config: RayClassifyConfig, items: list[dict[str, Any]],
     # The command prints a headserve error as one line; Ray Data would log the worker's traceback before it
     # (it stays in the session's log files) and its plan at INFO.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
+    for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     seen = np.zeros(len(items), dtype=bool)
     index = {item["position"]: k for k, item in enumerate(items)}
     rows: collections.Counter[str] = collections.Counter()

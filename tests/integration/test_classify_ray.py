@@ -77,3 +77,22 @@ def test_classify_refuses_a_crop_file_taken_as_the_ray_address(tmp_path):
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert f"Ray address '{crop}' is not auto, local, HOST:PORT" in run.stderr
+
+
+def test_a_crop_an_actor_refuses_is_one_line_naming_it_and_no_traceback(triton, ray_cluster, tmp_path):
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (24, 24), (90, 140, 30)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    output = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "headserve.app", "classify", "--head", HEAD, "--url", triton.grpc_url,
+           "--output", str(output), str(good), str(bad), "--ray", ray_cluster.address, "--ray-batch", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("headserve classify: error:")]
+    assert errors == [f"headserve classify: error: image {bad} does not decode (UnidentifiedImageError: cannot "
+                      f"identify image file '{bad}'); pass a JPEG, PNG or other format Pillow reads"]
+    assert "Traceback" not in run.stderr and "UDF" not in run.stderr
+    assert not output.exists()  # never the finished name for a run that stopped
