@@ -43,17 +43,19 @@ class RayBench:
     throughput_encoder: str = "dinov3:vits16"  # real architecture, random weights
     throughput_layers: int | None = None  # None: every block (the real compute)
     engine: str = "openvino"  # the CPU engine both paths run
-    throughput_crops: int = 1024
+    throughput_crops: int = 512
     rounds: int = 2  # built-in and Ray interleaved, this many times each
     memory_crops: tuple[int, ...] = (10_000, 50_000)
     memory_layers: int = 0  # the stem only: memory per crop is real, compute is not
-    two_node_crops: int = 1024
+    memory_sides: tuple[str, ...] = ("ray",)  # the built-in path's memory at these sizes: the extraction benchmark
+    shard_rows: int = 64  # crops per shard, both paths: Ray's unit of work, so 512 crops make 8 tasks, not one
+    two_node_crops: int = 512
     node_cpus: int = 2  # logical CPUs of each simulated node
     weights_dir: Path = WEIGHTS_DIR
 
 
 SMOKE = RayBench(throughput_encoder="dinov3:tiny", engine="torch", throughput_crops=64, rounds=1,
-                 memory_crops=(160, 480), two_node_crops=96)
+                 memory_crops=(160, 480), memory_sides=("built-in", "ray"), two_node_crops=96, shard_rows=32)
 
 
 def run(out: Path, smoke: bool = False, bench: RayBench | None = None) -> list[str]:
@@ -64,11 +66,13 @@ def run(out: Path, smoke: bool = False, bench: RayBench | None = None) -> list[s
         largest = max((*bench.memory_crops, bench.throughput_crops, bench.two_node_crops))
         print(f"  writing {largest // OBJECTS_PER_IMAGE} photographs ...", flush=True)
         full = write_photo_dataset(root / "full", -(-largest // OBJECTS_PER_IMAGE))
-        for section in (_throughput, _memory, _two_nodes):
+        for section in (_throughput, _two_nodes, _memory):
             try:
-                lines += section(bench, full, root)
+                part = section(bench, full, root)
             except RuntimeError as exc:  # one failed run leaves the other sections' numbers standing
-                lines += [f"### {section.__name__.strip('_')}: a run failed", "", "```", str(exc)[-2500:], "```", ""]
+                part = [f"### {section.__name__.strip('_')}: a run failed", "", "```", str(exc)[-2500:], "```", ""]
+            print("\n".join(part), flush=True)  # each section as it ends: a long run shows its figures early
+            lines += part
     return lines
 
 
@@ -96,10 +100,10 @@ class EmbedRun:
 
 
 def embed_run(dataset: Path, spec_name: str, weights: str | None, engine: str, ray: str | None, out: Path,
-              extra_roots: Callable[[], Mapping[str, int]] = dict) -> EmbedRun:
+              shard_rows: int, extra_roots: Callable[[], Mapping[str, int]] = dict) -> EmbedRun:
     """`embed` on ``dataset`` in a child (``ray``: None built-in, "" a local Ray, else the cluster's address)."""
     job = {"dataset": str(dataset), "encoder": spec_name, "weights": weights, "engine": engine, "ray": ray,
-           "out": str(out)}
+           "out": str(out), "shard_rows": shard_rows}
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "headserve.app.bench.ray", "--child", json.dumps(job)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -153,7 +157,7 @@ def _child(job: dict[str, Any]) -> None:
         start = time.perf_counter() - t0
     req = EmbedRequest(dataset=Path(job["dataset"]), encoder=spec, out=Path(job["out"]),
                        embed=EmbedConfig(device="cpu", engine=job["engine"]), ray=job["ray"], background=False,
-                       bg_per_image=0)
+                       bg_per_image=0, shard_rows=job["shard_rows"])
     outcome = embed_dataset(req)
     print(json.dumps({"rows": outcome.rows, "seconds": outcome.seconds, "ray_start_s": start}))
 
@@ -173,13 +177,15 @@ def _throughput(bench: RayBench, full: Path, root: Path) -> list[str]:
     for r in range(bench.rounds):
         print(f"  throughput round {r + 1}/{bench.rounds}", flush=True)
         for side, ray in (("built-in", None), ("ray", "")):
-            runs[side].append(embed_run(dataset, name, weights, bench.engine, ray, root / f"t-{side}-{r}"))
+            runs[side].append(embed_run(dataset, name, weights, bench.engine, ray, root / f"t-{side}-{r}",
+                                        bench.shard_rows))
     cores = os.cpu_count() or 1
     base = [x.rate for x in runs["built-in"]]
     ray_rates = [x.rate for x in runs["ray"]]
     ratios = [b / a for a, b in zip(base, ray_rates)]
     lines = [f"### Throughput: {name} (random weights{', all blocks' if bench.throughput_layers is None else ''}), "
-             f"`--engine {bench.engine}`, {runs['ray'][0].crops} crops of 640x480 JPEGs, {cores} cores, "
+             f"`--engine {bench.engine}`, {runs['ray'][0].crops} crops of 640x480 JPEGs in shards of "
+             f"{bench.shard_rows}, {cores} cores, "
              f"{bench.rounds} interleaved round(s), median [min, max]", "",
              "| path | crops/s | Ray start s | whole process s | peak PSS MiB (driver + workers) | CPU s |",
              "|---|---|---|---|---|---|"]
@@ -206,8 +212,11 @@ def _memory(bench: RayBench, full: Path, root: Path) -> list[str]:
     for n in bench.memory_crops:
         dataset = _subset(full, -(-n // OBJECTS_PER_IMAGE), root / f"m{n}")
         for side, ray in (("built-in", None), ("ray", "")):
+            if side not in bench.memory_sides:
+                continue
             print(f"  memory run: {n} crops, {side} ...", flush=True)
-            rows.append((n, side, embed_run(dataset, name, weights, "torch", ray, root / f"m-{side}-{n}")))
+            rows.append((n, side, embed_run(dataset, name, weights, "torch", ray, root / f"m-{side}-{n}",
+                                            max(bench.shard_rows, 512))))
     lines = [f"### Memory: DINOv3 ViT-S/16 stem ({bench.memory_layers} blocks: 224 px in, 384-dim out), "
              "`--engine torch`, fresh processes", "",
              "| crops | path | peak PSS MiB | peak RSS MiB | embeddings MiB | PSS beyond embeddings MiB | crops/s |",
@@ -239,7 +248,8 @@ def _two_nodes(bench: RayBench, full: Path, root: Path) -> list[str]:
         for i, node in enumerate(cluster.list_all_nodes()):
             raylets[f"node {i + 1}{' (head)' if node.head else ''}"] = node.all_processes["raylet"][0].process.pid
         print("  two-node run ...", flush=True)
-        x = embed_run(dataset, name, weights, "torch", cluster.address, root / "two-store", lambda: raylets)
+        x = embed_run(dataset, name, weights, "torch", cluster.address, root / "two-store", bench.shard_rows,
+                      lambda: raylets)
     finally:
         cluster.shutdown()
     lines = [f"### Two simulated nodes ({bench.node_cpus} CPUs each, `ray.cluster_utils.Cluster` on this machine), "
