@@ -144,7 +144,7 @@ def prepare(req: TrainRequest) -> PreparedData:
     graph = encoder_graph(loaded)
     fp = fingerprint(graph, spec.preprocess)
     cache = (EmbeddingCache(req.cache_dir, spec.encoder_type, spec.model_id, fp, req.embed.precision, req.embed.engine)
-             if req.cache_dir else None)
+             if req.cache_dir and store is None else None)
     everything = objects + holdout
     if store is not None:
         store.require(EncoderIdentity.from_spec(spec, fp), req.embed)
@@ -174,7 +174,8 @@ def prepare(req: TrainRequest) -> PreparedData:
     split += (f"; validation (early stopping, calibration, OOD threshold): {req.val_size:.0%} of the training "
               f"images, drawn by source image (seed {req.seed})")
     return PreparedData(spec, fp, data, classes, background, objects, emb, labels, holdout_emb,
-                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings, _described(run), split)
+                        train_idx[sub_train], train_idx[sub_val], test_idx, cache, timings,
+                        {**_described(run), **({"store": str(store.path.resolve())} if store is not None else {})}, split)
 
 
 def _split(data: YoloDataset, objects: list[LabelledObject], req: TrainRequest) -> tuple[np.ndarray, np.ndarray, str]:

@@ -43,8 +43,10 @@ CPUS_PER_CPU_ACTOR = 1  # an encoder actor on a CPU node; its torch/OpenVINO thr
 def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` ("" or None: RAY_ADDRESS, else a new local Ray), unless already joined.
 
-    A local Ray starts without its dashboard (a web server and an agent process per node that embedding has
-    no use for) and without forwarding worker logs to this terminal.
+    A local Ray starts without its dashboard's web server and modules, without usage reporting, and without
+    forwarding worker logs to this terminal. What Ray still runs (docs/architecture.md, "The embeddings store"):
+    the GCS and raylet, a minimal dashboard head, the dashboard and runtime-env agents, the log monitor, and
+    Ray Data's stats, autoscaling-coordinator and actor-location actors.
     """
     import ray
 
@@ -55,6 +57,7 @@ def connect(address: str | None) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, configure_logging=False)
     else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a Ray only this run uses
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
@@ -175,19 +178,32 @@ def actor_resources(engine: str, gpus: float, requested: int, cpus: float) -> tu
 def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
                  preprocess: "PreprocessSpec", done: dict[int, ShardDone]) -> Mapping[str, Any]:
     """Compute the shards ``todo`` on Ray Data; each written shard is added to ``done`` as its record arrives."""
-    from dataclasses import replace
-
     import ray
     import ray.data
 
     connect(req.ray)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = req.progress
+    before = (context.enable_progress_bars, context.enable_auto_log_stats)
+    context.enable_progress_bars = req.progress  # a caller's own Ray Data work keeps its settings (restored below)
     context.enable_auto_log_stats = False
+    try:
+        return _run(req, index, todo, fingerprint, preprocess, done)
+    finally:
+        context.enable_progress_bars, context.enable_auto_log_stats = before
+
+
+def _run(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
+         preprocess: "PreprocessSpec", done: dict[int, ShardDone]) -> Mapping[str, Any]:
+    """The pipeline of ``embed_on_ray``, once connected."""
+    from dataclasses import replace
+
+    import ray
+    import ray.data
+
     resources = ray.cluster_resources()
     size, remote, device = actor_resources(req.embed.engine, float(resources.get("GPU", 0)), req.actors,
                                            float(resources.get("CPU", 1)))
-    if req.embed.device not in ("auto", device, "cpu" if device == "cpu" else "cuda"):
+    if req.embed.device != "auto" and req.embed.device.split(":")[0] != device:
         raise ConfigError.bad_value("device", req.embed.device, f"Ray's encoder actors run on {device} here "
                                                                 "(the cluster's resources decide); use `device` auto")
     batch = BATCH_BY_DEVICE[device]
@@ -195,7 +211,8 @@ def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[
     shards = ray.data.from_items([_shard_item(p, index) for p in todo], override_num_blocks=len(todo))
     # Decoding stays a Ray task of its own: tasks scale over every CPU of the cluster while the actors hold the
     # GPUs. Its memory reservation (which the actors do not make) also keeps Ray Data from fusing it into the actor.
-    decoded = shards.map_batches(decode_shards,  # type: ignore[arg-type]  # Ray's stubs do not know fn_kwargs batch_size=1, num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
+    decoded = shards.map_batches(decode_shards,  # type: ignore[arg-type]  # Ray's stubs miss fn_kwargs' arguments
+                                 batch_size=1, num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
                                  fn_kwargs={"root": str(Path(req.dataset).resolve()),
                                             "preprocess": preprocess.to_json()})  # as loaded: a hub processor sets it
     encoded = decoded.map_batches(ShardEncoder, batch_size=1, batch_format="numpy",

@@ -82,6 +82,7 @@ def test_a_head_trained_from_the_store_is_byte_identical_to_one_trained_from_the
     assert (from_store / "head.safetensors").read_bytes() == (from_images.artifact / "head.safetensors").read_bytes()
     meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (from_images.artifact, from_store))
     assert meta_a["classes"] == meta_b["classes"] and meta_a["metrics"] == meta_b["metrics"]
+    assert meta_b["extra"]["embedding"]["store"] == str(built_in_store.resolve())
 
 
 def test_train_refuses_a_store_of_another_encoder_naming_both(built_in_store: Path, tmp_path: Path):
@@ -114,6 +115,16 @@ def test_an_interrupted_embed_is_resumed_computing_only_the_missing_shard(built_
     got, want = _embeddings(store), _embeddings(built_in_store)
     assert got.keys() == want.keys()
     assert max(float(np.abs(got[k] - want[k]).max()) for k in want) == 0.0
+
+
+def test_a_shard_replaced_after_the_store_was_written_is_refused_naming_it(built_in_store: Path, tmp_path: Path):
+    from headserve.train.errors import EmbeddingStoreError
+
+    store = tmp_path / "emb"
+    shutil.copytree(built_in_store, store)
+    shutil.copy(store / "shards" / "part-00002.parquet", store / "shards" / "part-00001.parquet")  # same schema
+    with pytest.raises(EmbeddingStoreError, match=r"part-00001.parquet: missing, or not the file the manifest lists"):
+        list(Store.open(store).rows())
 
 
 def _dying_encoder(marker: Path):
