@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from headserve.app.results_file import ResultsFile
 
 if TYPE_CHECKING:
-    from headserve.client import CropRef, HeadClient, Thresholds
+    from headserve.client import ConnectionOptions, CropRef, HeadClient, Thresholds
 
 CHUNK = 64  # crops per client call: results stream out at this granularity
 
@@ -61,6 +61,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--regions", action="store_true",
                    help="with --yolo and a head trained with --pooling region: send each image once with all its "
                         "boxes (one encoder pass per image) instead of one crop per box")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="classify on Ray Data: a fleet of client actors sends the crops to --url, answers are "
+                        "written as they arrive (not in input order). ADDRESS: the cluster (auto, HOST:PORT, "
+                        "ray://HOST:PORT); without it RAY_ADDRESS, else a local Ray. Crop paths must be readable "
+                        "on every node")
+    p.add_argument("--ray-actors", type=_positive, default=0, metavar="N",
+                   help="with --ray: client actors, all started before work is handed out (default: from one up "
+                        "to one per CPU of the cluster)")
+    p.add_argument("--ray-batch", type=_positive, default=CHUNK, metavar="N",
+                   help="with --ray: crops per actor call (default %(default)s)")
     p.set_defaults(func=_classify)
     g = sub.add_parser("gate", help="keep or drop mining candidates for a target class (JSON Lines out)")
     _common(g)
@@ -71,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--estimate", action="store_true",
                    help="print the compute estimate (one JSON object) for these candidates, and gate nothing")
     g.set_defaults(func=_gate)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
 
 
 def _thresholds(args: argparse.Namespace) -> Thresholds:
@@ -105,29 +122,37 @@ def _notices() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _client(args: argparse.Namespace) -> HeadClient:
-    from headserve.client import ConnectionOptions, HeadClient
+def _client_options(args: argparse.Namespace) -> ConnectionOptions:
+    from headserve.client import ConnectionOptions
     from headserve.client.options import ROUND_ROBIN
 
-    return HeadClient(args.url, ConnectionOptions(timeout_s=args.timeout, root_certificates=args.root_certificates,
-                                                  private_key=args.private_key,
-                                                  certificate_chain=args.certificate_chain,
-                                                  compression=args.compression,
-                                                  channel_options=ROUND_ROBIN if args.round_robin else ()))
+    return ConnectionOptions(timeout_s=args.timeout, root_certificates=args.root_certificates,
+                             private_key=args.private_key, certificate_chain=args.certificate_chain,
+                             compression=args.compression, channel_options=ROUND_ROBIN if args.round_robin else ())
 
 
-def _sources(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Callable[[Sequence[int]], list[Any]]]:
-    """Row descriptions and a loader of the crops at given positions."""
+def _client(args: argparse.Namespace) -> HeadClient:
+    from headserve.client import HeadClient
+
+    return HeadClient(args.url, _client_options(args))
+
+
+Sources = tuple[list[dict[str, Any]], Callable[[Sequence[int]], list[Any]], "list[tuple[float, ...]] | None"]
+
+
+def _sources(args: argparse.Namespace) -> Sources:
+    """Row descriptions, a loader of the crops at given positions, and the YOLO crops' exact pixel boxes (None
+    for crop files): a description rounds the box, and `classify --ray` cuts the crop again on a worker."""
     from headserve.client.errors import BadInputError
 
     if args.yolo is not None:
         refs = _yolo_refs(args)
-        return [r.to_json() for r in refs], lambda idx: [refs[i].load() for i in idx]
+        return [r.to_json() for r in refs], lambda idx: [refs[i].load() for i in idx], [r.box_xyxy for r in refs]
     if not args.images:
         raise BadInputError("no crops given; pass image files or --yolo DIR")
     for path in args.images:  # before anything is sent or written: a bad path must not stop a run half-way
         _check_crop_path(path)
-    return [{"image": str(p)} for p in args.images], lambda idx: [str(args.images[i]) for i in idx]
+    return [{"image": str(p)} for p in args.images], lambda idx: [str(args.images[i]) for i in idx], None
 
 
 def _yolo_refs(args: argparse.Namespace) -> list[CropRef]:
@@ -183,14 +208,37 @@ def _results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Iterator[t
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from headserve.client.errors import BadInputError
+
+    if args.regions and args.ray is not None:
+        raise BadInputError("--regions and --ray do not combine: --ray sends crops; classify a region head without "
+                            "--ray")
     if args.regions:
         return _classify_regions(args)
-    rows, load = _sources(args)
+    if args.ray is not None:
+        return _classify_on_ray(args)
+    rows, load, _ = _sources(args)
     thresholds = _thresholds(args)
     with _notices(), _results(args, rows) as (out, todo), _client(args) as client:
         for idx in _chunks(todo):
             for i, pred in zip(idx, client.classify(args.head, load(idx), args.top_k, thresholds)):
-                out.write({**rows[i], **pred.to_json()})
+                out.write({**rows[i], "head": args.head, **pred.to_json()})
+    return 0
+
+
+def _classify_on_ray(args: argparse.Namespace) -> int:
+    """`classify --ray`: the same rows as `classify`, from client actors on Ray Data (app/ray_classify.py)."""
+    from headserve.app.ray_classify import RayClassifyConfig, classify_on_ray, crop_items
+
+    config = RayClassifyConfig(args.head, args.url, _client_options(args), args.top_k, _thresholds(args),
+                               address=args.ray or None, actors=args.ray_actors, batch_size=args.ray_batch)
+    rows, _, boxes = _sources(args)
+    with _notices(), _results(args, rows) as (out, todo):
+        summary = classify_on_ray(config, crop_items(rows, todo, boxes),
+                                  lambda i, answer: out.write({**rows[i], "head": args.head, **answer}))
+    nodes = ", ".join(f"{node[:8]}: {n}" for node, n in sorted(summary.rows_per_node.items()))
+    sys.stderr.write(f"headserve: {summary.answered} crops classified on {len(summary.rows_per_node)} Ray "
+                     f"node(s) ({nodes or 'none'})\n")
     return 0
 
 
@@ -218,7 +266,7 @@ def _classify_regions(args: argparse.Namespace) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from headserve.client.gating import GateConfig
 
-    rows, load = _sources(args)
+    rows, load, _ = _sources(args)
     config = GateConfig(args.target, _thresholds(args), args.prompt_threshold, not args.no_prefilter)
     if args.estimate:
         with _notices(), _client(args) as client:

@@ -20,13 +20,13 @@ same rows, so nothing is duplicated, and the driver writes the manifest only onc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from headserve.errors import ConfigError
+from headserve.ray_cluster import connect
 from headserve.train.errors import EmbeddingStoreError
 from headserve.train.store import IndexRow, ShardDone, ShardPlan, Skipped, write_shard
 
@@ -38,27 +38,6 @@ if TYPE_CHECKING:
 BATCH_BY_DEVICE = {"cpu": 64, "cuda": 256, "mps": 64}  # crops per encoder call, by the actor's device kind
 DECODE_MEMORY = 512 << 20  # bytes a decode task reserves: a shard's pixels (store.MAX_SHARD_PIXEL_BYTES), a photo
 CPUS_PER_CPU_ACTOR = 1  # an encoder actor on a CPU node; its torch/OpenVINO threads use that many cores
-
-
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` ("" or None: RAY_ADDRESS, else a new local Ray), unless already joined.
-
-    A local Ray starts without its dashboard's web server and modules, without usage reporting, and without
-    forwarding worker logs to this terminal. What Ray still runs (docs/architecture.md, "The embeddings store"):
-    the GCS and raylet, a minimal dashboard head, the dashboard and runtime-env agents, the log monitor, and
-    Ray Data's stats, autoscaling-coordinator and actor-location actors.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, configure_logging=False)
-    else:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a Ray only this run uses
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def _shard_item(plan: ShardPlan, index: Sequence[IndexRow]) -> dict[str, Any]:

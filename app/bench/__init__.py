@@ -5,6 +5,8 @@ twins and short runs that show it runs and measure nothing real):
 
 - ``training``: heads against the tuned scikit-learn baseline on two real-image sets; training speed.
 - ``extraction``: training's embedding extraction at scale: throughput against the encoder alone, memory.
+- ``ray``: `embed` on Ray Data against the built-in path: crops per CPU second, peak memory of driver and
+  workers at 10k and 50k crops, the CPU of Ray's own processes, a simulated two-node cluster.
 - ``ensemble``: the calibrated softmax fused in the head graph against its own ensemble step; tiny encoders served.
 - ``serving``: real-size encoders served against PyTorch and ONNX Runtime in process.
 - ``engines``: ONNX Runtime and OpenVINO against this machine's matrix-multiply ceilings.

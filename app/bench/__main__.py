@@ -20,6 +20,7 @@ from pathlib import Path
 BENCHMARKS: tuple[str, ...] = (
     "headserve.app.bench.training",
     "headserve.app.bench.extraction",
+    "headserve.app.bench.ray",
     "headserve.app.bench.ensemble",
     "headserve.app.bench.serving",
     "headserve.app.bench.engines",

@@ -278,3 +278,127 @@ def session_cpu_seconds(session_id: int) -> float:
 def peak_rss_mib() -> float:
     """This process's peak resident memory (the kernel's high-water mark, VmHWM)."""
     return _status_kib("self", "VmHWM") / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Process trees: a driver and every process it started (Ray's GCS, raylet, agents and workers), sampled.
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live process."""
+    found = {}
+    for entry in PROC.glob("[0-9]*"):
+        try:
+            found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # exited meanwhile
+            continue
+    return found
+
+
+def process_tree(root: int, parents: dict[int, int] | None = None) -> list[int]:
+    """``root`` and every live descendant of it."""
+    parents = _parents() if parents is None else parents
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for pid, ppid in parents.items():
+        children[ppid].append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in parents or pid == root:
+            tree.append(pid)
+            todo += children.get(pid, [])
+    return tree
+
+
+def process_name(pid: int) -> str:
+    """What a process is: Ray's title for its workers (``ray::ShardEncoder``, ``ray::IDLE``), else the program
+    or script it runs (``raylet``, ``gcs_server``, ``agent.py``)."""
+    try:
+        args = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = args[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split(" ")[0]
+    for arg in args[:4]:  # python -m/.../script.py: the script names it
+        text = arg.decode(errors="replace")
+        if text.endswith(".py"):
+            return text.rsplit("/", 1)[-1]
+    return first.rsplit("/", 1)[-1] or "?"
+
+
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (Ray's object store in /dev/shm, libraries) split among the processes
+    that map them, so a sum over processes counts each page once, where a sum of RSS counts it in each."""
+    try:
+        for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    import os
+
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class TreeSampler:
+    """Samples process trees on a thread until stopped: peak summed PSS and RSS, CPU seconds per process.
+
+    ``roots`` maps a label (a node, "driver") to a root pid; each process counts under the first root whose tree
+    holds it. A process's CPU is its last reading, so one that exits between samples loses at most an interval.
+    """
+
+    def __init__(self, roots: Callable[[], Mapping[str, int]], interval_s: float = 0.25) -> None:
+        self.roots = roots
+        self.interval_s = interval_s
+        self.peak_pss_mib = 0.0
+        self.peak_rss_mib = 0.0
+        self.cpu: dict[int, tuple[str, str, float]] = {}  # pid -> (label, name, CPU seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval_s):
+                return
+
+    def sample(self) -> None:
+        parents = _parents()
+        seen: set[int] = set()
+        pss = rss = 0
+        for label, root in self.roots().items():
+            for pid in process_tree(root, parents):
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                pss += _pss_kib(pid)
+                rss += _status_kib(pid, "VmRSS")
+                _, old, before = self.cpu.get(pid, (label, "ray::IDLE", 0.0))
+                name = process_name(pid)  # a Ray worker's title names the task it runs, IDLE between tasks
+                self.cpu[pid] = (label, old if name in ("ray::IDLE", "?") else name, max(_cpu_s(pid), before))
+        self.peak_pss_mib = max(self.peak_pss_mib, pss / 1024)
+        self.peak_rss_mib = max(self.peak_rss_mib, rss / 1024)
+
+    def cpu_by(self, key: Callable[[str, str], str]) -> dict[str, float]:
+        """CPU seconds summed by ``key(label, name)``."""
+        out: dict[str, float] = collections.defaultdict(float)
+        for label, name, seconds in self.cpu.values():
+            out[key(label, name)] += seconds
+        return dict(out)

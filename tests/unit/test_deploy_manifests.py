@@ -27,7 +27,8 @@ BASE = "kubernetes"
 OVERLAYS = ("kubernetes", "overlays/gpu", "overlays/cpu", "overlays/encoded", "overlays/kserve", "overlays/monitoring")
 TRITON_OVERLAYS = ("kubernetes", "overlays/gpu", "overlays/cpu", "overlays/encoded",
                    "overlays/monitoring")  # the Deployment-based ones
-PLAIN_MANIFESTS = ("exporter/exporter.yaml",)  # applied with `kubectl apply -f`, not kustomize
+# applied with `kubectl apply -f`, not kustomize
+PLAIN_MANIFESTS = ("exporter/exporter.yaml", "ray/storage.yaml", "ray/rayjob.yaml")
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 KSERVE_MOUNT = "/mnt/models"  # where KServe mounts an InferenceService's storageUri volume
 
@@ -124,7 +125,66 @@ def check_pod_monitor(doc: dict) -> list[str]:
     return problems
 
 
+# KubeRay's RayJob (ray.io/v1), from its published CRD (ray-project/kuberay,
+# ray-operator/config/crd/bases/ray.io_rayjobs.yaml at feeaf72fa): the fields each level may hold (an unknown
+# one is dropped by the API server's pruning, silently) and the ones it requires. The pod templates inside are
+# Kubernetes PodTemplateSpecs: kubernetes-validate checks them in strict mode, as for built-in kinds.
+RAYJOB_SPEC_FIELDS = {"activeDeadlineSeconds", "backoffLimit", "clusterSelector", "deletionStrategy", "entrypoint",
+                      "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "managedBy",
+                      "metadata", "preRunningDeadlineSeconds", "rayClusterSpec", "runtimeEnvYAML",
+                      "shutdownAfterJobFinishes", "submissionMode", "submitterConfig", "submitterPodTemplate",
+                      "suspend", "ttlSecondsAfterFinished"}
+RAY_HEAD_FIELDS = {"enableIngress", "headService", "ingressOptions", "labels", "rayStartParams", "resources",
+                   "serviceType", "template"}
+RAY_HEAD_REQUIRED = ("template",)
+RAY_WORKER_FIELDS = {"groupName", "idleTimeoutSeconds", "labels", "maxReplicas", "minReplicas", "numOfHosts",
+                     "priority", "rayStartParams", "replicas", "resources", "scaleStrategy", "suspend", "template"}
+RAY_WORKER_REQUIRED = ("groupName", "maxReplicas", "minReplicas", "template")
+
+
+def _unknown(where: str, found: dict, allowed: set[str]) -> list[str]:
+    return [f"{where}.{k} is not a field of the CRD" for k in sorted(set(found) - allowed)]
+
+
+def _pod_template(where: str, template: dict) -> list[str]:
+    doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+    problems = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{where}.template, Kubernetes {version}: {exc.message} at "
+                            f"{'/'.join(map(str, list(exc.path)[1:]))}")
+    return problems
+
+
+def check_ray_job(doc: dict) -> list[str]:
+    spec = doc.get("spec", {})
+    problems = _unknown("spec", spec, RAYJOB_SPEC_FIELDS)
+    if not str(spec.get("entrypoint", "")).strip():  # the controller has nothing to submit (outside interactive mode)
+        problems.append("spec.entrypoint is missing")
+    cluster = spec.get("rayClusterSpec")
+    if cluster is None:
+        return problems + ["spec.rayClusterSpec is missing (and no clusterSelector names a running cluster)"]
+    head = cluster.get("headGroupSpec")
+    if head is None:
+        return problems + ["spec.rayClusterSpec.headGroupSpec is missing"]
+    problems += _unknown("headGroupSpec", head, RAY_HEAD_FIELDS)
+    problems += [f"headGroupSpec.{f} is missing" for f in RAY_HEAD_REQUIRED if f not in head]
+    problems += _pod_template("headGroupSpec", head.get("template", {}))
+    for group in cluster.get("workerGroupSpecs", []):
+        where = f"workerGroupSpecs[{group.get('groupName')}]"
+        problems += _unknown(where, group, RAY_WORKER_FIELDS)
+        problems += [f"{where}.{f} is missing" for f in RAY_WORKER_REQUIRED if f not in group]
+        problems += _pod_template(where, group.get("template", {}))
+        if not group.get("minReplicas", 0) <= group.get("replicas", group.get("minReplicas", 0)) \
+                <= group.get("maxReplicas", 0):
+            problems.append(f"{where}: replicas is outside [minReplicas, maxReplicas]")
+    return problems
+
+
 CUSTOM: dict[tuple[str, str], Callable[[dict], list[str]]] = {
+    ("ray.io/v1", "RayJob"): check_ray_job,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): check_service_monitor,
     ("monitoring.coreos.com/v1", "PrometheusRule"): check_prometheus_rule,
     ("monitoring.coreos.com/v1", "PodMonitor"): check_pod_monitor,
@@ -203,6 +263,7 @@ def test_a_kind_with_neither_a_schema_nor_a_checker_fails_instead_of_passing_unc
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         problems_of(unknown)
     kinds = {(d["apiVersion"], d["kind"]) for o in OVERLAYS for d in rendered(o)}
+    kinds |= {(d["apiVersion"], d["kind"]) for p in PLAIN_MANIFESTS for d in plain(p)}
     assert set(CUSTOM) <= kinds  # every checker has something to check
 
 
@@ -348,6 +409,9 @@ def pod_specs() -> list[tuple[str, dict, list[dict]]]:
         found.append((overlay, spec, spec["containers"]))
     exporter = one(plain("exporter/exporter.yaml"), "Pod")["spec"]
     found.append(("exporter", exporter, exporter["containers"]))
+    job = one(plain("ray/rayjob.yaml"), "RayJob")["spec"]["rayClusterSpec"]
+    for where, group in (("ray head", job["headGroupSpec"]), *(("ray worker", g) for g in job["workerGroupSpecs"])):
+        found.append((where, group["template"]["spec"], group["template"]["spec"]["containers"]))
     kserve = rendered("overlays/kserve")
     found.append(("kserve", one(kserve, "InferenceService")["spec"]["predictor"],
                   one(kserve, "ServingRuntime")["spec"]["containers"]))
@@ -374,10 +438,11 @@ def test_every_pod_runs_non_root_read_only_without_capabilities_under_runtime_de
 def test_servers_and_exporter_share_one_group_that_headserve_file_modes_let_read():
     groups = {source: (spec["securityContext"]["runAsUser"], spec["securityContext"]["runAsGroup"],
                        spec["securityContext"]["fsGroup"]) for source, spec, _ in pod_specs()}
-    (server_group,) = {g for source, (_, g, fs) in groups.items() for g in (g, fs) if source != "exporter"}
+    writers = ("exporter", "ray head", "ray worker")  # the repository's exporter; the embedding job's pods
+    (server_group,) = {g for source, (_, g, fs) in groups.items() for g in (g, fs) if source not in writers}
     exporter_user, exporter_group, _ = groups["exporter"]
     assert exporter_group == server_group
-    assert exporter_user not in {u for s, (u, _, _) in groups.items() if s != "exporter"}  # servers cannot write
+    assert exporter_user not in {u for s, (u, _, _) in groups.items() if s not in writers}  # servers cannot write
     assert FILE_MODE & 0o040 and DIR_MODE & 0o050 == 0o050  # group reads files, lists and enters directories
     assert not FILE_MODE & 0o022 and not DIR_MODE & 0o022  # and neither group nor others write
     namespace = one(rendered(BASE), "Namespace")
@@ -436,3 +501,52 @@ def test_the_encoded_overlay_is_the_base_with_only_the_image_swapped():
     base, encoded = rendered(BASE), rendered("overlays/encoded")
     triton_container(base)["image"] = triton_container(encoded)["image"]
     assert normalised(sorted(base, key=identity)) == normalised(sorted(encoded, key=identity))
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedding job on KubeRay (deploy/ray/).
+
+
+def test_the_ray_job_checker_refuses_a_misspelt_field_a_missing_group_name_and_a_bad_pod_template():
+    job = one(plain("ray/rayjob.yaml"), "RayJob")
+    assert check_ray_job(job) == []
+    spec = job["spec"]
+    spec["shutdownAfterJobFinish"] = True  # no trailing "es": pruned by the API server, the GPUs stay up
+    worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    del worker["groupName"]
+    worker["template"]["spec"]["containers"][0]["resource"] = {}  # "resources" misspelt inside the pod template
+    problems = check_ray_job(job)
+    assert "spec.shutdownAfterJobFinish is not a field of the CRD" in problems
+    assert "workerGroupSpecs[None].groupName is missing" in problems
+    assert any("workerGroupSpecs[None].template" in p and "resource" in p for p in problems)
+
+
+def test_the_ray_job_runs_headserve_embed_on_gpu_workers_into_the_embeddings_claim():
+    from headserve.app.cli import build_parser
+
+    job = one(plain("ray/rayjob.yaml"), "RayJob")
+    claims = {d["metadata"]["name"] for d in plain("ray/storage.yaml")}
+    args = build_parser().parse_args(shlex.split(job["spec"]["entrypoint"])[1:])  # what the head pod runs
+    assert shlex.split(job["spec"]["entrypoint"])[0] == "headserve" and args.command == "embed"
+    assert args.ray is not None  # joins the job's cluster through RAY_ADDRESS, which KubeRay sets
+    cluster = job["spec"]["rayClusterSpec"]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"ray[data]=={cluster["rayVersion"]}"' in pyproject  # head, workers and the pin run one Ray
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        volumes = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        assert mounts["/embeddings"] == "headserve-embeddings" and mounts["/data"] == "headserve-datasets"
+        assert {"headserve-embeddings", "headserve-datasets"} <= claims
+        assert container["image"] == groups[0]["template"]["spec"]["containers"][0]["image"]
+    assert str(args.out).startswith("/embeddings/") and str(args.dataset).startswith("/data/")
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the driver's pod runs no Ray work
+    (worker,) = cluster["workerGroupSpecs"]
+    limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert int(limits["nvidia.com/gpu"]) >= 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        worker["template"]["spec"]["tolerations"]
+    guide = (DEPLOY / "README.md").read_text()
+    assert "kubectl apply -f deploy/ray/storage.yaml -f deploy/ray/rayjob.yaml" in guide
