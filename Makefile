@@ -37,7 +37,7 @@ TYPED := -p headserve.client -m headserve.contract -m headserve.artifact -m head
 	-m headserve.lockfile -m headserve.preprocess -m headserve.processes -m headserve.server \
 	-m headserve.triton_flags -m headserve.yolo -m headserve.app.classify -m headserve.app.drift -m headserve.app.cli \
 	-m headserve.app.soak -m headserve.app.results_file -m headserve.app.bench.__main__ -m headserve.app.bench.timing \
-	-m headserve.app.bench.repository -m headserve.export.engine -m headserve.app.inventory -m headserve.export.lifecycle -m headserve.regions
+	-m headserve.app.bench.repository -m headserve.export.engine -m headserve.app.inventory -m headserve.export.lifecycle -m headserve.regions -m headserve.ray_cluster -m headserve.app.ray_classify
 lint: $(STAMP)
 	$(VENV)/bin/ruff check headserve train export client app tests
 	rm -rf build/typecheck && mkdir -p build/typecheck/headserve

@@ -105,7 +105,8 @@ def _load(image: str, source: str, class_id: int, box: Any) -> Any:
         return str(image)
     from headserve.client.crops import CropRef
 
-    return CropRef(Path(image), int(class_id), tuple(float(v) for v in box), str(source)).load()
+    x1, y1, x2, y2 = (float(v) for v in box)  # the exact pixel box `classify --yolo` cut
+    return CropRef(Path(image), int(class_id), (x1, y1, x2, y2), str(source)).load()
 
 
 def _pool(config: RayClassifyConfig) -> Any:
