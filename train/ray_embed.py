@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 BATCH_BY_DEVICE = {"cpu": 64, "cuda": 256, "mps": 64}  # crops per encoder call, by the actor's device kind
 DECODE_MEMORY = 512 << 20  # bytes a decode task reserves: a shard's pixels (store.MAX_SHARD_PIXEL_BYTES), a photo
+ACTOR_START_TIMEOUT_S = 600  # how long the pool's actors may take to start and load the encoder (a cluster adding nodes)
 CPUS_PER_CPU_ACTOR = 1  # an encoder actor on a CPU node; its torch/OpenVINO threads use that many cores
 
 
@@ -131,7 +132,8 @@ class ShardEncoder:
             written = write_shard(self.store, plan, rows, emb, gone, self.dim)
             done.append(json.dumps({"file": written.name, "rows": written.rows, "sha256": written.sha256,
                                     "skipped": [[s.index, s.kind, s.why] for s in written.skipped],
-                                    "device": str(self.encoder.device), "min_cosine": self.encoder.min_cosine}))
+                                    "device": str(self.encoder.device), "min_cosine": self.encoder.min_cosine,
+                                    "node": _node()}))
         return {"shard": np.asarray(batch["shard"], dtype=np.int64), "done": np.asarray(done, dtype=object)}
 
 
@@ -162,13 +164,14 @@ def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[
 
     connect(req.ray)
     context = ray.data.DataContext.get_current()
-    before = (context.enable_progress_bars, context.enable_auto_log_stats)
+    before = (context.enable_progress_bars, context.enable_auto_log_stats, context.wait_for_min_actors_s)
     context.enable_progress_bars = req.progress  # a caller's own Ray Data work keeps its settings (restored below)
     context.enable_auto_log_stats = False
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     try:
         return _run(req, index, todo, fingerprint, preprocess, done)
     finally:
-        context.enable_progress_bars, context.enable_auto_log_stats = before
+        context.enable_progress_bars, context.enable_auto_log_stats, context.wait_for_min_actors_s = before
 
 
 def _run(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
@@ -194,14 +197,19 @@ def _run(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPla
                                  batch_size=1, num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
                                  fn_kwargs={"root": str(Path(req.dataset).resolve()),
                                             "preprocess": preprocess.to_json()})  # as loaded: a hub processor sets it
+    # The whole pool is started, and waited for, before work is handed out, and an actor holds one shard at a
+    # time: a pool growing from one actor, or actors queueing several shards near where they were decoded,
+    # left a small job's shards all on one node's actor while the others idled. A shard is hundreds of
+    # crops, so one in flight keeps an actor busy.
     encoded = decoded.map_batches(ShardEncoder, batch_size=1, batch_format="numpy",
-                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+                                  compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
                                   fn_constructor_kwargs={"spec": req.encoder, "config": config,
                                                          "fingerprint": fingerprint, "store": str(req.out.resolve())},
                                   **remote)
-    facts: dict[str, Any] = {"device": device, "min_cosine_to_fp32": None}
+    facts: dict[str, Any] = {"device": device, "min_cosine_to_fp32": None, "actors": size, "rows_by_node": {}}
     for row in encoded.iter_rows():
         record = json.loads(str(row["done"]))
+        facts["rows_by_node"][record["node"]] = facts["rows_by_node"].get(record["node"], 0) + int(record["rows"])
         skipped = tuple(Skipped(int(i), str(k), str(w)) for i, k, w in record["skipped"])
         done[int(row["shard"])] = ShardDone(record["file"], int(record["rows"]), skipped, record["sha256"])
         if record["min_cosine"] is not None:

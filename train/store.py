@@ -385,6 +385,9 @@ def embed_dataset(req: EmbedRequest) -> EmbedOutcome:
              f"computed {len(todo)} shard(s) of {len(prepared.plans)} ({runner}, {req.embed.engine} "
              f"{req.embed.precision}) in {seconds:.1f} s; the others were already there",
              prepared.data.report.summary()]
+    if facts.get("rows_by_node"):
+        lines.insert(2, f"{facts['actors']} encoder actor(s); crops embedded per Ray node: " + ", ".join(
+            f"{node} {n}" for node, n in sorted(facts["rows_by_node"].items())))
     return EmbedOutcome(req.out, len(prepared.plans), len(todo), rows, skipped, seconds, runner, lines)
 
 
@@ -450,6 +453,9 @@ def _manifest(req: EmbedRequest, prepared: _Prepared, done: Mapping[int, ShardDo
         "format": STORE_FORMAT, "version": STORE_VERSION,
         "encoder": prepared.engine_identity["encoder"], "engine": req.embed.engine, "precision": req.embed.precision,
         "device": facts.get("device"), "min_cosine_to_fp32": facts.get("min_cosine_to_fp32"), "runner": runner,
+        # on Ray: encoder actors and the crops each node's actor embedded in this run (a resumed run counts its own)
+        **({"ray": {"actors": facts["actors"], "rows_by_node": facts["rows_by_node"]}} if "rows_by_node" in facts
+           else {}),
         "dataset": {"root": str(root), "names": list(data.names), "objects": len(prepared.index),
                     "images": len({r.image for r in prepared.index}),
                     "objects_sha256": objects_digest(data.names, prepared.index),

@@ -241,28 +241,38 @@ def _memory(bench: RayBench, full: Path, root: Path) -> list[str]:
 def _two_nodes(bench: RayBench, full: Path, root: Path) -> list[str]:
     from ray.cluster_utils import Cluster
 
-    name, weights = _weights("dinov3:vits16", bench, bench.memory_layers)
+    # The throughput encoder at its real compute: with the stem only, decoding bounds the run and the first
+    # actor free takes every shard, which says nothing about how encoding work spreads over nodes.
+    name, weights = _weights(bench.throughput_encoder, bench, bench.throughput_layers)
     dataset = _subset(full, -(-bench.two_node_crops // OBJECTS_PER_IMAGE), root / "two")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": bench.node_cpus, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=bench.node_cpus)
         assert cluster.head_node is not None  # initialize_head=True
         raylets = {"GCS (head)": cluster.head_node.all_processes["gcs_server"][0].process.pid}
+        node_labels: dict[str, str] = {}
         for i, node in enumerate(cluster.list_all_nodes()):
-            raylets[f"node {i + 1}{' (head)' if node.head else ''}"] = node.all_processes["raylet"][0].process.pid
+            label = f"node {i + 1}{' (head)' if node.head else ''}"
+            raylets[label] = node.all_processes["raylet"][0].process.pid
+            node_labels[str(node.node_id)[:12]] = label
         print("  two-node run ...", flush=True)
         x = embed_run(dataset, name, weights, "torch", cluster.address, root / "two-store", bench.shard_rows,
                       lambda: raylets)
     finally:
         cluster.shutdown()
     lines = [f"### Two simulated nodes ({bench.node_cpus} CPUs each, `ray.cluster_utils.Cluster` on this machine), "
-             f"{x.crops} crops, DINOv3 ViT-S/16 stem", "",
+             f"{x.crops} crops, {name} (every block), `--engine torch`", "",
              "| process tree | CPU s | Ray workers seen there |", "|---|---|---|"]
     for label, seconds in sorted(x.cpu_by_label.items()):
         titles = ", ".join(sorted(t.replace("ray::", "") for t in x.workers.get(label, set()))) or "-"
         lines.append(f"| {label} | {seconds:.1f} | {titles} |")
+    ray_facts = json.loads((root / "two-store" / "manifest.json").read_text())["ray"]
     lines += ["", f"{x.crops} crops in {x.seconds:.1f} s ({x.rate:.0f} crops/s). Each node's row counts its raylet "
-                  "and the workers it started; `driver` is the `embed` process (index, plan, manifest).", ""]
+                  "and the workers it started; `driver` is the `embed` process (index, plan, manifest).", "",
+              f"Rows each node's encoder actor embedded (the store's manifest; {ray_facts['actors']} actors, started "
+              "before work was handed out):", "", "| node | crops embedded |", "|---|---|"]
+    lines += [f"| {node_labels.get(node, node)} | {n} |" for node, n in sorted(ray_facts["rows_by_node"].items())]
+    lines.append("")
     return lines
 
 

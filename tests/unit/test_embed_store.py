@@ -160,6 +160,8 @@ def test_embed_on_ray_equals_the_built_in_store_even_when_an_encoder_actor_dies_
     assert marker.exists()  # an actor did die after writing a shard
     assert (outcome.runner, outcome.computed, outcome.rows) == ("ray", 6, 336)
     manifest = json.loads((store / MANIFEST).read_text())
+    # every crop counted once on the node whose actor wrote it, the retried shard included
+    assert sum(manifest["ray"]["rows_by_node"].values()) == 336 and manifest["ray"]["actors"] >= 1
     assert [s["rows"] for s in manifest["shards"]] == [s["rows"] for s in
                                                        json.loads((built_in_store / MANIFEST).read_text())["shards"]]
     got, want = _embeddings(store), _embeddings(built_in_store)  # no duplicate key (checked there), no gap:
