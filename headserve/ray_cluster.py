@@ -20,8 +20,8 @@ def check_address(address: str | None) -> None:
     if address is None or address == "" or address in NAMED_ADDRESSES or ":" in address:
         return
     raise ConfigError(f"Ray address {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT; when it is a "
-                      "path, put --ray after it or name the address (local: a Ray started for this run)").about(
-        "address", address)
+                      "path, the Ray option took it for its address: name the address (local: a Ray started for "
+                      "this run), or give the path before that option").about("address", address)
 
 
 def connect(address: str | None) -> None:

@@ -96,6 +96,12 @@ CASES: list[tuple[str, Callable[[], object], str | None, str, str]] = [
     ("EmbedRequest", lambda: importlib.import_module("headserve.train.store").EmbedRequest(
         dataset=Path("d"), encoder=importlib.import_module("headserve.encoders").get_encoder("clip:tiny"),
         out=Path("o"), actors=-1), "actors", "headserve.errors:ConfigError", "actors -1: must be 0 or more"),
+    ("RayClassifyConfig", _make("headserve.app.ray_classify:RayClassifyConfig", head="h", url="u", address="a.png"),
+     "address", "headserve.errors:ConfigError", r"Ray address 'a\.png' is not auto, local, HOST:PORT"),
+    ("RayClassifyConfig", _make("headserve.app.ray_classify:RayClassifyConfig", head="h", url="u", actors=-1),
+     "actors", "headserve.client.errors:ClientConfigError", "actors=-1 must be at least 1"),
+    ("RayClassifyConfig", _make("headserve.app.ray_classify:RayClassifyConfig", head="h", url="u", batch_size=0),
+     "batch_size", "headserve.client.errors:ClientConfigError", "batch_size=0 must be at least 1"),
     ("RegionSpec", _make("headserve.regions:RegionSpec", resolution=450), "resolution",
      "headserve.errors:ConfigError", "resolution 450: must be a positive multiple of the encoder's patch size 16"),
     ("RegionSpec", _make("headserve.regions:RegionSpec", pooling="roi-max"), "pooling",
