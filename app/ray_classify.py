@@ -27,7 +27,7 @@ from headserve.client.decision import Thresholds
 from headserve.client.errors import ClientConfigError
 from headserve.client.options import ConnectionOptions
 from headserve.errors import HeadserveError
-from headserve.ray_cluster import check_address, connect
+from headserve.ray_cluster import check_address, connect, import_ray
 
 # What Ray Data appends to the message of an exception raised in a map function (ray/data/_internal/planner).
 RAY_DATA_NOTE = "\nFailed to apply UDF transform"
@@ -128,12 +128,7 @@ def classify_on_ray(config: RayClassifyConfig, items: list[dict[str, Any]],
     Raises the first headserve error an actor raised (a bad crop, the server gone) unwrapped from Ray's, so
     the command prints it as one line; the answers written before it stay written.
     """
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:  # the client extra stays light: Ray comes with its own extra
-        raise HeadserveError(f"classifying on Ray needs Ray ({exc}); install it with "
-                             "pip install \"headserve[ray]\"") from None
+    ray = import_ray()
 
     from headserve.client import HeadClient
 

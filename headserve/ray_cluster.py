@@ -7,6 +7,7 @@ Torch-free, and Ray is imported only when a command asks for it: Ray comes with 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from headserve.errors import ConfigError, HeadserveError
 
@@ -24,6 +25,16 @@ def check_address(address: str | None) -> None:
                       "this run), or give the path before that option").about("address", address)
 
 
+def import_ray() -> Any:
+    """The ``ray`` module, or one line saying which extra installs it (the client extra stays light)."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (every headserve use of Ray is Ray Data)
+    except ImportError as exc:
+        raise HeadserveError(f"running on Ray needs Ray ({exc}); install it with pip install \"headserve[ray]\"") from None
+    return ray
+
+
 def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` ("" or None: RAY_ADDRESS, else a new local Ray), unless already joined.
 
@@ -33,10 +44,7 @@ def connect(address: str | None) -> None:
     Ray Data's stats, autoscaling-coordinator and actor-location actors.
     """
     check_address(address)
-    try:
-        import ray
-    except ImportError as exc:
-        raise HeadserveError(f"running on Ray needs Ray ({exc}); install it with pip install \"headserve[ray]\"") from None
+    ray = import_ray()
     if ray.is_initialized():
         return
     if address:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from headserve.errors import ConfigError
-from headserve.ray_cluster import connect
+from headserve.ray_cluster import connect, import_ray
 from headserve.train.errors import EmbeddingStoreError
 from headserve.train.store import IndexRow, ShardDone, ShardPlan, Skipped, write_shard
 
@@ -159,9 +159,7 @@ def actor_resources(engine: str, gpus: float, requested: int, cpus: float) -> tu
 def embed_on_ray(req: "EmbedRequest", index: Sequence[IndexRow], todo: Sequence[ShardPlan], fingerprint: str,
                  preprocess: "PreprocessSpec", done: dict[int, ShardDone]) -> Mapping[str, Any]:
     """Compute the shards ``todo`` on Ray Data; each written shard is added to ``done`` as its record arrives."""
-    import ray
-    import ray.data
-
+    ray = import_ray()  # a missing Ray is one line naming the extra, before anything else
     connect(req.ray)
     context = ray.data.DataContext.get_current()
     before = (context.enable_progress_bars, context.enable_auto_log_stats, context.wait_for_min_actors_s)
