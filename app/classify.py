@@ -207,6 +207,12 @@ def _results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Iterator[t
     out.finish()
 
 
+def result_row(source: dict[str, Any], head: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """One output row, the same for every path (crops, regions, Ray): what was classified, by which head
+    (the answer carries its version), and the decision."""
+    return {**source, "head": head, **answer}
+
+
 def _classify(args: argparse.Namespace) -> int:
     from headserve.client.errors import BadInputError
 
@@ -222,7 +228,7 @@ def _classify(args: argparse.Namespace) -> int:
     with _notices(), _results(args, rows) as (out, todo), _client(args) as client:
         for idx in _chunks(todo):
             for i, pred in zip(idx, client.classify(args.head, load(idx), args.top_k, thresholds)):
-                out.write({**rows[i], "head": args.head, **pred.to_json()})
+                out.write(result_row(rows[i], args.head, pred.to_json()))
     return 0
 
 
@@ -235,7 +241,7 @@ def _classify_on_ray(args: argparse.Namespace) -> int:
     rows, _, boxes = _sources(args)
     with _notices(), _results(args, rows) as (out, todo):
         summary = classify_on_ray(config, crop_items(rows, todo, boxes),
-                                  lambda i, answer: out.write({**rows[i], "head": args.head, **answer}))
+                                  lambda i, answer: out.write(result_row(rows[i], args.head, answer)))
     nodes = ", ".join(f"{node[:8]}: {n}" for node, n in sorted(summary.rows_per_node.items()))
     sys.stderr.write(f"headserve: {summary.answered} crops classified on {len(summary.rows_per_node)} Ray "
                      f"node(s) ({nodes or 'none'})\n")
@@ -259,7 +265,7 @@ def _classify_regions(args: argparse.Namespace) -> int:
             for image, members in by_image.items():
                 boxes = [refs[i].box_xyxy for i in members]
                 for i, pred in zip(members, client.classify_regions(args.head, image, boxes, args.top_k, thresholds)):
-                    out.write({**rows[i], **pred.to_json()})
+                    out.write(result_row(rows[i], args.head, pred.to_json()))
     return 0
 
 

@@ -53,6 +53,40 @@ def test_train_pooling_region_as_a_process_writes_a_region_head(digits_dataset: 
     assert "embedding cache: 0 hit(s), 80 computed" in done.stdout
 
 
+@pytest.mark.integration
+def test_a_trained_region_head_reaches_a_running_serve_through_export_head_and_classify_regions(
+        digits_dataset: Path, cache_dir: Path, tmp_path: Path):
+    """What a user runs after `train --pooling region`: serve (its default mode), export head (which loads the
+    head on that serve), then classify --regions; every box answered with the trained head's classes."""
+    from support.serving import Served, headserve_argv
+
+    out = tmp_path / "head"
+    trained = subprocess.run(headserve_argv("train", str(digits_dataset), "--out", str(out), "--name", "rgn",
+                                            "--encoder", "dinov3:tiny", "--pooling", "region", "--epochs", "3",
+                                            "--hidden", "32", "--cache", str(cache_dir)),
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    served = Served(repo, None, tmp_path / "serve.log")
+    try:
+        exported = subprocess.run(headserve_argv("export", "head", str(out), "--repo", str(repo)),
+                                  capture_output=True, text=True, timeout=300)
+        assert exported.returncode == 0, exported.stderr[-2000:]
+        rows_file = tmp_path / "rows.jsonl"
+        done = subprocess.run(headserve_argv("classify", "--yolo", str(digits_dataset), "--regions", "--head", "rgn",
+                                             "--url", served.url, "--output", str(rows_file)),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        served.stop()
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    classes = json.loads((out / "meta.json").read_text())["classes"]
+    assert len(rows) == len(read_yolo(digits_dataset).objects)
+    assert {r["head"] for r in rows} == {"rgn"} and {r["version"] for r in rows} == {"1"}
+    assert all(r["label"] in classes for r in rows)
+
+
 def test_training_pools_what_the_served_graph_computes_and_a_second_run_reads_the_cache(digits_dataset: Path,
                                                                                          dinov3_region, tmp_path: Path):
     loaded, graph = dinov3_region
